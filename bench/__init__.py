@@ -1,0 +1,1 @@
+"""fdsm-bench harness: timing, memory, error, sweeps, CSV, plots and the ``fdsm-bench`` CLI."""
