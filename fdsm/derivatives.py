@@ -1,0 +1,134 @@
+r"""T-th order directional derivatives: one public function, a registry of methods, and the float64 reference.
+
+.. math::
+    D^T_v f(x) = \frac{d^T}{dt^T} f(x + t v)\Big|_{t=0} = (v^\top \nabla_x)^T f(x)
+    = \varepsilon^T \frac{\partial^T}{\partial v^T} f(x), \qquad \varepsilon = \|v\|  \quad\text{(paper eq. 4)}
+
+Methods (``METHODS``), all of signature ``(f, x, v, order, *, stencil) -> Tensor``:
+
+============== ======================================================================================
+exact-reverse  T nested ``torch.autograd.grad(create_graph=True)``: the paper's exact compute
+exact-forward  T nested ``torch.func.jvp``
+fd-serial      one forward per stencil point, in sequence
+fd-batched     all stencil points in one forward of batch S*B (the default)
+fd-streams     one forward per point, concurrently: CUDA streams or CPU threads (``streams_backend``)
+fd-fused       fd-batched with Triton kernels building the inputs and combining the outputs
+============== ======================================================================================
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from fdsm import exact, fd
+from fdsm.registry import Registry
+from fdsm.stencils import Stencil, central_stencil, check_order
+
+METHODS: Registry[Callable[..., Tensor]] = Registry("method")
+METHODS.register("exact-reverse", exact.exact_reverse)
+METHODS.register("exact-forward", exact.exact_forward)
+METHODS.register("fd-serial", fd.fd_serial)
+METHODS.register("fd-batched", fd.fd_batched)
+METHODS.register("fd-streams", fd.fd_streams)
+METHODS.register("fd-fused", None, enabled=False,
+                 reason="the Triton kernels are not integrated yet; use 'fd-batched'")
+
+EXACT_METHODS = ("exact-reverse", "exact-forward")
+FD_METHODS = ("fd-serial", "fd-batched", "fd-streams", "fd-fused")
+
+_WHO = "directional_derivative(f, x, v, order)"
+
+
+def _check_inputs(f: object, x: object, v: object) -> None:
+    if not callable(f):
+        raise TypeError(f"{_WHO}: expected f to be callable, got {type(f).__name__}")
+    for name, t in (("x", x), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{_WHO}: expected {name} to be a Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{_WHO}: expected {name} to be floating point, got {t.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{_WHO}: expected x of shape (B, *event), got a 0-d tensor")
+    if v.shape != x.shape:
+        raise ValueError(f"{_WHO}: expected v of the same shape as x {tuple(x.shape)}, got {tuple(v.shape)}")
+    if v.dtype != x.dtype or v.device != x.device:
+        raise ValueError(f"{_WHO}: expected v on x's dtype and device ({x.dtype}, {x.device}), "
+                         f"got ({v.dtype}, {v.device})")
+
+
+def _check_stencil(stencil: object, order: int, method: str) -> Stencil | None:
+    if stencil is None:
+        return central_stencil(order) if method in FD_METHODS else None
+    if method not in FD_METHODS:
+        raise ValueError(f"{_WHO}: method {method!r} is exact and takes no stencil; pass stencil=None")
+    if not isinstance(stencil, Stencil):
+        raise TypeError(f"{_WHO}: expected stencil to be a fdsm.Stencil, got {type(stencil).__name__}")
+    if stencil.order != order:
+        raise ValueError(f"{_WHO}: expected a stencil of order {order}, got one of order {stencil.order}; "
+                         f"build it with central_stencil({order})")
+    return stencil
+
+
+def _checked(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """f, with its output checked: (N, *event) -> (N,) or (N, k), the same N as its input."""
+
+    def wrapped(inputs: Tensor) -> Tensor:
+        out = f(inputs)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"{_WHO}: expected f to return a Tensor, got {type(out).__name__}")
+        if out.dim() not in (1, 2) or out.shape[0] != inputs.shape[0]:
+            raise ValueError(f"{_WHO}: expected f to map a batch of {inputs.shape[0]} to shape "
+                             f"({inputs.shape[0]},) or ({inputs.shape[0]}, k), got {tuple(out.shape)}")
+        return out
+
+    return wrapped
+
+
+def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *,
+                           method: str = "fd-batched", stencil: Stencil | None = None) -> Tensor:
+    r"""The T-th directional derivative :math:`(v^\top\nabla_x)^T f(x)`, exactly or by finite differences.
+
+    Args:
+        f: maps (B, *event) to (B,) or (B, k), each sample independently.
+        x: (B, *event), the points.
+        v: (B, *event), the directions; :math:`\|v\|` is the FD step (the stencil offsets scale it).
+        order: T >= 1.
+        method: one of ``METHODS.names()`` (see the module docstring).
+        stencil: FD methods only; default ``central_stencil(order)`` (Theorem 1, error O(|v|^2)).
+
+    Returns:
+        (B,) or (B, k), like ``f(x)``; differentiable with respect to the parameters inside ``f``.
+
+    >>> x, v = torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    >>> f = lambda x: (x[:, 0] + 3 * x[:, 1]) ** 4          # D^4 f = 4! (v0 + 3 v1)^4 = 24 * 2.5^4
+    >>> directional_derivative(f, x, v, 4, method="exact-reverse").item()
+    937.5
+    >>> round(directional_derivative(f, x, v, 4, method="fd-batched").item(), 6)  # exact for a quartic
+    937.5
+    """
+    check_order(order, _WHO)
+    _check_inputs(f, x, v)
+    run = METHODS.get(method)
+    checked_stencil = _check_stencil(stencil, order, method)
+    return run(_checked(f), x, v, order, stencil=checked_stencil)
+
+
+def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
+                      fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
+                      method: str = "exact-reverse") -> Tensor:
+    r"""D_ref: the exact T-th directional derivative in float64, on a float64 deep copy of ``model``.
+
+    ``fn(module, x)`` gives the function to differentiate (default ``module(x)``, e.g.
+    ``lambda m, x: m.log_density(x)``). The copy's parameters need no gradient, and the result is detached:
+    it is the reference of ``rel_error = |D - D_ref| / |D_ref|`` (DESIGN.md, measurement rules).
+    """
+    if method not in EXACT_METHODS:
+        raise ValueError(f"float64_reference: expected an exact method {EXACT_METHODS}, got {method!r}")
+    reference = copy.deepcopy(model).double().requires_grad_(False)
+    call = fn if fn is not None else (lambda m, inputs: m(inputs))
+    out = directional_derivative(lambda inputs: call(reference, inputs), x.detach().double(), v.detach().double(),
+                                 order, method=method)
+    return out.detach()
