@@ -1,0 +1,24 @@
+"""The models of paper section 6, one module per family, built by name from a registry.
+
+    model = build("deep-ebm", size="cpu")            # an nn.Module
+    model = build("nice", size="paper", hidden=500)  # a config field overridden
+    MODELS.names()                                   # every registered name
+
+Registered names and what each offers the objectives (see ``fdsm.models.spec`` for the interfaces):
+
+============== =================================================== ==============================
+name           model                                               interface
+============== =================================================== ==============================
+gaussian       toy N(mu, P^-1), closed-form objectives             log_density(x), score(x)
+mlp-ebm        toy MLP energy                                      log_density(x) = -energy(x)
+============== =================================================== ==============================
+
+Adding a model: write a module with a frozen config dataclass (with an ``event_shape`` property), an
+``nn.Module`` built from it, and one ``register_model(name, cls, paper=..., cpu=..., interface=..., summary=...)``
+call; import the module below.
+"""
+
+from fdsm.models import gaussian, mlp_ebm  # noqa: F401  (importing registers the families)
+from fdsm.models.spec import MODELS, SIZES, ModelSpec, build, model_config, parameter_count, register_model
+
+__all__ = ["MODELS", "SIZES", "ModelSpec", "build", "model_config", "parameter_count", "register_model"]

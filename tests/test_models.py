@@ -1,0 +1,103 @@
+"""Models: registry and build, closed forms of the toy models, parameter counts, forward and backward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fdsm.models import MODELS, build, parameter_count
+from fdsm.models.gaussian import Gaussian
+
+
+def _seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- registry and build ------------------------------------------------------------------------------------------
+
+
+def test_build_rejects_unknown_override_and_size_and_name():
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['widht'\].*accepts"):
+        build("mlp-ebm", size="cpu", widht=3)
+    with pytest.raises(ValueError, match="expected size in"):
+        build("mlp-ebm", size="huge")
+    with pytest.raises(ValueError, match="unknown model 'resnet'; expected one of"):
+        build("resnet")
+    with pytest.raises(ValueError, match="activation='gelu'.*expected one of"):
+        build("mlp-ebm", activation="gelu")
+
+
+# ---- Gaussian toy: log_density, score and the closed-form objectives ----------------------------------------------
+
+
+def _random_gaussian(d: int = 5) -> Gaussian:
+    g = _seeded(1)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    precision = a @ a.T + 0.5 * torch.eye(d, dtype=torch.float64)
+    return Gaussian.from_moments(torch.randn(d, generator=g, dtype=torch.float64), precision)
+
+
+def test_gaussian_log_density_and_score_match_closed_forms():
+    model = _random_gaussian()
+    x = torch.randn(7, 5, generator=_seeded(2), dtype=torch.float64, requires_grad=True)
+    reference = torch.distributions.MultivariateNormal(model.mean, precision_matrix=model.precision())
+    torch.testing.assert_close(model.log_density(x), reference.log_prob(x))
+    (autograd_score,) = torch.autograd.grad(model.log_density(x).sum(), x)
+    torch.testing.assert_close(model.score(x), autograd_score)
+    assert model.score(x).shape == (7, 5)
+
+
+def test_gaussian_per_sample_objectives_match_autograd():
+    model = _random_gaussian()
+    x = torch.randn(3, 5, generator=_seeded(3), dtype=torch.float64)
+    hessian_trace = torch.stack(
+        [torch.func.hessian(lambda z: model.log_density(z[None])[0])(row).trace() for row in x]
+    )
+    torch.testing.assert_close(model.sm_per_sample(x), hessian_trace + 0.5 * model.score(x).pow(2).sum(1))
+
+
+def test_gaussian_expectations_are_exact_on_symmetric_designs():
+    """Averages over designs with exactly the required moments reproduce the expected objectives exactly."""
+    d, eps, sigma = 5, 0.3, 0.7
+    model = _random_gaussian(d)
+    x = torch.randn(50, d, generator=_seeded(4), dtype=torch.float64)
+    mean, cov = x.mean(0), torch.cov(x.T, correction=0)  # empirical moments, so the expectation is the batch mean
+    torch.testing.assert_close(model.sm_per_sample(x).mean(), model.expected_sm(mean, cov))
+
+    # v in {+-eps e_k}: E[v v^T] = (eps^2 / d) I and C_v = eps^2, so mean integrand / C_v = J_SM / d.
+    basis = torch.eye(d, dtype=torch.float64)
+    directions = eps * torch.cat([basis, -basis])  # (2d, d)
+    x_rep, v = x.repeat_interleave(2 * d, 0), directions.repeat(len(x), 1)  # (50 * 2d, d) each
+    torch.testing.assert_close(model.ssm_integrand(x_rep, v).mean() / eps**2, model.expected_ssm(mean, cov))
+
+    # xi in {+-sqrt(d) e_k}: mean 0 and E[xi xi^T] = I.
+    x_noisy = x_rep + sigma * math.sqrt(d) * v / eps
+    torch.testing.assert_close(model.dsm_per_sample(x_rep, x_noisy, sigma).mean(), model.expected_dsm(mean, cov, sigma))
+
+
+def test_gaussian_rejects_wrong_event_shape():
+    with pytest.raises(ValueError, match=r"Gaussian: expected x of shape \(B, 20\), got \(4, 3\)"):
+        build("gaussian").log_density(torch.zeros(4, 3))
+
+
+# ---- every model: forward and backward at size "cpu" --------------------------------------------------------------
+
+
+def _output(name: str, model: torch.nn.Module, batch: int) -> torch.Tensor:
+    """Call the model the way the objectives do, on a random batch of its input shape."""
+    x = torch.rand(batch, *model.event_shape, generator=_seeded(5))
+    out = model.log_density(x)
+    assert out.shape == (batch,), name
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_cpu_size_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = build(name, size="cpu")
+    assert parameter_count(model) > 0
+    out = _output(name, model, batch=3)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), name
