@@ -52,9 +52,7 @@ def test_gaussian_log_density_and_score_match_closed_forms():
 def test_gaussian_per_sample_objectives_match_autograd():
     model = _random_gaussian()
     x = torch.randn(3, 5, generator=_seeded(3), dtype=torch.float64)
-    hessian_trace = torch.stack(
-        [torch.func.hessian(lambda z: model.log_density(z[None])[0])(row).trace() for row in x]
-    )
+    hessian_trace = torch.stack([torch.func.hessian(lambda z: model.log_density(z[None])[0])(row).trace() for row in x])
     torch.testing.assert_close(model.sm_per_sample(x), hessian_trace + 0.5 * model.score(x).pow(2).sum(1))
 
 
@@ -82,6 +80,22 @@ def test_gaussian_rejects_wrong_event_shape():
         build("gaussian").log_density(torch.zeros(4, 3))
 
 
+# ---- parameter counts at size "paper" (built on the meta device: no memory, no init cost) ------------------------
+
+# The released code's counts (paper-code-notes section 2), each with the config overrides it was counted at.
+PAPER_COUNTS = {
+    "deep-ebm": (62_336_771, {}),  # 32x32x1, the parameters in use
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+def test_paper_parameter_counts_match_released_code(name):
+    expected, overrides = PAPER_COUNTS[name]
+    with torch.device("meta"):
+        count = parameter_count(build(name, size="paper", **overrides))
+    assert abs(count - expected) <= 0.01 * expected, f"{name}: {count:,} parameters, released code has {expected:,}"
+
+
 # ---- every model: forward and backward at size "cpu" --------------------------------------------------------------
 
 
@@ -101,3 +115,15 @@ def test_cpu_size_forward_and_backward(name):
     out = _output(name, model, batch=3)
     out.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), name
+
+
+# Paper-size forwards that take well under a few seconds on 2 CPU cores.
+PAPER_FORWARD = ["gaussian", "mlp-ebm", "deep-ebm"]
+
+
+@pytest.mark.parametrize("name", PAPER_FORWARD)
+def test_paper_size_forward(name):
+    torch.manual_seed(0)
+    model = build(name, size="paper")
+    with torch.no_grad():
+        assert torch.isfinite(_output(name, model, batch=2)).all()

@@ -11,6 +11,7 @@ name           model                                               interface
 ============== =================================================== ==============================
 gaussian       toy N(mu, P^-1), closed-form objectives             log_density(x), score(x)
 mlp-ebm        toy MLP energy                                      log_density(x) = -energy(x)
+deep-ebm       Res18_Quadratic energy, sec. 6.1                    log_density(x) = -energy(x)
 ============== =================================================== ==============================
 
 Adding a model: write a module with a frozen config dataclass (with an ``event_shape`` property), an
@@ -18,7 +19,7 @@ Adding a model: write a module with a frozen config dataclass (with an ``event_s
 call; import the module below.
 """
 
-from fdsm.models import gaussian, mlp_ebm  # noqa: F401  (importing registers the families)
+from fdsm.models import deep_ebm, gaussian, mlp_ebm  # noqa: F401  (importing registers the families)
 from fdsm.models.spec import MODELS, SIZES, ModelSpec, build, model_config, parameter_count, register_model
 
 __all__ = ["MODELS", "SIZES", "ModelSpec", "build", "model_config", "parameter_count", "register_model"]

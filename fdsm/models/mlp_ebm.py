@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from fdsm.models.activations import activation, check_activation
-from fdsm.models.spec import check_event, register_model
+from fdsm.models.energy import EnergyModel
+from fdsm.models.spec import register_model
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,10 @@ class MLPEBMConfig:
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(self.hidden))  # accept lists from overrides
         if self.dim < 1 or not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"MLPEBMConfig(dim={self.dim}, hidden={self.hidden}): expected dim >= 1 and at "
-                             "least one hidden layer of width >= 1")
+            raise ValueError(
+                f"MLPEBMConfig(dim={self.dim}, hidden={self.hidden}): expected dim >= 1 and at "
+                "least one hidden layer of width >= 1"
+            )
         check_activation("MLPEBMConfig", self.activation)
 
     @property
@@ -37,7 +40,7 @@ class MLPEBMConfig:
         return (self.dim,)
 
 
-class MLPEBM(nn.Module):
+class MLPEBM(EnergyModel):
     """Energy MLP. Interface: ``energy(x)``, ``log_density(x) = -energy(x)`` (unnormalized); ``forward`` is
     ``log_density``."""
 
@@ -52,21 +55,9 @@ class MLPEBM(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
 
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return self.config.event_shape
-
-    def energy(self, x: torch.Tensor) -> torch.Tensor:
+    def _energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x): (B, d) -> (B,)."""
-        check_event("MLPEBM", x, self.event_shape)
         return self.net(x).squeeze(1)  # (B, 1) -> (B,)
-
-    def log_density(self, x: torch.Tensor) -> torch.Tensor:
-        """log p~(x) = -E(x): (B, d) -> (B,)."""
-        return -self.energy(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_density(x)
 
 
 register_model(

@@ -88,9 +88,7 @@ def build(name: str, size: str = "paper", **overrides: Any) -> nn.Module:
 def check_event(owner: str, x: torch.Tensor, event_shape: tuple[int, ...]) -> None:
     """Raise a ValueError naming ``owner`` unless ``x`` has shape (B, *event_shape) with B >= 1."""
     if tuple(x.shape[1:]) != tuple(event_shape) or x.dim() == 0 or x.shape[0] < 1:
-        raise ValueError(
-            f"{owner}: expected x of shape (B, {', '.join(map(str, event_shape))}), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{owner}: expected x of shape (B, {', '.join(map(str, event_shape))}), got {tuple(x.shape)}")
 
 
 def parameter_count(model: nn.Module) -> int:
