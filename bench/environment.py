@@ -1,0 +1,86 @@
+"""Environment metadata: the columns every CSV row carries, so that a number can be traced to where it was measured.
+
+============== ==========================================================================
+column         value
+============== ==========================================================================
+device_name    the GPU's name (``torch.cuda.get_device_name``) or the CPU model (/proc/cpuinfo)
+driver         the NVIDIA driver version (NVML), or ``cuda <version>`` of the torch build, or ``n/a``
+torch          ``torch.__version__``
+triton         ``triton.__version__``, or ``n/a`` when it is not importable
+python         ``platform.python_version()``
+git_commit     ``git rev-parse --short HEAD`` of the checkout, with ``+dirty`` for uncommitted changes
+threads        torch intra-op threads at the time of the row
+timestamp      ISO 8601 UTC time of the row
+============== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+METADATA_COLUMNS = ("device_name", "driver", "torch", "triton", "python", "git_commit", "threads", "timestamp")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _driver() -> str:
+    try:
+        import pynvml  # nvidia-ml-py; optional
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else version
+    except Exception:  # no package, no driver, no GPU: fall back to what torch was built with
+        return f"cuda {torch.version.cuda}" if torch.version.cuda else "n/a"
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "n/a"
+    return triton.__version__
+
+
+def _git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "n/a"
+    return (commit or "n/a") + ("+dirty" if dirty else "")
+
+
+@functools.cache
+def _static(device_type: str, device_index: int | None) -> dict[str, str]:
+    if device_type == "cuda":
+        name = torch.cuda.get_device_name(device_index)
+        driver = _driver()
+    else:
+        name, driver = _cpu_name(), "n/a"
+    return {"device_name": name, "driver": driver, "torch": torch.__version__, "triton": _triton_version(),
+            "python": platform.python_version(), "git_commit": _git_commit()}
+
+
+def metadata(device: torch.device) -> dict[str, str | int]:
+    """The ``METADATA_COLUMNS`` for a row measured now on ``device`` (the static part is computed once)."""
+    timestamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return {**_static(device.type, device.index), "threads": torch.get_num_threads(), "timestamp": timestamp}

@@ -1,0 +1,103 @@
+"""Peak memory of one call, above the baseline of what was allocated before it (DESIGN.md, measurement rules).
+
+- CUDA: ``torch.cuda.reset_peak_memory_stats``, then ``max_memory_allocated - memory_allocated`` before the call
+  (the baseline is the model plus its inputs), plus the allocator's reserved peak and an NVML device reading
+  (``pynvml`` from the ``nvidia-ml-py`` package, imported only here and only when present). NVML counts the CUDA
+  context and every other process, and samples once after the call: a cross-check, not the measurement.
+- CPU: the process's resident-set high-water mark. On Linux, writing ``5`` to ``/proc/self/clear_refs`` resets
+  ``VmHWM`` in ``/proc/self/status`` to the current resident set, so the peak of one call is
+  ``VmHWM(after) - VmRSS(before)``. Run each configuration in a worker process (``bench.isolation``) so that one
+  configuration's heap does not hide the next one's. See NOTE [CPU peak memory and malloc].
+
+>>> mem = peak_memory(lambda: torch.ones(64, 1024, 1024), torch.device("cpu"))  # 256 MiB
+>>> mem.peak_mb > 200
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MB = 2**20  # bytes per MiB; every *_mb column is in MiB
+
+# NOTE [CPU peak memory and malloc]
+# glibc's malloc keeps freed small blocks in its heap and, by default, raises its mmap threshold after a large
+# free, so a later large tensor can reuse heap pages that are already resident and never raise VmHWM. The worker
+# processes of bench.isolation therefore start with MALLOC_MMAP_THRESHOLD_ fixed (which also disables the dynamic
+# threshold): every tensor above it is mmapped on allocation and unmapped on free, and the resident set follows
+# the live tensors. Torch's CPU allocator does not cache, so nothing else holds freed tensor memory.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory of one call in MiB; NaN where a reading does not exist on this device."""
+
+    peak_mb: float  # CUDA: allocator peak above baseline; CPU: VmHWM above the VmRSS before the call
+    reserved_mb: float = math.nan  # CUDA: caching-allocator reserved peak (what nvidia-smi sees, minus the context)
+    nvml_used_mb: float = math.nan  # CUDA: NVML device memory in use after the call (all processes, with context)
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])  # "VmHWM:   123456 kB"
+    raise RuntimeError(f"peak_memory: no {field} line in {_STATUS}; CPU peak memory needs Linux /proc")
+
+
+def cpu_peak_supported() -> bool:
+    """Whether this process can reset and read its resident-set high-water mark (Linux /proc)."""
+    return _STATUS.exists() and _CLEAR_REFS.exists()
+
+
+def _nvml_used_mb(device: torch.device) -> float:
+    try:
+        import pynvml  # nvidia-ml-py; optional
+    except ImportError:
+        return math.nan
+    try:
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / MB
+    except pynvml.NVMLError:
+        return math.nan
+
+
+def _peak_cuda(fn: Callable[[], object], device: torch.device) -> PeakMemory:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - baseline
+    reserved = torch.cuda.max_memory_reserved(device)
+    del result
+    return PeakMemory(peak / MB, reserved / MB, _nvml_used_mb(device))
+
+
+def _peak_cpu(fn: Callable[[], object]) -> PeakMemory:
+    if not cpu_peak_supported():
+        return PeakMemory(math.nan)
+    _CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
+    baseline_kib = _status_kib("VmRSS")
+    result = fn()
+    peak_kib = _status_kib("VmHWM")
+    del result
+    return PeakMemory(max(peak_kib - baseline_kib, 0) * 1024 / MB)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> PeakMemory:
+    """Call ``fn()`` once and return its peak memory above the baseline before the call.
+
+    What ``fn`` returns is held until the peak is read, so it counts (a derivative's output and its graph).
+    """
+    return _peak_cuda(fn, device) if device.type == "cuda" else _peak_cpu(fn)

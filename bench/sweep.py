@@ -1,0 +1,71 @@
+"""Run a sweep: a list of cases, each measured once, each giving exactly one CSV row, resumable, with a progress bar.
+
+A *case* is a dict of configuration values (the CSV's key columns: model, method, order, ...). ``run_sweep`` skips
+the cases the ``CsvLog`` already holds, runs each other one through ``measure(case) -> dict`` and appends the row
+
+    {**case, **measured, "status": ..., "message": ..., **metadata(device)}
+
+``measure`` returns the measured columns (``time_ms``, ``peak_mem_mb``, ``rel_error``, ...) and may set its own
+``status`` (``"unsupported"`` for a method this machine cannot run). With ``isolate=True`` every case runs in a
+``bench.isolation.Worker`` process under the ``timeout_s`` budget, which is what the CPU peak-memory probe needs;
+a case that times out, runs out of memory or raises gets a ``timeout``, ``oom`` or ``error`` row with the message,
+and the sweep goes on. ``isolate=False`` runs in this process (no time budget; errors still become rows), for
+sweeps that measure no memory.
+
+``measure`` must be a module-level function (the worker is spawned and imports it by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from bench.csvlog import CsvLog
+from bench.environment import metadata
+from bench.isolation import CaseOutcome, Worker, is_out_of_memory
+
+Case = Mapping[str, Any]
+Measure = Callable[[Case], dict[str, Any]]
+
+
+def _in_process(measure: Measure, case: Case) -> CaseOutcome:
+    try:
+        return CaseOutcome("ok", measure(case))
+    except Exception as err:  # every failure becomes a row; the sweep goes on
+        return CaseOutcome("oom" if is_out_of_memory(err) else "error", message=f"{type(err).__name__}: {err}")
+
+
+def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device) -> dict[str, Any]:
+    """The CSV row for one case: configuration, measured columns (if ok), status, message and metadata."""
+    measured = dict(outcome.result or {})
+    status = measured.pop("status", outcome.status)
+    message = measured.pop("message", outcome.message)
+    return {**case, **measured, "status": status, "message": message, **metadata(device)}
+
+
+def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,
+              isolate: bool = True, threads: int | None = None, desc: str = "sweep") -> pd.DataFrame:
+    """Measure every case not yet in ``log`` (see the module docstring); returns the log's full table."""
+    todo = [case for case in cases if not log.done(case)]
+    if len(todo) < len(cases):
+        tqdm.write(f"{desc}: {len(cases) - len(todo)} of {len(cases)} rows already in {log.path}, skipped")
+    worker = Worker(threads=threads) if isolate and todo else None
+    try:
+        with tqdm(todo, desc=desc, unit="case", dynamic_ncols=True) as bar:
+            for case in bar:
+                bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in case.items() if k in ("method", "order",
+                                                                                            "eps", "dtype")))
+                outcome = (worker.run(measure, case, timeout_s=timeout_s) if worker is not None
+                           else _in_process(measure, case))
+                row = outcome_row(case, outcome, device)
+                if row["status"] != "ok":
+                    tqdm.write(f"{desc}: {dict(case)} -> {row['status']}: {row['message']}")
+                log.append(row)
+    finally:
+        if worker is not None:
+            worker.close()
+    return log.frame

@@ -1,0 +1,92 @@
+r"""Wall-clock time of a callable: warm-up, then repeats, reported as the median and the interquartile range.
+
+Measurement rules (DESIGN.md): warm up first; on CUDA, time each repeat with a pair of CUDA events recorded on the
+current stream (the host never reads a clock while kernels are queued); on the CPU, fix the number of intra-op
+threads and record it. Each repeat is one call of ``fn``, timed on its own, so the spread between repeats is visible:
+
+.. math::
+    \text{median} = q_{0.5}(t_1, \dots, t_R), \qquad \text{IQR} = q_{0.75} - q_{0.25}.
+
+>>> timing = measure_time(lambda: sum(range(1000)), torch.device("cpu"), warmup=1, repeats=5)
+>>> timing.repeats, timing.median_ms > 0, timing.iqr_ms >= 0
+(5, True, True)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The result of ``measure_time``: median and IQR of the per-call times in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    repeats: int
+    threads: int  # torch intra-op threads during the measurement (CPU); recorded on CUDA too
+    samples_ms: tuple[float, ...]  # every repeat, in call order
+
+
+def fix_cpu_threads(threads: int | None = None) -> int:
+    """Fix torch's intra-op thread count and return it.
+
+    ``threads=None`` keeps ``OMP_NUM_THREADS`` when it is set, else torch's current count. Fixing it once, before
+    any measurement, keeps every repeat and every case of a sweep on the same number of cores.
+    """
+    if threads is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
+    if threads < 1:
+        raise ValueError(f"fix_cpu_threads(threads): expected threads >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _quartiles(samples: list[float]) -> tuple[float, float, float]:
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q1, q2, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def _time_cuda(fn: Callable[[], object], device: torch.device) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    stream = torch.cuda.current_stream(device)
+    start.record(stream)
+    fn()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end)  # ms
+
+
+def _time_cpu(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3  # ms
+
+
+def measure_time(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> Timing:
+    """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    On CUDA each repeat is bracketed by CUDA events on the current stream (work ``fn`` puts on side streams must
+    be joined back to it, as ``fd-streams`` does); the device is synchronized after the warm-up. On the CPU each
+    repeat is timed with ``time.perf_counter``; fix the thread count first (``fix_cpu_threads``).
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"measure_time(fn, device, warmup, repeats): expected warmup >= 0 and repeats >= 1, "
+                         f"got warmup={warmup}, repeats={repeats}")
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    samples = [_time_cuda(fn, device) if cuda else _time_cpu(fn) for _ in range(repeats)]
+    q1, median, q3 = _quartiles(samples)
+    return Timing(median_ms=median, iqr_ms=q3 - q1, repeats=repeats, threads=torch.get_num_threads(),
+                  samples_ms=tuple(samples))

@@ -1,0 +1,137 @@
+"""The measurement harness measures what it claims: timer, memory probe, error, isolation, CSV log and resume.
+
+These are correctness tests of the harness, not timings: tolerances are loose enough for a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.accuracy import relative_error
+from bench.csvlog import CsvLog, rows_from_pytest_benchmark
+from bench.environment import METADATA_COLUMNS, metadata
+from bench.isolation import Worker
+from bench.memory import cpu_peak_supported, peak_memory
+from bench.sweep import run_sweep
+from bench.timing import measure_time
+
+CPU = torch.device("cpu")
+
+
+# Case functions run in a spawned worker, so they live at module level.
+def _allocate(mb: int) -> float:
+    return peak_memory(lambda: torch.ones(mb * 2**20 // 4), CPU).peak_mb  # float32: 4 bytes per element
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def _oom(_: object) -> None:
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+
+
+def _measure_case(case: dict) -> dict:
+    if case["order"] == 2:
+        raise ValueError("order 2 is broken on purpose")
+    return {"time_ms": float(case["order"]), "peak_mem_mb": 0.0}
+
+
+def test_timer_median_and_iqr_of_a_known_sleep():
+    timing = measure_time(lambda: time.sleep(0.01), CPU, warmup=1, repeats=5)
+    assert timing.repeats == len(timing.samples_ms) == 5
+    assert 9.5 <= timing.median_ms <= 60  # a 10 ms sleep; the upper bound allows a loaded machine
+    assert 0 <= timing.iqr_ms <= max(timing.samples_ms) - min(timing.samples_ms)
+    assert timing.threads == torch.get_num_threads()
+
+
+def test_timer_rejects_zero_repeats():
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure_time(lambda: None, CPU, repeats=0)
+
+
+@pytest.mark.skipif(not cpu_peak_supported(), reason="CPU peak memory needs Linux /proc/self/clear_refs")
+def test_isolated_memory_probe_sees_a_known_allocation():
+    with Worker(threads=1) as worker:
+        big = worker.run(_allocate, 200, timeout_s=60)
+        small = worker.run(_allocate, 8, timeout_s=60)  # after the big one: the probe is reset per call
+    assert big.status == "ok", big.message
+    assert 190 <= big.result <= 260, big.result
+    assert small.result < 40, small.result
+
+
+def test_worker_gives_timeout_error_and_oom_rows_and_recovers():
+    with Worker(threads=1) as worker:
+        slow = worker.run(_sleep, 30.0, timeout_s=1.0)
+        failed = worker.run(_fail, "boom", timeout_s=30)
+        oom = worker.run(_oom, None, timeout_s=30)
+        fine = worker.run(_sleep, 0.0, timeout_s=30)  # a fresh worker after the killed one
+    assert slow.status == "timeout" and "1 s" in slow.message
+    assert failed.status == "error" and failed.message == "ValueError: boom"
+    assert oom.status == "oom"
+    assert fine.status == "ok" and fine.result == 0.0
+
+
+def test_relative_error_median_and_max():
+    err = relative_error(torch.tensor([1.01, 2.0, -3.3]), torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64))
+    assert err.median == pytest.approx(0.01, rel=1e-4)
+    assert err.max == pytest.approx(0.1, rel=1e-4)
+    with pytest.raises(ValueError, match="same shapes"):
+        relative_error(torch.zeros(3), torch.zeros(4))
+
+
+def test_metadata_columns():
+    meta = metadata(CPU)
+    assert tuple(meta) == METADATA_COLUMNS
+    assert meta["torch"] == torch.__version__ and meta["threads"] == torch.get_num_threads()
+
+
+def test_csv_log_appends_atomically_and_resumes(tmp_path):
+    path = tmp_path / "rows.csv"
+    log = CsvLog(path, key_columns=("method", "order"), columns=("time_ms", "status"))
+    log.append({"method": "a", "order": 1, "status": "ok", "time_ms": 1.5})
+    log.append({"method": "a", "order": 2, "status": "timeout"})  # no time_ms: an empty cell
+    again = CsvLog(path, key_columns=("method", "order"))
+    assert again.done({"method": "a", "order": 1.0}) and again.done({"method": "a", "order": "2"})
+    assert not again.done({"method": "b", "order": 1})
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["method", "order", "time_ms", "status"]
+    assert len(frame) == 2 and math.isnan(frame.time_ms[1])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_csv_log_refuses_a_file_of_another_schema(tmp_path):
+    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "rows.csv", index=False)
+    with pytest.raises(ValueError, match="lacks the key column"):
+        CsvLog(tmp_path / "rows.csv", key_columns=("method",))
+
+
+def test_sweep_turns_failures_into_rows_and_resumes(tmp_path):
+    cases = [{"method": "m", "order": t} for t in (1, 2, 3)]
+    log = CsvLog(tmp_path / "sweep.csv", key_columns=("method", "order"), columns=("time_ms", "status"))
+    run_sweep(cases[:2], _measure_case, log, device=CPU, timeout_s=30, isolate=False)
+    frame = run_sweep(cases, _measure_case, CsvLog(log.path, log.key_columns), device=CPU, timeout_s=30,
+                      isolate=False)
+    assert list(frame.order) == [1, 2, 3]  # the first two were kept, not redone
+    assert list(frame.status) == ["ok", "error", "ok"]
+    assert "broken on purpose" in frame.message[1]
+    assert set(METADATA_COLUMNS) <= set(frame.columns)
+
+
+def test_pytest_benchmark_json_converts_to_rows(tmp_path):
+    report = {"benchmarks": [{"extra_info": {"method": "fd-batched", "order": 1, "status": "ok"},
+                              "stats": {"median": 0.002, "iqr": 0.0005}}]}
+    (tmp_path / "out.json").write_text(json.dumps(report))
+    (row,) = rows_from_pytest_benchmark(tmp_path / "out.json")
+    assert row == {"method": "fd-batched", "order": 1, "status": "ok", "time_ms": 2.0, "time_ms_iqr": 0.5}
