@@ -62,13 +62,13 @@ def _check_inputs(f: object, x: object, v: object) -> None:
 def _check_stencil(stencil: object, order: int, method: str) -> Stencil | None:
     if stencil is None:
         return central_stencil(order) if method in FD_METHODS else None
-    if method not in FD_METHODS:
-        raise ValueError(f"{_WHO}: method {method!r} is exact and takes no stencil; pass stencil=None")
     if not isinstance(stencil, Stencil):
         raise TypeError(f"{_WHO}: expected stencil to be a fdsm.Stencil, got {type(stencil).__name__}")
     if stencil.order != order:
         raise ValueError(f"{_WHO}: expected a stencil of order {order}, got one of order {stencil.order}; "
                          f"build it with central_stencil({order})")
+    if method not in FD_METHODS:
+        raise ValueError(f"{_WHO}: method {method!r} is exact and takes no stencil; pass stencil=None")
     return stencil
 
 
