@@ -80,11 +80,61 @@ def test_gaussian_rejects_wrong_event_shape():
         build("gaussian").log_density(torch.zeros(4, 3))
 
 
+# ---- NICE: the exact log-density is normalized ------------------------------------------------------------------
+
+
+def test_nice_2d_density_integrates_to_one():
+    torch.manual_seed(0)
+    model = build("nice", size="cpu", dim=2, hidden=16).double()
+    with torch.no_grad():
+        model.log_scale.copy_(torch.tensor([0.4, -0.3]))  # a non-trivial log-determinant
+        grid = torch.linspace(-12, 12, 601, dtype=torch.float64)
+        points = torch.cartesian_prod(grid, grid)  # (601^2, 2)
+        density = model.log_density(points).exp().reshape(601, 601)
+    cell = (grid[1] - grid[0]) ** 2
+    assert abs(float(density.sum() * cell) - 1.0) < 1e-3
+
+
+# ---- DKEF: the closed-form alpha minimizes the sliced SM objective -------------------------------------------------
+
+
+def test_dkef_closed_form_alpha_equals_direct_least_squares():
+    """J(alpha), the sliced SM objective of eq. (3) plus the ridge, computed by autograd through log_density, is
+    quadratic in alpha; its minimizer by a least-squares solve of (d^2J) alpha = -dJ(0) must equal solve_alpha."""
+    torch.manual_seed(0)
+    model = build("dkef", size="cpu", dim=3, n_inducing=6).double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    v = torch.randint(0, 2, x.shape).double() * 2 - 1
+
+    def objective(alpha: torch.Tensor) -> torch.Tensor:
+        xg = x.clone().requires_grad_(True)
+        (score,) = torch.autograd.grad(model.log_density(xg, alpha).sum(), xg, create_graph=True)
+        (hvp,) = torch.autograd.grad((score * v).sum(), xg, create_graph=True)
+        integrand = (hvp * v).sum(1) + 0.5 * (score * v).sum(1).pow(2)
+        return integrand.mean() + 0.5 * 10.0**model.log_lambda * alpha.pow(2).sum()
+
+    zero = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad(objective(zero), zero, create_graph=True)  # dJ(0): (M,)
+    hessian = torch.stack([torch.autograd.grad(gradient[m], zero, retain_graph=True)[0] for m in range(6)])
+    direct = torch.linalg.lstsq(hessian, -gradient[:, None]).solution[:, 0]
+    torch.testing.assert_close(model.solve_alpha(x, v), direct.detach())
+
+
+def test_dkef_log_density_without_alpha_says_how_to_get_one():
+    model = build("dkef", size="cpu")
+    with pytest.raises(RuntimeError, match="alpha is not fitted; pass alpha=model.solve_alpha"):
+        model.log_density(torch.zeros(2, 15))
+    model.fit_alpha(torch.randn(8, 15))
+    assert model.log_density(torch.zeros(2, 15)).shape == (2,)
+
+
 # ---- parameter counts at size "paper" (built on the meta device: no memory, no init cost) ------------------------
 
 # The released code's counts (paper-code-notes section 2), each with the config overrides it was counted at.
 PAPER_COUNTS = {
     "deep-ebm": (62_336_771, {}),  # 32x32x1, the parameters in use
+    "nice": (15_154_352, {}),
+    "dkef": (11_377, {}),  # D = 15
 }
 
 
@@ -102,7 +152,10 @@ def test_paper_parameter_counts_match_released_code(name):
 def _output(name: str, model: torch.nn.Module, batch: int) -> torch.Tensor:
     """Call the model the way the objectives do, on a random batch of its input shape."""
     x = torch.rand(batch, *model.event_shape, generator=_seeded(5))
-    out = model.log_density(x)
+    if name == "dkef":  # alpha is solved in closed form on a batch, then used on another
+        out = model.log_density(x, model.solve_alpha(torch.randn_like(x)))
+    else:
+        out = model.log_density(x)
     assert out.shape == (batch,), name
     return out
 
@@ -118,7 +171,7 @@ def test_cpu_size_forward_and_backward(name):
 
 
 # Paper-size forwards that take well under a few seconds on 2 CPU cores.
-PAPER_FORWARD = ["gaussian", "mlp-ebm", "deep-ebm"]
+PAPER_FORWARD = ["gaussian", "mlp-ebm", "deep-ebm", "nice", "dkef"]
 
 
 @pytest.mark.parametrize("name", PAPER_FORWARD)

@@ -12,6 +12,8 @@ name           model                                               interface
 gaussian       toy N(mu, P^-1), closed-form objectives             log_density(x), score(x)
 mlp-ebm        toy MLP energy                                      log_density(x) = -energy(x)
 deep-ebm       Res18_Quadratic energy, sec. 6.1                    log_density(x) = -energy(x)
+dkef           deep kernel exponential family, sec. 6.1            solve_alpha(x_t); log_density(x, alpha)
+nice           NICE flow, sec. 6.2                                 log_density(x), exact
 ============== =================================================== ==============================
 
 Adding a model: write a module with a frozen config dataclass (with an ``event_shape`` property), an
@@ -19,7 +21,7 @@ Adding a model: write a module with a frozen config dataclass (with an ``event_s
 call; import the module below.
 """
 
-from fdsm.models import deep_ebm, gaussian, mlp_ebm  # noqa: F401  (importing registers the families)
+from fdsm.models import deep_ebm, dkef, gaussian, mlp_ebm, nice  # noqa: F401  (importing registers the families)
 from fdsm.models.spec import MODELS, SIZES, ModelSpec, build, model_config, parameter_count, register_model
 
 __all__ = ["MODELS", "SIZES", "ModelSpec", "build", "model_config", "parameter_count", "register_model"]
