@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 # Subcommand modules, in the order ``fdsm-bench --help`` lists them.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = (
+    "bench.commands.compare",
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
