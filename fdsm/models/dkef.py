@@ -16,8 +16,8 @@ which is quadratic in alpha. With a_m = v^T grad_x k(x, z_m), h_m = v^T grad_x^2
 g = v^T grad_x log q_0(x) per sample x (v Rademacher, as released),
 
 .. math::
-    J(\alpha) = \mathbb{E}\big[h^\top\alpha + \tfrac12 (a^\top\alpha + g)^2\big] + \tfrac{10^\lambda}{2}\lVert\alpha\rVert^2
-    + \text{const}
+    J(\alpha) = \mathbb{E}\big[h^\top\alpha + \tfrac12 (a^\top\alpha + g)^2\big]
+        + \tfrac{10^\lambda}{2}\lVert\alpha\rVert^2 + \text{const}
     \ \Rightarrow\ \alpha = -(G + 10^{\lambda} I)^{-1} b, \quad G = \mathbb{E}[a a^\top], \ b = \mathbb{E}[h + a g].
 
 The solve is differentiable, so a training step backpropagates through it; the loss is then evaluated on the other

@@ -91,6 +91,24 @@ def check_event(owner: str, x: torch.Tensor, event_shape: tuple[int, ...]) -> No
         raise ValueError(f"{owner}: expected x of shape (B, {', '.join(map(str, event_shape))}), got {tuple(x.shape)}")
 
 
+def match_batch(owner: str, cond: torch.Tensor, batch: int) -> torch.Tensor:
+    """A conditioning input ``cond`` (n, ...) for a batch of ``batch`` rows, repeated when batch = k n.
+
+    NOTE [conditioning follows concatenated batches]: a batched finite-difference forward concatenates the
+    perturbed copies of x along the batch axis (k = 2 or 3 copies), so a conditioning input given for the original
+    B rows (NCSN's sigma, the VAE score net's x) is repeated k times, as the paper's code does with cat([y, y]).
+    """
+    n = cond.shape[0]
+    if n == batch:
+        return cond
+    if n == 0 or batch % n:
+        raise ValueError(
+            f"{owner}: the conditioning input has {n} rows for a batch of {batch}; expected {batch} rows, or a "
+            f"divisor of {batch} for a concatenated batch"
+        )
+    return cond.repeat(batch // n, *([1] * (cond.dim() - 1)))
+
+
 def parameter_count(model: nn.Module) -> int:
     """The number of scalar parameters of ``model`` (every parameter here is in use and trainable)."""
     return sum(p.numel() for p in model.parameters())
