@@ -1,0 +1,140 @@
+r"""What every objective does before and after its maths: check the inputs, draw the direction v, reduce.
+
+Directions (paper section 4). Every default direction has :math:`\mathbb E[v v^\top] = (\varepsilon^2/d) I`, so
+:math:`C_v = \mathbb E\|v\|^2 = \varepsilon^2` whatever the ``noise``:
+
+============ =============================================================================================
+sphere       :math:`v = \varepsilon u / \|u\|`, u ~ N(0, I): uniform on the sphere of radius eps, the paper's
+             :math:`p_\varepsilon(v)` and the default of every objective
+gaussian     :math:`v = (\varepsilon/\sqrt d)\, u`, u ~ N(0, I) (gradient-based sliced objectives only)
+rademacher   :math:`v = (\varepsilon/\sqrt d)\, \mathrm{sign}(u)` (gradient-based sliced objectives only)
+============ =============================================================================================
+
+The norm is taken per sample over the whole flattened event, d = prod(event shape). An explicit ``v=`` overrides
+the draw; its scale is then ``eps`` when given, else :math:`\varepsilon^2 = \mathrm{mean}_b \|v_b\|^2` (exact for
+sphere and Rademacher directions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+NOISES = ("sphere", "gaussian", "rademacher")
+REDUCTIONS = ("mean", "none")
+
+
+def event_dim(x: Tensor) -> int:
+    """d: the number of scalars in one sample of x: (B, *event)."""
+    return math.prod(x.shape[1:])
+
+
+def check_batch(who: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: expected x to be a Tensor, got {type(x).__name__}")
+    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError(f"{who}: expected x of shape (B, *event) with B >= 1 and a floating dtype, "
+                         f"got {tuple(x.shape)} {x.dtype}")
+    return x
+
+
+def check_positive(who: str, name: str, value: float | Tensor) -> None:
+    """Raise unless ``value`` (a number or a tensor of them) is finite and > 0."""
+    bad = (not torch.isfinite(value).all() or (value <= 0).any()) if isinstance(value, Tensor) \
+        else (not math.isfinite(value) or value <= 0)
+    if bad:
+        shown = value.detach().min().item() if isinstance(value, Tensor) else value
+        raise ValueError(f"{who}: expected {name} > 0 and finite, got {shown}")
+
+
+def per_sample_sigma(who: str, sigma: float | Tensor, x: Tensor) -> Tensor:
+    """sigma as a (B, 1, ..., 1) tensor that broadcasts against x: (B, *event); a float or a (B,) tensor."""
+    check_positive(who, "sigma", sigma)
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if s.dim() == 0:
+        s = s.expand(x.shape[0])
+    if s.shape != (x.shape[0],):
+        raise ValueError(f"{who}: expected sigma to be a float or a ({x.shape[0]},) tensor, got {tuple(s.shape)}")
+    return s.view(-1, *([1] * (x.dim() - 1)))  # (B,) -> (B, 1, ..., 1)
+
+
+def draw_directions(x: Tensor, eps: float, noise: str = "sphere", generator: torch.Generator | None = None
+                    ) -> Tensor:
+    """v: (B, *event) with E[v v^T] = (eps^2/d) I, of the distribution ``noise`` (see the module docstring)."""
+    if noise not in NOISES:
+        raise ValueError(f"draw_directions: expected noise in {NOISES}, got {noise!r}")
+    u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device).flatten(1)  # (B, d)
+    if noise == "sphere":
+        v = eps * u / u.norm(dim=1, keepdim=True)
+    elif noise == "gaussian":
+        v = (eps / math.sqrt(u.shape[1])) * u
+    else:
+        v = (eps / math.sqrt(u.shape[1])) * torch.where(u >= 0, 1.0, -1.0).to(u.dtype)
+    return v.view_as(x)  # (B, d) -> (B, *event)
+
+
+def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: str,
+               default_eps: float) -> tuple[Tensor, float]:
+    """The direction v and its scale eps^2 = C_v for one objective call (see the module docstring)."""
+    if eps is not None:
+        check_positive(who, "eps", eps)
+    if v is None:
+        eps = default_eps if eps is None else eps
+        return draw_directions(x, eps, noise), float(eps) ** 2
+    if not isinstance(v, Tensor) or v.shape != x.shape:
+        raise ValueError(f"{who}: expected v of x's shape {tuple(x.shape)}, "
+                         f"got {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+    v = v.detach().to(x.dtype)
+    if eps is None:
+        eps2 = v.flatten(1).pow(2).sum(1).mean().item()  # mean_b ||v_b||^2
+        check_positive(who, "||v|| (the scale of the given v)", eps2)
+        return v, eps2
+    return v, float(eps) ** 2
+
+
+def checked_log_density(who: str, log_density: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """log_density, with its output checked to be (N,) for an input (N, *event)."""
+    if not callable(log_density):
+        raise TypeError(f"{who}: expected log_density to be callable, got {type(log_density).__name__}")
+
+    def wrapped(inputs: Tensor) -> Tensor:
+        out = log_density(inputs)
+        if not isinstance(out, Tensor) or out.shape != inputs.shape[:1]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{who}: expected log_density to map {tuple(inputs.shape)} to "
+                             f"({inputs.shape[0]},), got {shape}")
+        return out
+
+    return wrapped
+
+
+def checked_score(who: str, score: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """score, with its output checked to have its input's shape (N, *event)."""
+    if not callable(score):
+        raise TypeError(f"{who}: expected score to be callable, got {type(score).__name__}")
+
+    def wrapped(inputs: Tensor) -> Tensor:
+        out = score(inputs)
+        if not isinstance(out, Tensor) or out.shape != inputs.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{who}: expected score to map {tuple(inputs.shape)} to the same shape, got {shape}")
+        return out
+
+    return wrapped
+
+
+def reduce(who: str, per_sample: Tensor, reduction: str) -> Tensor:
+    """(B,) -> 0-d mean (``"mean"``) or (B,) unchanged (``"none"``)."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"{who}: expected reduction in {REDUCTIONS}, got {reduction!r}")
+
+
+def check_reduction(who: str, reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{who}: expected reduction in {REDUCTIONS}, got {reduction!r}")

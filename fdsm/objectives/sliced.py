@@ -1,0 +1,334 @@
+r"""Score-matching objectives on a log-density or a score network, exact and by finite differences (FD).
+
+NOTE [one scaling convention]
+Every objective is the paper's equation, *per dimension*: with isotropic directions,
+:math:`\mathbb E[v v^\top] = (\varepsilon^2/d) I`, each sliced objective divides by :math:`C_v = \varepsilon^2`
+(eq. 3), so its expectation is :math:`J_{SM}/d`, and DSM carries the 1/d of eq. (2). The FD objectives are their
+gradient counterparts with the derivatives replaced by central differences on the same v, so each pair has the
+same expectation up to o(eps). Against the released code (notes section 7): DeepEBM ``ssm_fd`` equals ours, the
+SSM repo's FD-SSM is ours times d, and ``mdsm_*`` is ours times ``loss_coe * d / sigma0^2`` (see
+``noise_conditional``).
+
+================================= ========== ====================================================================
+objective                         paper      per-sample value, expectation
+================================= ========== ====================================================================
+sm_loss(log_density, x)           eq. (1)    tr H + 1/2 ||s||^2; J_SM
+ssm_loss                          eq. (3)    [v^T H v + 1/2 (v^T s)^2] / eps^2; J_SM / d
+fd_ssm_loss                       eq. (9)    [L+ + L- - 2 L0 + (L+ - L-)^2 / 8] / eps^2; J_SM / d + o(eps)
+ssmvr_loss                        eq. (11)   v^T H v / eps^2 + ||s||^2 / (2d); J_SM / d
+dsm_loss(log_density, x, sigma)   eq. (2)    ||s(x~) + (x~ - x)/sigma^2||^2 / d; J_DSM
+sliced_dsm_loss                   app. B.4   (v^T s(x~) + v^T (x~ - x)/sigma^2)^2 / eps^2; J_DSM
+fd_dsm_loss                       eq. (10)   (L+ - L- + 2 v^T (x~ - x)/sigma^2)^2 / (4 eps^2); J_DSM + o(eps)
+ssmvr_score_loss(score, x)        eq. (11)   v^T (grad s) v / eps^2 + ||s||^2 / (2d); J_SM / d
+fd_ssmvr_loss(score, x)           sec. 4     ||s+ + s-||^2 / (8d) + v^T (s+ - s-) / (2 eps^2); J_SM / d + o(eps)
+dsm_score_loss(score, x, sigma)   eq. (2)    dsm_loss with a score network
+================================= ========== ====================================================================
+
+Here s = grad_x log p, H = grad_x^2 log p, L+- = log p(x +- v), L0 = log p(x), s+- = s(x +- v), d = prod(event).
+The FD objectives evaluate their points in one forward of the stacked (S*B) batch (the paper's "parallel" FD,
+appendix C.1), or with ``serial=True`` in S separate forwards (the starred rows of table 2). ``backend`` picks the
+fused loss heads of ``kernels`` ("triton"), plain torch ("torch"), or the kernels' own choice when they are
+importable ("auto"); all three give the same loss and gradients.
+
+x is data: the objectives differentiate with respect to a detached copy of it, and the gradients of the returned
+loss flow to the parameters inside the callable only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from fdsm import fd
+from fdsm.objectives.checks import (
+    check_batch,
+    check_reduction,
+    checked_log_density,
+    checked_score,
+    directions,
+    event_dim,
+    per_sample_sigma,
+    reduce,
+)
+from fdsm.stencils import Stencil, central_stencil
+
+Fn = Callable[[Tensor], Tensor]
+BACKENDS = ("auto", "triton", "torch")
+
+# The FD points of section 4: FD-SSM uses {x - v, x, x + v}; FD-DSM and FD-SSMVR use {x - v, x + v}.
+THREE_POINT = central_stencil(2)  # offsets (-1, 0, 1), weights (1, -2, 1): v^T H v + O(eps^4)
+TWO_POINT = central_stencil(1)  # offsets (-1, 1), weights (-1/2, 1/2): v^T s + O(eps^3)
+_MINUS, _ZERO, _PLUS = 0, 1, 2  # rows of the three-point outputs
+_M, _P = 0, 1  # rows of the two-point outputs
+assert THREE_POINT.offsets == (-1.0, 0.0, 1.0) and TWO_POINT.offsets == (-1.0, 1.0)
+
+
+# ---- shared parts ---------------------------------------------------------------------------------------------
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product: (B, *event) x (B, *event) -> (B,)."""
+    return (a * b).flatten(1).sum(1)
+
+
+def _as_data(x: Tensor) -> Tensor:
+    return x.detach().requires_grad_(True)
+
+
+def _grad(out: Tensor, x: Tensor) -> Tensor:
+    r""":math:`\nabla_x` of each sample's out_b, graph kept; out: (B,) -> (B, *event). Samples are independent,
+    so the gradient of the batch sum holds every per-sample gradient."""
+    if not out.requires_grad:  # out does not depend on x (e.g. a linear log-density's score)
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
+def _curvature(s: Tensor, x: Tensor, v: Tensor) -> Tensor:
+    r""":math:`v^\top \nabla_x (v^\top s(x))`, the Hessian-vector term; s, x, v: (B, *event) -> (B,)."""
+    return _dot(_grad(_dot(s, v), x), v)
+
+
+def _noisy(x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
+    r""":math:`\tilde x = x + \sigma \xi`, xi ~ N(0, I) unless given; sigma: (B, 1, ..., 1) -> (B, *event)."""
+    if xi is None:
+        xi = torch.randn_like(x)
+    elif xi.shape != x.shape:
+        raise ValueError(f"expected xi of x's shape {tuple(x.shape)}, got {tuple(xi.shape)}")
+    return _as_data(x + sigma * xi)
+
+
+def stencil_forwards(f: Fn, x: Tensor, v: Tensor, points: Stencil, *, serial: bool = False) -> Tensor:
+    r"""Every :math:`f(x + \gamma_i v)`, stacked: (S, B, *k). One forward of the stacked (S*B, *event) batch, or
+    S separate forwards with ``serial=True``."""
+    if serial:
+        return torch.stack([f(x + gamma * v) for gamma in points.offsets])  # S x (B, *k) -> (S, B, *k)
+    return f(fd.stencil_inputs(x, v, points)).unflatten(0, (len(points), x.shape[0]))  # (S*B, *k) -> (S, B, *k)
+
+
+def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
+    """``kernels.<name>`` bound to ``backend``, or None for the plain-torch path.
+
+    "torch" never imports the kernels; "auto" uses them when importable (they pick Triton or their torch
+    reference); "triton" requires them.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return None
+    try:
+        import kernels
+
+        head = getattr(kernels, name)
+    except (ImportError, AttributeError) as err:
+        if backend == "auto":
+            return None
+        raise RuntimeError(f"backend='triton' needs kernels.{name}, which is not importable here ({err}); "
+                           "use backend='torch'") from err
+    return functools.partial(head, backend=backend)
+
+
+# ---- integrands shared by each exact / FD pair ----------------------------------------------------------------
+
+def _ssm_integrand(first: Tensor, second: Tensor, eps2: float) -> Tensor:
+    r"""Eq. (3)/(9): :math:`[D^2 + \tfrac12 (D^1)^2] / \varepsilon^2`, with :math:`D^1 \approx v^\top s`,
+    :math:`D^2 \approx v^\top H v`; (B,) -> (B,)."""
+    return (second + 0.5 * first.pow(2)) / eps2
+
+
+def _ssmvr_integrand(curvature: Tensor, s_hat: Tensor, eps2: float) -> Tensor:
+    r"""Eq. (11): :math:`v^\top \nabla s\, v / \varepsilon^2 + \|\hat s\|^2 / (2d)`; (B,), (B, *event) -> (B,)."""
+    return curvature / eps2 + 0.5 * s_hat.flatten(1).pow(2).sum(1) / event_dim(s_hat)
+
+
+def _sliced_dsm_integrand(first: Tensor, v_dot_delta: Tensor, sigma2: Tensor, eps2: float) -> Tensor:
+    r"""Eq. (10): :math:`(D^1 + v^\top(\tilde x - x)/\sigma^2)^2 / \varepsilon^2`; (B,) -> (B,)."""
+    return (first + v_dot_delta / sigma2).pow(2) / eps2
+
+
+# ---- exact objectives -----------------------------------------------------------------------------------------
+
+def sm_loss(log_density: Fn, x: Tensor, *, reduction: str = "mean") -> Tensor:
+    r"""Exact score matching, eq. (1): :math:`\mathrm{tr}\,\nabla_x^2 \log p(x) + \tfrac12\|\nabla_x \log p(x)\|^2`.
+
+    Expectation :math:`J_{SM}`. The Hessian trace costs d extra backward passes (one per coordinate), so this is
+    the evaluation metric, not a training objective for large d. log_density: (B, *event) -> (B,).
+    """
+    who = "sm_loss(log_density, x)"
+    check_reduction(who, reduction)
+    x = _as_data(check_batch(who, x))
+    s = _grad(checked_log_density(who, log_density)(x), x).flatten(1)  # (B, d)
+    trace = sum(_grad(s[:, k], x).flatten(1)[:, k] for k in range(s.shape[1]))  # sum_k d s_k / d x_k: (B,)
+    return reduce(who, trace + 0.5 * s.pow(2).sum(1), reduction)
+
+
+def ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+             noise: str = "sphere", reduction: str = "mean") -> Tensor:
+    r"""Sliced score matching, eq. (3) divided by :math:`C_v = \varepsilon^2`:
+    :math:`[v^\top \nabla_x^2 \log p\, v + \tfrac12 (v^\top \nabla_x \log p)^2] / \varepsilon^2`.
+
+    Expectation :math:`J_{SM}/d` for any ``noise`` (sphere, gaussian, rademacher). Two nested reverse passes
+    (create_graph), the paper's gradient-based SSM. eps (default 1) only scales v; the loss does not depend on it.
+    """
+    who = "ssm_loss(log_density, x)"
+    check_reduction(who, reduction)
+    x = _as_data(check_batch(who, x))
+    v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
+    s = _grad(checked_log_density(who, log_density)(x), x)
+    return reduce(who, _ssm_integrand(_dot(s, v), _curvature(s, x, v), eps2), reduction)
+
+
+def ssmvr_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+               noise: str = "sphere", reduction: str = "mean") -> Tensor:
+    r"""SSM with variance reduction, eq. (11) on :math:`s = \nabla_x \log p`:
+    :math:`v^\top \nabla_x^2 \log p\, v / \varepsilon^2 + \|s\|^2 / (2d)`. Expectation :math:`J_{SM}/d`."""
+    who = "ssmvr_loss(log_density, x)"
+    check_reduction(who, reduction)
+    x = _as_data(check_batch(who, x))
+    v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
+    s = _grad(checked_log_density(who, log_density)(x), x)
+    return reduce(who, _ssmvr_integrand(_curvature(s, x, v), s, eps2), reduction)
+
+
+def ssmvr_score_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+                     noise: str = "sphere", reduction: str = "mean") -> Tensor:
+    r"""SSMVR for a score network, eq. (11): :math:`v^\top \nabla_x s(x)\, v / \varepsilon^2 + \|s(x)\|^2/(2d)`.
+
+    Expectation :math:`J_{SM}/d` of the density whose score s is. score: (B, *event) -> (B, *event).
+    """
+    who = "ssmvr_score_loss(score, x)"
+    check_reduction(who, reduction)
+    x = _as_data(check_batch(who, x))
+    v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
+    s = checked_score(who, score)(x)
+    return reduce(who, _ssmvr_integrand(_curvature(s, x, v), s, eps2), reduction)
+
+
+def _dsm(who: str, score: Fn, x: Tensor, sigma: float | Tensor, xi: Tensor | None, reduction: str,
+         target_sigma: float | Tensor | None = None) -> Tensor:
+    r""":math:`\|s(\tilde x) + (\tilde x - x)/\sigma_t^2\|^2 / d`, x~ = x + sigma xi, sigma_t = target_sigma or
+    sigma; per sample (B,) or its mean."""
+    check_reduction(who, reduction)
+    x = check_batch(who, x).detach()
+    sig = per_sample_sigma(who, sigma, x)
+    target = sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)
+    x_noisy = _noisy(x, sig, xi)
+    residual = score(x_noisy) + (x_noisy - x) / target.pow(2)  # (B, *event)
+    return reduce(who, residual.flatten(1).pow(2).sum(1) / event_dim(x), reduction)
+
+
+def dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | None = None,
+             reduction: str = "mean") -> Tensor:
+    r"""Denoising score matching, eq. (2): :math:`\|\nabla \log p(\tilde x) + (\tilde x - x)/\sigma^2\|^2 / d`
+    with :math:`\tilde x = x + \sigma\xi`, :math:`\xi \sim N(0, I)` (or the given ``xi``).
+
+    Expectation :math:`J_{DSM}`. sigma: a float or a per-sample (B,) tensor, > 0.
+    """
+    who = "dsm_loss(log_density, x, sigma)"
+    ld = checked_log_density(who, log_density)
+    return _dsm(who, lambda xt: _grad(ld(xt), xt), x, sigma, xi, reduction)
+
+
+def dsm_score_loss(score: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | None = None,
+                   reduction: str = "mean") -> Tensor:
+    r"""Denoising score matching, eq. (2), for a score network:
+    :math:`\|s(\tilde x) + (\tilde x - x)/\sigma^2\|^2 / d`."""
+    who = "dsm_score_loss(score, x, sigma)"
+    return _dsm(who, checked_score(who, score), x, sigma, xi, reduction)
+
+
+def sliced_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None = None,
+                    v: Tensor | None = None, noise: str = "sphere", xi: Tensor | None = None,
+                    reduction: str = "mean") -> Tensor:
+    r"""DSM projected on v (appendix B.4), the exact counterpart of FD-DSM on the same v:
+    :math:`(v^\top \nabla \log p(\tilde x) + v^\top(\tilde x - x)/\sigma^2)^2 / \varepsilon^2`.
+
+    Expectation :math:`J_{DSM}`. ``fdsm-bench grad-agreement`` compares FD-DSM against it per (x, xi, v).
+    """
+    who = "sliced_dsm_loss(log_density, x, sigma)"
+    check_reduction(who, reduction)
+    x = check_batch(who, x).detach()
+    sig = per_sample_sigma(who, sigma, x)
+    v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
+    x_noisy = _noisy(x, sig, xi)
+    first = _dot(_grad(checked_log_density(who, log_density)(x_noisy), x_noisy), v)
+    return reduce(who, _sliced_dsm_integrand(first, _dot(v, x_noisy - x), sig.flatten().pow(2), eps2), reduction)
+
+
+# ---- finite-difference objectives -----------------------------------------------------------------------------
+
+def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+                serial: bool = False, backend: str = "auto", reduction: str = "mean") -> Tensor:
+    r"""FD-SSM, eq. (9): :math:`[L_+ + L_- - 2L_0 + \tfrac18 (L_+ - L_-)^2] / \varepsilon^2`, with
+    :math:`L_\pm = \log p(x \pm v)`, :math:`L_0 = \log p(x)`, v uniform on the eps-sphere (default eps = 0.1).
+
+    These are the central stencils of orders 2 and 1 (Theorem 1) on the same three points, evaluated in one
+    forward of the stacked (3B, *event) batch. Expectation :math:`J_{SM}/d + o(\varepsilon)`; exact for a
+    quadratic log p.
+    """
+    who = "fd_ssm_loss(log_density, x)"
+    check_reduction(who, reduction)
+    x = check_batch(who, x).detach()
+    v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+    lp = stencil_forwards(checked_log_density(who, log_density), x, v, THREE_POINT, serial=serial)  # (3, B)
+    head = fused_head("fd_ssm_head", backend)
+    if head is not None:
+        per_sample = head(lp[_PLUS], lp[_MINUS], lp[_ZERO], scale=1.0 / eps2)
+    else:
+        first = fd.apply_stencil(lp[[_MINUS, _PLUS]], TWO_POINT)  # (L+ - L-) / 2
+        per_sample = _ssm_integrand(first, fd.apply_stencil(lp, THREE_POINT), eps2)  # L+ + L- - 2 L0
+    return reduce(who, per_sample, reduction)
+
+
+def _fd_dsm(who: str, log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None, v: Tensor | None,
+            xi: Tensor | None, serial: bool, backend: str, target_sigma: float | Tensor | None = None) -> Tensor:
+    r"""Per-sample FD-DSM, eq. (10), with the target :math:`(\tilde x - x)/\sigma_t^2`; (B,)."""
+    x = check_batch(who, x).detach()
+    sig = per_sample_sigma(who, sigma, x)
+    target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
+    v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+    x_noisy = _noisy(x, sig, xi).detach()
+    lp = stencil_forwards(checked_log_density(who, log_density), x_noisy, v, TWO_POINT, serial=serial)  # (2, B)
+    v_dot_delta = _dot(v, x_noisy - x)
+    head = fused_head("fd_dsm_head", backend)
+    if head is not None:
+        return head(lp[_P], lp[_M], v_dot_delta, target2.sqrt(), scale=0.25 / eps2)
+    return _sliced_dsm_integrand(fd.apply_stencil(lp, TWO_POINT), v_dot_delta, target2, eps2)
+
+
+def fd_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None = None,
+                v: Tensor | None = None, xi: Tensor | None = None, serial: bool = False, backend: str = "auto",
+                reduction: str = "mean") -> Tensor:
+    r"""FD-DSM, eq. (10): :math:`(L_+ - L_- + 2 v^\top(\tilde x - x)/\sigma^2)^2 / (4\varepsilon^2)`, with
+    :math:`L_\pm = \log p(\tilde x \pm v)`, v uniform on the eps-sphere (default eps = 0.1).
+
+    One forward of the stacked (2B, *event) batch, no second-order graph. Expectation
+    :math:`J_{DSM} + o(\varepsilon)`.
+    """
+    who = "fd_dsm_loss(log_density, x, sigma)"
+    check_reduction(who, reduction)
+    per_sample = _fd_dsm(who, log_density, x, sigma, eps=eps, v=v, xi=xi, serial=serial, backend=backend)
+    return reduce(who, per_sample, reduction)
+
+
+def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+                  serial: bool = False, backend: str = "auto", reduction: str = "mean") -> Tensor:
+    r"""FD-SSMVR (section 4): :math:`\|s_+ + s_-\|^2/(8d) + v^\top(s_+ - s_-)/(2\varepsilon^2)`, with
+    :math:`s_\pm = s(x \pm v)`, v uniform on the eps-sphere (default eps = 0.1).
+
+    One forward of the stacked (2B, *event) batch. Expectation :math:`J_{SM}/d + o(\varepsilon)`.
+    """
+    who = "fd_ssmvr_loss(score, x)"
+    check_reduction(who, reduction)
+    x = check_batch(who, x).detach()
+    v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+    s = stencil_forwards(checked_score(who, score), x, v, TWO_POINT, serial=serial)  # (2, B, *event)
+    head = fused_head("fd_ssmvr_head", backend)
+    if head is not None:
+        per_sample = head(s[_P].flatten(1), s[_M].flatten(1), v.flatten(1), eps2 ** 0.5)
+    else:
+        curvature = _dot(fd.apply_stencil(s, TWO_POINT), v)  # v^T (s+ - s-) / 2
+        per_sample = _ssmvr_integrand(curvature, 0.5 * (s[_P] + s[_M]), eps2)
+    return reduce(who, per_sample, reduction)

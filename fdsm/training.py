@@ -1,0 +1,277 @@
+r"""One complete training step per (model, objective), with the paper's optimizers, and a short training loop.
+
+A step is what the paper times (notes section 4): ``zero_grad``, the loss (forward passes and, for the gradient
+objectives, the create_graph passes), ``backward``, the gradient-norm clip, the optimizer step and the scheduler
+step. A non-finite loss stops the step before ``backward`` with ``NonFiniteLossError`` naming the step: never a
+silent NaN update.
+
+``RECIPES`` holds one ``Recipe`` per row of the paper's tables 1, 2, 3, 5 and 6: the model, the objective with the
+released code's settings (direction distribution, eps, noise levels; scaled as in NOTE [one scaling convention]),
+the batch and the optimizer of notes section 3:
+
+========= =============================================== ======= =============================================
+model     rows                                            batch   optimizer
+========= =============================================== ======= =============================================
+dkef      SSM, SSMVR, FD-SSM (table 1)                    200     Adam 1e-2, clip 1.0; alpha on half the batch
+deep-ebm  DSM, FD-DSM*, FD-DSM, SSM, SSMVR, FD-SSM*,      64      Adam betas (0.9, 0.95), cosine, clip 0.1;
+          FD-SSM (table 2)                                        lr 5e-5 (DSM) / 1e-5 (SSM); eps 0.05
+nice      DSM, SSM, SSMVR, FD-SSM, MLE (table 3)          128     Adam 1e-4; 1e-3 for DSM and FD-SSM
+ncsn      DSM, SSMVR, FD-SSMVR (table 5)                  128     Adam 1e-3, betas (0.9, 0.999)
+vae, wae  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
+========= =============================================== ======= =============================================
+
+A star marks the non-parallel FD (``serial=True``). Rows whose model is not registered are listed with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from fdsm import objectives as obj
+from fdsm.models import MODELS, build
+from fdsm.registry import Registry
+
+LossFn = Callable[[nn.Module, Tensor], Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a training step was NaN or infinite; the message names the step and the value."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"  # "adam" | "rmsprop"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam only
+    clip: float | None = None  # max gradient norm; None: no clipping
+    cosine: bool = False  # CosineAnnealingLR to 0 over the run, stepped every step (deep EBM)
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig, total_steps: int = 1
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimizer and (when ``config.cosine``) the scheduler of a recipe, over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.name == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    elif config.name == "rmsprop":
+        optimizer = torch.optim.RMSprop(params, lr=config.lr)
+    else:
+        raise ValueError(f"make_optimizer: expected name 'adam' or 'rmsprop', got {config.name!r}")
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1)) if config.cosine else None
+    return optimizer, scheduler
+
+
+def training_step(model: nn.Module, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer, *,
+                  clip: float | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                  step: int = 0) -> Tensor:
+    """One complete step: zero_grad, loss, backward, clip, optimizer step, scheduler step; the detached loss.
+
+    Raises ``NonFiniteLossError`` (naming ``step``) before any update when the loss is NaN or infinite.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"training step {step}: the loss is {loss.item()}, not finite; the update was "
+                                 "not applied (lower the learning rate, raise eps in float32, or check the data)")
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
+# ---- recipes: one per table row -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """A (model, objective) row: ``loss(model, x)`` on a batch x of ``batch`` samples, with ``optim``."""
+
+    model: str
+    objective: str  # the paper's row label; "*" marks serial FD
+    table: str
+    loss: LossFn
+    optim: OptimConfig
+    batch: int
+    build_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.objective}"
+
+    def build_model(self, size: str = "cpu", **overrides) -> nn.Module:
+        return build(self.model, size=size, **{**self.build_kwargs, **overrides})
+
+
+RECIPES: Registry[Recipe] = Registry("training recipe")
+
+
+def _register(model: str, table: str, batch: int, rows: dict[str, tuple[LossFn, OptimConfig]]) -> None:
+    for objective, (loss, optim) in rows.items():
+        RECIPES.register(f"{model}/{objective}", Recipe(model, objective, table, loss, optim, batch))
+
+
+def _ld(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    return model.log_density
+
+
+# DKEF (notes 3.2): alpha is solved on the first half of the batch, the objective is taken on the second.
+def _dkef(objective: Callable[..., Tensor], **kw) -> LossFn:
+    def loss(model: nn.Module, x: Tensor) -> Tensor:
+        x_t, x_v = x.chunk(2)
+        alpha = model.solve_alpha(x_t)
+        return objective(lambda z: model.log_density(z, alpha), x_v, **kw)
+
+    return loss
+
+
+_DKEF_OPT = OptimConfig("adam", lr=1e-2, clip=1.0)
+_register("dkef", "1", 200, {
+    "SSM": (_dkef(obj.ssm_loss, noise="rademacher"), _DKEF_OPT),
+    "SSMVR": (_dkef(obj.ssmvr_loss, noise="rademacher"), _DKEF_OPT),
+    "FD-SSM": (_dkef(obj.fd_ssm_loss, eps=0.1), _DKEF_OPT),
+})
+
+
+# Deep EBM (notes 1.1, 3.1): multi-scale DSM over linspace(0.05, 1.2, B); SSM family on data + 0.005 N(0, I).
+def _deep_ebm_dsm(objective: Callable[..., Tensor], **kw) -> LossFn:
+    return lambda model, x: objective(model.log_density, x, obj.deep_ebm_sigmas(len(x), dtype=x.dtype,
+                                                                                device=x.device), **kw)
+
+
+def _deep_ebm_ssm(objective: Callable[..., Tensor], **kw) -> LossFn:
+    return lambda model, x: objective(model.log_density, x + 0.005 * torch.randn_like(x), **kw)
+
+
+_EBM_DSM_OPT = OptimConfig("adam", lr=5e-5, betas=(0.9, 0.95), clip=0.1, cosine=True)
+_EBM_SSM_OPT = OptimConfig("adam", lr=1e-5, betas=(0.9, 0.95), clip=0.1, cosine=True)
+_register("deep-ebm", "2", 64, {
+    "DSM": (_deep_ebm_dsm(obj.multiscale_dsm_loss), _EBM_DSM_OPT),
+    "FD-DSM*": (_deep_ebm_dsm(obj.multiscale_fd_dsm_loss, eps=0.05, serial=True), _EBM_DSM_OPT),
+    "FD-DSM": (_deep_ebm_dsm(obj.multiscale_fd_dsm_loss, eps=0.05), _EBM_DSM_OPT),
+    "SSM": (_deep_ebm_ssm(obj.ssm_loss, noise="gaussian"), _EBM_SSM_OPT),
+    "SSMVR": (_deep_ebm_ssm(obj.ssmvr_loss, noise="gaussian"), _EBM_SSM_OPT),
+    "FD-SSM*": (_deep_ebm_ssm(obj.fd_ssm_loss, eps=0.05, serial=True), _EBM_SSM_OPT),
+    "FD-SSM": (_deep_ebm_ssm(obj.fd_ssm_loss, eps=0.05), _EBM_SSM_OPT),
+})
+
+
+# NICE (notes 3.3): Rademacher v for the gradient SSM family, DSM sigma = 0.1, FD-SSM eps = 0.1 at 10x the lr.
+def _on_log_density(objective: Callable[..., Tensor], *args, **kw) -> LossFn:
+    return lambda model, x: objective(model.log_density, x, *args, **kw)
+
+
+_register("nice", "3", 128, {
+    "DSM": (_on_log_density(obj.dsm_loss, 0.1), OptimConfig("adam", lr=1e-3)),
+    "SSM": (_on_log_density(obj.ssm_loss, noise="rademacher"), OptimConfig("adam", lr=1e-4)),
+    "SSMVR": (_on_log_density(obj.ssmvr_loss, noise="rademacher"), OptimConfig("adam", lr=1e-4)),
+    "FD-SSM": (_on_log_density(obj.fd_ssm_loss, eps=0.1), OptimConfig("adam", lr=1e-3)),
+    "MLE": (_on_log_density(obj.mle_loss), OptimConfig("adam", lr=1e-4)),
+})
+
+
+# NCSN (notes 1.4, 3.5): one of 10 geometric levels per sample; the network is conditioned on the level index.
+def _ncsn(objective: Callable[..., Tensor], **kw) -> LossFn:
+    def loss(model: nn.Module, x: Tensor) -> Tensor:
+        levels = getattr(model, "sigmas", None)  # the model's geometric 1 -> 0.01 levels, else NCSN's defaults
+        levels = obj.ncsn_sigmas(device=x.device) if levels is None else levels
+        labels, sigma = obj.draw_levels(len(x), levels.to(x.dtype))
+        return objective(model, x, sigma, cond=labels, **kw)  # model(x, labels): the level-conditioned score
+
+    return loss
+
+
+_NCSN_OPT = OptimConfig("adam", lr=1e-3, betas=(0.9, 0.999))
+_register("ncsn", "5", 128, {
+    "DSM": (_ncsn(obj.annealed_dsm_loss), _NCSN_OPT),
+    "SSMVR": (_ncsn(obj.annealed_ssmvr_loss, noise="gaussian"), _NCSN_OPT),
+    "FD-SSMVR": (_ncsn(obj.annealed_fd_ssmvr_loss, eps=0.1), _NCSN_OPT),
+})
+
+
+# VAE / WAE (notes 1.5, 3.4): only the score-net update is timed, on z from the (frozen, here) encoder.
+def _score_net(objective: Callable[..., Tensor], **kw) -> LossFn:
+    def loss(model: nn.Module, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            z = model.encode(x)
+        return objective(lambda zz: model.latent_score(x.repeat(len(zz) // len(x), 1), zz), z, **kw)
+
+    return loss
+
+
+for _name in ("vae", "wae"):
+    _register(_name, "6", 128, {
+        "SSMVR": (_score_net(obj.ssmvr_score_loss, noise="gaussian"), OptimConfig("rmsprop", lr=1e-3)),
+        "FD-SSMVR": (_score_net(obj.fd_ssmvr_loss, eps=0.1), OptimConfig("rmsprop", lr=1e-3)),
+    })
+
+
+def recipe_available(recipe: Recipe) -> tuple[bool, str]:
+    """Whether the recipe's model is registered here, and why not."""
+    if recipe.model not in MODELS:
+        return False, f"model {recipe.model!r} is not registered (fdsm.models has {MODELS.names()})"
+    return True, ""
+
+
+def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+    """A synthetic batch of the model's input shape, (batch, *model.event_shape), for timing steps."""
+    x = torch.rand((batch, *model.event_shape), generator=generator, dtype=dtype)
+    return x.to(device)
+
+
+# ---- a short training loop ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Record:
+    step: int
+    wall_s: float  # training wall-clock so far, evaluation excluded
+    loss: float
+    metric: float  # the evaluation at this step (NaN where not evaluated)
+
+
+def batches(data: Tensor, batch: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    """Endless shuffled mini-batches of ``batch`` rows of data: (N, *event); each epoch is a new permutation."""
+    if len(data) < batch:
+        raise ValueError(f"batches(data, batch): expected at least {batch} rows, got {len(data)}")
+    while True:
+        order = torch.randperm(len(data), generator=generator)
+        for i in range(0, len(data) - batch + 1, batch):
+            yield data[order[i:i + batch]]
+
+
+def train(model: nn.Module, recipe: Recipe, data: Tensor, *, steps: int, evaluate: Callable[[], float] | None = None,
+          eval_every: int = 50, generator: torch.Generator | None = None, time_budget_s: float = math.inf,
+          on_record: Callable[[Record], None] | None = None) -> list[Record]:
+    """Train ``model`` with ``recipe`` for ``steps`` steps (or until ``time_budget_s`` of training time).
+
+    ``evaluate()`` runs every ``eval_every`` steps and at the end, outside the timed window (figure 4 plots the
+    metric against training wall-clock). A non-finite loss raises ``NonFiniteLossError`` naming the step.
+    """
+    optimizer, scheduler = make_optimizer(model, recipe.optim, steps)
+    records: list[Record] = []
+    wall = 0.0
+    stream = batches(data, recipe.batch, generator)
+    for step in range(1, steps + 1):
+        x = next(stream)
+        start = time.perf_counter()
+        loss = training_step(model, functools.partial(recipe.loss, model, x), optimizer, clip=recipe.optim.clip,
+                             scheduler=scheduler, step=step)
+        wall += time.perf_counter() - start
+        last = step == steps or wall >= time_budget_s
+        if evaluate is not None and (step % eval_every == 0 or last):
+            record = Record(step, wall, loss.item(), evaluate())
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+        if last:
+            break
+    return records
