@@ -1,0 +1,99 @@
+r"""UCI tabular datasets for DKEF (paper section 6.1, Table 1), prepared as the released DKEF code does.
+
+- Parkinsons telemonitoring (``parkinsons_updrs.data``, comma-separated with a header): the columns from index 3 on,
+  dropping each column whose |correlation| with an earlier kept column exceeds 0.98.
+- Wine quality, red and white (``winequality-red.csv`` / ``winequality-white.csv``, semicolon-separated with a
+  header): the 11 physico-chemical features (the last column, quality, is dropped); each feature is dequantized by
+  adding U(-1/2, 1/2) times the median gap between its distinct values.
+
+Then PCA whitening with no regularization, fitted on (at most) the first 10^4 rows:
+
+.. math::
+    x \mapsto (x - \bar x) V \mathrm{diag}(s)^{-1} \sqrt{N}, \qquad X - \bar x = U \mathrm{diag}(s) V^\top,
+
+so the whitened rows have identity covariance; ``dkef_split`` then holds out test and validation rows.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fdsm.data.files import DataFormatError, read_bytes
+
+
+def _read_csv(path: str | Path, expected: str, sep: str, min_columns: int) -> np.ndarray:
+    """A numeric CSV with a header as a float64 array; anything else is a DataFormatError."""
+    raw = read_bytes(path, expected)
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), sep=sep)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataFormatError(f"{path}: cannot parse ({err}); expected {expected}") from err
+    if frame.shape[1] < min_columns or len(frame) < 2:
+        raise DataFormatError(f"{path}: {frame.shape[1]} columns, {len(frame)} rows; expected {expected}")
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if np.isnan(values).any():
+        row, col = np.argwhere(np.isnan(values))[0]
+        raise DataFormatError(
+            f"{path}: non-numeric or missing value in row {row + 2}, column {frame.columns[col]!r}; expected {expected}"
+        )
+    return values
+
+
+def whiten(x: np.ndarray, fit_rows: int = 10_000) -> np.ndarray:
+    """PCA whitening (module docstring), fitted on the first ``fit_rows`` rows: (N, D) -> (N, D)."""
+    fit = x[:fit_rows]
+    mean = fit.mean(0)
+    _, s, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    return (x - mean) @ vt.T / s * np.sqrt(len(fit))
+
+
+def drop_correlated(x: np.ndarray, threshold: float = 0.98) -> np.ndarray:
+    """Keep each column unless its |correlation| with an earlier kept column exceeds ``threshold``."""
+    corr = np.abs(np.corrcoef(x, rowvar=False))
+    kept: list[int] = []
+    for j in range(x.shape[1]):
+        if all(corr[j, k] <= threshold for k in kept):
+            kept.append(j)
+    return x[:, kept]
+
+
+def dequantize_columns(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x + U(-1/2, 1/2) * (median gap between the distinct values of each column): (N, D) -> (N, D)."""
+    gaps = np.array([np.median(np.diff(np.unique(col))) if len(np.unique(col)) > 1 else 0.0 for col in x.T])
+    return x + (rng.random(x.shape) - 0.5) * gaps
+
+
+PARKINSONS_EXPECTED = "the UCI Parkinsons telemonitoring CSV (parkinsons_updrs.data: header, comma-separated)"
+WINE_EXPECTED = "a UCI wine-quality CSV (winequality-red.csv / -white.csv: header, ';'-separated, 12 columns)"
+
+
+def load_parkinsons(path: str | Path, seed: int = 0) -> torch.Tensor:
+    """Whitened Parkinsons features: (N, D) float32 (D = 15 in the DKEF paper)."""
+    del seed  # no dequantization for Parkinsons; the argument keeps one loader signature
+    values = _read_csv(path, PARKINSONS_EXPECTED, ",", min_columns=5)
+    return torch.from_numpy(whiten(drop_correlated(values[:, 3:]))).float()
+
+
+def load_wine_quality(path: str | Path, seed: int = 0) -> torch.Tensor:
+    """Dequantized, whitened wine-quality features: (N, 11) float32."""
+    values = _read_csv(path, WINE_EXPECTED, ";", min_columns=12)
+    if values.shape[1] != 12:
+        raise DataFormatError(f"{path}: {values.shape[1]} columns; expected {WINE_EXPECTED}")
+    features = dequantize_columns(values[:, :11], np.random.default_rng(seed))
+    return torch.from_numpy(whiten(features)).float()
+
+
+def dkef_split(x: torch.Tensor, seed: int = 0, noise: float = 0.05) -> dict[str, torch.Tensor]:
+    """Shuffle, add ``noise`` N(0, I) once, and split as released: test = min(1000, N/10) rows, validation =
+    min(1000, rest/10), the remainder train. -> {"train", "val", "test"}: (N_*, D) each."""
+    g = torch.Generator().manual_seed(seed)
+    x = x[torch.randperm(len(x), generator=g)]
+    x = x + noise * torch.randn(x.shape, generator=g)
+    n_test = min(1000, len(x) // 10)
+    n_val = min(1000, (len(x) - n_test) // 10)
+    return {"test": x[:n_test], "val": x[n_test : n_test + n_val], "train": x[n_test + n_val :]}
