@@ -1,7 +1,8 @@
 """Triton kernels for the memory-bound parts of finite-difference score matching, each beside its torch reference.
 
 - :func:`perturb` and :func:`combine` (``kernels.stencil``): build the S stencil inputs x + gamma_s v in one pass,
-  and sum the S outputs with the stencil weights in one pass; each is the other's backward.
+  and sum the S outputs with the stencil weights in one pass; each is the other's backward. :func:`stencil_apply`
+  puts a batched forward of f between them (``fdsm``'s ``fd-fused`` directional derivative).
 - :func:`fd_ssm_head`, :func:`fd_dsm_head`, :func:`fd_ssmvr_head` (``kernels.loss_heads``): the per-sample FD
   losses of paper section 4 (eqs. 9, 10 and FD-SSMVR) and their gradients, one pass each.
 
@@ -21,7 +22,7 @@ from kernels.loss_heads import (
     fd_ssmvr_head,
     fd_ssmvr_reference,
 )
-from kernels.stencil import combine, combine_reference, perturb, perturb_reference
+from kernels.stencil import combine, combine_reference, perturb, perturb_reference, stencil_apply
 
 __all__ = [
     "BACKENDS",
@@ -40,4 +41,5 @@ __all__ = [
     "perturb_reference",
     "poison_outputs",
     "resolve_backend",
+    "stencil_apply",
 ]

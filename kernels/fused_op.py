@@ -91,8 +91,10 @@ def check_like(caller: str, ref_name: str, ref: Tensor, **others: Tensor) -> Non
 
 
 def coefficients(caller: str, name: str, values: Tensor | Sequence[float], like: Tensor) -> Tensor:
-    """Stencil offsets or weights as a 1-D tensor of ``like``'s dtype and device (a tensor keeps its graph)."""
-    c = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    """Stencil offsets or weights as a 1-D tensor on ``like``'s device, in ``like``'s dtype or float32 if that is
+    narrower (FD weights grow like 2^T and must not round to half precision); a tensor keeps its graph."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    c = torch.as_tensor(values, dtype=dtype, device=like.device)
     if c.dim() != 1 or c.numel() == 0:
         raise ValueError(f"{caller}: expected {name} to be a non-empty 1-D sequence, got shape {tuple(c.shape)}")
     return c

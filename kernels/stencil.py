@@ -44,7 +44,7 @@ references are the literal formulas; ``torch.tensordot(w, F, dims=1)`` is a GEMV
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -70,14 +70,14 @@ def perturb_reference(x: Tensor, v: Tensor, offsets: Tensor) -> Tensor:
     S, (B, n) = offsets.numel(), x.shape
     # gamma*v: read N, write S N; + x: read S N + N, write S N.
     stacked = x.unsqueeze(0) + offsets.view(S, 1, 1) * v.unsqueeze(0)  # (S, B, n)
-    return stacked.reshape(S * B, n)  # (S*B, n)
+    return stacked.reshape(S * B, n).to(x.dtype)  # (S*B, n)
 
 
 def combine_reference(F: Tensor, weights: Tensor) -> Tensor:
     """(S, B, k), (S,) -> (B, k) = sum_s weights[s] * F[s]."""
     S = weights.numel()
     # w*F: read S N, write S N; sum: read S N, write N.
-    return (weights.view(S, 1, 1) * F).sum(0)  # (B, k)
+    return (weights.view(S, 1, 1) * F).sum(0).to(F.dtype)  # (B, k)
 
 
 # %% Triton kernels
@@ -231,3 +231,17 @@ def combine(F: Tensor, weights: Tensor | Sequence[float], *, backend: str = "aut
         raise ValueError(f"combine: expected {F.shape[0]} weights, one per block of F "
                          f"(shape {tuple(F.shape)}), got {weights.numel()}")
     return _COMBINE(F, weights, backend=backend)
+
+
+def stencil_apply(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, offsets: Sequence[float],
+                  weights: Sequence[float], *, backend: str = "auto") -> Tensor:
+    """``sum_s weights[s] * f(x + offsets[s] * v)`` with one batched forward between the two fused kernels.
+
+    x, v: (B, *event); f maps (S*B, *event) to (S*B,) or (S*B, *k), sample by sample; returns (B,) or (B, *k).
+    This is the ``fd-fused`` directional derivative of ``fdsm`` (``fd-batched`` with fused ends).
+    """
+    B, S = x.shape[0], len(offsets)
+    inputs = perturb(x.reshape(B, -1), v.reshape(B, -1), offsets, backend=backend)  # (S*B, n)
+    out = f(inputs.view(S * B, *x.shape[1:]))  # (S*B, *k)
+    combined = combine(out.reshape(S, B, -1), weights, backend=backend)  # (S, B, K) -> (B, K)
+    return combined.view(B, *out.shape[1:])  # (B, *k)

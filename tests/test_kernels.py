@@ -79,10 +79,12 @@ def _run(case: Case, dtype: torch.dtype, backend: str, *, seed: int = 0):
     return out.detach(), grads
 
 
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str):
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, scale: float | None = None):
+    """Agreement to RTOL of ``scale``, by default the largest element of ``expected``."""
     assert not actual.isnan().any(), f"{what}: {int(actual.isnan().sum())} elements left unwritten (NaN)"
     rtol = RTOL[expected.dtype]
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item(), msg=what)
+    scale = expected.abs().max().item() if scale is None else scale
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, msg=what)
 
 
 @needs_triton
@@ -177,3 +179,50 @@ def test_imports_and_falls_back_without_triton():
         "    raise AssertionError('backend=triton ran without triton')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# %% fd-fused: fd-batched with the fused kernels at both ends
+
+
+def _mlp(dtype):
+    torch.manual_seed(0)
+    # (N, 3, 2) -> (N, 4): a vector output, so that combine sees k > 1 and the event shape is restored.
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.Softplus(),
+                               torch.nn.Linear(8, 4)).to(device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_fd_fused_equals_fd_batched(order, dtype, backend):
+    from fdsm import central_stencil, directional_derivative
+    from fdsm.derivatives import fd_fused
+
+    f = _mlp(dtype)
+    gen = torch.Generator().manual_seed(order)
+    x, v = (torch.randn(5, 3, 2, dtype=dtype, generator=gen).to(DEVICE) for _ in range(2))
+    stencil = central_stencil(order, accuracy=4)
+
+    def value_and_grads(run):
+        d = run(f, x, v, order, stencil=stencil)  # |v| ~ 2.4: no cancellation to amplify roundoff
+        grads = torch.autograd.grad((d**2).sum(), list(f.parameters()))
+        # One vector, one scale: the last bias's gradient is sum_s w_s = 0 times something, i.e. pure roundoff.
+        return d, torch.cat([g.flatten() for g in grads])
+
+    fused, fused_grads = value_and_grads(lambda *a, **k: fd_fused(*a, **k, backend=backend))
+    batched, batched_grads = value_and_grads(lambda *a, **k: directional_derivative(*a, **k, method="fd-batched"))
+    assert fused.shape == batched.shape == (5, 4)
+    # The stencil sum cancels (a small difference of terms the size of f): roundoff scales with sum_s |w_s f|.
+    terms = sum(abs(w) for w in stencil.weights) * f(x).abs().max().item()
+    _assert_close(fused, batched, "fd-fused value", scale=terms)
+    _assert_close(fused_grads, batched_grads, "fd-fused parameter gradient")
+
+
+@needs_triton
+def test_fd_fused_method_runs_the_kernels():
+    from fdsm import METHODS, directional_derivative
+
+    assert METHODS.entry("fd-fused").enabled
+    x = torch.randn(4, 3, dtype=torch.float64, device=DEVICE)
+    d = directional_derivative(lambda z: (z**3).sum(1), x, torch.ones_like(x), 3, method="fd-fused")
+    torch.testing.assert_close(d, torch.full((4,), 18.0, dtype=torch.float64, device=DEVICE))  # 3! * 3 ones
