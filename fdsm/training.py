@@ -9,16 +9,17 @@ silent NaN update.
 released code's settings (direction distribution, eps, noise levels; scaled as in NOTE [one scaling convention]),
 the batch and the optimizer of notes section 3:
 
-========= =============================================== ======= =============================================
-model     rows                                            batch   optimizer
-========= =============================================== ======= =============================================
-dkef      SSM, SSMVR, FD-SSM (table 1)                    200     Adam 1e-2, clip 1.0; alpha on half the batch
-deep-ebm  DSM, FD-DSM*, FD-DSM, SSM, SSMVR, FD-SSM*,      64      Adam betas (0.9, 0.95), cosine, clip 0.1;
-          FD-SSM (table 2)                                        lr 5e-5 (DSM) / 1e-5 (SSM); eps 0.05
-nice      DSM, SSM, SSMVR, FD-SSM, MLE (table 3)          128     Adam 1e-4; 1e-3 for DSM and FD-SSM
-ncsn      DSM, SSMVR, FD-SSMVR (table 5)                  128     Adam 1e-3, betas (0.9, 0.999)
-vae, wae  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
-========= =============================================== ======= =============================================
+========== =============================================== ======= ============================================
+model      rows                                            batch   optimizer
+========== =============================================== ======= ============================================
+dkef       SSM, SSMVR, FD-SSM (table 1)                    200     Adam 1e-2, clip 1.0; alpha on half the batch
+deep-ebm   DSM, FD-DSM*, FD-DSM, SSM, SSMVR, FD-SSM*,      64      Adam betas (0.9, 0.95), cosine, clip 0.1;
+           FD-SSM (table 2)                                        lr 5e-5 (DSM) / 1e-5 (SSM); eps 0.05
+nice       DSM, SSM, SSMVR, FD-SSM, MLE (table 3)          128     Adam 1e-4; 1e-3 for DSM and FD-SSM
+ncsn       DSM, SSMVR, FD-SSMVR (table 5)                  128     Adam 1e-3, betas (0.9, 0.999)
+vae-score  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
+wae-score  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
+========== =============================================== ======= ============================================
 
 A star marks the non-parallel FD (``serial=True``). Rows whose model is not registered are listed with the reason.
 """
@@ -197,17 +198,19 @@ _register("ncsn", "5", 128, {
 })
 
 
-# VAE / WAE (notes 1.5, 3.4): only the score-net update is timed, on z from the (frozen, here) encoder.
+# VAE / WAE (notes 1.5, 3.4): only the score-net update is timed, on latent codes z: (B, z_dim). The VAE score net
+# is conditioned on the images x it encodes (here uniform pixels; the net repeats them for a stacked FD batch).
 def _score_net(objective: Callable[..., Tensor], **kw) -> LossFn:
-    def loss(model: nn.Module, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            z = model.encode(x)
-        return objective(lambda zz: model.latent_score(x.repeat(len(zz) // len(x), 1), zz), z, **kw)
+    def loss(model: nn.Module, z: Tensor) -> Tensor:
+        if not model.config.conditional:
+            return objective(model.score, z, **kw)
+        images = torch.rand(len(z), *model.config.data_shape, dtype=z.dtype, device=z.device)
+        return objective(lambda codes: model.score(codes, images), z, **kw)
 
     return loss
 
 
-for _name in ("vae", "wae"):
+for _name in ("vae-score", "wae-score"):
     _register(_name, "6", 128, {
         "SSMVR": (_score_net(obj.ssmvr_score_loss, noise="gaussian"), OptimConfig("rmsprop", lr=1e-3)),
         "FD-SSMVR": (_score_net(obj.fd_ssmvr_loss, eps=0.1), OptimConfig("rmsprop", lr=1e-3)),
