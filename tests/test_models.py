@@ -212,3 +212,19 @@ def test_paper_size_forward(name):
     model = build(name, size="paper")
     with torch.no_grad():
         assert torch.isfinite(_output(name, model, batch=2)).all()
+
+
+def test_models_command_writes_one_row_per_model_and_size(tmp_path, capsys):
+    import argparse
+
+    import pandas as pd
+
+    from bench.commands import models as command
+
+    path = tmp_path / "models.csv"
+    assert command.run(argparse.Namespace(csv=path)) == 0
+    table = pd.read_csv(path)
+    assert len(table) == 2 * len(MODELS.names())
+    paper = table[table["size"] == "paper"].set_index("model")
+    assert paper.loc["nice", "parameters"] == 15_154_352 and paper.loc["deep-ebm", "input_shape"] == "1x32x32"
+    assert "62,336,771" in capsys.readouterr().out
