@@ -15,11 +15,7 @@ import torch
 
 # Subcommand modules, in the order ``fdsm-bench --help`` lists them.
 COMMANDS: tuple[str, ...] = (
-    "bench.commands.all",
     "bench.commands.compare",
-    "bench.commands.derivatives",
-    "bench.commands.eps_sweep",
-    "bench.commands.models",
     "bench.commands.train_steps",
     "bench.commands.grad_agreement",
 )
