@@ -67,6 +67,12 @@ class CsvLog:
         """Whether a row with the same key values is already in the file."""
         return self._key(row) in self._done
 
+    def rows_for(self, cases: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+        """The rows whose keys are those of ``cases`` (e.g. the current sweep's, in a file that holds more)."""
+        wanted = {self._key(case) for case in cases}
+        mask = [self._key(row) in wanted for row in self.frame.to_dict("records")]
+        return self.frame[mask].reset_index(drop=True)
+
     def append(self, row: Mapping[str, Any]) -> None:
         """Add one row and rewrite the file atomically."""
         key = self._key(row)
@@ -89,6 +95,7 @@ class CsvLog:
                 self.frame.to_csv(handle, index=False)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a results CSV is for everyone to read
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

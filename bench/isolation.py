@@ -12,9 +12,8 @@ error     any other exception; ``message`` is ``"TypeName: text"``
 ========= ==========================================================================================
 
 Why a process: a slow exact derivative at high order cannot be interrupted inside a torch op, but a process can be
-killed; and the CPU peak-memory probe (``bench.memory``) reads the whole process's resident set, which must not
-carry another configuration's heap. The worker starts with ``MALLOC_ENV`` (see NOTE [CPU peak memory and malloc]
-in ``bench.memory``) and a fixed torch thread count.
+killed; and the CPU peak-memory probe (``bench.memory``) reads the whole process's resident set, so nothing else
+may run in that process. The worker starts with a fixed torch thread count.
 
 The case function must be importable by name (a module-level function), since the worker is spawned:
 
@@ -27,15 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
-
-from bench.memory import MALLOC_ENV
 
 STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
 STARTUP_TIMEOUT_S = 120.0  # spawning a worker imports torch; generous for a loaded 2-core machine
@@ -78,24 +74,11 @@ def _serve(conn: Connection, threads: int | None) -> None:
         conn.send((*reply, time.perf_counter() - t0))
 
 
-@contextlib.contextmanager
-def _environment(extra: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``extra`` added (existing values win), restored afterwards; a spawned child copies it."""
-    added = {k: v for k, v in extra.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            del os.environ[k]
-
-
 class Worker:
     """A spawned process that runs one case at a time (see the module docstring). Use it as a context manager."""
 
-    def __init__(self, *, threads: int | None = None, env: dict[str, str] | None = None):
+    def __init__(self, *, threads: int | None = None):
         self.threads = threads
-        self.env = MALLOC_ENV if env is None else env
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
 
@@ -105,8 +88,7 @@ class Worker:
             parent, child = context.Pipe()
             self._process = context.Process(target=_serve, args=(child, self.threads), daemon=True,
                                             name="fdsm-bench-worker")
-            with _environment(self.env):
-                self._process.start()
+            self._process.start()
             child.close()  # so that the parent sees EOF when the worker dies
             self._conn = parent
             if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != "ready":

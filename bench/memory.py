@@ -6,8 +6,8 @@
   context and every other process, and samples once after the call: a cross-check, not the measurement.
 - CPU: the process's resident-set high-water mark. On Linux, writing ``5`` to ``/proc/self/clear_refs`` resets
   ``VmHWM`` in ``/proc/self/status`` to the current resident set, so the peak of one call is
-  ``VmHWM(after) - VmRSS(before)``. Run each configuration in a worker process (``bench.isolation``) so that one
-  configuration's heap does not hide the next one's. See NOTE [CPU peak memory and malloc].
+  ``VmHWM(after) - VmRSS(before)``, after free heap pages are handed back (NOTE [CPU peak memory and malloc]).
+  Run each configuration in a worker process (``bench.isolation``), so that nothing else runs in the process.
 
 >>> mem = peak_memory(lambda: torch.ones(64, 1024, 1024), torch.device("cpu"))  # 256 MiB
 >>> mem.peak_mb > 200
@@ -16,6 +16,8 @@ True
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +28,20 @@ import torch
 MB = 2**20  # bytes per MiB; every *_mb column is in MiB
 
 # NOTE [CPU peak memory and malloc]
-# glibc's malloc keeps freed small blocks in its heap and, by default, raises its mmap threshold after a large
-# free, so a later large tensor can reuse heap pages that are already resident and never raise VmHWM. The worker
-# processes of bench.isolation therefore start with MALLOC_MMAP_THRESHOLD_ fixed (which also disables the dynamic
-# threshold): every tensor above it is mmapped on allocation and unmapped on free, and the resident set follows
-# the live tensors. Torch's CPU allocator does not cache, so nothing else holds freed tensor memory.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+# glibc's malloc keeps freed blocks in its heap, resident, and reuses them: after a warm-up call, a second call of
+# the same configuration fits in pages that are already resident and would not raise VmHWM at all. So the probe
+# first calls malloc_trim(0), which hands every free heap page back to the OS (glibc >= 2.8 also releases free
+# pages inside the heap), and only then resets VmHWM: the resident set is the live memory, and the peak above it
+# is what the call itself needed. Torch's CPU allocator does not cache, so nothing else holds freed tensor memory.
+# Without glibc (musl, macOS) the trim is skipped and small configurations may read low.
+
+
+def _release_free_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -87,6 +97,8 @@ def _peak_cuda(fn: Callable[[], object], device: torch.device) -> PeakMemory:
 def _peak_cpu(fn: Callable[[], object]) -> PeakMemory:
     if not cpu_peak_supported():
         return PeakMemory(math.nan)
+    gc.collect()
+    _release_free_heap()  # NOTE [CPU peak memory and malloc]
     _CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
     baseline_kib = _status_kib("VmRSS")
     result = fn()

@@ -49,7 +49,7 @@ def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device) -> dict[
 
 def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,
               isolate: bool = True, threads: int | None = None, desc: str = "sweep") -> pd.DataFrame:
-    """Measure every case not yet in ``log`` (see the module docstring); returns the log's full table."""
+    """Measure every case not yet in ``log`` (see the module docstring); returns the rows of ``cases``."""
     todo = [case for case in cases if not log.done(case)]
     if len(todo) < len(cases):
         tqdm.write(f"{desc}: {len(cases) - len(todo)} of {len(cases)} rows already in {log.path}, skipped")
@@ -68,4 +68,4 @@ def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: t
     finally:
         if worker is not None:
             worker.close()
-    return log.frame
+    return log.rows_for(cases)

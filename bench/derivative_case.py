@@ -1,0 +1,202 @@
+r"""One derivative measurement: the T-th directional derivative of a model's log-density, timed, probed, checked.
+
+A *case* is a flat dict (it becomes the key columns of a CSV row):
+
+=========== ==========================================================================================
+model       registered model name (``fdsm.models``), e.g. ``deep-ebm``
+size        its preset, ``paper`` or ``cpu``
+width       the deep EBM's ``n_chan`` (channels after the stem), or None for the preset's
+weights     ``random`` (seeded initialization) or the path of a state_dict checkpoint
+seed        seeds the weights (when random), the points x and the directions
+batch       B, the number of points
+method      a name in ``fdsm.METHODS``
+order       T
+accuracy    p of ``fdsm.central_stencil(T, p)`` (FD methods; exact methods ignore it)
+eps         the step \|v\| (every direction has this norm)
+dtype       ``float32`` | ``float64`` | ``bfloat16`` | ``float16``
+device      ``cpu`` | ``cuda`` | ``cuda:N``
+=========== ==========================================================================================
+
+The points x are uniform in [0, 1]^(C x H x W) (the range of the images the deep EBM models); the direction of
+sample b is :math:`v_b = \varepsilon\, u_b/\lVert u_b\rVert` with :math:`u_b` Gaussian, so every v lies on the
+sphere of radius eps (the paper's :math:`p_\varepsilon(v)`). The reference is exact reverse mode in float64 on a
+float64 copy (``fdsm.float64_reference``), computed once per (problem, T) for the unit directions and scaled,
+since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
+
+``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns;
+``measure_error(case)`` only computes the error (the eps-sweep). Both are module-level, so that a spawned
+``bench.isolation.Worker`` can run them; the worker keeps built models and references between cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import fdsm
+from bench.accuracy import relative_error
+from bench.cli import DTYPES, UsageError
+from bench.memory import peak_memory
+from bench.timing import measure_time
+from fdsm.derivatives import FD_METHODS
+from fdsm.models import build
+
+RANDOM_WEIGHTS = "random"
+
+# Keys of the cases (the CSV's key columns) and the measured columns of each kind of row.
+PROBLEM_KEYS = ("model", "size", "width", "weights", "seed", "batch", "device")
+CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
+TIME_COLUMNS = ("time_ms", "time_ms_iqr", "repeats", "peak_mem_mb", "reserved_mb", "nvml_used_mb")
+ERROR_COLUMNS = ("rel_error", "rel_error_max", "backend")
+
+
+def weights_label(checkpoint: str | Path | None) -> str:
+    """The ``weights`` column: ``random`` or the checkpoint's path."""
+    return RANDOM_WEIGHTS if checkpoint is None else str(checkpoint)
+
+
+def build_model(case: Mapping[str, Any]) -> nn.Module:
+    """The case's model in float32 on its device: seeded random weights, or loaded from its checkpoint."""
+    overrides = {} if case["width"] is None else {"n_chan": int(case["width"])}
+    torch.manual_seed(int(case["seed"]))
+    model = build(case["model"], size=case["size"], **overrides)
+    if case["weights"] != RANDOM_WEIGHTS:
+        state = torch.load(case["weights"], map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"--checkpoint {case['weights']}: expected a state_dict of {case['model']!r} at size "
+                             f"{case['size']!r}, width {case['width']}; loading it failed: {err}") from err
+    return model.to(torch.device(case["device"])).eval()
+
+
+def _problem_key(case: Mapping[str, Any]) -> tuple:
+    return tuple(case[k] for k in PROBLEM_KEYS)
+
+
+@functools.cache
+def _problem(key: tuple) -> tuple[nn.Module, Tensor, Tensor]:
+    """(model, x, u): the model in float32, points x in [0, 1] and unit directions u, both float64 (B, *event)."""
+    case = dict(zip(PROBLEM_KEYS, key, strict=True))
+    model = build_model(case)
+    event = model.config.event_shape
+    g = torch.Generator().manual_seed(int(case["seed"]))
+    batch = int(case["batch"])
+    x = torch.rand(batch, *event, generator=g, dtype=torch.float64)  # (B, C, H, W)
+    u = torch.randn(batch, *event, generator=g, dtype=torch.float64)
+    u = u / u.flatten(1).norm(dim=1).view(-1, *([1] * len(event)))  # unit norm per sample
+    device = torch.device(case["device"])
+    return model, x.to(device), u.to(device)
+
+
+@functools.cache
+def _unit_reference(key: tuple, order: int) -> Tensor:
+    """D_ref for the unit directions u, in float64: (B,)."""
+    model, x, u = _problem(key)
+    return fdsm.float64_reference(model, x, u, order, fn=lambda m, inputs: m.log_density(inputs))
+
+
+@functools.cache
+def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
+    model, _, _ = _problem(key)
+    return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+
+
+def _derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
+    """The call to measure (closure over inputs in the case's dtype) and its reference D_ref for v = eps u."""
+    key, order, method = _problem_key(case), int(case["order"]), case["method"]
+    dtype = DTYPES[case["dtype"]]
+    _, x, u = _problem(key)
+    model = _model_in(key, dtype)
+    eps = float(case["eps"])
+    x_d, v_d = x.to(dtype), (eps * u).to(dtype)
+    stencil = fdsm.central_stencil(order, int(case["accuracy"])) if method in FD_METHODS else None
+
+    def call() -> Tensor:
+        return fdsm.directional_derivative(model.log_density, x_d, v_d, order, method=method, stencil=stencil)
+
+    return call, _unit_reference(key, order) * eps**order
+
+
+def _unsupported(method: str) -> dict[str, Any] | None:
+    entry = fdsm.METHODS.entry(method)
+    return None if entry.enabled else {"status": "unsupported", "message": entry.reason}
+
+
+def _error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str, Any]:
+    err = relative_error(d, d_ref)
+    backend = fdsm.streams_backend(case["device"]) if case["method"] == "fd-streams" else "n/a"
+    return {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
+
+
+def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int = 5) -> dict[str, Any]:
+    """Time (median, IQR), peak memory above baseline, and error of one case; the measured columns of its row.
+
+    The same call is timed and probed: ``directional_derivative`` with the graph kept (its result is
+    differentiable in the parameters, as a training step needs). The memory probe is a separate call after the
+    timed ones, whose output is the one compared with the reference.
+    """
+    if (skip := _unsupported(case["method"])) is not None:
+        return skip
+    call, d_ref = _derivative_call(case)
+    device = torch.device(case["device"])
+    timing = measure_time(call, device, warmup=warmup, repeats=repeats)
+    outputs: list[Tensor] = []
+    memory = peak_memory(lambda: outputs.append(call()), device)
+    return {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "repeats": timing.repeats,
+            "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb, "nvml_used_mb": memory.nvml_used_mb,
+            **_error_columns(case, outputs[0], d_ref)}
+
+
+def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:
+    """The error columns of one case, without timing (no graph is kept)."""
+    if (skip := _unsupported(case["method"])) is not None:
+        return skip
+    call, d_ref = _derivative_call(case)
+    with torch.no_grad():
+        d = call()
+    return _error_columns(case, d, d_ref)
+
+
+@dataclass(frozen=True)
+class ProblemConfig:
+    """What is differentiated: the fields every derivative sweep shares (see the case table above)."""
+
+    model: str = "deep-ebm"
+    size: str = "cpu"  # the cpu preset: Res18_Quadratic at n_chan 8
+    width: int | None = None  # n_chan override; None keeps the preset's
+    batch: int = 2  # B points per call
+
+
+def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ProblemConfig`` plus ``--checkpoint`` and ``--threads`` (dest = field name, default None)."""
+    g = parser.add_argument_group("problem")
+    g.add_argument("--model", help="registered model name (default: deep-ebm)")
+    g.add_argument("--size", choices=("paper", "cpu"), help="model preset (default: cpu)")
+    g.add_argument("--width", type=int, help="the deep EBM's n_chan (default: the preset's)")
+    g.add_argument("--batch", type=int, help="points per call")
+    g.add_argument("--checkpoint", type=Path, help="a state_dict of the model (default: seeded random weights)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
+
+
+def problem_columns(config: ProblemConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """The PROBLEM_KEYS values of a sweep's cases."""
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+    if config.batch < 1:
+        raise UsageError(f"--batch {config.batch}: expected at least 1")
+    return {"model": config.model, "size": config.size, "width": config.width,
+            "weights": weights_label(args.checkpoint), "seed": args.seed, "batch": config.batch,
+            "device": str(args.device)}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in DTYPES.items() if d == dtype)

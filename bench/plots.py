@@ -1,0 +1,73 @@
+"""Plot helpers shared by the sweeps: one fixed style per method and per dtype, log-scale line panels, and saving.
+
+Every figure is drawn from the same tidy rows that the CSV holds (``status == "ok"`` rows are plotted; the others
+are listed under the figure), so the plot and the table cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+# Exact methods are warm colours with solid lines, FD methods cool colours with dashed ones.
+METHOD_STYLE: Mapping[str, dict] = {
+    "exact-reverse": {"color": "#c0392b", "marker": "o", "linestyle": "-"},
+    "exact-forward": {"color": "#e67e22", "marker": "s", "linestyle": "-"},
+    "fd-serial": {"color": "#2980b9", "marker": "v", "linestyle": "--"},
+    "fd-batched": {"color": "#16a085", "marker": "D", "linestyle": "--"},
+    "fd-streams": {"color": "#8e44ad", "marker": "^", "linestyle": "--"},
+    "fd-fused": {"color": "#2c3e50", "marker": "P", "linestyle": "--"},
+}
+DTYPE_STYLE: Mapping[str, dict] = {
+    "float64": {"color": "#1f77b4", "marker": "o"},
+    "float32": {"color": "#d62728", "marker": "s"},
+    "bfloat16": {"color": "#2ca02c", "marker": "^"},
+    "float16": {"color": "#9467bd", "marker": "v"},
+}
+
+
+def style(name: str, table: Mapping[str, dict]) -> dict:
+    return dict(table.get(name, {"marker": "x", "linestyle": ":"}))
+
+
+def line_panel(ax: Axes, rows: pd.DataFrame, *, x: str, y: str, line: str, styles: Mapping[str, dict],
+               logx: bool = False) -> None:
+    """One line per value of ``line`` (in first-seen order): ``y`` against ``x``, log y, positive ok rows only."""
+    ok = rows[(rows.status == "ok") & (rows[y] > 0)]
+    for name in rows[line].drop_duplicates():
+        part = ok[ok[line] == name].sort_values(x)
+        if len(part):
+            ax.plot(part[x], part[y], label=str(name), markersize=5, linewidth=1.6, **style(str(name), styles))
+    ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+
+
+def failure_note(rows: pd.DataFrame, columns: tuple[str, ...]) -> str:
+    """One line per (status, row identity) of the rows that are not ``ok``; empty when all are."""
+    bad = rows[rows.status != "ok"]
+    if bad.empty:
+        return ""
+    groups = bad.groupby("status", sort=False)
+    parts = []
+    for status, part in groups:
+        who = ", ".join(" ".join(str(r[c]) for c in columns) for _, r in part.iterrows())
+        parts.append(f"{status}: {who}")
+    return "not plotted (see the CSV):  " + ";  ".join(parts)
+
+
+def save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,40 @@
+r"""The default FD step :math:`\varepsilon = \lVert v \rVert` per order, stencil accuracy and dtype.
+
+NOTE [default FD step]
+A central stencil of accuracy p for the T-th derivative, evaluated in a dtype of unit roundoff u, has two errors
+(anchors section 5): truncation :math:`\approx C_1 h^p` and roundoff :math:`\approx C_2\, u / h^T` (each
+:math:`f(x + \gamma_i v)` carries a relative rounding error of order u, amplified by the weights, which grow like
+:math:`2^T`, and divided by the :math:`h^T` of the derivative). Their sum is smallest at
+
+.. math::
+    h^* = \Big(\frac{T C_2}{p\, C_1}\Big)^{1/(T+p)} u^{1/(T+p)} = L\, u^{1/(T+p)},
+    \qquad \text{error}^* \propto u^{p/(T+p)}.
+
+The exponent is theory; the length ``L`` depends on the function (how far along a unit direction it stays
+polynomial, relative to its size). ``STEP_SCALE`` is L for the deep EBM at the harness's size with random weights,
+calibrated with ``fdsm-bench eps-sweep``: its float32 and float64 optima, T = 1..4, p = 2, fall at L between about
+200 and 1200 (the log-density of a freshly initialized network is nearly linear in its input, so it tolerates long
+steps). For another model, or trained weights, run ``eps-sweep`` and pass the step it finds with ``--eps``.
+
+>>> round(default_step(2, 2, torch.float32), 2)  # L * (2^-24)^(1/4)
+7.81
+"""
+
+from __future__ import annotations
+
+import torch
+
+STEP_SCALE = 500.0  # L of NOTE [default FD step], calibrated on the deep EBM with random weights
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = machine epsilon / 2 (round to nearest): 2^-24 for float32, 2^-53 for float64, 2^-8 for bfloat16."""
+    return torch.finfo(dtype).eps / 2
+
+
+def default_step(order: int, accuracy: int, dtype: torch.dtype, scale: float = STEP_SCALE) -> float:
+    """h* = L u^(1/(T+p)): the step that balances truncation against roundoff (NOTE [default FD step])."""
+    if order < 1 or accuracy < 1:
+        raise ValueError(f"default_step(order, accuracy, dtype): expected order >= 1 and accuracy >= 1, "
+                         f"got order={order}, accuracy={accuracy}")
+    return scale * unit_roundoff(dtype) ** (1.0 / (order + accuracy))
