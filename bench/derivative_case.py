@@ -24,8 +24,10 @@ float64 copy (``fdsm.float64_reference``), computed once per (problem, T) for th
 since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
 
 ``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns;
-``measure_error(case)`` only computes the error (the eps-sweep). Both are module-level, so that a spawned
-``bench.isolation.Worker`` can run them; the worker keeps built models and references between cases.
+``measure_error(case)`` only computes the error (the eps-sweep). ``derivative_call(case)`` and
+``error_columns(case, d, d_ref)`` are the pieces they share with the pytest-benchmark suite. The measure
+functions are module-level, so that a spawned ``bench.isolation.Worker`` can run them; the worker keeps built
+models and references between cases.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
-def _derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
+def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
     """The call to measure (closure over inputs in the case's dtype) and its reference D_ref for v = eps u."""
     key, order, method = _problem_key(case), int(case["order"]), case["method"]
     dtype = DTYPES[case["dtype"]]
@@ -131,7 +133,7 @@ def _unsupported(method: str) -> dict[str, Any] | None:
     return None if entry.enabled else {"status": "unsupported", "message": entry.reason}
 
 
-def _error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str, Any]:
+def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str, Any]:
     err = relative_error(d, d_ref)
     backend = fdsm.streams_backend(case["device"]) if case["method"] == "fd-streams" else "n/a"
     return {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
@@ -146,24 +148,24 @@ def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int
     """
     if (skip := _unsupported(case["method"])) is not None:
         return skip
-    call, d_ref = _derivative_call(case)
+    call, d_ref = derivative_call(case)
     device = torch.device(case["device"])
     timing = measure_time(call, device, warmup=warmup, repeats=repeats)
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
     return {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "repeats": timing.repeats,
             "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb, "nvml_used_mb": memory.nvml_used_mb,
-            **_error_columns(case, outputs[0], d_ref)}
+            **error_columns(case, outputs[0], d_ref)}
 
 
 def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:
     """The error columns of one case, without timing (no graph is kept)."""
     if (skip := _unsupported(case["method"])) is not None:
         return skip
-    call, d_ref = _derivative_call(case)
+    call, d_ref = derivative_call(case)
     with torch.no_grad():
         d = call()
-    return _error_columns(case, d, d_ref)
+    return error_columns(case, d, d_ref)
 
 
 @dataclass(frozen=True)

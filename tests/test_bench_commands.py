@@ -1,0 +1,77 @@
+"""Smoke tests of ``fdsm-bench derivatives`` and ``eps-sweep`` (their ``--quick`` presets on the CPU), the
+pytest-benchmark path into the same CSV writer, and the CLI's answer to a GPU asked for on a machine without one.
+
+They check the CSV contract of DESIGN.md (required columns, metadata, status) and that a PNG is written, not
+timings. Together they take well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.cli import main
+from bench.commands import derivatives, eps_sweep
+from bench.csvlog import CsvLog, rows_from_pytest_benchmark
+from bench.derivative_case import CASE_KEYS
+from bench.environment import METADATA_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(command: str, out: Path, *extra: str) -> pd.DataFrame:
+    assert main([command, "--quick", "--device", "cpu", "--out", str(out), "--threads", "1", *extra]) == 0
+    return pd.read_csv(out / f"{command.replace('-', '_')}.csv")
+
+
+def test_derivatives_quick_writes_the_csv_and_figure2_and_resumes(tmp_path):
+    frame = _run("derivatives", tmp_path, "--methods", "exact-reverse,fd-batched,fd-fused")
+    assert set(derivatives.REQUIRED) | set(METADATA_COLUMNS) | {"eps", "weights", "backend"} <= set(frame.columns)
+    assert len(frame) == 3 * len(derivatives.QUICK.orders)
+    ok = frame[frame.method != "fd-fused"]
+    assert (ok.status == "ok").all(), ok.message.tolist()
+    assert (ok.time_ms > 0).all() and (ok.peak_mem_mb >= 0).all() and (ok.rel_error < 1).all()
+    fused = frame[frame.method == "fd-fused"]
+    assert set(fused.status) <= {"ok", "unsupported", "error"}  # never a crash of the sweep
+    assert (frame.weights == "random").all()
+    assert (tmp_path / "figure2.png").stat().st_size > 10_000
+
+    again = _run("derivatives", tmp_path, "--methods", "exact-reverse,fd-batched,fd-fused")
+    pd.testing.assert_frame_equal(again, frame)  # every row was already done: nothing redone, nothing lost
+
+
+def test_eps_sweep_quick_writes_the_csv_and_plot(tmp_path):
+    frame = _run("eps-sweep", tmp_path)
+    assert set(eps_sweep.REQUIRED) | set(METADATA_COLUMNS) <= set(frame.columns)
+    quick = eps_sweep.QUICK
+    assert len(frame) == len(quick.orders) * len(quick.dtypes) * len(quick.accuracies) * len(quick.grid())
+    assert (frame.status == "ok").all(), frame.message.tolist()
+    # float64 FD at T = 1 converges: the error falls as the step shrinks from 100 to 0.1 (truncation, slope 2)
+    t1 = frame[(frame.order == 1) & (frame.dtype == "float64") & frame.eps.between(0.1, 100)].sort_values("eps")
+    assert t1.rel_error.is_monotonic_increasing
+    assert (tmp_path / "eps_sweep.png").stat().st_size > 10_000
+
+
+def test_pytest_benchmark_rows_go_through_the_same_writer(tmp_path):
+    json_path = tmp_path / "out.json"
+    subprocess.run([sys.executable, "-m", "pytest", "bench/test_derivatives.py", "-q", "-p", "no:cacheprovider",
+                    "-k", "fd-batched and T1", f"--benchmark-json={json_path}"], cwd=REPO, check=True,
+                   capture_output=True)
+    log = CsvLog(tmp_path / "derivatives.csv", key_columns=CASE_KEYS, columns=derivatives.REQUIRED)
+    log.extend(rows_from_pytest_benchmark(json_path))
+    frame = pd.read_csv(log.path)
+    assert set(derivatives.REQUIRED) | set(METADATA_COLUMNS) <= set(frame.columns)
+    assert list(frame.method) == ["fd-batched"] and frame.time_ms[0] > 0 and frame.status[0] == "ok"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_one_line_usage_error(tmp_path, capsys):
+    assert main(["derivatives", "--quick", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--device cpu" in err and "Traceback" not in err
+    assert not (tmp_path / "derivatives.csv").exists()
