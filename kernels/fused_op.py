@@ -13,6 +13,7 @@ would round a float64 constant).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,10 +95,18 @@ def coefficients(caller: str, name: str, values: Tensor | Sequence[float], like:
     """Stencil offsets or weights as a 1-D tensor on ``like``'s device, in ``like``'s dtype or float32 if that is
     narrower (FD weights grow like 2^T and must not round to half precision); a tensor keeps its graph."""
     dtype = torch.promote_types(like.dtype, torch.float32)
-    c = torch.as_tensor(values, dtype=dtype, device=like.device)
+    if isinstance(values, Tensor):
+        c = values.to(dtype=dtype, device=like.device)
+    else:  # a stencil's numbers: cached, since building a CUDA tensor from a list waits for the stream
+        c = _constant(tuple(float(value) for value in values), dtype, like.device)
     if c.dim() != 1 or c.numel() == 0:
         raise ValueError(f"{caller}: expected {name} to be a non-empty 1-D sequence, got shape {tuple(c.shape)}")
     return c
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)  # never written to: shared by every call
 
 
 def check_numel(caller: str, numel: int) -> None:
@@ -126,9 +135,10 @@ def new_output(shape: Sequence[int], like: Tensor) -> Tensor:
     return out.fill_(float("nan")) if _POISON else out
 
 
-def scalar(value: float | Tensor, like: Tensor) -> Tensor:
-    """A constant as a one-element tensor of ``like``'s dtype, for a kernel to ``tl.load`` without rounding."""
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device).detach().reshape(1)
+def scalar(value: float, like: Tensor) -> Tensor:
+    """A constant as a one-element tensor of ``like``'s dtype, for a kernel to ``tl.load`` without rounding
+    (``torch.full`` launches a fill; it does not wait for the stream as a host-to-device copy would)."""
+    return torch.full((1,), float(value), dtype=like.dtype, device=like.device)
 
 
 def compute_dtype(dtype: torch.dtype):

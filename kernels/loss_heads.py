@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from kernels.backend import jit, tl, triton
@@ -278,6 +277,7 @@ def fd_ssm_head(lp_plus: Tensor, lp_minus: Tensor, lp_zero: Tensor, *, scale: fl
     ``scale * [lp_plus + lp_minus - 2 lp_zero + (lp_plus - lp_minus)^2 / 8]``, with lp_plus = log p(x + v),
     lp_minus = log p(x - v), lp_zero = log p(x); the paper's scale is 1/eps^2. Differentiable in all three.
 
+    >>> import torch
     >>> fd_ssm_head(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1.0]), backend="torch").tolist()
     [0.5]
     """
@@ -293,11 +293,13 @@ def fd_dsm_head(lp_plus: Tensor, lp_minus: Tensor, v_dot_delta: Tensor, sigma: f
     lp_minus = log p(x~ - v), v_dot_delta = v . (x~ - x); the paper's scale is 1/(4 eps^2). Differentiable in the
     first three; sigma is a constant (detached).
 
+    >>> import torch
     >>> fd_dsm_head(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.5]), 1.0, backend="torch").tolist()
     [4.0]
     """
     _check_per_sample("fd_dsm_head", "lp_plus", lp_plus, lp_minus=lp_minus, v_dot_delta=v_dot_delta)
-    sigma = torch.as_tensor(sigma, dtype=lp_plus.dtype, device=lp_plus.device).detach().reshape(-1)  # (1,) or (B,)
+    # (1,) or (B,), detached
+    sigma = sigma.detach().to(lp_plus).reshape(-1) if isinstance(sigma, Tensor) else scalar(sigma, lp_plus)
     if sigma.numel() not in (1, lp_plus.numel()):
         raise ValueError(f"fd_dsm_head: expected sigma to be a float or hold one value per sample "
                          f"({lp_plus.numel()}), got {sigma.numel()} values")
@@ -311,6 +313,7 @@ def fd_ssmvr_head(s_plus: Tensor, s_minus: Tensor, v: Tensor, eps: float, *, bac
     ``||s_plus + s_minus||^2 / (8n) + (v . s_plus - v . s_minus) / (2 eps^2)``, with s_plus = s(x + v),
     s_minus = s(x - v) flattened to rows of length n. Differentiable in s_plus, s_minus and v.
 
+    >>> import torch
     >>> s = torch.ones(1, 2)
     >>> fd_ssmvr_head(s, s, torch.zeros(1, 2), 0.1, backend="torch").tolist()
     [0.5]
