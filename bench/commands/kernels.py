@@ -259,10 +259,10 @@ def cases(config: KernelsConfig, *, dtype: str, device: torch.device, seed: int)
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (kernel, pass, size): the fused kernel's GB/s and fraction of copy, and its speed-up over torch."""
+    """Per (kernel, pass, size, dtype, device): the fused GB/s and fraction of copy, and speed-up over torch."""
     ok = rows[(rows.status == "ok") & (rows.kernel != "copy")]
-    wide = ok.pivot_table(index=["kernel", "pass", "size_mb"], columns="impl", values=["time_ms", "gb_per_s",
-                                                                                       "frac_of_copy"])
+    wide = ok.pivot_table(index=["kernel", "pass", "size_mb", "dtype", "device"], columns="impl",
+                          values=["time_ms", "gb_per_s", "frac_of_copy"])
     if wide.empty or ("time_ms", "triton") not in wide or ("time_ms", "torch") not in wide:
         return pd.DataFrame()
     return pd.DataFrame({"triton_gb_per_s": wide["gb_per_s", "triton"],
