@@ -57,8 +57,8 @@ class TrainConfig:
 
 
 DEFAULT = TrainConfig()
-QUICK = dataclasses.replace(DEFAULT, dkef_objectives=("FD-SSM",), ebm_objectives=("FD-DSM",), dkef_steps=4,
-                            ebm_steps=4, eval_every=2, is_samples=2000, ebm_width=2, ebm_batch=16, dkef_batch=40)
+QUICK = dataclasses.replace(DEFAULT, dkef_objectives=("FD-SSM",), ebm_objectives=("FD-DSM",), dkef_steps=2,
+                            ebm_steps=2, eval_every=2, is_samples=1000, ebm_width=2, ebm_batch=16, dkef_batch=40)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -46,6 +46,7 @@ COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "D
 @dataclass(frozen=True)
 class TrainStepsConfig:
     models: tuple[str, ...] = ("dkef", "deep-ebm", "nice", "ncsn", "vae-score", "wae-score")
+    objectives: tuple[str, ...] = ()  # () = every row of the chosen models
     size: str | None = None  # None: "paper" on CUDA, "cpu" otherwise
     batch: int | None = None  # None: the recipe's (the paper's) batch; CPU_BATCH on the CPU at size "cpu"
     warmup: int = 2
@@ -56,12 +57,14 @@ class TrainStepsConfig:
 # NCSN at the paper's batch of 128 takes ~10 s a step on 2 cores even at ngf 8; 16 keeps the sweep in minutes.
 CPU_BATCH = {"ncsn": 16}
 DEFAULT = TrainStepsConfig()
-QUICK = dataclasses.replace(DEFAULT, models=("nice",), size="cpu", batch=8, warmup=1, repeats=2, timeout_s=120.0)
+QUICK = dataclasses.replace(DEFAULT, models=("nice",), objectives=("SSM", "FD-SSM"), size="cpu", batch=8, warmup=1,
+                            repeats=2, timeout_s=120.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("train-steps")
     g.add_argument("--models", type=comma_words, help=f"models (default: {', '.join(DEFAULT.models)})")
+    g.add_argument("--objectives", type=comma_words, help="row labels, e.g. SSM,FD-SSM (default: all)")
     g.add_argument("--size", choices=("paper", "cpu"), help="model size (default: paper on CUDA, else cpu)")
     g.add_argument("--batch", type=int, help="batch for every row (default: the paper's per model)")
     g.add_argument("--warmup", type=int, help="untimed steps per row (default: 2)")
@@ -114,7 +117,7 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
     rows = []
     for entry in RECIPES:
         recipe = entry.value
-        if recipe.model not in config.models:
+        if recipe.model not in config.models or (config.objectives and recipe.objective not in config.objectives):
             continue
         batch = config.batch or (CPU_BATCH.get(recipe.model, recipe.batch) if size == "cpu" else recipe.batch)
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,

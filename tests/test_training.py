@@ -1,0 +1,90 @@
+"""One training step, the short loop, the non-finite guard, and a --quick smoke test of each command."""
+
+import dataclasses
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.cli import main
+from fdsm import objectives as obj
+from fdsm.models import build
+from fdsm.training import (
+    RECIPES,
+    NonFiniteLossError,
+    OptimConfig,
+    Recipe,
+    make_optimizer,
+    recipe_available,
+    train,
+    training_step,
+)
+
+
+def _gaussian_recipe(lr=0.05, clip=1.0):
+    return Recipe("gaussian", "FD-SSM", "-", lambda m, x: obj.fd_ssm_loss(m.log_density, x, eps=0.1),
+                  OptimConfig("adam", lr=lr, clip=clip), batch=64)
+
+
+def test_training_step_updates_and_lowers_the_loss():
+    torch.manual_seed(0)
+    model = build("gaussian", size="cpu", dim=3)
+    data = 0.5 * torch.randn(512, 3) + 1.0  # N(1, 0.25 I); the model starts at N(0, I)
+    before = model.mean.detach().clone()
+    records = train(model, _gaussian_recipe(), data, steps=60, evaluate=lambda: obj.sm_loss(model.log_density,
+                                                                                            data).item(),
+                    eval_every=20)
+    assert [r.step for r in records] == [20, 40, 60]
+    assert not torch.equal(model.mean, before)
+    assert records[-1].metric < records[0].metric  # exact SM loss goes down
+    assert all(r.wall_s > 0 for r in records)
+
+
+def test_non_finite_loss_stops_with_the_step_and_no_update():
+    model = build("gaussian", size="cpu", dim=2)
+    optimizer, _ = make_optimizer(model, OptimConfig(lr=0.1))
+    x = torch.randn(4, 2)
+    training_step(model, lambda: obj.ssm_loss(model.log_density, x), optimizer, step=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteLossError, match="training step 7: the loss is nan"):
+        training_step(model, lambda: obj.ssm_loss(model.log_density, x) * math.nan, optimizer, step=7)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_every_table_row_has_a_recipe():
+    rows = {(r.value.model, r.value.objective) for r in RECIPES}
+    assert {("deep-ebm", o) for o in ("DSM", "FD-DSM*", "FD-DSM", "SSM", "SSMVR", "FD-SSM*", "FD-SSM")} <= rows
+    assert {("dkef", o) for o in ("SSM", "SSMVR", "FD-SSM")} <= rows
+    assert {("nice", o) for o in ("DSM", "SSM", "SSMVR", "FD-SSM", "MLE")} <= rows
+    assert {("ncsn", "SSMVR"), ("ncsn", "FD-SSMVR"), ("vae-score", "FD-SSMVR"), ("wae-score", "SSMVR")} <= rows
+
+
+@pytest.mark.parametrize("name", ["nice/FD-SSM", "nice/SSMVR", "dkef/FD-SSM", "vae-score/FD-SSMVR",
+                                  "wae-score/SSMVR"])
+def test_cheap_recipes_take_a_finite_step(name):
+    recipe = dataclasses.replace(RECIPES.get(name), batch=8)
+    assert recipe_available(recipe)[0]
+    torch.manual_seed(0)
+    model = recipe.build_model("cpu")
+    x = torch.rand(8, *model.event_shape)
+    if hasattr(model, "init_inducing"):
+        model.init_inducing(torch.randn(2 * model.config.n_inducing, *model.event_shape))
+    optimizer, scheduler = make_optimizer(model, recipe.optim, 10)
+    loss = training_step(model, lambda: recipe.loss(model, x), optimizer, clip=recipe.optim.clip,
+                         scheduler=scheduler)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("command, csv, columns", [
+    ("train-steps", "train_steps.csv", {"model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr",
+                                        "peak_mem_mb", "loss", "status", "torch", "git_commit"}),
+    ("grad-agreement", "grad_agreement.csv", {"model", "pair", "eps", "dtype", "cosine", "status"}),
+    ("train", "train.csv", {"model", "objective", "step", "wall_s", "sm_loss", "nll", "status"}),
+])
+def test_command_quick_writes_its_csv(tmp_path, command, csv, columns):
+    assert main([command, "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = pd.read_csv(tmp_path / csv)
+    assert columns <= set(rows.columns), columns - set(rows.columns)
+    assert len(rows) and (rows.status == "ok").all()
+    assert (tmp_path / csv.replace(".csv", ".png")).exists()
