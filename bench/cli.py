@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "bench.commands.compare",
     "bench.commands.train_steps",
     "bench.commands.grad_agreement",
+    "bench.commands.train",
 )
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
