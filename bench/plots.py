@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -39,13 +40,18 @@ def style(name: str, table: Mapping[str, dict]) -> dict:
 
 
 def line_panel(ax: Axes, rows: pd.DataFrame, *, x: str, y: str, line: str, styles: Mapping[str, dict],
-               logx: bool = False) -> None:
-    """One line per value of ``line`` (in first-seen order): ``y`` against ``x``, log y, positive ok rows only."""
+               logx: bool = False, spread: str | None = None) -> None:
+    """One line per value of ``line`` (in first-seen order): ``y`` against ``x``, log y, positive ok rows only;
+    ``spread`` names a column (an IQR) drawn as a bar of that length centred on each point."""
     ok = rows[(rows.status == "ok") & (rows[y] > 0)]
     for name in rows[line].drop_duplicates():
         part = ok[ok[line] == name].sort_values(x)
         if len(part):
-            ax.plot(part[x], part[y], label=str(name), markersize=5, linewidth=1.6, **style(str(name), styles))
+            half = None if spread is None else part[spread].to_numpy() / 2
+            if half is not None:  # on a log axis a bar cannot reach 0: the lower half stops at 10% of the value
+                half = [np.minimum(half, 0.9 * part[y].to_numpy()), half]
+            ax.errorbar(part[x], part[y], yerr=half, label=str(name), markersize=5, linewidth=1.6, capsize=3,
+                        **style(str(name), styles))
     ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")

@@ -40,6 +40,7 @@ from bench.plots import METHOD_STYLE, failure_note, line_panel, save
 from bench.steps import default_step
 from bench.sweep import run_sweep
 from bench.timing import fix_cpu_threads
+from fdsm.models import model_config
 
 NAME = "derivatives"
 HELP = "Figure 2: time, peak memory and error of the T-th directional derivative, exact vs FD, T = 1..6"
@@ -93,11 +94,11 @@ def cases(config: DerivativesConfig, args: argparse.Namespace) -> list[dict]:
 def figure2(rows: pd.DataFrame, title: str):
     """Three panels against T, one line per method, log y: time, peak memory, relative error."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
-    panels = (("time_ms", "time per call [ms]", "Time (median of repeats)"),
-              ("peak_mem_mb", "peak memory above baseline [MiB]", "Peak memory"),
-              ("rel_error", "relative error vs float64 exact", "Error (median over batch)"))
-    for ax, (column, ylabel, name) in zip(axes, panels, strict=True):
-        line_panel(ax, rows, x="order", y=column, line="method", styles=METHOD_STYLE)
+    panels = (("time_ms", "time per call [ms]", "Time (median and IQR of repeats)", "time_ms_iqr"),
+              ("peak_mem_mb", "peak memory above baseline [MiB]", "Peak memory", None),
+              ("rel_error", "relative error vs float64 exact", "Error (median over batch)", None))
+    for ax, (column, ylabel, name, spread) in zip(axes, panels, strict=True):
+        line_panel(ax, rows, x="order", y=column, line="method", styles=METHOD_STYLE, spread=spread)
         ax.set(xlabel="order T", ylabel=ylabel, title=name, xticks=sorted(rows.order.unique()))
     axes[2].axhline(0.01, color="grey", linestyle=":", linewidth=1)
     axes[2].annotate("1% (the paper's bound)", (axes[2].get_xlim()[0], 0.01), xytext=(4, 3),
@@ -112,8 +113,8 @@ def figure2(rows: pd.DataFrame, title: str):
 
 def describe(rows: pd.DataFrame) -> str:
     first = rows.iloc[0]
-    width = "preset" if pd.isna(first.width) else int(first.width)
-    return (f"T-th directional derivative of log p, {first.model} ({first['size']}, width {width}, "
+    width = model_config(first.model, first["size"]).n_chan if pd.isna(first.width) else int(first.width)
+    return (f"T-th directional derivative of log p, {first.model} ({first['size']}, n_chan {width}, "
             f"{first.weights} weights), batch {first.batch}, {first['dtype']} on {first.device_name} "
             f"({first.threads} threads); FD step eps per row in the CSV")
 
