@@ -15,10 +15,15 @@ import torch
 
 # Subcommand modules, in the order ``fdsm-bench --help`` lists them.
 COMMANDS: tuple[str, ...] = (
+    "bench.commands.all",
     "bench.commands.compare",
+    "bench.commands.derivatives",
+    "bench.commands.eps_sweep",
+    "bench.commands.models",
     "bench.commands.train_steps",
     "bench.commands.grad_agreement",
     "bench.commands.train",
+    "bench.commands.kernels",
 )
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -1,0 +1,170 @@
+"""``report.md``: the figures, the headline ratios and the environment of one result folder.
+
+Every number in the report is read from the folder's CSVs, and every ratio is taken between rows of one run
+(DESIGN.md: ratios beat absolutes). A CSV that is missing, or a stage that failed, gets a line saying so instead
+of a section; rows whose status is not ``ok`` are listed with their message at the end.
+
+Headline ratios:
+- derivatives: for each T, exact time / FD time and exact peak memory / FD peak memory, for the exact methods
+  against ``fd-batched``, and the FD error at the default step;
+- eps-sweep: per dtype, order and stencil accuracy, the step with the smallest error and that error;
+- train-steps: for each model, the FD objective's speed-up and memory saving over its gradient-based twin
+  (``fd-ssm`` over ``ssm``, and so on: the twin is the name without ``fd-``);
+- grad-agreement: the cosine between FD and exact parameter gradients at each step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bench.environment import METADATA_COLUMNS, metadata
+
+FD_BASELINE = "fd-batched"
+
+
+def _read(out: Path, name: str) -> pd.DataFrame | None:
+    path = out / name
+    return pd.read_csv(path) if path.exists() and path.stat().st_size else None
+
+
+def _ok(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "ok"]
+
+
+def _table(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    return frame.to_markdown(index=False, floatfmt=floatfmt)
+
+
+def _figure(out: Path, name: str, caption: str) -> str:
+    return f"![{caption}]({name})\n\n*{caption}*\n" if (out / name).exists() else f"*({name} was not written.)*\n"
+
+
+def derivatives_section(frame: pd.DataFrame, out: Path) -> str:
+    ok = _ok(frame)
+    time = ok.pivot_table(index="order", columns="method", values="time_ms")
+    memory = ok.pivot_table(index="order", columns="method", values="peak_mem_mb")
+    error = ok.pivot_table(index="order", columns="method", values="rel_error")
+    rows = pd.DataFrame({"T": time.index})
+    for exact in ("exact-reverse", "exact-forward"):
+        if exact in time and FD_BASELINE in time:
+            rows[f"time {exact} / {FD_BASELINE}"] = (time[exact] / time[FD_BASELINE]).to_numpy()
+            rows[f"memory {exact} / {FD_BASELINE}"] = (memory[exact] / memory[FD_BASELINE]).to_numpy()
+    for method in error.columns:
+        if method.startswith("fd-"):
+            rows[f"rel. error {method}"] = error[method].to_numpy()
+    if "eps" in ok:
+        steps = ok[ok.method == FD_BASELINE].groupby("order")["eps"].first()
+        rows["FD step eps"] = steps.reindex(time.index).to_numpy()
+    return "\n".join([
+        "## Figure 2: the T-th directional derivative, exact versus FD",
+        _figure(out, "figure2.png", "Time, peak memory and error against the order T, one line per method (log y)."),
+        "Ratios of one run (above 1: FD is cheaper); error against the float64 exact reference:\n",
+        _table(rows),
+        "\nTime per method [ms], median of repeats:\n",
+        _table(time.reset_index()),
+    ])
+
+
+def eps_sweep_section(frame: pd.DataFrame, out: Path) -> str:
+    ok = _ok(frame).dropna(subset=["rel_error"])
+    best = ok.loc[ok.groupby(["dtype", "order", "accuracy"])["rel_error"].idxmin()]
+    best = best[["dtype", "order", "accuracy", "eps", "rel_error"]].rename(
+        columns={"eps": "best step eps", "rel_error": "smallest rel. error"})
+    return "\n".join([
+        "## Step size: where FD is trustworthy",
+        _figure(out, "eps_sweep.png", "Relative error against the step |v|, per dtype and stencil accuracy; "
+                                      "the dashed lines mark the theoretical optimum step."),
+        "The step with the smallest error, per dtype, order and accuracy:\n",
+        _table(best.sort_values(["dtype", "order", "accuracy"])),
+    ])
+
+
+def fd_speedups(frame: pd.DataFrame) -> pd.DataFrame:
+    """For each model and FD objective ``fd-X`` with a twin ``X`` in the same run: time and memory ratios."""
+    ok = _ok(frame).set_index(["model", "objective"])
+    rows = []
+    for (model, objective), row in ok.iterrows():
+        twin = (model, objective.removeprefix("fd-"))
+        if objective.startswith("fd-") and twin in ok.index:
+            base = ok.loc[twin]
+            rows.append({"model": model, "FD objective": objective, "versus": twin[1],
+                         "speed-up (time ratio)": base.time_ms / row.time_ms,
+                         "memory ratio": base.peak_mem_mb / row.peak_mem_mb})
+    return pd.DataFrame(rows)
+
+
+def train_steps_section(frame: pd.DataFrame, out: Path) -> str:
+    speedups = fd_speedups(frame)
+    return "\n".join([
+        "## Training steps: FD objectives against their gradient-based twins",
+        _figure(out, "train_steps.png", "Time and peak memory of one complete optimizer step per objective."),
+        "Above 1: the FD objective is faster / smaller:\n",
+        _table(speedups) if len(speedups) else "*(no FD objective with a twin in this run)*",
+    ])
+
+
+def grad_agreement_section(frame: pd.DataFrame, out: Path) -> str:
+    ok = _ok(frame)
+    value = "cosine" if "cosine" in ok else ok.select_dtypes("number").columns[-1]
+    index = [c for c in ("model", "pair", "objective", "dtype") if c in ok]
+    table = ok.pivot_table(index=index, columns="eps", values=value).reset_index()
+    table.columns = [c if isinstance(c, str) else f"eps={c:g}" for c in table.columns]
+    return "\n".join([
+        "## Gradient agreement (Lemma 2): FD against exact parameter gradients",
+        _figure(out, "grad_agreement.png", "Cosine between FD and exact parameter gradients against the step."),
+        _table(table, floatfmt=".5f"),
+    ])
+
+
+def problems_section(frames: dict[str, pd.DataFrame]) -> str:
+    lines = []
+    for name, frame in frames.items():
+        bad = frame[frame["status"] != "ok"]
+        keys = [c for c in frame.columns if c not in (*METADATA_COLUMNS, "status", "message")
+                and frame[c].dtype == object][:4]
+        for _, row in bad.iterrows():
+            where = ", ".join(f"{k}={row[k]}" for k in keys)
+            lines.append(f"- `{name}` {where}: **{row.status}**: {row.get('message', '')}")
+    return "\n".join(["## Rows that did not run", *(lines or ["Every row ran (status ok)."])])
+
+
+SECTIONS: dict[str, Callable[[pd.DataFrame, Path], str]] = {
+    "derivatives.csv": derivatives_section,
+    "eps_sweep.csv": eps_sweep_section,
+    "train_steps.csv": train_steps_section,
+    "grad_agreement.csv": grad_agreement_section,
+}
+
+
+def write_report(out: Path, device: torch.device, outcomes: dict[str, str], elapsed_s: float) -> Path:
+    """Write ``out/report.md`` from the CSVs in ``out`` and return its path."""
+    frames = {name: frame for name in SECTIONS if (frame := _read(out, name)) is not None}
+    env = metadata(device)
+    parts = [
+        "# fdsm-bench report",
+        f"`{' '.join(['fdsm-bench', *sys.argv[1:]])}` on {env['device_name']}, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {elapsed_s / 60:.1f} min.\n",
+        _table(pd.DataFrame({"stage": list(outcomes), "outcome": list(outcomes.values())})),
+    ]
+    for name, section in SECTIONS.items():
+        if name in frames:
+            try:
+                parts.append(section(frames[name], out))
+            except (KeyError, ValueError) as err:  # a CSV of an unexpected shape: say so, keep the rest
+                parts.append(f"## {name}\n*Could not summarize {name}: {type(err).__name__}: {err}*")
+        else:
+            parts.append(f"## {name}\n*Not in this folder: the stage did not run or wrote nothing.*")
+    parts.append(problems_section(frames))
+    parts.append("## Environment\n\n" + _table(pd.DataFrame({"": list(env), "value": list(env.values())})))
+    parts.append("Ratios are taken between rows of this one run; absolute times depend on the machine and its "
+                 "load. CPU peak memory is the resident-set high-water mark of a worker process above its "
+                 "baseline; CUDA peak memory is the allocator's peak above the model and inputs.")
+    path = out / "report.md"
+    path.write_text("\n\n".join(parts) + "\n")
+    return path
