@@ -24,7 +24,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-import kernels
 from fdsm import exact, fd
 from fdsm.registry import Registry
 from fdsm.stencils import Stencil, central_stencil, check_order
@@ -36,19 +35,10 @@ METHODS.register("exact-forward", exact.exact_forward)
 METHODS.register("fd-serial", fd.fd_serial)
 METHODS.register("fd-batched", fd.fd_batched)
 METHODS.register("fd-streams", fd.fd_streams)
-
-
-def fd_fused(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *, stencil: Stencil,
-             backend: str = "triton") -> Tensor:
-    """fd-batched with fused ends: the Triton perturb kernel builds the (S*B, *event) inputs in one pass, and the
-    combine kernel sums the S outputs with the weights in one pass (``kernels.stencil_apply``)."""
-    return kernels.stencil_apply(f, x, v, stencil.offsets, stencil.weights, backend=backend)
-
-
 # fd-fused runs the Triton kernels or says why it cannot, never silently the torch fallback: it needs CUDA, or
 # the Triton interpreter on the CPU (kernels/backend.py, NOTE [the Triton interpreter]).
 _NO_FUSED = triton_unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-METHODS.register("fd-fused", fd_fused, enabled=_NO_FUSED is None, reason=f"{_NO_FUSED}; use 'fd-batched'")
+METHODS.register("fd-fused", fd.fd_fused, enabled=_NO_FUSED is None, reason=f"{_NO_FUSED}; use 'fd-batched'")
 
 EXACT_METHODS = ("exact-reverse", "exact-forward")
 FD_METHODS = ("fd-serial", "fd-batched", "fd-streams", "fd-fused")

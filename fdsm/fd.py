@@ -11,6 +11,8 @@ and they differ only in how the S forwards :math:`f(x + \gamma_i v)` are run:
 - ``fd_batched``: all points stacked along the batch axis into one (S*B, *event) forward (the paper's "parallel"
   FD, appendix C.1).
 - ``fd_streams``: one forward per point, run concurrently. See NOTE [fd-streams backends].
+- ``fd_fused``: ``fd_batched`` with Triton kernels at both ends (``kernels.stencil_apply``): one pass over x and v
+  builds the inputs, one pass over the outputs combines them.
 
 The S outputs, stacked as (S, B, *k), are combined by ``apply_stencil``. The combination runs in at least
 float32, since it is where FD cancels (its weights grow like 2^T).
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+import kernels
 from fdsm.stencils import Stencil
 
 Fn = Callable[[Tensor], Tensor]
@@ -118,3 +121,9 @@ def fd_streams(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil) -> 
     """One forward per stencil point, run concurrently (see NOTE [fd-streams backends])."""
     run = _forward_on_cuda_streams if x.device.type == "cuda" else _forward_on_threads
     return apply_stencil(torch.stack(run(f, x, v, stencil)), stencil)
+
+
+def fd_fused(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil, backend: str = "triton") -> Tensor:
+    """fd-batched with fused ends: the Triton perturb kernel builds the (S*B, *event) inputs in one pass, and the
+    combine kernel sums the S outputs with the weights in one pass."""
+    return kernels.stencil_apply(f, x, v, stencil.offsets, stencil.weights, backend=backend)

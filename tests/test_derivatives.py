@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fdsm import METHODS, central_stencil, directional_derivative, float64_reference, stencil, streams_backend
+from fdsm.registry import Registry
 
 F64 = torch.float64
 ORDERS = range(1, 7)
@@ -276,9 +277,14 @@ def test_bad_input_gets_a_clear_error(kwargs, error, match, method):
         directional_derivative(call.pop("f"), call.pop("x"), call.pop("v"), call.pop("order"), **call)
 
 
-def test_disabled_method_says_why():
-    entry = METHODS.entry("fd-fused")
-    if entry.enabled:
-        pytest.skip("fd-fused is available here")
-    with pytest.raises(RuntimeError, match="not available here"):
-        directional_derivative(ok_f, X, V, 2, method="fd-fused")
+def test_a_disabled_entry_says_why_and_an_unknown_one_lists_the_names():
+    methods = Registry("method")
+    methods.register("fd-batched", object())
+    methods.register("fd-fused", object(), enabled=False, reason="Triton is not importable; use 'fd-batched'")
+    assert methods.names(enabled_only=True) == ["fd-batched"]
+    with pytest.raises(RuntimeError, match="method 'fd-fused' is not available here: Triton is not importable"):
+        methods.get("fd-fused")
+    with pytest.raises(ValueError, match=r"unknown method 'fd-magic'; expected one of \['fd-batched', 'fd-fused'\]"):
+        methods.get("fd-magic")
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register("fd-batched", object())

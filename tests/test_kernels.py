@@ -196,7 +196,7 @@ def _mlp(dtype):
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_fd_fused_equals_fd_batched(order, dtype, backend):
     from fdsm import central_stencil, directional_derivative
-    from fdsm.derivatives import fd_fused
+    from fdsm.fd import fd_fused
 
     f = _mlp(dtype)
     gen = torch.Generator().manual_seed(order)
