@@ -173,18 +173,18 @@ class ProblemConfig:
     """What is differentiated: the fields every derivative sweep shares (see the case table above)."""
 
     model: str = "deep-ebm"
-    size: str = "cpu"  # the cpu preset: Res18_Quadratic at n_chan 8
+    size: str | None = None  # None: "paper" on CUDA, else "cpu" (Res18_Quadratic at n_chan 8)
     width: int | None = None  # n_chan override; None keeps the preset's
-    batch: int = 2  # B points per call
+    batch: int | None = None  # B points per call; None: 64 on CUDA (the paper's batch), else 2
 
 
 def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``ProblemConfig`` plus ``--checkpoint`` and ``--threads`` (dest = field name, default None)."""
     g = parser.add_argument_group("problem")
     g.add_argument("--model", help="registered model name (default: deep-ebm)")
-    g.add_argument("--size", choices=("paper", "cpu"), help="model preset (default: cpu)")
+    g.add_argument("--size", choices=("paper", "cpu"), help="model preset (default: paper on CUDA, else cpu)")
     g.add_argument("--width", type=int, help="the deep EBM's n_chan (default: the preset's)")
-    g.add_argument("--batch", type=int, help="points per call")
+    g.add_argument("--batch", type=int, help="points per call (default: 64 on CUDA, else 2)")
     g.add_argument("--checkpoint", type=Path, help="a state_dict of the model (default: seeded random weights)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
 
@@ -193,10 +193,13 @@ def problem_columns(config: ProblemConfig, args: argparse.Namespace) -> dict[str
     """The PROBLEM_KEYS values of a sweep's cases."""
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
-    if config.batch < 1:
-        raise UsageError(f"--batch {config.batch}: expected at least 1")
-    return {"model": config.model, "size": config.size, "width": config.width,
-            "weights": weights_label(args.checkpoint), "seed": args.seed, "batch": config.batch,
+    on_gpu = args.device.type == "cuda"
+    batch = config.batch if config.batch is not None else (64 if on_gpu else 2)
+    if batch < 1:
+        raise UsageError(f"--batch {batch}: expected at least 1")
+    size = config.size or ("paper" if on_gpu else "cpu")
+    return {"model": config.model, "size": size, "width": config.width,
+            "weights": weights_label(args.checkpoint), "seed": args.seed, "batch": batch,
             "device": str(args.device)}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.environment import METADATA_COLUMNS, metadata
+from bench.environment import metadata
 
 FD_BASELINE = "fd-batched"
 
@@ -123,14 +123,14 @@ def grad_agreement_section(frame: pd.DataFrame, out: Path) -> str:
 
 
 def problems_section(frames: dict[str, pd.DataFrame]) -> str:
+    """Rows whose status is not ok, one line per file, status and message, with what they were."""
     lines = []
     for name, frame in frames.items():
-        bad = frame[frame["status"] != "ok"]
-        keys = [c for c in frame.columns if c not in (*METADATA_COLUMNS, "status", "message")
-                and frame[c].dtype == object][:4]
-        for _, row in bad.iterrows():
-            where = ", ".join(f"{k}={row[k]}" for k in keys)
-            lines.append(f"- `{name}` {where}: **{row.status}**: {row.get('message', '')}")
+        bad = frame[frame["status"] != "ok"].fillna({"message": ""})
+        for (status, message), group in bad.groupby(["status", "message"], sort=False):
+            what = "; ".join(f"{c}: {', '.join(map(str, group[c].unique()))}"
+                             for c in ("model", "method", "objective", "order", "dtype") if c in group)
+            lines.append(f"- `{name}`, {len(group)} row(s) **{status}** ({what}): {message}")
     return "\n".join(["## Rows that did not run", *(lines or ["Every row ran (status ok)."])])
 
 

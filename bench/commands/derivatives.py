@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_problem_arguments(parser)
     g = parser.add_argument_group("sweep")
     g.add_argument("--orders", type=comma_ints, help="orders T, e.g. 1,2,3 (default: 1..6)")
-    g.add_argument("--methods", type=comma_words, help=f"methods (default: every enabled one of "
-                                                       f"{', '.join(fdsm.METHODS.names())})")
+    g.add_argument("--methods", type=comma_words, help=f"methods (default: all of {', '.join(fdsm.METHODS.names())}; "
+                                                       f"one this machine cannot run gets an unsupported row)")
     g.add_argument("--accuracy", type=int, help="FD stencil accuracy p (default: 2)")
     g.add_argument("--eps", type=float, help="FD step |v| for every order (default: per order and dtype, "
                                              "h* = L u^(1/(T+p)), see bench.steps)")
@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cases(config: DerivativesConfig, args: argparse.Namespace) -> list[dict]:
     """Order-major, so that one order's reference serves all its methods while the worker holds it."""
-    methods = config.methods or tuple(fdsm.METHODS.names(enabled_only=True))
+    # Every registered method: one this machine cannot run gets an `unsupported` row that says why.
+    methods = config.methods or tuple(fdsm.METHODS.names())
     for method in methods:
         fdsm.METHODS.entry(method)  # an unknown name fails here, before any work
     problem, dtype = problem_columns(config, args), dtype_name(args.dtype)
