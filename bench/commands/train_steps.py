@@ -151,8 +151,9 @@ def plot(rows: pd.DataFrame, path) -> None:
         colors = ["tab:orange" if o.startswith("FD") else "tab:blue" for o in part.objective]
         for i, (column, label) in enumerate((("time_ms", "time per step (ms)"), ("peak_mem_mb", "peak memory (MiB)"))):
             ax = axes[i, j]
-            bars = ax.bar(range(len(part)), part[column], color=colors,
-                          yerr=part.time_ms_iqr / 2 if column == "time_ms" else None, capsize=2)
+            half_iqr = part.time_ms_iqr / 2  # error bar: +- IQR/2 about the median, clipped at 0
+            spread = [half_iqr.clip(upper=part.time_ms), half_iqr] if column == "time_ms" else None
+            bars = ax.bar(range(len(part)), part[column], color=colors, yerr=spread, capsize=2)
             ax.set_xticks(range(len(part)), part.objective, rotation=35, ha="right", fontsize=8)
             ax.grid(True, axis="y", alpha=0.3)
             if j == 0:
@@ -168,8 +169,8 @@ def plot(rows: pd.DataFrame, path) -> None:
                                 ha="center", va="bottom", fontsize=8, fontweight="bold")
     meta = rows.iloc[0]
     fig.suptitle(f"One complete training step (blue: gradient-based, orange: FD; label: FD speed-up / memory "
-                 f"saving over its counterpart)\n{meta.device}, {meta.dtype}, size {meta['size']}, "
-                 f"median of {meta.repeats} steps", fontsize=10)
+                 f"saving over its counterpart)\n{meta['device']}, {meta['dtype']}, size {meta['size']}, "
+                 f"median and IQR of {meta['repeats']} steps", fontsize=10)
     note = failure_note(rows, ("model", "objective"))
     if note:
         fig.text(0.01, -0.02, note, fontsize=7, wrap=True)
