@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "bench.commands.compare",
     "bench.commands.derivatives",
     "bench.commands.eps_sweep",
+    "bench.commands.fit",
     "bench.commands.models",
     "bench.commands.train_steps",
     "bench.commands.grad_agreement",

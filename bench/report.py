@@ -9,14 +9,13 @@ Headline ratios:
   against ``fd-batched``, and the FD error at the default step;
 - eps-sweep: per dtype, order and stencil accuracy, the step with the smallest error and that error;
 - train-steps: for each model, the FD objective's speed-up and memory saving over its gradient-based twin
-  (``fd-ssm`` over ``ssm``, and so on: the twin is the name without ``fd-``);
+  (``FD-SSM`` and the serial ``FD-SSM*`` over ``SSM``, and so on: the twin is the name without ``FD-`` and ``*``);
 - grad-agreement: the cosine between FD and exact parameter gradients at each step.
 """
 
 from __future__ import annotations
 
 import datetime
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,8 +89,8 @@ def fd_speedups(frame: pd.DataFrame) -> pd.DataFrame:
     ok = _ok(frame).set_index(["model", "objective"])
     rows = []
     for (model, objective), row in ok.iterrows():
-        twin = (model, objective.removeprefix("fd-"))
-        if objective.startswith("fd-") and twin in ok.index:
+        twin = (model, objective[3:].rstrip("*"))  # FD-SSM and FD-SSM* (serial) against SSM
+        if objective.upper().startswith("FD-") and twin in ok.index:
             base = ok.loc[twin]
             rows.append({"model": model, "FD objective": objective, "versus": twin[1],
                          "speed-up (time ratio)": base.time_ms / row.time_ms,
@@ -142,13 +141,13 @@ SECTIONS: dict[str, Callable[[pd.DataFrame, Path], str]] = {
 }
 
 
-def write_report(out: Path, device: torch.device, outcomes: dict[str, str], elapsed_s: float) -> Path:
-    """Write ``out/report.md`` from the CSVs in ``out`` and return its path."""
+def write_report(out: Path, device: torch.device, command: str, outcomes: dict[str, str], elapsed_s: float) -> Path:
+    """Write ``out/report.md`` from the CSVs in ``out`` and return its path; ``command`` is what made them."""
     frames = {name: frame for name in SECTIONS if (frame := _read(out, name)) is not None}
     env = metadata(device)
     parts = [
         "# fdsm-bench report",
-        f"`{' '.join(['fdsm-bench', *sys.argv[1:]])}` on {env['device_name']}, "
+        f"`{command}` on {env['device_name']}, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {elapsed_s / 60:.1f} min.\n",
         _table(pd.DataFrame({"stage": list(outcomes), "outcome": list(outcomes.values())})),
     ]

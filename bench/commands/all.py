@@ -1,5 +1,9 @@
 """``fdsm-bench all``: the main job. Every experiment at its default size, into one folder, then ``report.md``.
 
+First ``fit`` trains the deep EBM (``FIGURE2_RECIPE``) on the embedded digits, so that the derivative sweeps
+measure a trained model, as the paper's Figure 2 does; if that stage is skipped or fails, they fall back to
+random weights, and their CSVs say which (the ``weights`` column).
+
 The stages run in order (``STAGES``), each exactly as its own subcommand would with the same shared options, so a
 stage can be re-run alone and a finished row is never measured twice (each command resumes from its CSV). A stage
 that fails is reported and the job goes on; the exit status is 1 if any stage failed. ``--device cuda`` runs the
@@ -12,12 +16,14 @@ import argparse
 import time
 import traceback
 
+from bench.commands.fit import checkpoint_path
 from bench.report import write_report
 
 NAME = "all"
-HELP = "the main job: derivatives, eps-sweep, train-steps and grad-agreement, then report.md"
+HELP = "the main job: fit, derivatives, eps-sweep, train-steps and grad-agreement, then report.md"
 
-STAGES = ("derivatives", "eps-sweep", "train-steps", "grad-agreement")
+STAGES = ("fit", "derivatives", "eps-sweep", "train-steps", "grad-agreement")
+FIGURE2_RECIPE = "deep-ebm/DSM"  # the paper's deep EBM was trained by (multi-scale) DSM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +37,11 @@ def stage_argv(stage: str, args: argparse.Namespace) -> list[str]:
         argv.append("--quick")
     if args.repeats is not None:
         argv += ["--repeats", str(args.repeats)]
+    checkpoint = checkpoint_path(args.out, FIGURE2_RECIPE)
+    if stage == "fit":
+        argv += ["--recipe", FIGURE2_RECIPE, "--save", str(checkpoint)]
+    elif stage in ("derivatives", "eps-sweep") and checkpoint.is_file():
+        argv += ["--checkpoint", str(checkpoint)]
     return argv
 
 
@@ -60,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             traceback.print_exc()
             outcomes[stage] = f"failed: {type(err).__name__}: {err}"
         print(f"=== {stage}: {outcomes[stage]} in {time.perf_counter() - t0:.0f} s", flush=True)
-    report = write_report(args.out, args.device, outcomes, elapsed_s=time.perf_counter() - start)
+    command = " ".join(["fdsm-bench", *stage_argv(NAME, args), *(["--skip", args.skip] if args.skip else [])])
+    report = write_report(args.out, args.device, command, outcomes, elapsed_s=time.perf_counter() - start)
     print(f"\nwrote {report} ({time.perf_counter() - start:.0f} s in all)")
     return 0 if all(v == "ok" for v in outcomes.values()) else 1
