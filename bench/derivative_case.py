@@ -24,8 +24,9 @@ float64 copy (``fdsm.float64_reference``), computed once per (problem, T) for th
 since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
 
 ``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns;
-``measure_error(case)`` only computes the error (the eps-sweep). ``derivative_call(case)`` and
-``error_columns(case, d, d_ref)`` are the pieces they share with the pytest-benchmark suite. The measure
+``measure_error(case)`` only computes the error (the eps-sweep). ``derivative_closure(case)``,
+``reference_for(case)`` and ``error_columns(case, d, d_ref)`` are the pieces they share with the pytest-benchmark
+suite (``derivative_call`` gives the first two at once). The measure
 functions are module-level, so that a spawned ``bench.isolation.Worker`` can run them; the worker keeps built
 models and references between cases.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ from fdsm.derivatives import FD_METHODS
 from fdsm.models import build
 
 RANDOM_WEIGHTS = "random"
+REFERENCE_CHUNK = 8  # samples per float64 reference call
 
 # Keys of the cases (the CSV's key columns) and the measured columns of each kind of row.
 PROBLEM_KEYS = ("model", "size", "width", "weights", "seed", "batch", "device")
@@ -101,9 +104,11 @@ def _problem(key: tuple) -> tuple[nn.Module, Tensor, Tensor]:
 
 @functools.cache
 def _unit_reference(key: tuple, order: int) -> Tensor:
-    """D_ref for the unit directions u, in float64: (B,)."""
+    """D_ref for the unit directions u, in float64: (B,). In chunks of REFERENCE_CHUNK samples (they are
+    independent), so that the exact method's exponential memory at high T scales with the chunk, not the batch."""
     model, x, u = _problem(key)
-    return fdsm.float64_reference(model, x, u, order, fn=lambda m, inputs: m.log_density(inputs))
+    return torch.cat([fdsm.float64_reference(model, xc, uc, order, fn=lambda m, inputs: m.log_density(inputs))
+                      for xc, uc in zip(x.split(REFERENCE_CHUNK), u.split(REFERENCE_CHUNK), strict=True)])
 
 
 @functools.cache
@@ -112,20 +117,29 @@ def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
-def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
-    """The call to measure (closure over inputs in the case's dtype) and its reference D_ref for v = eps u."""
+def derivative_closure(case: Mapping[str, Any]) -> Callable[[], Tensor]:
+    """The call to measure: ``directional_derivative`` on inputs already in the case's dtype, v = eps u."""
     key, order, method = _problem_key(case), int(case["order"]), case["method"]
     dtype = DTYPES[case["dtype"]]
     _, x, u = _problem(key)
     model = _model_in(key, dtype)
-    eps = float(case["eps"])
-    x_d, v_d = x.to(dtype), (eps * u).to(dtype)
+    x_d, v_d = x.to(dtype), (float(case["eps"]) * u).to(dtype)
     stencil = fdsm.central_stencil(order, int(case["accuracy"])) if method in FD_METHODS else None
 
     def call() -> Tensor:
         return fdsm.directional_derivative(model.log_density, x_d, v_d, order, method=method, stencil=stencil)
 
-    return call, _unit_reference(key, order) * eps**order
+    return call
+
+
+def reference_for(case: Mapping[str, Any]) -> Tensor:
+    """D_ref for v = eps u: (u . grad)^T log p in float64, times eps^T (exact, since D^T is homogeneous in v)."""
+    return _unit_reference(_problem_key(case), int(case["order"])) * float(case["eps"]) ** int(case["order"])
+
+
+def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
+    """The call to measure and its reference D_ref."""
+    return derivative_closure(case), reference_for(case)
 
 
 def _unsupported(method: str) -> dict[str, Any] | None:
@@ -148,24 +162,31 @@ def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int
     """
     if (skip := _unsupported(case["method"])) is not None:
         return skip
-    call, d_ref = derivative_call(case)
+    call = derivative_closure(case)
     device = torch.device(case["device"])
     timing = measure_time(call, device, warmup=warmup, repeats=repeats)
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
-    return {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "repeats": timing.repeats,
-            "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb, "nvml_used_mb": memory.nvml_used_mb,
-            **error_columns(case, outputs[0], d_ref)}
+    measured = {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "repeats": timing.repeats,
+                "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
+                "nvml_used_mb": memory.nvml_used_mb}
+    # The reference comes last: the float64 exact method at high T can itself run out of memory (paper size on a
+    # GPU), and that must cost this row its error column, not its time and memory.
+    try:
+        d_ref = reference_for(case)
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        return {**measured, "rel_error": math.nan, "rel_error_max": math.nan,
+                "message": f"no rel_error: the float64 reference failed ({type(err).__name__}: {err})"}
+    return {**measured, **error_columns(case, outputs[0], d_ref)}
 
 
 def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:
     """The error columns of one case, without timing (no graph is kept)."""
     if (skip := _unsupported(case["method"])) is not None:
         return skip
-    call, d_ref = derivative_call(case)
     with torch.no_grad():
-        d = call()
-    return error_columns(case, d, d_ref)
+        d = derivative_closure(case)()
+    return error_columns(case, d, reference_for(case))
 
 
 @dataclass(frozen=True)

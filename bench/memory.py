@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import math
 from collections.abc import Callable
@@ -52,7 +53,7 @@ class PeakMemory:
     """Peak memory of one call in MiB; NaN where a reading does not exist on this device."""
 
     peak_mb: float  # CUDA: allocator peak above baseline; CPU: VmHWM above the VmRSS before the call
-    reserved_mb: float = math.nan  # CUDA: caching-allocator reserved peak (what nvidia-smi sees, minus the context)
+    reserved_mb: float = math.nan  # CUDA: caching-allocator reserved peak above its baseline (empty cache)
     nvml_used_mb: float = math.nan  # CUDA: NVML device memory in use after the call (all processes, with context)
 
 
@@ -68,28 +69,50 @@ def cpu_peak_supported() -> bool:
     return _STATUS.exists() and _CLEAR_REFS.exists()
 
 
-def _nvml_used_mb(device: torch.device) -> float:
+@functools.cache
+def _nvml():
+    """The initialized ``pynvml`` module (nvidia-ml-py), or None where it or the driver is missing."""
     try:
-        import pynvml  # nvidia-ml-py; optional
-    except ImportError:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no package, no driver
+        return None
+    return pynvml
+
+
+def _nvml_handle(nvml, device: torch.device):
+    """The NVML handle of a torch device, found by PCI bus id: NVML's indices ignore CUDA_VISIBLE_DEVICES and
+    may order devices differently from CUDA, so the CUDA ordinal is only the fallback."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    try:
+        bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+    except (AttributeError, nvml.NVMLError):  # an older torch without PCI properties, or an unknown bus id
+        return nvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def _nvml_used_mb(device: torch.device) -> float:
+    nvml = _nvml()
+    if nvml is None:
         return math.nan
     try:
-        pynvml.nvmlInit()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / MB
-    except pynvml.NVMLError:
+        return nvml.nvmlDeviceGetMemoryInfo(_nvml_handle(nvml, device)).used / MB
+    except nvml.NVMLError:
         return math.nan
 
 
 def _peak_cuda(fn: Callable[[], object], device: torch.device) -> PeakMemory:
     torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()  # so that the reserved peak is this call's, not blocks cached by earlier cases
     torch.cuda.reset_peak_memory_stats(device)
     baseline = torch.cuda.memory_allocated(device)
+    baseline_reserved = torch.cuda.memory_reserved(device)
     result = fn()
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - baseline
-    reserved = torch.cuda.max_memory_reserved(device)
+    reserved = torch.cuda.max_memory_reserved(device) - baseline_reserved
     del result
     return PeakMemory(peak / MB, reserved / MB, _nvml_used_mb(device))
 

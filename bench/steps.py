@@ -14,7 +14,8 @@ The exponent is theory; the length ``L`` depends on the function (how far along 
 polynomial, relative to its size). ``STEP_SCALE`` is L for the deep EBM at the harness's size with random weights,
 calibrated with ``fdsm-bench eps-sweep``: its float32 and float64 optima, T = 1..4, p = 2, fall at L between about
 200 and 1200 (the log-density of a freshly initialized network is nearly linear in its input, so it tolerates long
-steps). For another model, or trained weights, run ``eps-sweep`` and pass the step it finds with ``--eps``.
+steps). For another model, or trained weights, run ``eps-sweep`` on it and let ``derivatives --steps-from
+eps_sweep.csv`` take the best measured step per order (``best_steps``); the main job does this.
 
 >>> round(default_step(2, 2, torch.float32), 2)  # L * (2^-24)^(1/4)
 7.81
@@ -22,6 +23,9 @@ steps). For another model, or trained weights, run ``eps-sweep`` and pass the st
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
 import torch
 
 STEP_SCALE = 500.0  # L of NOTE [default FD step], calibrated on the deep EBM with random weights
@@ -38,3 +42,13 @@ def default_step(order: int, accuracy: int, dtype: torch.dtype, scale: float = S
         raise ValueError(f"default_step(order, accuracy, dtype): expected order >= 1 and accuracy >= 1, "
                          f"got order={order}, accuracy={accuracy}")
     return scale * unit_roundoff(dtype) ** (1.0 / (order + accuracy))
+
+
+def best_steps(eps_sweep_csv: Path, *, model: str, weights: str, dtype: str, accuracy: int) -> dict[int, float]:
+    """{T: the step with the smallest median error} among the ``ok`` rows of an ``eps-sweep`` CSV measured on the
+    same model and weights, in the same dtype, with the same stencil accuracy. Empty where the sweep has none."""
+    rows = pd.read_csv(eps_sweep_csv)
+    rows = rows[(rows["status"] == "ok") & (rows["model"] == model) & (rows["weights"].astype(str) == weights)
+                & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)].dropna(subset=["rel_error"])
+    best = rows.loc[rows.groupby("order")["rel_error"].idxmin()]
+    return {int(t): float(e) for t, e in zip(best["order"], best["eps"], strict=True)}

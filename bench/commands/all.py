@@ -2,7 +2,8 @@
 
 First ``fit`` trains the deep EBM (``FIGURE2_RECIPE``) on the embedded digits, so that the derivative sweeps
 measure a trained model, as the paper's Figure 2 does; if that stage is skipped or fails, they fall back to
-random weights, and their CSVs say which (the ``weights`` column).
+random weights, and their CSVs say which (the ``weights`` column). Then ``eps-sweep`` measures FD error against
+the step on that model, and ``derivatives`` times FD at the best step it found for each order (``eps_source``).
 
 The stages run in order (``STAGES``), each exactly as its own subcommand would with the same shared options, so a
 stage can be re-run alone and a finished row is never measured twice (each command resumes from its CSV). A stage
@@ -20,9 +21,9 @@ from bench.commands.fit import checkpoint_path
 from bench.report import write_report
 
 NAME = "all"
-HELP = "the main job: fit, derivatives, eps-sweep, train-steps and grad-agreement, then report.md"
+HELP = "the main job: fit, eps-sweep, derivatives, train-steps and grad-agreement, then report.md"
 
-STAGES = ("fit", "derivatives", "eps-sweep", "train-steps", "grad-agreement")
+STAGES = ("fit", "eps-sweep", "derivatives", "train-steps", "grad-agreement")
 FIGURE2_RECIPE = "deep-ebm/DSM"  # the paper's deep EBM was trained by (multi-scale) DSM
 
 
@@ -42,6 +43,8 @@ def stage_argv(stage: str, args: argparse.Namespace) -> list[str]:
         argv += ["--recipe", FIGURE2_RECIPE, "--save", str(checkpoint)]
     elif stage in ("derivatives", "eps-sweep") and checkpoint.is_file():
         argv += ["--checkpoint", str(checkpoint)]
+    if stage == "derivatives" and (args.out / "eps_sweep.csv").is_file():
+        argv += ["--steps-from", str(args.out / "eps_sweep.csv")]  # FD at the step the sweep found best
     return argv
 
 

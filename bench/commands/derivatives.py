@@ -9,8 +9,10 @@ exponentially with T, and a case past the budget gets a ``timeout`` row instead 
 Writes ``derivatives.csv`` (one row per method x order; re-running the same command skips the rows already there)
 and ``figure2.png`` (time, peak memory and relative error against T, one line per method, log y).
 
-The FD step is ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``) unless ``--eps``
-is given; the CSV records it in ``eps``.
+The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
+best measured step of that sweep for the same model, weights, dtype and accuracy (``bench.steps.best_steps``);
+else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``). The CSV records the step
+in ``eps`` and where it came from in ``eps_source``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import argparse
 import dataclasses
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 import fdsm
+from bench.cli import UsageError
 from bench.config import comma_ints, comma_words, configure
 from bench.csvlog import CsvLog
 from bench.derivative_case import (
@@ -37,7 +41,7 @@ from bench.derivative_case import (
     problem_columns,
 )
 from bench.plots import METHOD_STYLE, failure_note, line_panel, save
-from bench.steps import default_step
+from bench.steps import best_steps, default_step
 from bench.sweep import run_sweep
 from bench.timing import fix_cpu_threads
 from fdsm.models import model_config
@@ -75,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--accuracy", type=int, help="FD stencil accuracy p (default: 2)")
     g.add_argument("--eps", type=float, help="FD step |v| for every order (default: per order and dtype, "
                                              "h* = L u^(1/(T+p)), see bench.steps)")
+    g.add_argument("--steps-from", dest="steps_from", type=Path,
+                   help="an eps_sweep.csv of the same model and weights: use its best step per order (orders it "
+                        "lacks fall back to the default step)")
     g.add_argument("--warmup", type=int, help="untimed calls per case (default: 1)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per case (default: 90)")
 
@@ -86,9 +93,17 @@ def cases(config: DerivativesConfig, args: argparse.Namespace) -> list[dict]:
     for method in methods:
         fdsm.METHODS.entry(method)  # an unknown name fails here, before any work
     problem, dtype = problem_columns(config, args), dtype_name(args.dtype)
-    return [{**problem, "method": method, "order": order, "accuracy": config.accuracy,
-             "eps": config.eps if config.eps is not None else default_step(order, config.accuracy, args.dtype),
-             "dtype": dtype}
+    steps = {order: (default_step(order, config.accuracy, args.dtype), "default") for order in config.orders}
+    if args.steps_from is not None:
+        if not args.steps_from.is_file():
+            raise UsageError(f"--steps-from {args.steps_from}: no such file; run fdsm-bench eps-sweep first")
+        measured = best_steps(args.steps_from, model=problem["model"], weights=problem["weights"], dtype=dtype,
+                              accuracy=config.accuracy)
+        steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if order in steps}
+    if config.eps is not None:
+        steps = {order: (config.eps, "--eps") for order in config.orders}
+    return [{**problem, "method": method, "order": order, "accuracy": config.accuracy, "eps": steps[order][0],
+             "eps_source": steps[order][1], "dtype": dtype}
             for order in config.orders for method in methods]
 
 
