@@ -74,6 +74,38 @@ def test_closed_forms(gaussian, kind, objective):
     assert_mc_close(objective(model, x).detach(), expected(model, data_mean, data_cov, kind))
 
 
+def expected_mdsm(model, data_mean, data_cov, sigma, sigma0):
+    r"""MDSM's closed form, noise sigma and target scale sigma0: the residual is -P (x - mu) + sigma (I / sigma0^2 - P)
+    xi, so J = (sigma0 / sigma)^2 [E||P (x - mu)||^2 + sigma^2 tr((I / sigma0^2 - P)^2)] / d."""
+    precision = model.precision().detach()
+    second_moment = (precision @ (data_mean - model.mean.detach())).pow(2).sum() + (
+        precision @ data_cov @ precision).trace()
+    noise_map = torch.eye(D, dtype=torch.float64) / sigma0**2 - precision
+    return (sigma0 / sigma) ** 2 * (second_moment + sigma**2 * (noise_map @ noise_map).trace()) / D
+
+
+@pytest.mark.parametrize("objective", [obj.multiscale_dsm_loss, obj.multiscale_fd_dsm_loss],
+                         ids=["mdsm", "mdsm-fd"])
+def test_multiscale_weights_and_keeps_the_sigma0_target(gaussian, objective):
+    """sigma != sigma0, where the weight (sigma0 / sigma)^2 is not 1 and the target (x~ - x) / sigma0^2 is not the
+    noise / sigma: a constant sigma against the closed form, and per-sample levels against their mean."""
+    model, x, data_mean, data_cov = gaussian
+    sigma0 = 0.3
+    for sigma in (torch.full((N,), 0.8, dtype=torch.float64), torch.linspace(0.2, 1.2, N, dtype=torch.float64)):
+        per_sample = objective(model.log_density, x, sigma, sigma0=sigma0, reduction="none").detach()
+        assert_mc_close(per_sample, expected_mdsm(model, data_mean, data_cov, sigma, sigma0).mean())
+
+
+def test_dsm_score_loss_feeds_the_score_a_detached_input(gaussian):
+    """A score network needs no input gradient: x~ reaches it detached (dsm_loss takes its own, to get the score)."""
+    model, x, _, _ = gaussian
+    seen = []
+    loss = obj.dsm_score_loss(lambda z: seen.append(z) or model.score(z), x[:8], SIGMA)
+    assert not seen[0].requires_grad
+    loss.backward()
+    assert model.mean.grad is not None
+
+
 def test_fd_is_exact_for_a_quadratic_on_the_same_v(gaussian):
     model, x, _, _ = gaussian
     x = x[:64]

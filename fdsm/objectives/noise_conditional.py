@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from fdsm.objectives import sliced
-from fdsm.objectives.checks import check_batch, check_reduction, per_sample_sigma, reduce
+from fdsm.objectives.checks import check_batch, check_reduction, checked_log_density, per_sample_sigma, reduce
 
 CondScore = Callable[[Tensor, Tensor], Tensor]
 
@@ -84,7 +84,7 @@ def _annealed(who: str, base: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def objective(score: CondScore, x: Tensor, sigma: Tensor, *, cond: Tensor | None = None,
                   xi: Tensor | None = None, reduction: str = "mean", **kwargs) -> Tensor:
         def per_sample(x: Tensor, sig: Tensor) -> Tensor:
-            x_noisy = sliced._noisy(x, sig.view(-1, *([1] * (x.dim() - 1))), xi).detach()
+            x_noisy = sliced.noisy(x, sig.view(-1, *([1] * (x.dim() - 1))), xi)
             f = _conditioned(score, sig if cond is None else cond, x.shape[0])
             return base(f, x_noisy, reduction="none", **kwargs)
 
@@ -121,8 +121,8 @@ def multiscale_dsm_loss(log_density: Callable[[Tensor], Tensor], x: Tensor, sigm
     who = "multiscale_dsm_loss(log_density, x, sigma)"
 
     def per_sample(x: Tensor, sig: Tensor) -> Tensor:
-        ld = sliced.checked_log_density(who, log_density)
-        return sliced._dsm(who, lambda xt: sliced._grad(ld(xt), xt), x, sig, xi, "none", target_sigma=sigma0)
+        score = sliced.score_of(checked_log_density(who, log_density))
+        return sliced.dsm_per_sample(who, score, x, sig, xi=xi, target_sigma=sigma0)
 
     return _weighted(who, x, sigma, reduction, per_sample, lambda sig: (sigma0 / sig).pow(2))
 
@@ -136,7 +136,7 @@ def multiscale_fd_dsm_loss(log_density: Callable[[Tensor], Tensor], x: Tensor, s
     who = "multiscale_fd_dsm_loss(log_density, x, sigma)"
 
     def per_sample(x: Tensor, sig: Tensor) -> Tensor:
-        return sliced._fd_dsm(who, log_density, x, sig, eps=eps, v=v, xi=xi, serial=serial, backend=backend,
-                              target_sigma=sigma0)
+        return sliced.fd_dsm_per_sample(who, log_density, x, sig, eps=eps, v=v, xi=xi, serial=serial,
+                                        backend=backend, target_sigma=sigma0)
 
     return _weighted(who, x, sigma, reduction, per_sample, lambda sig: (sigma0 / sig).pow(2))

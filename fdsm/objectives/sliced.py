@@ -27,8 +27,8 @@ dsm_score_loss(score, x, sigma)   eq. (2)    dsm_loss with a score network
 Here s = grad_x log p, H = grad_x^2 log p, L+- = log p(x +- v), L0 = log p(x), s+- = s(x +- v), d = prod(event).
 The FD objectives evaluate their points in one forward of the stacked (S*B) batch (the paper's "parallel" FD,
 appendix C.1), or with ``serial=True`` in S separate forwards (the starred rows of table 2). ``backend`` picks the
-fused loss heads of ``kernels`` ("triton"), plain torch ("torch"), or the kernels' own choice when they are
-importable ("auto"); all three give the same loss and gradients.
+fused loss heads of ``kernels`` ("triton"), plain torch ("torch"), or the kernels' own choice ("auto": Triton on
+CUDA tensors, their torch reference otherwise); all three give the same loss and gradients.
 
 x is data: the objectives differentiate with respect to a detached copy of it, and the gradients of the returned
 loss flow to the parameters inside the callable only.
@@ -42,6 +42,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+import kernels
 from fdsm import fd
 from fdsm.objectives.checks import (
     check_batch,
@@ -54,9 +55,9 @@ from fdsm.objectives.checks import (
     reduce,
 )
 from fdsm.stencils import Stencil, central_stencil
+from kernels.backend import BACKENDS
 
 Fn = Callable[[Tensor], Tensor]
-BACKENDS = ("auto", "triton", "torch")
 
 # The FD points of section 4: FD-SSM uses {x - v, x, x + v}; FD-DSM and FD-SSMVR use {x - v, x + v}.
 THREE_POINT = central_stencil(2)  # offsets (-1, 0, 1), weights (1, -2, 1): v^T H v + O(eps^4)
@@ -86,18 +87,28 @@ def _grad(out: Tensor, x: Tensor) -> Tensor:
     return torch.zeros_like(x) if g is None else g
 
 
+def score_of(log_density: Fn) -> Fn:
+    r"""The score :math:`x \mapsto \nabla_x \log p(x)` of a log-density, graph kept, at a requires-grad copy of x."""
+
+    def score(x: Tensor) -> Tensor:
+        x = _as_data(x)
+        return _grad(log_density(x), x)
+
+    return score
+
+
 def _curvature(s: Tensor, x: Tensor, v: Tensor) -> Tensor:
     r""":math:`v^\top \nabla_x (v^\top s(x))`, the Hessian-vector term; s, x, v: (B, *event) -> (B,)."""
     return _dot(_grad(_dot(s, v), x), v)
 
 
-def _noisy(x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
-    r""":math:`\tilde x = x + \sigma \xi`, xi ~ N(0, I) unless given; sigma: (B, 1, ..., 1) -> (B, *event)."""
+def noisy(x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
+    r"""Detached :math:`\tilde x = x + \sigma \xi`, xi ~ N(0, I) unless given; sigma (B, 1, ..., 1) -> (B, *event)."""
     if xi is None:
         xi = torch.randn_like(x)
     elif xi.shape != x.shape:
         raise ValueError(f"expected xi of x's shape {tuple(x.shape)}, got {tuple(xi.shape)}")
-    return _as_data(x + sigma * xi)
+    return (x + sigma * xi).detach()
 
 
 def stencil_forwards(f: Fn, x: Tensor, v: Tensor, points: Stencil, *, serial: bool = False) -> Tensor:
@@ -109,25 +120,13 @@ def stencil_forwards(f: Fn, x: Tensor, v: Tensor, points: Stencil, *, serial: bo
 
 
 def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
-    """``kernels.<name>`` bound to ``backend``, or None for the plain-torch path.
-
-    "torch" never imports the kernels; "auto" uses them when importable (they pick Triton or their torch
-    reference); "triton" requires them.
-    """
+    """``kernels.<name>`` bound to ``backend`` ("auto": the kernels pick Triton or their torch reference), or None
+    for the plain-torch path ("torch")."""
     if backend not in BACKENDS:
         raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return None
-    try:
-        import kernels
-
-        head = getattr(kernels, name)
-    except (ImportError, AttributeError) as err:
-        if backend == "auto":
-            return None
-        raise RuntimeError(f"backend='triton' needs kernels.{name}, which is not importable here ({err}); "
-                           "use backend='torch'") from err
-    return functools.partial(head, backend=backend)
+    return functools.partial(getattr(kernels, name), backend=backend)
 
 
 # ---- integrands shared by each exact / FD pair ----------------------------------------------------------------
@@ -206,17 +205,16 @@ def ssmvr_score_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tenso
     return reduce(who, _ssmvr_integrand(_curvature(s, x, v), s, eps2), reduction)
 
 
-def _dsm(who: str, score: Fn, x: Tensor, sigma: float | Tensor, xi: Tensor | None, reduction: str,
-         target_sigma: float | Tensor | None = None) -> Tensor:
-    r""":math:`\|s(\tilde x) + (\tilde x - x)/\sigma_t^2\|^2 / d`, x~ = x + sigma xi, sigma_t = target_sigma or
-    sigma; per sample (B,) or its mean."""
-    check_reduction(who, reduction)
+def dsm_per_sample(who: str, score: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | None,
+                   target_sigma: float | Tensor | None = None) -> Tensor:
+    r"""Per-sample DSM, eq. (2), with the target :math:`(\tilde x - x)/\sigma_t^2`, sigma_t = target_sigma or sigma;
+    (B,). ``score`` gets a detached x~ (a log-density's score takes its own input gradient: ``score_of``)."""
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
     target = sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)
-    x_noisy = _noisy(x, sig, xi)
+    x_noisy = noisy(x, sig, xi)
     residual = score(x_noisy) + (x_noisy - x) / target.pow(2)  # (B, *event)
-    return reduce(who, residual.flatten(1).pow(2).sum(1) / event_dim(x), reduction)
+    return residual.flatten(1).pow(2).sum(1) / event_dim(x)
 
 
 def dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | None = None,
@@ -227,8 +225,9 @@ def dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | 
     Expectation :math:`J_{DSM}`. sigma: a float or a per-sample (B,) tensor, > 0.
     """
     who = "dsm_loss(log_density, x, sigma)"
-    ld = checked_log_density(who, log_density)
-    return _dsm(who, lambda xt: _grad(ld(xt), xt), x, sigma, xi, reduction)
+    check_reduction(who, reduction)
+    per_sample = dsm_per_sample(who, score_of(checked_log_density(who, log_density)), x, sigma, xi=xi)
+    return reduce(who, per_sample, reduction)
 
 
 def dsm_score_loss(score: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | None = None,
@@ -236,7 +235,8 @@ def dsm_score_loss(score: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | 
     r"""Denoising score matching, eq. (2), for a score network:
     :math:`\|s(\tilde x) + (\tilde x - x)/\sigma^2\|^2 / d`."""
     who = "dsm_score_loss(score, x, sigma)"
-    return _dsm(who, checked_score(who, score), x, sigma, xi, reduction)
+    check_reduction(who, reduction)
+    return reduce(who, dsm_per_sample(who, checked_score(who, score), x, sigma, xi=xi), reduction)
 
 
 def sliced_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None = None,
@@ -252,7 +252,7 @@ def sliced_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: f
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
-    x_noisy = _noisy(x, sig, xi)
+    x_noisy = _as_data(noisy(x, sig, xi))
     first = _dot(_grad(checked_log_density(who, log_density)(x_noisy), x_noisy), v)
     return reduce(who, _sliced_dsm_integrand(first, _dot(v, x_noisy - x), sig.flatten().pow(2), eps2), reduction)
 
@@ -282,14 +282,15 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tens
     return reduce(who, per_sample, reduction)
 
 
-def _fd_dsm(who: str, log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None, v: Tensor | None,
-            xi: Tensor | None, serial: bool, backend: str, target_sigma: float | Tensor | None = None) -> Tensor:
+def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None,
+                      v: Tensor | None, xi: Tensor | None, serial: bool, backend: str,
+                      target_sigma: float | Tensor | None = None) -> Tensor:
     r"""Per-sample FD-DSM, eq. (10), with the target :math:`(\tilde x - x)/\sigma_t^2`; (B,)."""
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
     target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
-    x_noisy = _noisy(x, sig, xi).detach()
+    x_noisy = noisy(x, sig, xi)
     lp = stencil_forwards(checked_log_density(who, log_density), x_noisy, v, TWO_POINT, serial=serial)  # (2, B)
     v_dot_delta = _dot(v, x_noisy - x)
     head = fused_head("fd_dsm_head", backend)
@@ -309,7 +310,7 @@ def fd_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float
     """
     who = "fd_dsm_loss(log_density, x, sigma)"
     check_reduction(who, reduction)
-    per_sample = _fd_dsm(who, log_density, x, sigma, eps=eps, v=v, xi=xi, serial=serial, backend=backend)
+    per_sample = fd_dsm_per_sample(who, log_density, x, sigma, eps=eps, v=v, xi=xi, serial=serial, backend=backend)
     return reduce(who, per_sample, reduction)
 
 
