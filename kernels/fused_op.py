@@ -136,9 +136,11 @@ def new_output(shape: Sequence[int], like: Tensor) -> Tensor:
 
 
 def scalar(value: float, like: Tensor) -> Tensor:
-    """A constant as a one-element tensor of ``like``'s dtype, for a kernel to ``tl.load`` without rounding
-    (``torch.full`` launches a fill; it does not wait for the stream as a host-to-device copy would)."""
-    return torch.full((1,), float(value), dtype=like.dtype, device=like.device)
+    """A constant as a one-element tensor on ``like``'s device, in ``like``'s dtype or float32 if that is narrower
+    (the kernels compute in at least float32, see :func:`compute_dtype`; in float16 a scale 1/eps^2 overflows for
+    eps < 0.004, and bfloat16 rounds it), for a kernel to ``tl.load`` without rounding (``torch.full`` launches a
+    fill; it does not wait for the stream as a host-to-device copy would)."""
+    return torch.full((1,), float(value), dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
 
 
 def compute_dtype(dtype: torch.dtype):

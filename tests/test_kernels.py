@@ -125,6 +125,25 @@ def test_fd_ssmvr_gives_v_a_gradient_only_when_asked():
     assert v.grad is None
 
 
+@needs_triton
+@pytest.mark.parametrize("head", ["fd_ssm", "fd_dsm"])
+def test_loss_head_scale_survives_float16(head: str):
+    """The scale 1/eps^2 (eq. 9) and 1/(4 eps^2) (eq. 10) at eps = 0.002 and 0.001 is 250000, past float16's
+    largest value (65504): the kernels get it in float32 and compute in float32, so the loss is finite and only the
+    output rounds (relative 2^-11), against a float64 reference on the same inputs."""
+    gen = torch.Generator().manual_seed(5)
+    inputs = [(1e-4 * torch.randn(7, generator=gen)).to(dtype=torch.float16, device=DEVICE) for _ in range(3)]
+    if head == "fd_ssm":
+        out = kernels.fd_ssm_head(*inputs, scale=1 / 0.002**2, backend="triton")
+        expected = kernels.fd_ssm_reference(*(t.double() for t in inputs), scale=1 / 0.002**2)
+    else:
+        sigma = torch.ones(7, dtype=torch.float64, device=DEVICE)
+        out = kernels.fd_dsm_head(*inputs, sigma, scale=0.25 / 0.001**2, backend="triton")
+        expected = kernels.fd_dsm_reference(*(t.double() for t in inputs), sigma, scale=0.25 / 0.001**2)
+    assert out.dtype == torch.float16 and out.isfinite().all(), out
+    torch.testing.assert_close(out.double(), expected, rtol=2**-10, atol=2**-10 * expected.abs().max().item())
+
+
 def test_poison_hook_fills_outputs_with_nan():
     """The NaN checks above can fail: under the hook, an output no kernel writes stays NaN."""
     like = torch.zeros(3)
