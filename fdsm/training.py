@@ -268,6 +268,8 @@ def train(model: nn.Module, recipe: Recipe, data: Tensor, *, steps: int, evaluat
         start = time.perf_counter()
         loss = training_step(model, functools.partial(recipe.loss, model, x), optimizer, clip=recipe.optim.clip,
                              scheduler=scheduler, step=step)
+        if x.device.type == "cuda":  # the step's kernels run asynchronously: stop the clock when they finish
+            torch.cuda.synchronize(x.device)
         wall += time.perf_counter() - start
         last = step == steps or wall >= time_budget_s
         if evaluate is not None and (step % eval_every == 0 or last):

@@ -79,7 +79,7 @@ def dkef_nll(model: nn.Module, x: Tensor, samples: int, generator: torch.Generat
     with torch.no_grad():
         terms = []
         for n in [min(20_000, samples - i) for i in range(0, samples, 20_000)]:
-            z = 2.0 * torch.randn(n, d, generator=generator, dtype=x.dtype)
+            z = 2.0 * torch.randn(n, d, generator=generator, dtype=x.dtype).to(x.device)
             log_q = -0.5 * (z / 2.0).pow(2).sum(1) - d * math.log(2.0) - 0.5 * d * math.log(2 * math.pi)
             terms.append(model.log_density(z) - log_q)
         log_w = torch.cat(terms)
@@ -87,14 +87,14 @@ def dkef_nll(model: nn.Module, x: Tensor, samples: int, generator: torch.Generat
         return (log_z - model.log_density(x).mean()).item()
 
 
-def _run_dkef(config: TrainConfig, seed: int) -> list[dict]:
+def _run_dkef(config: TrainConfig, seed: int, device: torch.device) -> list[dict]:
     split = dkef_split(sklearn_wine(), seed=seed)
-    train_x, held_out = split["train"], torch.cat([split["val"], split["test"]])
+    train_x, held_out = split["train"].to(device), torch.cat([split["val"], split["test"]]).to(device)
     rows = []
     for objective in config.dkef_objectives:
         torch.manual_seed(seed)
         recipe = dataclasses.replace(RECIPES.get(f"dkef/{objective}"), batch=config.dkef_batch)
-        model = recipe.build_model("cpu", dim=train_x.shape[1])
+        model = recipe.build_model("cpu", dim=train_x.shape[1]).to(device)
         model.init_inducing(train_x)
         g = torch.Generator().manual_seed(seed)
 
@@ -107,10 +107,10 @@ def _run_dkef(config: TrainConfig, seed: int) -> list[dict]:
     return rows
 
 
-def _run_ebm(config: TrainConfig, seed: int) -> list[dict]:
+def _run_ebm(config: TrainConfig, seed: int, device: torch.device) -> list[dict]:
     data = digits((1, 8, 8))
     g = torch.Generator().manual_seed(seed)
-    data = data[torch.randperm(len(data), generator=g)]
+    data = data[torch.randperm(len(data), generator=g)].to(device)
     held_out, train_x = data[:200], data[200:]
     rows = []
     for objective in config.ebm_objectives:
@@ -118,7 +118,7 @@ def _run_ebm(config: TrainConfig, seed: int) -> list[dict]:
         base = RECIPES.get(f"deep-ebm/{objective}")
         recipe = dataclasses.replace(base, batch=config.ebm_batch,
                                      optim=dataclasses.replace(base.optim, lr=config.ebm_lr))
-        model = recipe.build_model("cpu", image_size=8, n_chan=config.ebm_width)
+        model = recipe.build_model("cpu", image_size=8, n_chan=config.ebm_width).to(device)
 
         def evaluate(model: nn.Module = model) -> dict:
             return {"sm_loss": held_out_sm(model.log_density, held_out), "nll": math.nan}
@@ -160,9 +160,8 @@ def plot(rows: pd.DataFrame, path) -> None:
 def run(args: argparse.Namespace) -> int:
     config = configure(args, DEFAULT, QUICK)
     fix_cpu_threads()
-    rows = pd.DataFrame(_run_dkef(config, args.seed) + _run_ebm(config, args.seed))
-    meta = metadata(torch.device("cpu"))
-    rows = rows.assign(dtype="float32", device="cpu", **meta)
+    rows = pd.DataFrame(_run_dkef(config, args.seed, args.device) + _run_ebm(config, args.seed, args.device))
+    rows = rows.assign(dtype="float32", device=str(args.device), **metadata(args.device))
     args.out.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.out / "train.csv", index=False)
     table = rows.groupby(["model", "objective"], sort=False).tail(1)[
