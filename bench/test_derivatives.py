@@ -28,8 +28,16 @@ ORDERS = (1, 2, 3)
 ROUNDS = 5
 # The error each method must stay under at the default step (float32, random-weight deep EBM at width 2): exact
 # methods differ from the float64 reference by float32 rounding only; FD by truncation + roundoff, which grows with
-# T (see fdsm-bench eps-sweep). "Check what you time": a fast wrong answer fails here.
-TOLERANCE = {"exact": 1e-4, "fd": 0.5}
+# T (see fdsm-bench eps-sweep). "Check what you time": a fast wrong answer fails here. FD at T <= 2 measures about
+# 2e-2 at most (fd-batched, T = 2); at T >= 3 float32 FD is inherently inaccurate (at accuracy 2 even the best step
+# of the eps-sweep errs by ~0.1, and the default step here by ~0.2), so the bound there only catches a wrong answer.
+EXACT_TOLERANCE = 1e-4
+
+
+def _tolerance(method: str, order: int) -> float:
+    if not method.startswith("fd-"):
+        return EXACT_TOLERANCE
+    return 0.05 if order <= 2 else 0.5
 
 
 def _case(method: str, order: int) -> dict:
@@ -65,4 +73,4 @@ def test_derivative(benchmark, method, order):
     benchmark.extra_info.update({**case, "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
                                  "nvml_used_mb": memory.nvml_used_mb, "repeats": ROUNDS, **errors,
                                  "status": "ok", **metadata(DEVICE)})
-    assert errors["rel_error"] <= TOLERANCE["fd" if method.startswith("fd-") else "exact"], errors
+    assert errors["rel_error"] <= _tolerance(method, order), errors
