@@ -299,7 +299,7 @@ def fd_dsm_head(lp_plus: Tensor, lp_minus: Tensor, v_dot_delta: Tensor, sigma: f
     """
     _check_per_sample("fd_dsm_head", "lp_plus", lp_plus, lp_minus=lp_minus, v_dot_delta=v_dot_delta)
     # (1,) or (B,), detached
-    sigma = sigma.detach().to(lp_plus).reshape(-1) if isinstance(sigma, Tensor) else scalar(sigma, lp_plus)
+    sigma = sigma.detach().to(lp_plus).reshape(-1) if isinstance(sigma, Tensor) else lp_plus.new_full((1,), sigma)
     if sigma.numel() not in (1, lp_plus.numel()):
         raise ValueError(f"fd_dsm_head: expected sigma to be a float or hold one value per sample "
                          f"({lp_plus.numel()}), got {sigma.numel()} values")
