@@ -46,6 +46,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The CLI's name of a dtype, as the CSVs record it: torch.float32 -> "float32"."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise UsageError(f"--dtype {name}: expected one of {sorted(DTYPES)}")

@@ -9,7 +9,7 @@ Headline ratios:
   against ``fd-batched``, and the FD error at the default step;
 - eps-sweep: per dtype, order and stencil accuracy, the step with the smallest error and that error;
 - train-steps: for each model, the FD objective's speed-up and memory saving over its gradient-based twin
-  (``FD-SSM`` and the serial ``FD-SSM*`` over ``SSM``, and so on: the twin is the name without ``FD-`` and ``*``);
+  (``FD-SSM`` and the serial ``FD-SSM*`` over ``SSM``, and so on: ``bench.commands.train_steps.speedups``);
 - grad-agreement: the cosine between FD and exact parameter gradients at each step.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.commands.train_steps import speedups as train_step_speedups
 from bench.environment import metadata
 
 FD_BASELINE = "fd-batched"
@@ -108,22 +109,9 @@ def eps_sweep_section(frame: pd.DataFrame, out: Path) -> str:
     ])
 
 
-def fd_speedups(frame: pd.DataFrame) -> pd.DataFrame:
-    """For each model and FD objective ``fd-X`` with a twin ``X`` in the same run: time and memory ratios."""
-    ok = _ok(frame).set_index(["model", "objective"])
-    rows = []
-    for (model, objective), row in ok.iterrows():
-        twin = (model, objective[3:].rstrip("*"))  # FD-SSM and FD-SSM* (serial) against SSM
-        if objective.upper().startswith("FD-") and twin in ok.index:
-            base = ok.loc[twin]
-            rows.append({"model": model, "FD objective": objective, "versus": twin[1],
-                         "speed-up (time ratio)": base.time_ms / row.time_ms,
-                         "memory ratio": base.peak_mem_mb / row.peak_mem_mb})
-    return pd.DataFrame(rows)
-
-
 def train_steps_section(frame: pd.DataFrame, out: Path) -> str:
-    speedups = fd_speedups(frame)
+    speedups = train_step_speedups(frame).rename(columns={
+        "objective": "FD objective", "speedup": "speed-up (time ratio)", "memory_ratio": "memory ratio"})
     return "\n".join([
         "## Training steps: FD objectives against their gradient-based twins",
         _figure(out, "train_steps.png", "Time and peak memory of one complete optimizer step per objective."),

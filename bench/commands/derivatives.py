@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import fdsm
-from bench.cli import UsageError
+from bench.cli import UsageError, dtype_name
 from bench.config import comma_ints, comma_words, configure
 from bench.csvlog import CsvLog
 from bench.derivative_case import (
@@ -36,7 +36,6 @@ from bench.derivative_case import (
     TIME_COLUMNS,
     ProblemConfig,
     add_problem_arguments,
-    dtype_name,
     measure_derivative,
     problem_columns,
 )

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 import kernels
-from bench.cli import DTYPES
+from bench.cli import DTYPES, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.isolation import CaseOutcome
@@ -291,7 +291,7 @@ def targets(table: pd.DataFrame) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     config = configure(args, DEFAULT, QUICK)
-    dtype = next(name for name, d in DTYPES.items() if d == args.dtype)
+    dtype = dtype_name(args.dtype)
     todo = cases(config, dtype=dtype, device=args.device, seed=args.seed)
     log = CsvLog(args.out / "kernels.csv", key_columns=KEYS, columns=COLUMNS)
     reason = unsupported_reason(args.device)

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from bench.cli import DTYPES
+from bench.cli import DTYPES, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.memory import peak_memory
@@ -181,7 +181,7 @@ def plot(rows: pd.DataFrame, path) -> None:
 def run(args: argparse.Namespace) -> int:
     config = configure(args, DEFAULT, QUICK)
     threads = fix_cpu_threads()
-    dtype = next(name for name, d in DTYPES.items() if d == args.dtype)
+    dtype = dtype_name(args.dtype)
     todo = cases(config, dtype=dtype, device=args.device, seed=args.seed)
     if args.repeats is not None:
         todo = [{**c, "repeats": args.repeats} for c in todo]
