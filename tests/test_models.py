@@ -140,12 +140,16 @@ PAPER_COUNTS = {
     "vae-decoder": (275_728, {}),
     "vae-score": (283_168, {}),
     "wae-score": (82_464, {}),
+    "wae-encoder": (274_976, {}),
+    "wae-decoder": (275_728, {}),
 }
 CELEBA_COUNTS = {
     "vae-encoder": 8_654_560,
     "vae-decoder": 4_576_387,
     "vae-score": 8_654_560,
     "wae-score": 8_649_760,
+    "wae-encoder": 8_517_792,
+    "wae-decoder": 4_576_387,
 }
 
 

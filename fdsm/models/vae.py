@@ -10,13 +10,15 @@ grad_z log q(z|x), which a score network learns by (FD-)SSMVR:
 MNIST (28x28 flattened to 784, tanh MLPs with two hidden layers of 256; z_dim = eps_dim = 32):
 
 - implicit encoder [x, eps] -> z: 283,168 parameters; decoder z -> 784 Bernoulli logits: 275,728;
-- VAE score net [x, z] -> z_dim: 283,168; WAE score net z -> z_dim: 82,464.
+- VAE score net [x, z] -> z_dim: 283,168; WAE score net z -> z_dim: 82,464;
+- WAE deterministic encoder x -> z: 274,976; WAE decoder, the VAE decoder plus a Sigmoid (pixel means): 275,728.
 
 CelebA (64x64x3 in [-1, 1], ``dataset="celeba"``, nf = 64): eps (or z) is mapped by a linear layer to a 64x64 map
 (ReLU in the encoder, softplus in the score net) and stacked on the image as an extra channel (the WAE score net
 sees only that channel); four 5x5 stride-2 convs (nf, 2nf, 4nf, 8nf; no activation after the last); a linear layer
 to 512 and one to z_dim. The decoder maps z to 8nf x 4 x 4, then four 5x5 stride-2 transposed convs (4nf, 2nf, nf,
-3) with ReLU between them and tanh at the end; its Gaussian log-std is fixed at -0.602 (a buffer).
+3) with ReLU between them and tanh at the end; its Gaussian log-std is fixed at -0.602 (a buffer). The WAE encoder is
+the implicit encoder's conv stack on the image alone (no noise channel); the WAE decoder is the VAE decoder.
 """
 
 from __future__ import annotations
@@ -59,13 +61,17 @@ def _tanh_mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
 
 
 class ConvCritic(nn.Module):
-    """The CelebA encoder / score-net body: a code (B, code_dim) becomes a 64x64 channel (linear, then ``act``),
-    stacked on the image (B, 3, 64, 64) when given; four 5x5 stride-2 convs; 512 -> out_dim. -> (B, out_dim)."""
+    """The CelebA encoder / score-net body: a code (B, code_dim) becomes a 64x64 channel (linear, then ``act``;
+    no such channel when ``code_dim`` is None), stacked on the image (B, 3, 64, 64) when given; four 5x5 stride-2
+    convs; 512 -> out_dim. -> (B, out_dim)."""
 
-    def __init__(self, code_dim: int, nf: int, out_dim: int, *, with_image: bool, act: type[nn.Module]):
+    def __init__(self, code_dim: int | None, nf: int, out_dim: int, *, with_image: bool, act: type[nn.Module]):
         super().__init__()
-        self.code_map = nn.Sequential(nn.Linear(code_dim, 64 * 64), act())
-        widths = [4 if with_image else 1, nf, 2 * nf, 4 * nf, 8 * nf]
+        if code_dim is None and not with_image:
+            raise ValueError("ConvCritic(code_dim=None, with_image=False): expected a code, an image or both")
+        self.code_map = None if code_dim is None else nn.Sequential(nn.Linear(code_dim, 64 * 64), act())
+        in_channels = (3 if with_image else 0) + (0 if code_dim is None else 1)
+        widths = [in_channels, nf, 2 * nf, 4 * nf, 8 * nf]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers.append(nn.Conv2d(c_in, c_out, 5, stride=2, padding=2))  # halves H and W: 64 -> 4 after four
@@ -74,10 +80,11 @@ class ConvCritic(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Linear(8 * nf * 4 * 4, 512), act(), nn.Linear(512, out_dim))
 
-    def forward(self, code: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
-        h = self.code_map(code).view(-1, 1, 64, 64)  # (B, 1, 64, 64)
-        if image is not None:
-            h = torch.cat([image, h], dim=1)  # (B, 4, 64, 64)
+    def forward(self, code: torch.Tensor | None, image: torch.Tensor | None) -> torch.Tensor:
+        maps = [] if image is None else [image]  # (B, 3, 64, 64)
+        if self.code_map is not None:
+            maps.append(self.code_map(code).view(-1, 1, 64, 64))  # (B, 1, 64, 64)
+        h = torch.cat(maps, dim=1)  # (B, in_channels, 64, 64)
         return self.head(self.convs(h).flatten(1))  # (B, 8nf, 4, 4) -> (B, 8nf*16) -> (B, out_dim)
 
 
@@ -106,6 +113,27 @@ class ImplicitEncoder(nn.Module):
         return self.net(eps, x)
 
 
+class WAEEncoder(nn.Module):
+    """The WAE's deterministic encoder z = f(x): the implicit encoder without the noise input. Interface:
+    ``forward(x)``: x (B, *data_shape) -> z (B, z_dim). A sampler."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        if config.dataset == "mnist":
+            self.net: nn.Module = _tanh_mlp(784, config.hidden, config.z_dim)
+        else:
+            self.net = ConvCritic(None, config.nf, config.z_dim, with_image=True, act=nn.ReLU)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.config.data_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_event("WAEEncoder", x, self.event_shape)
+        return self.net(x) if self.config.dataset == "mnist" else self.net(None, x)  # -> (B, z_dim)
+
+
 class Decoder(nn.Module):
     """Interface: ``forward(z)``: (B, z_dim) -> (B, *data_shape): Bernoulli logits (MNIST) or the Gaussian mean in
     [-1, 1] (CelebA, log-std ``self.log_std``). A sampler."""
@@ -132,6 +160,16 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_event("Decoder", z, self.event_shape)
         return self.net(z)
+
+
+class WAEDecoder(Decoder):
+    """The WAE decoder: the VAE decoder with a Sigmoid after the MNIST logits, so ``forward(z)`` gives pixel means in
+    [0, 1]; the CelebA net, already ending in tanh, is the VAE decoder's. (B, z_dim) -> (B, *data_shape)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        if config.dataset == "mnist":
+            self.net.append(nn.Sigmoid())
 
 
 class LatentScoreNet(nn.Module):
@@ -200,4 +238,20 @@ register_model(
     cpu=VAEConfig(hidden=32, nf=8, conditional=False),
     interface="score",
     summary="WAE score net score(z) ~ grad_z log q(z) (MNIST; dataset='celeba' for the conv net)",
+)
+register_model(
+    "wae-encoder",
+    WAEEncoder,
+    paper=VAEConfig(),
+    cpu=_CPU,
+    interface="sampler",
+    summary="WAE deterministic encoder z = f(x) (MNIST MLP; dataset='celeba' for the conv net)",
+)
+register_model(
+    "wae-decoder",
+    WAEDecoder,
+    paper=VAEConfig(),
+    cpu=_CPU,
+    interface="sampler",
+    summary="WAE decoder z -> pixel means in [0, 1] (MNIST; dataset='celeba' for the conv net)",
 )
