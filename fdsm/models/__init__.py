@@ -19,6 +19,8 @@ vae-encoder    VAE implicit encoder, sec. 6.3                      forward(x, ep
 vae-decoder    VAE decoder, sec. 6.3                               forward(z) -> logits / mean (sampler)
 vae-score      VAE score net, grad_z log q(z|x)                    score(z, x)
 wae-score      WAE score net, grad_z log q(z)                      score(z)
+wae-encoder    WAE deterministic encoder, sec. 6.3                 forward(x) -> z (sampler)
+wae-decoder    WAE decoder, sec. 6.3                               forward(z) -> pixel means (sampler)
 ============== =================================================== ==============================
 
 Adding a model: write a module with a frozen config dataclass (with an ``event_shape`` property), an
