@@ -77,3 +77,12 @@ def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def finish(fig: Figure, rows, keys: tuple[str, ...], path: Path) -> Path:
+    """Name the rows that did not run under the figure (``failure_note``), lay it out tightly and save it."""
+    note = failure_note(rows, keys)
+    if note:
+        fig.text(0.01, -0.03, note, fontsize=7, wrap=True)
+    fig.tight_layout()
+    return save(fig, path)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from bench.cli import DTYPES
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
-from bench.plots import failure_note, save
+from bench.plots import finish
 from bench.sweep import run_sweep
 from bench.timing import fix_cpu_threads
 from fdsm import objectives as obj
@@ -146,11 +146,7 @@ def plot(rows, path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Lemma 2: FD parameter gradients align with the exact ones as eps -> 0 (same x, v, xi); "
                  "float32 roundoff takes over at small eps", fontsize=10)
-    note = failure_note(rows, ("model", "pair", "eps", "dtype"))
-    if note:
-        fig.text(0.01, -0.03, note, fontsize=7, wrap=True)
-    fig.tight_layout()
-    save(fig, path)
+    finish(fig, rows, ("model", "pair", "eps", "dtype"), path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from bench.cli import DTYPES, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.memory import peak_memory
-from bench.plots import failure_note, save
+from bench.plots import finish
 from bench.sweep import run_sweep
 from bench.timing import fix_cpu_threads, measure_time
 from fdsm.training import RECIPES, example_batch, make_optimizer, recipe_available, training_step
@@ -171,11 +171,7 @@ def plot(rows: pd.DataFrame, path) -> None:
     fig.suptitle(f"One complete training step (blue: gradient-based, orange: FD; label: FD speed-up / memory "
                  f"saving over its counterpart)\n{meta['device']}, {meta['dtype']}, size {meta['size']}, "
                  f"median and IQR of {meta['repeats']} steps", fontsize=10)
-    note = failure_note(rows, ("model", "objective"))
-    if note:
-        fig.text(0.01, -0.02, note, fontsize=7, wrap=True)
-    fig.tight_layout()
-    save(fig, path)
+    finish(fig, rows, ("model", "objective"), path)
 
 
 def run(args: argparse.Namespace) -> int:
