@@ -149,7 +149,10 @@ def _unsupported(method: str) -> dict[str, Any] | None:
 
 def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str, Any]:
     err = relative_error(d, d_ref)
-    backend = fdsm.streams_backend(case["device"]) if case["method"] == "fd-streams" else "n/a"
+    backend = "n/a"
+    if case["method"] == "fd-streams":  # one stream or worker thread per stencil point: say how many ran at once
+        points = len(fdsm.central_stencil(int(case["order"]), int(case["accuracy"])))
+        backend = f"{fdsm.streams_backend(case['device'])} x{points}"
     return {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
 
 
