@@ -49,7 +49,7 @@ import fdsm
 from bench.accuracy import relative_error
 from bench.cli import DTYPES, UsageError
 from bench.memory import peak_memory
-from bench.timing import measure_time
+from bench.timing import measure_time, timing_columns
 from fdsm.derivatives import FD_METHODS
 from fdsm.models import build
 
@@ -59,7 +59,8 @@ REFERENCE_CHUNK = 8  # samples per float64 reference call
 # Keys of the cases (the CSV's key columns) and the measured columns of each kind of row.
 PROBLEM_KEYS = ("model", "size", "width", "weights", "seed", "batch", "device")
 CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
-TIME_COLUMNS = ("time_ms", "time_ms_iqr", "repeats", "peak_mem_mb", "reserved_mb", "nvml_used_mb")
+TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
+                "nvml_used_mb")
 ERROR_COLUMNS = ("rel_error", "rel_error_max", "backend")
 
 
@@ -170,8 +171,7 @@ def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int
     timing = measure_time(call, device, warmup=warmup, repeats=repeats)
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
-    measured = {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "repeats": timing.repeats,
-                "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
+    measured = {**timing_columns(timing), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
                 "nvml_used_mb": memory.nvml_used_mb}
     # The reference comes last: the float64 exact method at high T can itself run out of memory (paper size on a
     # GPU), and that must cost this row its error column, not its time and memory.

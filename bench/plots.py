@@ -39,19 +39,26 @@ def style(name: str, table: Mapping[str, dict]) -> dict:
     return dict(table.get(name, {"marker": "x", "linestyle": ":"}))
 
 
+def quartile_bar(part: pd.DataFrame) -> list[np.ndarray] | None:
+    """``yerr`` for matplotlib: from the first to the third quartile of the timed repeats, around the median
+    (``time_ms_q1``, ``time_ms``, ``time_ms_q3``), so that a skewed spread is drawn skewed; None for a CSV written
+    before the quartiles were recorded."""
+    if "time_ms_q1" not in part or "time_ms_q3" not in part:
+        return None
+    return [(part.time_ms - part.time_ms_q1).clip(lower=0).to_numpy(),
+            (part.time_ms_q3 - part.time_ms).clip(lower=0).to_numpy()]
+
+
 def line_panel(ax: Axes, rows: pd.DataFrame, *, x: str, y: str, line: str, styles: Mapping[str, dict],
-               logx: bool = False, spread: str | None = None) -> None:
+               logx: bool = False, quartiles: bool = False) -> None:
     """One line per value of ``line`` (in first-seen order): ``y`` against ``x``, log y, positive ok rows only;
-    ``spread`` names a column (an IQR) drawn as a bar of that length centred on each point."""
+    with ``quartiles`` (for ``y = time_ms``), a bar from the first to the third quartile at each point."""
     ok = rows[(rows.status == "ok") & (rows[y] > 0)]
     for name in rows[line].drop_duplicates():
         part = ok[ok[line] == name].sort_values(x)
         if len(part):
-            half = None if spread is None else part[spread].to_numpy() / 2
-            if half is not None:  # on a log axis a bar cannot reach 0: the lower half stops at 10% of the value
-                half = [np.minimum(half, 0.9 * part[y].to_numpy()), half]
-            ax.errorbar(part[x], part[y], yerr=half, label=str(name), markersize=5, linewidth=1.6, capsize=3,
-                        **style(str(name), styles))
+            ax.errorbar(part[x], part[y], yerr=quartile_bar(part) if quartiles else None, label=str(name),
+                        markersize=5, linewidth=1.6, capsize=3, **style(str(name), styles))
     ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")

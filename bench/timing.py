@@ -28,7 +28,9 @@ class Timing:
     """The result of ``measure_time``: median and IQR of the per-call times in milliseconds."""
 
     median_ms: float
-    iqr_ms: float
+    iqr_ms: float  # q3_ms - q1_ms
+    q1_ms: float
+    q3_ms: float
     repeats: int
     threads: int  # torch intra-op threads during the measurement (CPU); recorded on CUDA too
     samples_ms: tuple[float, ...]  # every repeat, in call order
@@ -88,5 +90,12 @@ def measure_time(fn: Callable[[], object], device: torch.device, *, warmup: int 
         torch.cuda.synchronize(device)
     samples = [_time_cuda(fn, device) if cuda else _time_cpu(fn) for _ in range(repeats)]
     q1, median, q3 = _quartiles(samples)
-    return Timing(median_ms=median, iqr_ms=q3 - q1, repeats=repeats, threads=torch.get_num_threads(),
-                  samples_ms=tuple(samples))
+    return Timing(median_ms=median, iqr_ms=q3 - q1, q1_ms=q1, q3_ms=q3, repeats=repeats,
+                  threads=torch.get_num_threads(), samples_ms=tuple(samples))
+
+
+def timing_columns(timing: Timing) -> dict[str, float | int]:
+    """The CSV columns of a timing: median, IQR and both quartiles in ms (plots draw the quartiles, so that a
+    skewed spread shows as skewed), and the number of repeats."""
+    return {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "time_ms_q1": timing.q1_ms,
+            "time_ms_q3": timing.q3_ms, "repeats": timing.repeats}

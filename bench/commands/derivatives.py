@@ -109,11 +109,11 @@ def cases(config: DerivativesConfig, args: argparse.Namespace) -> list[dict]:
 def figure2(rows: pd.DataFrame, title: str):
     """Three panels against T, one line per method, log y: time, peak memory, relative error."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
-    panels = (("time_ms", "time per call [ms]", "Time (median and IQR of repeats)", "time_ms_iqr"),
-              ("peak_mem_mb", "peak memory above baseline [MiB]", "Peak memory", None),
-              ("rel_error", "relative error vs float64 exact", "Error (median over batch)", None))
-    for ax, (column, ylabel, name, spread) in zip(axes, panels, strict=True):
-        line_panel(ax, rows, x="order", y=column, line="method", styles=METHOD_STYLE, spread=spread)
+    panels = (("time_ms", "time per call [ms]", "Time (median, bars: quartiles of repeats)", True),
+              ("peak_mem_mb", "peak memory above baseline [MiB]", "Peak memory", False),
+              ("rel_error", "relative error vs float64 exact", "Error (median over batch)", False))
+    for ax, (column, ylabel, name, quartiles) in zip(axes, panels, strict=True):
+        line_panel(ax, rows, x="order", y=column, line="method", styles=METHOD_STYLE, quartiles=quartiles)
         ax.set(xlabel="order T", ylabel=ylabel, title=name, xticks=sorted(rows.order.unique()))
     axes[2].axhline(0.01, color="grey", linestyle=":", linewidth=1)
     axes[2].annotate("1% (the paper's bound)", (axes[2].get_xlim()[0], 0.01), xytext=(4, 3),

@@ -28,9 +28,9 @@ from bench.cli import DTYPES, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.memory import peak_memory
-from bench.plots import finish
+from bench.plots import finish, quartile_bar
 from bench.sweep import run_sweep
-from bench.timing import fix_cpu_threads, measure_time
+from bench.timing import fix_cpu_threads, measure_time, timing_columns
 from fdsm.training import RECIPES, example_batch, make_optimizer, recipe_available, training_step
 
 NAME = "train-steps"
@@ -105,9 +105,9 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
 
     timing = measure_time(step, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
     memory = peak_memory(step, device)
-    return {"time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "repeats": timing.repeats,
-            "threads": timing.threads, "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
-            "loss": losses[0].item(), "table": recipe.table, "optimizer": recipe.optim.name, "lr": recipe.optim.lr}
+    return {**timing_columns(timing), "threads": timing.threads, "peak_mem_mb": memory.peak_mb,
+            "reserved_mb": memory.reserved_mb, "loss": losses[0].item(), "table": recipe.table,
+            "optimizer": recipe.optim.name, "lr": recipe.optim.lr}
 
 
 # ---- the sweep and the figure ---------------------------------------------------------------------------------
@@ -151,8 +151,7 @@ def plot(rows: pd.DataFrame, path) -> None:
         colors = ["tab:orange" if o.startswith("FD") else "tab:blue" for o in part.objective]
         for i, (column, label) in enumerate((("time_ms", "time per step (ms)"), ("peak_mem_mb", "peak memory (MiB)"))):
             ax = axes[i, j]
-            half_iqr = part.time_ms_iqr / 2  # error bar: +- IQR/2 about the median, clipped at 0
-            spread = [half_iqr.clip(upper=part.time_ms), half_iqr] if column == "time_ms" else None
+            spread = quartile_bar(part) if column == "time_ms" else None
             bars = ax.bar(range(len(part)), part[column], color=colors, yerr=spread, capsize=2)
             ax.set_xticks(range(len(part)), part.objective, rotation=35, ha="right", fontsize=8)
             ax.grid(True, axis="y", alpha=0.3)
@@ -170,7 +169,7 @@ def plot(rows: pd.DataFrame, path) -> None:
     meta = rows.iloc[0]
     fig.suptitle(f"One complete training step (blue: gradient-based, orange: FD; label: FD speed-up / memory "
                  f"saving over its counterpart)\n{meta['device']}, {meta['dtype']}, size {meta['size']}, "
-                 f"median and IQR of {meta['repeats']} steps", fontsize=10)
+                 f"median of {meta['repeats']} steps, bars: quartiles", fontsize=10)
     finish(fig, rows, ("model", "objective"), path)
 
 
