@@ -56,15 +56,22 @@ def stencil_inputs(x: Tensor, v: Tensor, stencil: Stencil) -> Tensor:
     return (x.unsqueeze(0) + gamma * v.unsqueeze(0)).flatten(0, 1)  # (S, B, *event) -> (S*B, *event)
 
 
+def stencil_outputs(f: Fn, x: Tensor, v: Tensor, stencil: Stencil, *, serial: bool = False) -> Tensor:
+    r"""Every :math:`f(x + \gamma_i v)`, stacked: (S, B, *k). One forward of the stacked (S*B, *event) batch, or
+    S separate forwards with ``serial=True``. The FD objectives use it too, for their stencil points."""
+    if serial:
+        return torch.stack([f(x + gamma * v) for gamma in stencil.offsets])  # S x (B, *k) -> (S, B, *k)
+    return f(stencil_inputs(x, v, stencil)).unflatten(0, (len(stencil), x.shape[0]))  # (S*B, *k) -> (S, B, *k)
+
+
 def fd_serial(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil) -> Tensor:
     """One forward per stencil point, in sequence."""
-    return apply_stencil(torch.stack([f(x + gamma * v) for gamma in stencil.offsets]), stencil)
+    return apply_stencil(stencil_outputs(f, x, v, stencil, serial=True), stencil)
 
 
 def fd_batched(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil) -> Tensor:
     """All stencil points in one forward of batch S*B."""
-    out = f(stencil_inputs(x, v, stencil))  # (S*B, *k)
-    return apply_stencil(out.unflatten(0, (len(stencil), x.shape[0])), stencil)  # (S, B, *k) -> (B, *k)
+    return apply_stencil(stencil_outputs(f, x, v, stencil), stencil)
 
 
 # NOTE [fd-streams backends]

@@ -15,7 +15,7 @@ True
 
 Adding an objective: write it with the same signature family in the module of its kind (``sliced``,
 ``noise_conditional``, ``likelihood``), building it from the shared parts there (the integrand of its exact / FD
-pair, ``stencil_forwards``, ``checks``), and register it below under a hyphenated name.
+pair, ``fdsm.fd.stencil_outputs``, ``checks``), and register it below under a hyphenated name.
 """
 
 from fdsm.objectives.checks import NOISES, draw_directions

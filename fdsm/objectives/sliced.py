@@ -54,7 +54,7 @@ from fdsm.objectives.checks import (
     per_sample_sigma,
     reduce,
 )
-from fdsm.stencils import Stencil, central_stencil
+from fdsm.stencils import central_stencil
 from kernels.backend import BACKENDS
 
 Fn = Callable[[Tensor], Tensor]
@@ -109,14 +109,6 @@ def noisy(x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
     elif xi.shape != x.shape:
         raise ValueError(f"expected xi of x's shape {tuple(x.shape)}, got {tuple(xi.shape)}")
     return (x + sigma * xi).detach()
-
-
-def stencil_forwards(f: Fn, x: Tensor, v: Tensor, points: Stencil, *, serial: bool = False) -> Tensor:
-    r"""Every :math:`f(x + \gamma_i v)`, stacked: (S, B, *k). One forward of the stacked (S*B, *event) batch, or
-    S separate forwards with ``serial=True``."""
-    if serial:
-        return torch.stack([f(x + gamma * v) for gamma in points.offsets])  # S x (B, *k) -> (S, B, *k)
-    return f(fd.stencil_inputs(x, v, points)).unflatten(0, (len(points), x.shape[0]))  # (S*B, *k) -> (S, B, *k)
 
 
 def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
@@ -272,7 +264,7 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tens
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
-    lp = stencil_forwards(checked_log_density(who, log_density), x, v, THREE_POINT, serial=serial)  # (3, B)
+    lp = fd.stencil_outputs(checked_log_density(who, log_density), x, v, THREE_POINT, serial=serial)  # (3, B)
     head = fused_head("fd_ssm_head", backend)
     if head is not None:
         per_sample = head(lp[_PLUS], lp[_MINUS], lp[_ZERO], scale=1.0 / eps2)
@@ -291,7 +283,7 @@ def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tenso
     target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
     x_noisy = noisy(x, sig, xi)
-    lp = stencil_forwards(checked_log_density(who, log_density), x_noisy, v, TWO_POINT, serial=serial)  # (2, B)
+    lp = fd.stencil_outputs(checked_log_density(who, log_density), x_noisy, v, TWO_POINT, serial=serial)  # (2, B)
     v_dot_delta = _dot(v, x_noisy - x)
     head = fused_head("fd_dsm_head", backend)
     if head is not None:
@@ -325,7 +317,7 @@ def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor |
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
-    s = stencil_forwards(checked_score(who, score), x, v, TWO_POINT, serial=serial)  # (2, B, *event)
+    s = fd.stencil_outputs(checked_score(who, score), x, v, TWO_POINT, serial=serial)  # (2, B, *event)
     head = fused_head("fd_ssmvr_head", backend)
     if head is not None:
         per_sample = head(s[_P].flatten(1), s[_M].flatten(1), v.flatten(1), eps2 ** 0.5)
