@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,18 +80,58 @@ def measure_time(fn: Callable[[], object], device: torch.device, *, warmup: int 
     be joined back to it, as ``fd-streams`` does); the device is synchronized after the warm-up. On the CPU each
     repeat is timed with ``time.perf_counter``; fix the thread count first (``fix_cpu_threads``).
     """
+    return measure_interleaved([fn], device, warmup=warmup, repeats=repeats)[0]
+
+
+def measure_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, *, warmup: int = 1,
+                        repeats: int = 5) -> list[Timing]:
+    """Time several callables side by side, as ``measure_time`` times one: a Timing per callable.
+
+    Each of ``repeats`` rounds calls every callable once, timed on its own, in list order on even rounds and in
+    reverse on odd ones (so that neither always runs right after the other). A slow phase of a noisy machine then
+    lands on every callable of the round alike, and ``samples_ms[r]`` of two Timings are a pair: the ratio of two
+    callables' times is best taken per round (``paired_ratio``), which cancels most of that drift.
+    """
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"measure_time(fn, device, warmup, repeats): expected warmup >= 0 and repeats >= 1, "
+        raise ValueError(f"measure_interleaved(fns, device, warmup, repeats): expected warmup >= 0 and repeats >= 1, "
                          f"got warmup={warmup}, repeats={repeats}")
     cuda = device.type == "cuda"
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     if cuda:
         torch.cuda.synchronize(device)
-    samples = [_time_cuda(fn, device) if cuda else _time_cpu(fn) for _ in range(repeats)]
+    samples: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            samples[i].append(_time_cuda(fns[i], device) if cuda else _time_cpu(fns[i]))
+    return [_timing(s) for s in samples]
+
+
+def _timing(samples: list[float]) -> Timing:
     q1, median, q3 = _quartiles(samples)
-    return Timing(median_ms=median, iqr_ms=q3 - q1, q1_ms=q1, q3_ms=q3, repeats=repeats,
+    return Timing(median_ms=median, iqr_ms=q3 - q1, q1_ms=q1, q3_ms=q3, repeats=len(samples),
                   threads=torch.get_num_threads(), samples_ms=tuple(samples))
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Median and quartiles of the per-round ratios of two interleaved timings."""
+
+    median: float
+    q1: float
+    q3: float
+
+
+def paired_ratio(numerator: Timing, denominator: Timing) -> Ratio:
+    r"""The ratio of two timings from one ``measure_interleaved`` call, taken per round:
+    :math:`q_{1/2/3}(t^a_r / t^b_r)`, r = 1..R; e.g. a speed-up is baseline over candidate."""
+    if len(numerator.samples_ms) != len(denominator.samples_ms):
+        raise ValueError(f"paired_ratio: expected timings of the same rounds, got {len(numerator.samples_ms)} and "
+                         f"{len(denominator.samples_ms)} samples")
+    q1, median, q3 = _quartiles([a / b for a, b in zip(numerator.samples_ms, denominator.samples_ms, strict=True)])
+    return Ratio(median=median, q1=q1, q3=q3)
 
 
 def timing_columns(timing: Timing) -> dict[str, float | int]:

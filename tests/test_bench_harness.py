@@ -19,7 +19,7 @@ from bench.environment import METADATA_COLUMNS, metadata
 from bench.isolation import Worker
 from bench.memory import cpu_peak_supported, peak_memory
 from bench.sweep import run_sweep
-from bench.timing import measure_time
+from bench.timing import measure_interleaved, measure_time, paired_ratio
 
 CPU = torch.device("cpu")
 
@@ -54,6 +54,19 @@ def test_timer_median_and_iqr_of_a_known_sleep():
     assert 9.5 <= timing.median_ms <= 60  # a 10 ms sleep; the upper bound allows a loaded machine
     assert 0 <= timing.iqr_ms <= max(timing.samples_ms) - min(timing.samples_ms)
     assert timing.threads == torch.get_num_threads()
+
+
+def test_interleaved_timer_alternates_and_pairs_the_rounds():
+    calls = []
+    fast, slow = (lambda: (calls.append("a"), time.sleep(0.01))), (lambda: (calls.append("b"), time.sleep(0.02)))
+    a, b = measure_interleaved([fast, slow], CPU, warmup=1, repeats=4)
+    assert "".join(calls) == "ab" + "ab" + "ba" + "ab" + "ba"  # warm-up, then alternating order per round
+    assert a.repeats == b.repeats == 4
+    ratio = paired_ratio(b, a)
+    assert 1.3 <= ratio.median <= 2.5  # 20 ms over 10 ms; loose for a loaded machine
+    assert ratio.q1 <= ratio.median <= ratio.q3
+    with pytest.raises(ValueError, match="same rounds"):
+        paired_ratio(a, measure_time(fast, CPU, warmup=0, repeats=2))
 
 
 def test_timer_rejects_zero_repeats():

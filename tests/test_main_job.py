@@ -29,7 +29,7 @@ def test_main_job_quick_writes_every_csv_figure_and_the_report(tmp_path, capsys)
         assert heading in report, heading
     for figure in ("figure2.png", "eps_sweep.png", "train_steps.png", "grad_agreement.png"):
         assert f"]({figure})" in report, figure
-    assert "time exact-reverse / fd-batched" in report and "speed-up (time ratio)" in report
+    assert "time exact-reverse / fd-batched" in report and "speed-up (median)" in report
 
 
 def test_main_job_resumes_without_measuring_again(tmp_path, capsys):

@@ -4,11 +4,15 @@ Each row of ``fdsm.training.RECIPES`` (model, objective, the released code's set
 a worker process (``bench.sweep``): a synthetic batch of the model's input shape, ``warmup`` untimed steps, then
 ``repeats`` timed steps (median and IQR of ``zero_grad`` -> loss -> backward -> clip -> step), then the peak memory
 of one more step above the process's baseline (model, optimizer state and batch already resident), and the loss.
+An FD row's steps alternate, round by round, with steps of its gradient counterpart in the same worker, and its
+``speedup`` (with ``speedup_q1``, ``speedup_q3``) is the median of the per-round time ratios counterpart / FD.
+Image models run in ``--memory-format`` (default on the CPU: channels_last, see NOTE [memory format] in
+``fdsm.training``; on CUDA: contiguous, as the paper's code).
 
 Writes ``train_steps.csv`` (resumable; one row per (model, objective); a model that is not registered here gets an
 ``unsupported`` row) and ``train_steps.png``: time and peak memory per objective, one panel per model, each FD bar
 labelled with its speed-up over the gradient-based objective it replaces (FD-SSM over SSM, FD-DSM over DSM,
-FD-SSMVR over SSMVR; ratios from the same run).
+FD-SSMVR over SSMVR; the paired ratios above, with their quartiles).
 """
 
 from __future__ import annotations
@@ -30,15 +34,24 @@ from bench.csvlog import CsvLog
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.sweep import run_sweep
-from bench.timing import fix_cpu_threads, measure_time, timing_columns
-from fdsm.training import RECIPES, example_batch, make_optimizer, recipe_available, training_step
+from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio, timing_columns
+from fdsm.training import (
+    MEMORY_FORMATS,
+    RECIPES,
+    Recipe,
+    example_batch,
+    in_memory_format,
+    make_optimizer,
+    recipe_available,
+    training_step,
+)
 
 NAME = "train-steps"
 HELP = "Tables 1, 2, 3, 5, 6: time and peak memory of one complete training step per (model, objective)"
 
 REQUIRED = ("model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb", "loss",
             "status")
-KEYS = ("model", "objective", "size", "batch", "dtype", "device", "seed")
+KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "seed")
 # The gradient-based objective each FD row replaces: its speed-up is counterpart time / FD time.
 COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "DSM", "FD-SSMVR": "SSMVR"}
 
@@ -49,6 +62,7 @@ class TrainStepsConfig:
     objectives: tuple[str, ...] = ()  # () = every row of the chosen models
     size: str | None = None  # None: "paper" on CUDA, "cpu" otherwise
     batch: int | None = None  # None: the recipe's (the paper's) batch; CPU_BATCH on the CPU at size "cpu"
+    memory_format: str = "auto"  # auto: channels_last on the CPU, contiguous on CUDA; any name of MEMORY_FORMATS
     warmup: int = 2
     repeats: int = 7
     timeout_s: float = 600.0
@@ -67,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--objectives", type=comma_words, help="row labels, e.g. SSM,FD-SSM (default: all)")
     g.add_argument("--size", choices=("paper", "cpu"), help="model size (default: paper on CUDA, else cpu)")
     g.add_argument("--batch", type=int, help="batch for every row (default: the paper's per model)")
+    g.add_argument("--memory-format", dest="memory_format", choices=("auto", *MEMORY_FORMATS),
+                   help="layout of image models and batches (default: auto = channels_last on the CPU, "
+                        "contiguous on CUDA)")
     g.add_argument("--warmup", type=int, help="untimed steps per row (default: 2)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per row (default: 600)")
 
@@ -82,38 +99,67 @@ def _seeded_batch(model_name: str, size: str, batch: int, dtype: str, device: st
                          generator=torch.Generator().manual_seed(seed))
 
 
+@dataclass
+class _Stepper:
+    """One row's model, optimizer and batch, ready to take complete training steps; ``losses`` records each."""
+
+    recipe: Recipe
+    case: Mapping[str, Any]
+    losses: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        case, recipe = self.case, self.recipe
+        device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
+        torch.manual_seed(int(case["seed"]))
+        model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
+        x = _seeded_batch(case["model"], case["size"], int(case["batch"]), case["dtype"], case["device"],
+                          int(case["seed"]))
+        if hasattr(model, "init_inducing"):  # DKEF: inducing points from data-like rows
+            model.init_inducing(torch.randn(max(2 * model.config.n_inducing, len(x)), *model.event_shape,
+                                            dtype=dtype, device=device))
+        self.model, self.x = in_memory_format(model, x, case["memory_format"])
+        self.optimizer, self.scheduler = make_optimizer(self.model, recipe.optim, total_steps=10**6)
+
+    def __call__(self) -> None:
+        loss = training_step(self.model, lambda: self.recipe.loss(self.model, self.x), self.optimizer,
+                             clip=self.recipe.optim.clip, scheduler=self.scheduler, step=len(self.losses) + 1)
+        self.losses.append(loss)
+
+
 def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
-    """Time, peak memory and loss of one complete training step of ``case`` (a CSV key row)."""
+    """Time, peak memory and loss of one complete training step of ``case`` (a CSV key row).
+
+    An FD row is timed interleaved with its gradient counterpart (``COUNTERPART``), round by round in this one
+    worker (``bench.timing.measure_interleaved``), and its ``speedup`` columns are the median and quartiles of the
+    per-round ratios counterpart / FD: the claim is a ratio measured side by side (DESIGN.md), and a slow phase of
+    the machine lands on both.
+    """
     recipe = RECIPES.get(f"{case['model']}/{case['objective']}")
     available, reason = recipe_available(recipe)
     if not available:
         return {"status": "unsupported", "message": reason}
-    device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
-    torch.manual_seed(int(case["seed"]))
-    model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
-    x = _seeded_batch(case["model"], case["size"], int(case["batch"]), case["dtype"], case["device"],
-                      int(case["seed"]))
-    if hasattr(model, "init_inducing"):  # DKEF: inducing points from data-like rows
-        model.init_inducing(torch.randn(max(2 * model.config.n_inducing, len(x)), *model.event_shape,
-                                        dtype=dtype, device=device))
-    optimizer, scheduler = make_optimizer(model, recipe.optim, total_steps=10**6)
-    losses = []
-
-    def step() -> None:
-        losses.append(training_step(model, lambda: recipe.loss(model, x), optimizer, clip=recipe.optim.clip,
-                                    scheduler=scheduler, step=len(losses) + 1))
-
-    timing = measure_time(step, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
+    device = torch.device(case["device"])
+    step = _Stepper(recipe, case)
+    versus = COUNTERPART.get(case["objective"])
+    steppers = [step] if versus is None else [step, _Stepper(RECIPES.get(f"{case['model']}/{versus}"), case)]
+    timings = measure_interleaved(steppers, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
+    paired = {}
+    if versus is not None:
+        ratio = paired_ratio(timings[1], timings[0])
+        paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
     memory = peak_memory(step, device)
-    return {**timing_columns(timing), "threads": timing.threads, "peak_mem_mb": memory.peak_mb,
-            "reserved_mb": memory.reserved_mb, "loss": losses[0].item(), "table": recipe.table,
-            "optimizer": recipe.optim.name, "lr": recipe.optim.lr}
+    return {**timing_columns(timings[0]), "threads": timings[0].threads, "peak_mem_mb": memory.peak_mb,
+            "reserved_mb": memory.reserved_mb, "loss": step.losses[0].item(), "table": recipe.table,
+            "optimizer": recipe.optim.name, "lr": recipe.optim.lr, **paired}
 
 
 # ---- the sweep and the figure ---------------------------------------------------------------------------------
 
 def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: int) -> list[dict[str, Any]]:
     size = config.size or ("paper" if device.type == "cuda" else "cpu")
+    memory_format = config.memory_format
+    if memory_format == "auto":
+        memory_format = "contiguous" if device.type == "cuda" else "channels_last"
     rows = []
     for entry in RECIPES:
         recipe = entry.value
@@ -121,7 +167,8 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
             continue
         batch = config.batch or (CPU_BATCH.get(recipe.model, recipe.batch) if size == "cpu" else recipe.batch)
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
-                     "dtype": dtype, "device": str(device), "seed": seed, "warmup": config.warmup,
+                     "dtype": dtype, "device": str(device), "memory_format": memory_format, "seed": seed,
+                     "warmup": config.warmup,
                      "repeats": config.repeats})
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
@@ -129,22 +176,27 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
     return rows
 
 
+SPEEDUP_COLUMNS = ["model", "objective", "versus", "speedup", "speedup_q1", "speedup_q3", "memory_ratio"]
+
+
 def speedups(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per FD row: time and memory of its gradient counterpart over its own (same model, same run)."""
-    ok = rows[rows.status == "ok"].set_index(["model", "objective"])
-    out = []
-    for (model, objective), row in ok.iterrows():
-        base = COUNTERPART.get(objective)
-        if base is not None and (model, base) in ok.index:
-            ref = ok.loc[(model, base)]
-            out.append({"model": model, "objective": objective, "versus": base,
-                        "speedup": ref.time_ms / row.time_ms, "memory_ratio": ref.peak_mem_mb / row.peak_mem_mb})
-    return pd.DataFrame(out, columns=["model", "objective", "versus", "speedup", "memory_ratio"])
+    """Per FD row: its paired speed-up over its gradient counterpart (median and quartiles of the per-round ratios),
+    and the peak-memory ratio counterpart / FD (NaN when the counterpart's row is not in this run)."""
+    ok = rows[rows.status == "ok"]
+    if "speedup" not in ok:
+        return pd.DataFrame(columns=SPEEDUP_COLUMNS)
+    peak = ok.set_index(["model", "objective"]).peak_mem_mb
+    fd = ok[ok.speedup.notna()]
+    memory = [peak.get((model, versus), float("nan")) / mem
+              for model, versus, mem in zip(fd.model, fd.versus, fd.peak_mem_mb, strict=True)]
+    return fd.assign(memory_ratio=memory)[SPEEDUP_COLUMNS].reset_index(drop=True)
 
 
 def plot(rows: pd.DataFrame, path) -> None:
     models = list(rows.model.drop_duplicates())
-    fig, axes = plt.subplots(2, len(models), figsize=(3.4 * len(models) + 1, 6.4), squeeze=False)
+    bars_per_model = [max(int(((rows.model == m) & (rows.status == "ok")).sum()), 1) for m in models]
+    fig, axes = plt.subplots(2, len(models), figsize=(0.85 * sum(bars_per_model) + 1.5 * len(models) + 1, 6.8),
+                             squeeze=False, gridspec_kw={"width_ratios": [n + 1.5 for n in bars_per_model]})
     ratios = speedups(rows).set_index(["model", "objective"])
     for j, model in enumerate(models):
         part = rows[(rows.model == model) & (rows.status == "ok")]
@@ -160,15 +212,18 @@ def plot(rows: pd.DataFrame, path) -> None:
             if i == 0:
                 batch = part.batch.iloc[0] if len(part) else ""
                 ax.set_title(f"{model} (B={batch})", fontsize=10)
-            for bar, objective in zip(bars, part.objective, strict=True):
+            for k, (bar, objective) in enumerate(zip(bars, part.objective, strict=True)):
                 if (model, objective) in ratios.index:
                     r = ratios.loc[(model, objective)]
-                    value = r.speedup if column == "time_ms" else r.memory_ratio
-                    ax.annotate(f"{value:.2f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center", va="bottom", fontsize=8, fontweight="bold")
+                    text = (f"{r.speedup:.2f}x\n[{r.speedup_q1:.2f}, {r.speedup_q3:.2f}]" if column == "time_ms"
+                            else f"{r.memory_ratio:.2f}x")
+                    top = bar.get_height() + (spread[1][k] if spread is not None else 0)  # above the q3 whisker
+                    ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top),
+                                ha="center", va="bottom", fontsize=7, fontweight="bold")
     meta = rows.iloc[0]
-    fig.suptitle(f"One complete training step (blue: gradient-based, orange: FD; label: FD speed-up / memory "
-                 f"saving over its counterpart)\n{meta['device']}, {meta['dtype']}, size {meta['size']}, "
+    fig.suptitle(f"One complete training step (blue: gradient-based, orange: FD). Labels: FD speed-up over its "
+                 f"counterpart, median [quartiles] of per-round ratios,\ntimed interleaved; memory saving. "
+                 f"{meta['device']}, {meta['dtype']}, size {meta['size']}, {meta['memory_format']}, "
                  f"median of {meta['repeats']} steps, bars: quartiles", fontsize=10)
     finish(fig, rows, ("model", "objective"), path)
 
@@ -185,10 +240,12 @@ def run(args: argparse.Namespace) -> int:
                      desc=NAME)
     plot(rows, args.out / "train_steps.png")
     table = speedups(rows)
-    print(rows[["model", "objective", "batch", "time_ms", "time_ms_iqr", "peak_mem_mb", "loss", "status"]]
+    print(rows[["model", "objective", "batch", "memory_format", "time_ms", "time_ms_iqr", "peak_mem_mb", "loss",
+                "status"]]
           .to_string(index=False))
     if len(table):
-        print("\nFD against its gradient counterpart (same run):")
+        print("\nFD against its gradient counterpart (timed interleaved in one worker; median and quartiles of the "
+              "per-round ratios):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nwrote {args.out / 'train_steps.csv'} and {args.out / 'train_steps.png'}")
     return 0
