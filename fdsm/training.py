@@ -15,7 +15,8 @@ model      rows                                            batch   optimizer
 dkef       SSM, SSMVR, FD-SSM (table 1)                    200     Adam 1e-2, clip 1.0; alpha on half the batch
 deep-ebm   DSM, FD-DSM*, FD-DSM, SSM, SSMVR, FD-SSM*,      64      Adam betas (0.9, 0.95), cosine, clip 0.1;
            FD-SSM (table 2)                                        lr 5e-5 (DSM) / 1e-5 (SSM); eps 0.05
-nice       DSM, SSM, SSMVR, FD-SSM, MLE (table 3)          128     Adam 1e-4; 1e-3 for DSM and FD-SSM
+nice       Approx-BP, CP, DSM (sigma 0.1), DSM-1.74,       128     Adam 1e-4; 1e-3 for CP, DSM and FD-SSM
+           SSM, SSMVR, FD-SSM, MLE (table 3)
 ncsn       DSM, SSMVR, FD-SSMVR (table 5)                  128     Adam 1e-3, betas (0.9, 0.999)
 vae-score  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
 wae-score  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
@@ -165,13 +166,17 @@ _register("deep-ebm", "2", 64, {
 })
 
 
-# NICE (notes 3.3): Rademacher v for the gradient SSM family, DSM sigma = 0.1, FD-SSM eps = 0.1 at 10x the lr.
+# NICE (notes 3.3): Rademacher v for the gradient SSM family, DSM at sigma 0.1 (table 3's DSM+) and 1.74 (DSM++),
+# FD-SSM eps = 0.1 at 10x the lr; approximate backprop and curvature propagation take the model itself.
 def _on_log_density(objective: Callable[..., Tensor], *args, **kw) -> LossFn:
     return lambda model, x: objective(model.log_density, x, *args, **kw)
 
 
 _register("nice", "3", 128, {
+    "Approx-BP": (obj.approx_bp_loss, OptimConfig("adam", lr=1e-4)),
+    "CP": (obj.cp_loss, OptimConfig("adam", lr=1e-3)),
     "DSM": (_on_log_density(obj.dsm_loss, 0.1), OptimConfig("adam", lr=1e-3)),
+    "DSM-1.74": (_on_log_density(obj.dsm_loss, 1.74), OptimConfig("adam", lr=1e-3)),
     "SSM": (_on_log_density(obj.ssm_loss, noise="rademacher"), OptimConfig("adam", lr=1e-4)),
     "SSMVR": (_on_log_density(obj.ssmvr_loss, noise="rademacher"), OptimConfig("adam", lr=1e-4)),
     "FD-SSM": (_on_log_density(obj.fd_ssm_loss, eps=0.1), OptimConfig("adam", lr=1e-3)),

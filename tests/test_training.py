@@ -57,12 +57,12 @@ def test_every_table_row_has_a_recipe():
     rows = {(r.value.model, r.value.objective) for r in RECIPES}
     assert {("deep-ebm", o) for o in ("DSM", "FD-DSM*", "FD-DSM", "SSM", "SSMVR", "FD-SSM*", "FD-SSM")} <= rows
     assert {("dkef", o) for o in ("SSM", "SSMVR", "FD-SSM")} <= rows
-    assert {("nice", o) for o in ("DSM", "SSM", "SSMVR", "FD-SSM", "MLE")} <= rows
+    assert {("nice", o) for o in ("Approx-BP", "CP", "DSM", "DSM-1.74", "SSM", "SSMVR", "FD-SSM", "MLE")} <= rows
     assert {("ncsn", "SSMVR"), ("ncsn", "FD-SSMVR"), ("vae-score", "FD-SSMVR"), ("wae-score", "SSMVR")} <= rows
 
 
-@pytest.mark.parametrize("name", ["nice/FD-SSM", "nice/SSMVR", "dkef/FD-SSM", "vae-score/FD-SSMVR",
-                                  "wae-score/SSMVR"])
+@pytest.mark.parametrize("name", ["nice/FD-SSM", "nice/SSMVR", "nice/Approx-BP", "nice/CP", "dkef/FD-SSM",
+                                  "vae-score/FD-SSMVR", "wae-score/SSMVR"])
 def test_cheap_recipes_take_a_finite_step(name):
     recipe = dataclasses.replace(RECIPES.get(name), batch=8)
     assert recipe_available(recipe)[0]

@@ -7,7 +7,7 @@ of one more step above the process's baseline (model, optimizer state and batch 
 An FD row's steps alternate, round by round, with steps of its gradient counterpart in the same worker, and its
 ``speedup`` (with ``speedup_q1``, ``speedup_q3``) is the median of the per-round time ratios counterpart / FD.
 Image models run in ``--memory-format`` (default on the CPU: channels_last, see NOTE [memory format] in
-``fdsm.training``; on CUDA: contiguous, as the paper's code).
+``fdsm.training``; on CUDA: contiguous, as the paper's code); the others' flat batches are ``contiguous``.
 
 Writes ``train_steps.csv`` (resumable; one row per (model, objective); a model that is not registered here gets an
 ``unsupported`` row) and ``train_steps.png``: time and peak memory per objective, one panel per model, each FD bar
@@ -35,6 +35,7 @@ from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.sweep import run_sweep
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio, timing_columns
+from fdsm.models import model_config
 from fdsm.training import (
     MEMORY_FORMATS,
     RECIPES,
@@ -166,10 +167,10 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
         if recipe.model not in config.models or (config.objectives and recipe.objective not in config.objectives):
             continue
         batch = config.batch or (CPU_BATCH.get(recipe.model, recipe.batch) if size == "cpu" else recipe.batch)
+        image = len(model_config(recipe.model, size, **recipe.build_kwargs).event_shape) == 3  # (C, H, W)
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
-                     "dtype": dtype, "device": str(device), "memory_format": memory_format, "seed": seed,
-                     "warmup": config.warmup,
-                     "repeats": config.repeats})
+                     "dtype": dtype, "device": str(device), "memory_format": memory_format if image else "contiguous",
+                     "seed": seed, "warmup": config.warmup, "repeats": config.repeats})
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; expected some of {sorted({r.value.model for r in RECIPES})}")

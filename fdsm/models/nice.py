@@ -94,7 +94,10 @@ class NICE(nn.Module):
 
     def log_density(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) = log N(y; 0, I) + sum(s): (B, d) -> (B,)."""
-        y, log_det = self.transform(x)
+        return self.log_density_of(*self.transform(x))
+
+    def log_density_of(self, y: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+        """log p from ``transform``'s outputs: log N(y; 0, I) + log_det, (B, d), 0-d -> (B,)."""
         return -0.5 * y.pow(2).sum(1) - 0.5 * self.config.dim * math.log(2 * math.pi) + log_det
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

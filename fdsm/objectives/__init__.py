@@ -14,11 +14,13 @@ sphere of radius eps (the paper's p_eps(v)); ``v=`` overrides it. See NOTE [one 
 True
 
 Adding an objective: write it with the same signature family in the module of its kind (``sliced``,
-``noise_conditional``, ``likelihood``), building it from the shared parts there (the integrand of its exact / FD
-pair, ``fdsm.fd.stencil_outputs``, ``checks``), and register it below under a hyphenated name.
+``noise_conditional``, ``likelihood``, ``hessian_diagonal``), building it from the shared parts there (the
+integrand of its exact / FD pair, ``fdsm.fd.stencil_outputs``, ``checks``), and register it below under a
+hyphenated name.
 """
 
 from fdsm.objectives.checks import NOISES, draw_directions
+from fdsm.objectives.hessian_diagonal import approx_bp_loss, cp_loss
 from fdsm.objectives.likelihood import mle_loss
 from fdsm.objectives.noise_conditional import (
     annealed_dsm_loss,
@@ -48,12 +50,12 @@ from fdsm.registry import Registry
 OBJECTIVES: Registry = Registry("objective")
 for _fn in (sm_loss, ssm_loss, ssmvr_loss, dsm_loss, sliced_dsm_loss, fd_ssm_loss, fd_dsm_loss, ssmvr_score_loss,
             fd_ssmvr_loss, dsm_score_loss, annealed_dsm_loss, annealed_ssmvr_loss, annealed_fd_ssmvr_loss,
-            multiscale_dsm_loss, multiscale_fd_dsm_loss, mle_loss):
+            multiscale_dsm_loss, multiscale_fd_dsm_loss, mle_loss, approx_bp_loss, cp_loss):
     OBJECTIVES.register(_fn.__name__.removesuffix("_loss").replace("_", "-"), _fn)
 
 __all__ = [
     "BACKENDS", "NOISES", "OBJECTIVES", "annealed_dsm_loss", "annealed_fd_ssmvr_loss", "annealed_ssmvr_loss",
-    "deep_ebm_sigmas", "draw_directions", "draw_levels", "dsm_loss", "dsm_score_loss", "fd_dsm_loss", "fd_ssm_loss",
-    "fd_ssmvr_loss", "mle_loss", "multiscale_dsm_loss", "multiscale_fd_dsm_loss", "ncsn_sigmas", "sliced_dsm_loss",
-    "sm_loss", "ssm_loss", "ssmvr_loss", "ssmvr_score_loss",
+    "approx_bp_loss", "cp_loss", "deep_ebm_sigmas", "draw_directions", "draw_levels", "dsm_loss", "dsm_score_loss",
+    "fd_dsm_loss", "fd_ssm_loss", "fd_ssmvr_loss", "mle_loss", "multiscale_dsm_loss", "multiscale_fd_dsm_loss",
+    "ncsn_sigmas", "sliced_dsm_loss", "sm_loss", "ssm_loss", "ssmvr_loss", "ssmvr_score_loss",
 ]
