@@ -124,3 +124,15 @@ def test_command_quick_writes_its_csv(tmp_path, command, csv, columns):
     assert columns <= set(rows.columns), columns - set(rows.columns)
     assert len(rows) and (rows.status == "ok").all()
     assert (tmp_path / csv.replace(".csv", ".png")).exists()
+
+
+def test_train_steps_cases_use_channels_last_for_image_models_on_the_cpu_only():
+    from bench.commands.train_steps import DEFAULT, cases
+
+    on_cpu = {(c["model"], c["memory_format"]) for c in cases(DEFAULT, dtype="float32", device=torch.device("cpu"),
+                                                              seed=0)}
+    image_models = {"deep-ebm", "ncsn"}
+    assert {m for m, _ in on_cpu} == set(DEFAULT.models)  # every model's rows, none lost
+    assert on_cpu == {(m, "channels_last" if m in image_models else "contiguous") for m in DEFAULT.models}
+    on_cuda = cases(DEFAULT, dtype="float32", device=torch.device("cuda"), seed=0)  # builds nothing on the GPU
+    assert {c["memory_format"] for c in on_cuda} == {"contiguous"} and {c["size"] for c in on_cuda} == {"paper"}

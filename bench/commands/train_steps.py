@@ -35,7 +35,6 @@ from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.sweep import run_sweep
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio, timing_columns
-from fdsm.models import model_config
 from fdsm.training import (
     MEMORY_FORMATS,
     RECIPES,
@@ -156,6 +155,13 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- the sweep and the figure ---------------------------------------------------------------------------------
 
+@functools.cache
+def _event_shape(recipe_name: str, size: str) -> tuple[int, ...]:
+    """The input shape of a recipe's model, from a build on the meta device (no memory, no initialization)."""
+    with torch.device("meta"):
+        return tuple(RECIPES.get(recipe_name).build_model(size).event_shape)
+
+
 def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: int) -> list[dict[str, Any]]:
     size = config.size or ("paper" if device.type == "cuda" else "cpu")
     memory_format = config.memory_format
@@ -167,7 +173,7 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
         if recipe.model not in config.models or (config.objectives and recipe.objective not in config.objectives):
             continue
         batch = config.batch or (CPU_BATCH.get(recipe.model, recipe.batch) if size == "cpu" else recipe.batch)
-        image = len(model_config(recipe.model, size, **recipe.build_kwargs).event_shape) == 3  # (C, H, W)
+        image = len(_event_shape(recipe.name, size)) == 3  # (C, H, W)
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
                      "dtype": dtype, "device": str(device), "memory_format": memory_format if image else "contiguous",
                      "seed": seed, "warmup": config.warmup, "repeats": config.repeats})
