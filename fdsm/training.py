@@ -237,13 +237,18 @@ def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.fl
 
 
 # NOTE [memory format]
-# channels_last (NHWC) stores the C values of a pixel side by side, the layout in which oneDNN's CPU convolutions
-# are fastest. On this project's 2-core CPU, the first stage of the deep EBM at size "cpu" (8 -> 8 and 8 -> 16
-# channels at 32x32, batch 192) took up to 4x longer in NCHW ("contiguous") than in NHWC: backward 20 vs 5.5 ms
-# (8 -> 8), forward 12 vs 2.8 ms (8 -> 16); at 16 channels and up the two layouts were within 20%. Those
-# convolutions are most of an FD objective's time (one forward and one backward of the stacked batch), so NCHW
-# hides much of FD's saving there. The layout moves values, not arithmetic: every loss and gradient is the same
-# up to float rounding (tests/test_training.py).
+# channels_last (NHWC) stores the C values of a pixel side by side; NCHW ("contiguous") stores each channel's plane.
+# Which one oneDNN's CPU kernels run faster depends on the network, so it is measured, per model, with every
+# objective's training step timed in both layouts side by side (bench.timing.measure_interleaved, 2 cores, size
+# "cpu"), as time in NCHW / time in NHWC:
+#
+#   deep EBM (B=64):  SSM 1.09, DSM 1.07, FD-SSM 1.52, FD-DSM 1.40   -> channels_last is faster for every objective
+#   NCSN (B=16):      SSMVR 0.83, DSM 0.86, FD-SSMVR 0.78            -> contiguous is faster for every objective
+#
+# In the deep EBM, the first stage (8 -> 8 and 8 -> 16 channels at 32x32) is what differs: at batch 192 its
+# backward convolution took 20 ms in NCHW against 5.5 ms in NHWC. Those convolutions are most of an FD objective's
+# time (one forward and one backward of the stacked batch), so NCHW hides much of FD's saving there. The layout
+# moves values, not arithmetic: every loss and gradient is the same up to float rounding (tests/test_training.py).
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 

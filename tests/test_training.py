@@ -126,13 +126,17 @@ def test_command_quick_writes_its_csv(tmp_path, command, csv, columns):
     assert (tmp_path / csv.replace(".csv", ".png")).exists()
 
 
-def test_train_steps_cases_use_channels_last_for_image_models_on_the_cpu_only():
+def test_train_steps_cases_take_the_layout_measured_fastest_per_model_on_the_cpu_only():
     from bench.commands.train_steps import DEFAULT, cases
 
     on_cpu = {(c["model"], c["memory_format"]) for c in cases(DEFAULT, dtype="float32", device=torch.device("cpu"),
                                                               seed=0)}
-    image_models = {"deep-ebm", "ncsn"}
     assert {m for m, _ in on_cpu} == set(DEFAULT.models)  # every model's rows, none lost
-    assert on_cpu == {(m, "channels_last" if m in image_models else "contiguous") for m in DEFAULT.models}
+    assert on_cpu == {(m, "channels_last" if m == "deep-ebm" else "contiguous") for m in DEFAULT.models}
+    forced = dataclasses.replace(DEFAULT, memory_format="channels_last")
+    forced_rows = {(c["model"], c["memory_format"]) for c in cases(forced, dtype="float32",
+                                                                   device=torch.device("cpu"), seed=0)}
+    image_models = {"deep-ebm", "ncsn"}  # flat batches stay contiguous whatever is asked
+    assert forced_rows == {(m, "channels_last" if m in image_models else "contiguous") for m in DEFAULT.models}
     on_cuda = cases(DEFAULT, dtype="float32", device=torch.device("cuda"), seed=0)  # builds nothing on the GPU
     assert {c["memory_format"] for c in on_cuda} == {"contiguous"} and {c["size"] for c in on_cuda} == {"paper"}

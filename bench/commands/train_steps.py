@@ -6,8 +6,9 @@ a worker process (``bench.sweep``): a synthetic batch of the model's input shape
 of one more step above the process's baseline (model, optimizer state and batch already resident), and the loss.
 An FD row's steps alternate, round by round, with steps of its gradient counterpart in the same worker, and its
 ``speedup`` (with ``speedup_q1``, ``speedup_q3``) is the median of the per-round time ratios counterpart / FD.
-Image models run in ``--memory-format`` (default on the CPU: channels_last, see NOTE [memory format] in
-``fdsm.training``; on CUDA: contiguous, as the paper's code); the others' flat batches are ``contiguous``.
+Image models run in ``--memory-format`` (default on the CPU: the layout measured fastest for the model,
+``CPU_MEMORY_FORMAT``, see NOTE [memory format] in ``fdsm.training``; on CUDA: contiguous, as the paper's code);
+the others' flat batches are ``contiguous``.
 
 Writes ``train_steps.csv`` (resumable; one row per (model, objective); a model that is not registered here gets an
 ``unsupported`` row) and ``train_steps.png``: time and peak memory per objective, one panel per model, each FD bar
@@ -62,7 +63,7 @@ class TrainStepsConfig:
     objectives: tuple[str, ...] = ()  # () = every row of the chosen models
     size: str | None = None  # None: "paper" on CUDA, "cpu" otherwise
     batch: int | None = None  # None: the recipe's (the paper's) batch; CPU_BATCH on the CPU at size "cpu"
-    memory_format: str = "auto"  # auto: channels_last on the CPU, contiguous on CUDA; any name of MEMORY_FORMATS
+    memory_format: str = "auto"  # auto: CPU_MEMORY_FORMAT on the CPU, contiguous on CUDA; or a MEMORY_FORMATS name
     warmup: int = 2
     repeats: int = 7
     timeout_s: float = 600.0
@@ -70,6 +71,9 @@ class TrainStepsConfig:
 
 # NCSN at the paper's batch of 128 takes ~10 s a step on 2 cores even at ngf 8; 16 keeps the sweep in minutes.
 CPU_BATCH = {"ncsn": 16}
+# The layout in which every objective's step of the model ran fastest on the CPU (NOTE [memory format] in
+# fdsm.training); models not listed, and every model on CUDA (as the paper's code), use "contiguous".
+CPU_MEMORY_FORMAT = {"deep-ebm": "channels_last"}
 DEFAULT = TrainStepsConfig()
 QUICK = dataclasses.replace(DEFAULT, models=("nice",), objectives=("SSM", "FD-SSM"), size="cpu", batch=8, warmup=1,
                             repeats=2, timeout_s=120.0)
@@ -82,8 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--size", choices=("paper", "cpu"), help="model size (default: paper on CUDA, else cpu)")
     g.add_argument("--batch", type=int, help="batch for every row (default: the paper's per model)")
     g.add_argument("--memory-format", dest="memory_format", choices=("auto", *MEMORY_FORMATS),
-                   help="layout of image models and batches (default: auto = channels_last on the CPU, "
-                        "contiguous on CUDA)")
+                   help="layout of image models and batches (default: auto = the faster one per model on "
+                        "the CPU, channels_last for deep-ebm; contiguous on CUDA)")
     g.add_argument("--warmup", type=int, help="untimed steps per row (default: 2)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per row (default: 600)")
 
@@ -164,18 +168,19 @@ def _event_shape(recipe_name: str, size: str) -> tuple[int, ...]:
 
 def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: int) -> list[dict[str, Any]]:
     size = config.size or ("paper" if device.type == "cuda" else "cpu")
-    memory_format = config.memory_format
-    if memory_format == "auto":
-        memory_format = "contiguous" if device.type == "cuda" else "channels_last"
     rows = []
     for entry in RECIPES:
         recipe = entry.value
         if recipe.model not in config.models or (config.objectives and recipe.objective not in config.objectives):
             continue
         batch = config.batch or (CPU_BATCH.get(recipe.model, recipe.batch) if size == "cpu" else recipe.batch)
-        image = len(_event_shape(recipe.name, size)) == 3  # (C, H, W)
+        layout = config.memory_format
+        if layout == "auto":
+            layout = "contiguous" if device.type == "cuda" else CPU_MEMORY_FORMAT.get(recipe.model, "contiguous")
+        if len(_event_shape(recipe.name, size)) != 3:  # not (C, H, W): a flat batch has one layout
+            layout = "contiguous"
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
-                     "dtype": dtype, "device": str(device), "memory_format": memory_format if image else "contiguous",
+                     "dtype": dtype, "device": str(device), "memory_format": layout,
                      "seed": seed, "warmup": config.warmup, "repeats": config.repeats})
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
@@ -199,39 +204,46 @@ def speedups(rows: pd.DataFrame) -> pd.DataFrame:
     return fd.assign(memory_ratio=memory)[SPEEDUP_COLUMNS].reset_index(drop=True)
 
 
+PANELS_PER_ROW = 3  # models side by side; more wrap onto further rows
+
+
 def plot(rows: pd.DataFrame, path) -> None:
     models = list(rows.model.drop_duplicates())
-    bars_per_model = [max(int(((rows.model == m) & (rows.status == "ok")).sum()), 1) for m in models]
-    fig, axes = plt.subplots(2, len(models), figsize=(0.85 * sum(bars_per_model) + 1.5 * len(models) + 1, 6.8),
-                             squeeze=False, gridspec_kw={"width_ratios": [n + 1.5 for n in bars_per_model]})
+    columns = min(len(models), PANELS_PER_ROW)
+    blocks = -(-len(models) // columns)  # rows of models; each is a time row above a memory row
+    fig, axes = plt.subplots(2 * blocks, columns, figsize=(5.2 * columns + 0.6, 6.2 * blocks), squeeze=False)
     ratios = speedups(rows).set_index(["model", "objective"])
+    for ax in axes.flat[len(models) * 2:]:
+        ax.set_visible(False)
     for j, model in enumerate(models):
         part = rows[(rows.model == model) & (rows.status == "ok")]
         colors = ["tab:orange" if o.startswith("FD") else "tab:blue" for o in part.objective]
-        for i, (column, label) in enumerate((("time_ms", "time per step (ms)"), ("peak_mem_mb", "peak memory (MiB)"))):
-            ax = axes[i, j]
-            spread = quartile_bar(part) if column == "time_ms" else None
-            bars = ax.bar(range(len(part)), part[column], color=colors, yerr=spread, capsize=2)
+        block, column = divmod(j, columns)
+        for i, (value, label) in enumerate((("time_ms", "time per step (ms)"), ("peak_mem_mb", "peak memory (MiB)"))):
+            ax = axes[2 * block + i, column]
+            spread = quartile_bar(part) if value == "time_ms" else None
+            bars = ax.bar(range(len(part)), part[value], color=colors, yerr=spread, capsize=2)
             ax.set_xticks(range(len(part)), part.objective, rotation=35, ha="right", fontsize=8)
             ax.grid(True, axis="y", alpha=0.3)
-            if j == 0:
+            ax.margins(y=0.18)  # room for the labels above the tallest bar
+            if column == 0:
                 ax.set_ylabel(label)
-            if i == 0:
-                batch = part.batch.iloc[0] if len(part) else ""
-                ax.set_title(f"{model} (B={batch})", fontsize=10)
+            if i == 0 and len(part):
+                first = part.iloc[0]
+                ax.set_title(f"{model} (B={first.batch}, {first.memory_format})", fontsize=10)
             for k, (bar, objective) in enumerate(zip(bars, part.objective, strict=True)):
                 if (model, objective) in ratios.index:
                     r = ratios.loc[(model, objective)]
-                    text = (f"{r.speedup:.2f}x\n[{r.speedup_q1:.2f}, {r.speedup_q3:.2f}]" if column == "time_ms"
+                    text = (f"{r.speedup:.2f}x\n[{r.speedup_q1:.2f}, {r.speedup_q3:.2f}]" if value == "time_ms"
                             else f"{r.memory_ratio:.2f}x")
                     top = bar.get_height() + (spread[1][k] if spread is not None else 0)  # above the q3 whisker
                     ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top),
                                 ha="center", va="bottom", fontsize=7, fontweight="bold")
     meta = rows.iloc[0]
-    fig.suptitle(f"One complete training step (blue: gradient-based, orange: FD). Labels: FD speed-up over its "
-                 f"counterpart, median [quartiles] of per-round ratios,\ntimed interleaved; memory saving. "
-                 f"{meta['device']}, {meta['dtype']}, size {meta['size']}, {meta['memory_format']}, "
-                 f"median of {meta['repeats']} steps, bars: quartiles", fontsize=10)
+    fig.suptitle(f"One complete training step per objective (blue: gradient-based, orange: FD); {meta['device']}, "
+                 f"{meta['dtype']}, size {meta['size']}, median of {meta['repeats']} steps, bars: quartiles.\n"
+                 "Time labels: FD speed-up over its counterpart, median [quartiles] of the per-round ratios, the "
+                 "two timed alternately in one worker. Memory labels: counterpart peak / FD peak.", fontsize=10)
     finish(fig, rows, ("model", "objective"), path)
 
 
