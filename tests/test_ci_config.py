@@ -77,3 +77,15 @@ def test_ci_and_cpu_workflow_run_the_readme_test_command():
     command = readme_test_command()
     assert command in (ROOT / ".ci" / "run").read_text()
     assert command in (ROOT / ".github" / "workflows" / "cpu.yml").read_text()
+
+
+def test_gpu_script_names_existing_commands_with_valid_options():
+    script = (ROOT / "scripts" / "gpu-h200.sh").read_text()
+    bench_lines = [line.split("python -m bench", 1)[1] for line in script.splitlines()
+                   if line.startswith("stage ") and "python -m bench" in line]
+    assert {shlex.split(line)[0] for line in bench_lines} >= {"kernels", "train-steps", "derivatives"}
+    for line in bench_lines:
+        args = shlex.split(line.replace('"$OUT"', "out"))
+        assert build_parser().parse_args(args).device == "cuda", line  # parses: every option exists
+    limits = [int(line.split()[2]) for line in script.splitlines() if line.startswith("stage ")]
+    assert sum(limits) <= 8 * 60  # the lent machine's run must fit in its few minutes

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of this project in one run of at most about 7 minutes, for a lent GPU machine that
+# has torch and triton but no package registry: it runs from the checkout with PYTHONPATH=., not an install.
+#
+#   OUT=results/gpu-h200 bash scripts/gpu-h200.sh
+#
+# Each stage has its own time limit and its own log in $OUT; one that fails or runs out of time is reported in
+# $OUT/stages.log and the next stage still runs. The sweeps write their CSV row by row, so a stage cut short keeps
+# the rows it measured. Compiled Triton kernels are tested on CUDA tensors (TRITON_INTERPRET=0).
+set -u
+OUT=${OUT:-results/gpu-h200}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+
+stage() {  # stage NAME LIMIT_S COMMAND...: run COMMAND under a time limit, log to $OUT/NAME.log
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "=== $name (limit ${limit} s): $*" | tee -a "$OUT/stages.log"
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "=== $name: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/stages.log"
+}
+
+{ nvidia-smi; python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
+  > "$OUT/environment.log" 2>&1
+stage cuda-tests 60 env TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/test_kernels.py
+stage cuda-marked 30 python -m pytest -q -p no:cacheprovider -m cuda tests
+stage kernels 60 python -m bench kernels --device cuda --out "$OUT"
+stage train-steps 150 python -m bench train-steps --device cuda --models deep-ebm,ncsn --timeout 60 --out "$OUT"
+stage derivatives 120 python -m bench derivatives --device cuda --orders 1,2,3,4,5 --timeout 20 --out "$OUT"
