@@ -239,16 +239,20 @@ def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.fl
 # NOTE [memory format]
 # channels_last (NHWC) stores the C values of a pixel side by side; NCHW ("contiguous") stores each channel's plane.
 # Which one oneDNN's CPU kernels run faster depends on the network, so it is measured, per model, with every
-# objective's training step timed in both layouts side by side (bench.timing.measure_interleaved, 2 cores, size
-# "cpu"), as time in NCHW / time in NHWC:
+# objective's training step timed in both layouts side by side (scripts/compare_layouts.py: alternately in one
+# process, 2 cores, size "cpu"; results/cpu/layouts/side_by_side.csv), as median time in NCHW / time in NHWC:
 #
-#   deep EBM (B=64):  SSM 1.09, DSM 1.07, FD-SSM 1.52, FD-DSM 1.40   -> channels_last is faster for every objective
-#   NCSN (B=16):      SSMVR 0.83, DSM 0.86, FD-SSMVR 0.78            -> contiguous is faster for every objective
+#   deep EBM (B=64): SSM 1.06, SSMVR 1.14, DSM 1.21, FD-DSM 1.43, FD-SSM 1.49  -> channels_last, for every objective
+#   NCSN (B=16):     SSMVR 0.88, DSM 0.91, FD-SSMVR 0.95                       -> contiguous, for every objective
 #
+# (an earlier side-by-side run gave the same signs). Timed in separate processes instead, the layouts' order can
+# flip from run to run (results/cpu/layouts/*/train_steps.csv): this machine's drift is as large as the effect.
 # In the deep EBM, the first stage (8 -> 8 and 8 -> 16 channels at 32x32) is what differs: at batch 192 its
 # backward convolution took 20 ms in NCHW against 5.5 ms in NHWC. Those convolutions are most of an FD objective's
 # time (one forward and one backward of the stacked batch), so NCHW hides much of FD's saving there. The layout
-# moves values, not arithmetic: every loss and gradient is the same up to float rounding (tests/test_training.py).
+# moves values, not arithmetic: every loss and gradient is the same up to float rounding (tests/test_training.py,
+# in float64; in float32 an FD loss at random weights is itself mostly rounding, so its two layouts differ as much
+# as its two dtypes do).
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 

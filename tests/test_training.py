@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,6 +22,8 @@ from fdsm.training import (
     train,
     training_step,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gaussian_recipe(lr=0.05, clip=1.0):
@@ -140,3 +143,28 @@ def test_train_steps_cases_take_the_layout_measured_fastest_per_model_on_the_cpu
     assert forced_rows == {(m, "channels_last" if m in image_models else "contiguous") for m in DEFAULT.models}
     on_cuda = cases(DEFAULT, dtype="float32", device=torch.device("cuda"), seed=0)  # builds nothing on the GPU
     assert {c["memory_format"] for c in on_cuda} == {"contiguous"} and {c["size"] for c in on_cuda} == {"paper"}
+
+
+def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
+    from bench.commands import train_steps
+
+    monkeypatch.setitem(train_steps.COUNTERPART, "FD-SSM", "NO-SUCH-ROW")  # building the counterpart fails
+    case = {"model": "nice", "objective": "FD-SSM", "size": "cpu", "batch": 8, "dtype": "float32", "device": "cpu",
+            "memory_format": "contiguous", "seed": 0, "warmup": 0, "repeats": 2}
+    row = train_steps.measure_step(case)
+    assert row["time_ms"] > 0 and row["repeats"] == 2 and math.isfinite(row["loss"])
+    assert "speedup" not in row and "NO-SUCH-ROW could not run beside it" in row["message"]
+
+
+def test_layout_comparison_script_times_every_objective_in_both_layouts():
+    import importlib.util
+
+    from bench.commands.train_steps import CPU_MEMORY_FORMAT
+
+    spec = importlib.util.spec_from_file_location("compare_layouts", ROOT / "scripts" / "compare_layouts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.compare("deep-ebm", batch=2, warmup=0, repeats=1, seed=0)
+    assert {r["objective"] for r in rows} == {r.value.objective for r in RECIPES if r.value.model == "deep-ebm"}
+    assert all(r["time_ms_contiguous"] > 0 and r["time_ms_channels_last"] > 0 for r in rows)
+    assert set(CPU_MEMORY_FORMAT) <= {"deep-ebm", "ncsn"}  # the image models the script compares by default

@@ -104,8 +104,9 @@ def _seeded_batch(model_name: str, size: str, batch: int, dtype: str, device: st
 
 
 @dataclass
-class _Stepper:
-    """One row's model, optimizer and batch, ready to take complete training steps; ``losses`` records each."""
+class Stepper:
+    """One row's model, optimizer and batch, ready to take complete training steps: ``stepper()`` takes one, and
+    ``losses`` records each step's loss."""
 
     recipe: Recipe
     case: Mapping[str, Any]
@@ -130,27 +131,39 @@ class _Stepper:
         self.losses.append(loss)
 
 
+def _counterpart(case: Mapping[str, Any], versus: str) -> tuple[Stepper | None, str]:
+    """The stepper of the FD row's gradient counterpart after one trial step, or None and why it cannot run."""
+    try:
+        other = Stepper(RECIPES.get(f"{case['model']}/{versus}"), case)
+        other()
+    except Exception as err:  # e.g. exact SSM out of memory where FD fits: the FD row is then timed alone
+        return None, f"{versus} could not run beside it ({type(err).__name__}: {err}), so no speed-up"
+    return other, ""
+
+
 def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
     """Time, peak memory and loss of one complete training step of ``case`` (a CSV key row).
 
     An FD row is timed interleaved with its gradient counterpart (``COUNTERPART``), round by round in this one
     worker (``bench.timing.measure_interleaved``), and its ``speedup`` columns are the median and quartiles of the
     per-round ratios counterpart / FD: the claim is a ratio measured side by side (DESIGN.md), and a slow phase of
-    the machine lands on both.
+    the machine lands on both. The counterpart is dropped before the memory probe.
     """
     recipe = RECIPES.get(f"{case['model']}/{case['objective']}")
     available, reason = recipe_available(recipe)
     if not available:
         return {"status": "unsupported", "message": reason}
     device = torch.device(case["device"])
-    step = _Stepper(recipe, case)
+    step = Stepper(recipe, case)
     versus = COUNTERPART.get(case["objective"])
-    steppers = [step] if versus is None else [step, _Stepper(RECIPES.get(f"{case['model']}/{versus}"), case)]
-    timings = measure_interleaved(steppers, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
-    paired = {}
-    if versus is not None:
+    other, note = (None, "") if versus is None else _counterpart(case, versus)
+    timings = measure_interleaved([step] if other is None else [step, other], device,
+                                  warmup=int(case["warmup"]), repeats=int(case["repeats"]))
+    paired: dict[str, Any] = {"message": note} if note else {}
+    if other is not None:
         ratio = paired_ratio(timings[1], timings[0])
         paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
+        del other  # its model, optimizer state and batch leave before the memory probe
     memory = peak_memory(step, device)
     return {**timing_columns(timings[0]), "threads": timings[0].threads, "peak_mem_mb": memory.peak_mb,
             "reserved_mb": memory.reserved_mb, "loss": step.losses[0].item(), "table": recipe.table,
@@ -177,8 +190,8 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
         layout = config.memory_format
         if layout == "auto":
             layout = "contiguous" if device.type == "cuda" else CPU_MEMORY_FORMAT.get(recipe.model, "contiguous")
-        if len(_event_shape(recipe.name, size)) != 3:  # not (C, H, W): a flat batch has one layout
-            layout = "contiguous"
+        if not recipe_available(recipe)[0] or len(_event_shape(recipe.name, size)) != 3:
+            layout = "contiguous"  # a flat batch (not (C, H, W)) has one layout; an unavailable row builds nothing
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
                      "dtype": dtype, "device": str(device), "memory_format": layout,
                      "seed": seed, "warmup": config.warmup, "repeats": config.repeats})
@@ -213,8 +226,10 @@ def plot(rows: pd.DataFrame, path) -> None:
     blocks = -(-len(models) // columns)  # rows of models; each is a time row above a memory row
     fig, axes = plt.subplots(2 * blocks, columns, figsize=(5.2 * columns + 0.6, 6.2 * blocks), squeeze=False)
     ratios = speedups(rows).set_index(["model", "objective"])
-    for ax in axes.flat[len(models) * 2:]:
-        ax.set_visible(False)
+    for empty in range(len(models), blocks * columns):  # the unused places of the last row of models
+        block, column = divmod(empty, columns)
+        axes[2 * block, column].set_visible(False)
+        axes[2 * block + 1, column].set_visible(False)
     for j, model in enumerate(models):
         part = rows[(rows.model == model) & (rows.status == "ok")]
         colors = ["tab:orange" if o.startswith("FD") else "tab:blue" for o in part.objective]
@@ -234,6 +249,8 @@ def plot(rows: pd.DataFrame, path) -> None:
             for k, (bar, objective) in enumerate(zip(bars, part.objective, strict=True)):
                 if (model, objective) in ratios.index:
                     r = ratios.loc[(model, objective)]
+                    if value != "time_ms" and pd.isna(r.memory_ratio):  # the counterpart's row is not in this run
+                        continue
                     text = (f"{r.speedup:.2f}x\n[{r.speedup_q1:.2f}, {r.speedup_q3:.2f}]" if value == "time_ms"
                             else f"{r.memory_ratio:.2f}x")
                     top = bar.get_height() + (spread[1][k] if spread is not None else 0)  # above the q3 whisker

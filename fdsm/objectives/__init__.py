@@ -2,9 +2,11 @@ r"""Score-matching objectives, exact and by finite differences (paper sections 2
 
 Each objective takes a callable and a batch x: (B, *event) and returns the batch mean, a 0-d tensor ready for
 ``.backward()``, or with ``reduction="none"`` the (B,) per-sample values. ``log_density`` maps (B, *event) to (B,)
-(possibly unnormalized); ``score`` maps (B, *event) to (B, *event). The default direction v is uniform on the
-sphere of radius eps (the paper's p_eps(v)); ``v=`` overrides it. See NOTE [one scaling convention] in
-``fdsm.objectives.sliced`` for the scaling (every sliced objective estimates J_SM / d), and the table there.
+(possibly unnormalized); ``score`` maps (B, *event) to (B, *event). The NICE baselines of table 3
+(``approx_bp_loss``, ``cp_loss``) take the NICE model itself, since they walk its layers. The default direction v
+is uniform on the sphere of radius eps (the paper's p_eps(v)); ``v=`` overrides it. See NOTE [one scaling
+convention] in ``fdsm.objectives.sliced`` for the scaling (every sliced objective estimates J_SM / d), and the
+table there.
 
 >>> import torch
 >>> log_density = lambda x: -0.5 * (x ** 2).sum(1)            # N(0, I): J_SM = -d + E||x||^2 / 2

@@ -1,0 +1,64 @@
+"""Which memory layout makes a model's training steps faster on this machine: every objective's step timed in
+NCHW ("contiguous") and NHWC ("channels_last") side by side, alternately in one process.
+
+    PYTHONPATH=. python scripts/compare_layouts.py --models deep-ebm,ncsn --out results/cpu/layouts/side_by_side.csv
+
+For each (model, objective) it writes the median step time in each layout and the median and quartiles of the
+per-round ratio contiguous / channels_last (above 1: channels_last is faster). This is the measurement behind
+``train_steps.CPU_MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.training``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bench.commands.train_steps import CPU_BATCH, Stepper
+from bench.config import comma_words
+from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
+from fdsm.training import RECIPES
+
+LAYOUTS = ("contiguous", "channels_last")
+
+
+def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: int) -> list[dict]:
+    rows = []
+    for entry in RECIPES:
+        recipe = entry.value
+        if recipe.model != model:
+            continue
+        case = {"model": model, "objective": recipe.objective, "size": "cpu", "dtype": "float32", "device": "cpu",
+                "seed": seed, "batch": batch or CPU_BATCH.get(model, recipe.batch)}
+        steppers = [Stepper(recipe, {**case, "memory_format": layout}) for layout in LAYOUTS]
+        nchw, nhwc = measure_interleaved(steppers, torch.device("cpu"), warmup=warmup, repeats=repeats)
+        ratio = paired_ratio(nchw, nhwc)
+        rows.append({**case, "time_ms_contiguous": nchw.median_ms, "time_ms_channels_last": nhwc.median_ms,
+                     "contiguous_over_channels_last": ratio.median, "ratio_q1": ratio.q1, "ratio_q3": ratio.q3,
+                     "repeats": repeats, "threads": nchw.threads})
+        print(f"{model:10s} {recipe.objective:10s} contiguous {nchw.median_ms:8.1f} ms  channels_last "
+              f"{nhwc.median_ms:8.1f} ms  ratio {ratio.median:.2f} [{ratio.q1:.2f}, {ratio.q3:.2f}]", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=comma_words, default=("deep-ebm", "ncsn"), help="image models")
+    parser.add_argument("--batch", type=int, help="batch (default: the train-steps CPU batch)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/local/side_by_side.csv"))
+    args = parser.parse_args()
+    fix_cpu_threads()
+    rows = [row for model in args.models
+            for row in compare(model, batch=args.batch, warmup=args.warmup, repeats=args.repeats, seed=args.seed)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(args.out, index=False)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
