@@ -242,10 +242,10 @@ def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.fl
 # objective's training step timed in both layouts side by side (scripts/compare_layouts.py: alternately in one
 # process, 2 cores, size "cpu"; results/cpu/layouts/side_by_side.csv), as median time in NCHW / time in NHWC:
 #
-#   deep EBM (B=64): SSM 1.06, SSMVR 1.14, DSM 1.21, FD-DSM 1.43, FD-SSM 1.49  -> channels_last, for every objective
-#   NCSN (B=16):     SSMVR 0.88, DSM 0.91, FD-SSMVR 0.95                       -> contiguous, for every objective
+#   deep EBM (B=64): SSMVR 1.10, DSM 1.17, SSM 1.19, FD-DSM 1.38, FD-SSM 1.42  -> channels_last, for every objective
+#   NCSN (B=16):     FD-SSMVR 0.83, DSM 0.91, SSMVR 1.00                       -> contiguous, for none slower
 #
-# (an earlier side-by-side run gave the same signs). Timed in separate processes instead, the layouts' order can
+# (two earlier side-by-side runs gave the same choice). Timed in separate processes instead, the layouts' order can
 # flip from run to run (results/cpu/layouts/*/train_steps.csv): this machine's drift is as large as the effect.
 # In the deep EBM, the first stage (8 -> 8 and 8 -> 16 channels at 32x32) is what differs: at batch 192 its
 # backward convolution took 20 ms in NCHW against 5.5 ms in NHWC. Those convolutions are most of an FD objective's
