@@ -247,12 +247,9 @@ def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.fl
 #
 # (two earlier side-by-side runs gave the same choice). Timed in separate processes instead, the layouts' order can
 # flip from run to run (results/cpu/layouts/*/train_steps.csv): this machine's drift is as large as the effect.
-# In the deep EBM, the first stage (8 -> 8 and 8 -> 16 channels at 32x32) is what differs: at batch 192 its
-# backward convolution took 20 ms in NCHW against 5.5 ms in NHWC. Those convolutions are most of an FD objective's
-# time (one forward and one backward of the stacked batch), so NCHW hides much of FD's saving there. The layout
-# moves values, not arithmetic: every loss and gradient is the same up to float rounding (tests/test_training.py,
-# in float64; in float32 an FD loss at random weights is itself mostly rounding, so its two layouts differ as much
-# as its two dtypes do).
+# In the deep EBM the gap is widest for the FD objectives, whose time is one forward and one backward of the stacked
+# batch through the convolutions, so NCHW hides much of FD's saving there. The layout moves values, not arithmetic:
+# every loss and gradient is the same up to float rounding (tests/test_training.py, in float64).
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 

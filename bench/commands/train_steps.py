@@ -159,8 +159,9 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
     other, note = (None, "") if versus is None else _counterpart(case, versus)
     timings = measure_interleaved([step] if other is None else [step, other], device,
                                   warmup=int(case["warmup"]), repeats=int(case["repeats"]))
-    paired: dict[str, Any] = {"message": note} if note else {}
-    if other is not None:
+    if other is None:
+        paired: dict[str, Any] = {"message": note} if note else {}
+    else:
         ratio = paired_ratio(timings[1], timings[0])
         paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
         del other  # its model, optimizer state and batch leave before the memory probe

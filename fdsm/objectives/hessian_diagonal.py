@@ -29,10 +29,9 @@ only at y and at the softplus nodes :math:`a = \mathrm{softplus}(z)`; with :math
   :math:`F_n = |M_n|^{1/2}`, :math:`\tilde F_n = \mathrm{sign}(M_n)|M_n|^{1/2}` and independent Rademacher
   :math:`u_n`, the two vector-Jacobian products :math:`w = \sum_n J_n^\top F_n u_n` and
   :math:`\tilde w = \sum_n J_n^\top \tilde F_n u_n` give :math:`\mathbb E[w \odot \tilde w] =
-  \mathrm{diag}\,\nabla_x^2 \log p`: unbiased, at the price of two more backward passes. The square roots keep
-  the estimate's variance low (any factorization is unbiased; F = M, F~ = I gave a 3-8x larger standard deviation
-  of the loss on NICE), but one draw's parameter gradient grows like :math:`|m|^{-1/2}` as a negative curvature
-  entry m nears 0; its expectation is unaffected.
+  \mathrm{diag}\,\nabla_x^2 \log p`: unbiased, at the price of two more backward passes. Any factorization
+  :math:`M = F \tilde F^\top` is unbiased; the square roots are the CP paper's. With them, one draw's parameter
+  gradient grows like :math:`|m|^{-1/2}` as a negative curvature entry m nears 0; its expectation is unaffected.
 """
 
 from __future__ import annotations
