@@ -81,8 +81,9 @@ def test_ci_and_cpu_workflow_run_the_readme_test_command():
 
 def test_gpu_script_names_existing_commands_with_valid_options():
     script = (ROOT / "scripts" / "gpu-h200.sh").read_text()
-    bench_lines = [line.split("python -m bench", 1)[1] for line in script.splitlines()
-                   if line.startswith("stage ") and "python -m bench" in line]
+    script = script.replace("\\\n", "")  # join continued lines
+    bench_lines = [line.split("-m bench", 1)[1] for line in script.splitlines()
+                   if line.startswith("stage ") and "-m bench" in line]
     assert {shlex.split(line)[0] for line in bench_lines} >= {"kernels", "train-steps", "derivatives"}
     for line in bench_lines:
         args = shlex.split(line.replace('"$OUT"', "out"))
