@@ -2,10 +2,12 @@
 NCHW ("contiguous") and NHWC ("channels_last") side by side, alternately in one process.
 
     PYTHONPATH=. python scripts/compare_layouts.py --models deep-ebm,ncsn --out results/cpu/layouts/side_by_side.csv
+    PYTHONPATH=. python scripts/compare_layouts.py --device cuda --out results/gpu-h200/layouts_side_by_side.csv
 
 For each (model, objective) it writes the median step time in each layout and the median and quartiles of the
 per-round ratio contiguous / channels_last (above 1: channels_last is faster). This is the measurement behind
-``train_steps.CPU_MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.training``).
+``train_steps.CPU_MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.training``). On CUDA the models are the paper's
+size and batch, with cuDNN's algorithm search on (as ``train-steps``).
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ from fdsm.training import RECIPES
 LAYOUTS = ("contiguous", "channels_last")
 
 
-def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: int) -> list[dict]:
+def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: int,
+            device: str = "cpu") -> list[dict]:
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     rows = []
     for entry in RECIPES:
         recipe = entry.value
         if recipe.model != model:
             continue
-        case = {"model": model, "objective": recipe.objective, "size": "cpu", "dtype": "float32", "device": "cpu",
-                "seed": seed, "batch": batch or CPU_BATCH.get(model, recipe.batch)}
+        default_batch = recipe.batch if cuda else CPU_BATCH.get(model, recipe.batch)
+        case = {"model": model, "objective": recipe.objective, "size": "paper" if cuda else "cpu",
+                "dtype": "float32", "device": str(device), "seed": seed, "batch": batch or default_batch,
+                "cudnn_benchmark": cuda}
         steppers = [Stepper(recipe, {**case, "memory_format": layout}) for layout in LAYOUTS]
-        nchw, nhwc = measure_interleaved(steppers, torch.device("cpu"), warmup=warmup, repeats=repeats)
+        nchw, nhwc = measure_interleaved(steppers, device, warmup=warmup, repeats=repeats)
         ratio = paired_ratio(nchw, nhwc)
         rows.append({**case, "time_ms_contiguous": nchw.median_ms, "time_ms_channels_last": nhwc.median_ms,
                      "contiguous_over_channels_last": ratio.median, "ratio_q1": ratio.q1, "ratio_q3": ratio.q3,
@@ -46,7 +53,8 @@ def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=comma_words, default=("deep-ebm", "ncsn"), help="image models")
-    parser.add_argument("--batch", type=int, help="batch (default: the train-steps CPU batch)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--batch", type=int, help="batch (default: train-steps' own)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
@@ -54,7 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     fix_cpu_threads()
     rows = [row for model in args.models
-            for row in compare(model, batch=args.batch, warmup=args.warmup, repeats=args.repeats, seed=args.seed)]
+            for row in compare(model, batch=args.batch, warmup=args.warmup, repeats=args.repeats, seed=args.seed,
+                               device=args.device)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(args.out, index=False)
     print(f"wrote {args.out}")

@@ -145,6 +145,19 @@ def test_train_steps_cases_take_the_layout_measured_fastest_per_model_on_the_cpu
     assert {c["memory_format"] for c in on_cuda} == {"contiguous"} and {c["size"] for c in on_cuda} == {"paper"}
 
 
+def test_cudnn_benchmark_is_on_for_cuda_rows_by_default_and_can_be_turned_off():
+    from bench.cli import build_parser
+    from bench.commands.train_steps import DEFAULT, cases
+
+    def flags(config, device):
+        return {c["cudnn_benchmark"] for c in cases(config, dtype="float32", device=torch.device(device), seed=0)}
+
+    assert flags(DEFAULT, "cuda") == {True} and flags(DEFAULT, "cpu") == {False}  # a CPU row has no cuDNN
+    args = build_parser().parse_args(["train-steps", "--device", "cuda", "--no-cudnn-benchmark"])
+    assert args.cudnn_benchmark is False
+    assert flags(dataclasses.replace(DEFAULT, cudnn_benchmark=args.cudnn_benchmark), "cuda") == {False}
+
+
 def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
     from bench.commands import train_steps
 

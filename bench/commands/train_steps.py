@@ -64,6 +64,7 @@ class TrainStepsConfig:
     size: str | None = None  # None: "paper" on CUDA, "cpu" otherwise
     batch: int | None = None  # None: the recipe's (the paper's) batch; CPU_BATCH on the CPU at size "cpu"
     memory_format: str = "auto"  # auto: CPU_MEMORY_FORMAT on the CPU, contiguous on CUDA; or a MEMORY_FORMATS name
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms, as the paper's code does
     warmup: int = 2
     repeats: int = 7
     timeout_s: float = 600.0
@@ -88,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-format", dest="memory_format", choices=("auto", *MEMORY_FORMATS),
                    help="layout of image models and batches (default: auto = the faster one per model on "
                         "the CPU, channels_last for deep-ebm; contiguous on CUDA)")
+    g.add_argument("--cudnn-benchmark", dest="cudnn_benchmark", action=argparse.BooleanOptionalAction,
+                   help="on CUDA, cuDNN picks each convolution's fastest algorithm in the warm-up steps, as the "
+                        "paper's deep-EBM code sets it (default: on)")
     g.add_argument("--warmup", type=int, help="untimed steps per row (default: 2)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per row (default: 600)")
 
@@ -115,6 +119,8 @@ class Stepper:
     def __post_init__(self):
         case, recipe = self.case, self.recipe
         device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
+        if device.type == "cuda":  # process-wide, and the worker is this row's process; warm-up steps do the tuning
+            torch.backends.cudnn.benchmark = bool(case["cudnn_benchmark"])
         torch.manual_seed(int(case["seed"]))
         model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
         x = _seeded_batch(case["model"], case["size"], int(case["batch"]), case["dtype"], case["device"],
@@ -195,7 +201,8 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
             layout = "contiguous"  # a flat batch (not (C, H, W)) has one layout; an unavailable row builds nothing
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
                      "dtype": dtype, "device": str(device), "memory_format": layout,
-                     "seed": seed, "warmup": config.warmup, "repeats": config.repeats})
+                     "seed": seed, "warmup": config.warmup, "repeats": config.repeats,
+                     "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda"})
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; expected some of {sorted({r.value.model for r in RECIPES})}")
