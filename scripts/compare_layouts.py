@@ -6,7 +6,7 @@ NCHW ("contiguous") and NHWC ("channels_last") side by side, alternately in one 
 
 For each (model, objective) it writes the median step time in each layout and the median and quartiles of the
 per-round ratio contiguous / channels_last (above 1: channels_last is faster). This is the measurement behind
-``train_steps.CPU_MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.training``). On CUDA the models are the paper's
+``train_steps.MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.training``). On CUDA the models are the paper's
 size and batch, with cuDNN's algorithm search on (as ``train-steps``).
 """
 

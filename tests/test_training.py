@@ -129,20 +129,19 @@ def test_command_quick_writes_its_csv(tmp_path, command, csv, columns):
     assert (tmp_path / csv.replace(".csv", ".png")).exists()
 
 
-def test_train_steps_cases_take_the_layout_measured_fastest_per_model_on_the_cpu_only():
+def test_train_steps_cases_take_the_layout_measured_fastest_per_model():
     from bench.commands.train_steps import DEFAULT, cases
 
-    on_cpu = {(c["model"], c["memory_format"]) for c in cases(DEFAULT, dtype="float32", device=torch.device("cpu"),
-                                                              seed=0)}
-    assert {m for m, _ in on_cpu} == set(DEFAULT.models)  # every model's rows, none lost
-    assert on_cpu == {(m, "channels_last" if m == "deep-ebm" else "contiguous") for m in DEFAULT.models}
+    fastest = {(m, "channels_last" if m == "deep-ebm" else "contiguous") for m in DEFAULT.models}
+    for device in ("cpu", "cuda"):  # building nothing on the GPU, so this runs without one
+        rows = cases(DEFAULT, dtype="float32", device=torch.device(device), seed=0)
+        assert {(c["model"], c["memory_format"]) for c in rows} == fastest, device  # every model's rows, none lost
+        assert {c["size"] for c in rows} == {"paper" if device == "cuda" else "cpu"}
     forced = dataclasses.replace(DEFAULT, memory_format="channels_last")
     forced_rows = {(c["model"], c["memory_format"]) for c in cases(forced, dtype="float32",
                                                                    device=torch.device("cpu"), seed=0)}
     image_models = {"deep-ebm", "ncsn"}  # flat batches stay contiguous whatever is asked
     assert forced_rows == {(m, "channels_last" if m in image_models else "contiguous") for m in DEFAULT.models}
-    on_cuda = cases(DEFAULT, dtype="float32", device=torch.device("cuda"), seed=0)  # builds nothing on the GPU
-    assert {c["memory_format"] for c in on_cuda} == {"contiguous"} and {c["size"] for c in on_cuda} == {"paper"}
 
 
 def test_cudnn_benchmark_is_on_for_cuda_rows_by_default_and_can_be_turned_off():
@@ -172,7 +171,7 @@ def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
 def test_layout_comparison_script_times_every_objective_in_both_layouts():
     import importlib.util
 
-    from bench.commands.train_steps import CPU_MEMORY_FORMAT
+    from bench.commands.train_steps import MEMORY_FORMAT
 
     spec = importlib.util.spec_from_file_location("compare_layouts", ROOT / "scripts" / "compare_layouts.py")
     script = importlib.util.module_from_spec(spec)
@@ -180,4 +179,4 @@ def test_layout_comparison_script_times_every_objective_in_both_layouts():
     rows = script.compare("deep-ebm", batch=2, warmup=0, repeats=1, seed=0)
     assert {r["objective"] for r in rows} == {r.value.objective for r in RECIPES if r.value.model == "deep-ebm"}
     assert all(r["time_ms_contiguous"] > 0 and r["time_ms_channels_last"] > 0 for r in rows)
-    assert set(CPU_MEMORY_FORMAT) <= {"deep-ebm", "ncsn"}  # the image models the script compares by default
+    assert set(MEMORY_FORMAT) <= {"deep-ebm", "ncsn"}  # the image models the script compares by default

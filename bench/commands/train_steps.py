@@ -6,9 +6,9 @@ a worker process (``bench.sweep``): a synthetic batch of the model's input shape
 of one more step above the process's baseline (model, optimizer state and batch already resident), and the loss.
 An FD row's steps alternate, round by round, with steps of its gradient counterpart in the same worker, and its
 ``speedup`` (with ``speedup_q1``, ``speedup_q3``) is the median of the per-round time ratios counterpart / FD.
-Image models run in ``--memory-format`` (default on the CPU: the layout measured fastest for the model,
-``CPU_MEMORY_FORMAT``, see NOTE [memory format] in ``fdsm.training``; on CUDA: contiguous, as the paper's code);
-the others' flat batches are ``contiguous``.
+Image models run in ``--memory-format`` (default: the layout measured fastest for the model, ``MEMORY_FORMAT``,
+see NOTE [memory format] in ``fdsm.training``); the others' flat batches are ``contiguous``. On CUDA, cuDNN picks
+its convolution algorithms in the warm-up steps (``--cudnn-benchmark``, on by default, as the paper's code).
 
 Writes ``train_steps.csv`` (resumable; one row per (model, objective); a model that is not registered here gets an
 ``unsupported`` row) and ``train_steps.png``: time and peak memory per objective, one panel per model, each FD bar
@@ -63,7 +63,7 @@ class TrainStepsConfig:
     objectives: tuple[str, ...] = ()  # () = every row of the chosen models
     size: str | None = None  # None: "paper" on CUDA, "cpu" otherwise
     batch: int | None = None  # None: the recipe's (the paper's) batch; CPU_BATCH on the CPU at size "cpu"
-    memory_format: str = "auto"  # auto: CPU_MEMORY_FORMAT on the CPU, contiguous on CUDA; or a MEMORY_FORMATS name
+    memory_format: str = "auto"  # auto: MEMORY_FORMAT per model; or a MEMORY_FORMATS name
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms, as the paper's code does
     warmup: int = 2
     repeats: int = 7
@@ -72,9 +72,9 @@ class TrainStepsConfig:
 
 # NCSN at the paper's batch of 128 takes ~10 s a step on 2 cores even at ngf 8; 16 keeps the sweep in minutes.
 CPU_BATCH = {"ncsn": 16}
-# The layout in which every objective's step of the model ran fastest on the CPU (NOTE [memory format] in
-# fdsm.training); models not listed, and every model on CUDA (as the paper's code), use "contiguous".
-CPU_MEMORY_FORMAT = {"deep-ebm": "channels_last"}
+# The layout in which every objective's step of the model ran fastest, measured on this CPU and on an H200 with the
+# same answer (NOTE [memory format] in fdsm.training); models not listed use "contiguous", as the paper's code.
+MEMORY_FORMAT = {"deep-ebm": "channels_last"}
 DEFAULT = TrainStepsConfig()
 QUICK = dataclasses.replace(DEFAULT, models=("nice",), objectives=("SSM", "FD-SSM"), size="cpu", batch=8, warmup=1,
                             repeats=2, timeout_s=120.0)
@@ -87,8 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--size", choices=("paper", "cpu"), help="model size (default: paper on CUDA, else cpu)")
     g.add_argument("--batch", type=int, help="batch for every row (default: the paper's per model)")
     g.add_argument("--memory-format", dest="memory_format", choices=("auto", *MEMORY_FORMATS),
-                   help="layout of image models and batches (default: auto = the faster one per model on "
-                        "the CPU, channels_last for deep-ebm; contiguous on CUDA)")
+                   help="layout of image models and batches (default: auto = the faster one per model, "
+                        "channels_last for deep-ebm, contiguous for the others)")
     g.add_argument("--cudnn-benchmark", dest="cudnn_benchmark", action=argparse.BooleanOptionalAction,
                    help="on CUDA, cuDNN picks each convolution's fastest algorithm in the warm-up steps, as the "
                         "paper's deep-EBM code sets it (default: on)")
@@ -196,7 +196,7 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
         batch = config.batch or (CPU_BATCH.get(recipe.model, recipe.batch) if size == "cpu" else recipe.batch)
         layout = config.memory_format
         if layout == "auto":
-            layout = "contiguous" if device.type == "cuda" else CPU_MEMORY_FORMAT.get(recipe.model, "contiguous")
+            layout = MEMORY_FORMAT.get(recipe.model, "contiguous")
         if not recipe_available(recipe)[0] or len(_event_shape(recipe.name, size)) != 3:
             layout = "contiguous"  # a flat batch (not (C, H, W)) has one layout; an unavailable row builds nothing
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
