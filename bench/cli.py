@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from bench.environment import use_ieee_float32
+
 # Subcommand modules, in the order ``fdsm-bench --help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "bench.commands.all",
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_ieee_float32()  # the in-process parts; every worker does the same at start
     try:
         args.device = resolve_device(args.device)
         args.dtype = resolve_dtype(args.dtype)

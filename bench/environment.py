@@ -10,6 +10,7 @@ triton         ``triton.__version__``, or ``n/a`` when it is not importable
 python         ``platform.python_version()``
 git_commit     ``git rev-parse --short HEAD`` of the checkout, with ``+dirty`` for uncommitted changes
 threads        torch intra-op threads at the time of the row
+float32_math   ``ieee`` or ``tf32``: how cuDNN convolutions compute in float32 (``use_ieee_float32``)
 timestamp      ISO 8601 UTC time of the row
 ============== ==========================================================================
 """
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-METADATA_COLUMNS = ("device_name", "driver", "torch", "triton", "python", "git_commit", "threads", "timestamp")
+METADATA_COLUMNS = ("device_name", "driver", "torch", "triton", "python", "git_commit", "threads", "float32_math",
+                    "timestamp")
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,6 +71,32 @@ def _git_commit() -> str:
     return (commit or "n/a") + ("+dirty" if dirty else "")
 
 
+def use_ieee_float32() -> None:
+    """Make float32 mean IEEE float32 in this process: no TF32 in cuDNN convolutions or cuBLAS matrix products.
+
+    On Ampere and later GPUs PyTorch runs float32 convolutions in TF32 by default, keeping 10 of the 23 mantissa
+    bits (relative rounding about 5e-4). An error measured against float64 would then be that rounding, and an FD
+    stencil of order T divides it by eps^T. On an H200 with the default, the exact derivatives' error was about 1e-3
+    (1e-7 to 1e-6 on the CPU) and FD's at T >= 2 was of order 1 (results/gpu-h200/script-run/derivatives.csv).
+    Every worker and the CLI call this at start; the CPU is unaffected.
+    """
+    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
+    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):  # torch >= 2.9; never mix with the old flags
+        cuda.matmul.fp32_precision = "ieee"
+        cudnn.conv.fp32_precision = "ieee"
+    else:
+        cuda.matmul.allow_tf32 = False
+        cudnn.allow_tf32 = False
+
+
+def float32_math() -> str:
+    """``ieee`` or ``tf32``: how cuDNN convolutions compute in float32 in this process now."""
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
+        return "tf32" if cudnn.conv.fp32_precision == "tf32" else "ieee"
+    return "tf32" if cudnn.allow_tf32 else "ieee"
+
+
 @functools.cache
 def _static(device_type: str, device_index: int | None) -> dict[str, str]:
     if device_type == "cuda":
@@ -83,4 +111,5 @@ def _static(device_type: str, device_index: int | None) -> dict[str, str]:
 def metadata(device: torch.device) -> dict[str, str | int]:
     """The ``METADATA_COLUMNS`` for a row measured now on ``device`` (the static part is computed once)."""
     timestamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return {**_static(device.type, device.index), "threads": torch.get_num_threads(), "timestamp": timestamp}
+    return {**_static(device.type, device.index), "threads": torch.get_num_threads(), "float32_math": float32_math(),
+            "timestamp": timestamp}

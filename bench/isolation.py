@@ -61,8 +61,11 @@ def _serve(conn: Connection, threads: int | None) -> None:
     """The worker's loop: receive ``(fn, args)``, send back ``(status, result, message, wall_s)``; None stops."""
     import torch
 
+    from bench.environment import use_ieee_float32
+
     if threads is not None:
         torch.set_num_threads(threads)
+    use_ieee_float32()
     conn.send("ready")
     while (job := conn.recv()) is not None:
         fn, args = job

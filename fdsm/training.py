@@ -238,15 +238,22 @@ def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.fl
 
 # NOTE [memory format]
 # channels_last (NHWC) stores the C values of a pixel side by side; NCHW ("contiguous") stores each channel's plane.
-# Which one oneDNN's CPU kernels run faster depends on the network, so it is measured, per model, with every
-# objective's training step timed in both layouts side by side (scripts/compare_layouts.py: alternately in one
-# process, 2 cores, size "cpu"; results/cpu/layouts/side_by_side.csv), as median time in NCHW / time in NHWC:
+# Which one the convolution kernels (oneDNN, cuDNN) run faster depends on the network and the machine, so it is
+# measured, per model, with every objective's training step timed in both layouts side by side
+# (scripts/compare_layouts.py: alternately in one process; on the CPU at 2 cores, size "cpu";
+# results/cpu/layouts/side_by_side.csv), as median time in NCHW / time in NHWC:
 #
 #   deep EBM (B=64): SSMVR 1.10, DSM 1.17, SSM 1.19, FD-DSM 1.38, FD-SSM 1.42  -> channels_last, for every objective
 #   NCSN (B=16):     FD-SSMVR 0.83, DSM 0.91, SSMVR 1.00                       -> contiguous, for none slower
 #
 # (two earlier side-by-side runs gave the same choice). Timed in separate processes instead, the layouts' order can
 # flip from run to run (results/cpu/layouts/*/train_steps.csv): this machine's drift is as large as the effect.
+# On an H200 with cuDNN (paper size and batch; TF32 convolutions, PyTorch's default, which the suite now turns off;
+# results/gpu-h200/settings/layouts/side_by_side.csv) the answer is the same:
+#
+#   deep EBM (B=64): SSM 1.02, SSMVR 1.02, DSM 1.03, FD-DSM 1.14, FD-SSM 1.14  -> channels_last, for every objective
+#   NCSN (B=128):    DSM 0.89, FD-SSMVR 0.89, SSMVR 0.94                       -> contiguous, for every objective
+#
 # In the deep EBM the gap is widest for the FD objectives, whose time is one forward and one backward of the stacked
 # batch through the convolutions, so NCHW hides much of FD's saving there. The layout moves values, not arithmetic:
 # every loss and gradient is the same up to float rounding (tests/test_training.py, in float64).

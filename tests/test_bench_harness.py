@@ -15,7 +15,7 @@ import torch
 
 from bench.accuracy import relative_error
 from bench.csvlog import CsvLog, rows_from_pytest_benchmark
-from bench.environment import METADATA_COLUMNS, metadata
+from bench.environment import METADATA_COLUMNS, float32_math, metadata, use_ieee_float32
 from bench.isolation import Worker
 from bench.memory import cpu_peak_supported, peak_memory
 from bench.sweep import run_sweep
@@ -94,6 +94,16 @@ def test_worker_gives_timeout_error_and_oom_rows_and_recovers():
     assert failed.status == "error" and failed.message == "ValueError: boom"
     assert oom.status == "oom"
     assert fine.status == "ok" and fine.result == 0.0
+
+
+def test_workers_and_the_cli_compute_float32_in_ieee_not_tf32():
+    with Worker(threads=1) as worker:  # a fresh process, where PyTorch's default for convolutions is TF32
+        assert worker.run(float32_math, timeout_s=60).result == "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default, as in a fresh process
+    assert float32_math() == metadata(CPU)["float32_math"] == "tf32"
+    use_ieee_float32()  # what the CLI does at start
+    assert float32_math() == metadata(CPU)["float32_math"] == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
 
 
 def test_relative_error_median_and_max():
