@@ -19,7 +19,7 @@ import torch
 
 import fdsm
 from bench.derivative_case import RANDOM_WEIGHTS, derivative_call, error_columns
-from bench.environment import metadata
+from bench.environment import metadata, use_ieee_float32
 from bench.memory import peak_memory
 from bench.steps import default_step
 
@@ -32,6 +32,11 @@ ROUNDS = 5
 # 2e-2 at most (fd-batched, T = 2); at T >= 3 float32 FD is inherently inaccurate (at accuracy 2 even the best step
 # of the eps-sweep errs by ~0.1, and the default step here by ~0.2), so the bound there only catches a wrong answer.
 EXACT_TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ieee_float32():
+    use_ieee_float32()  # as in every fdsm-bench process: float32 is IEEE float32, not TF32 (bench.environment)
 
 
 def _tolerance(method: str, order: int) -> float:

@@ -2,7 +2,8 @@
 NCHW ("contiguous") and NHWC ("channels_last") side by side, alternately in one process.
 
     PYTHONPATH=. python scripts/compare_layouts.py --models deep-ebm,ncsn --out results/cpu/layouts/side_by_side.csv
-    PYTHONPATH=. python scripts/compare_layouts.py --device cuda --out results/gpu-h200/layouts_side_by_side.csv
+    PYTHONPATH=. python scripts/compare_layouts.py --device cuda --warmup 5 --repeats 15 \
+        --out results/gpu-h200/settings/layouts/side_by_side.csv
 
 For each (model, objective) it writes the median step time in each layout and the median and quartiles of the
 per-round ratio contiguous / channels_last (above 1: channels_last is faster). This is the measurement behind
@@ -20,6 +21,7 @@ import torch
 
 from bench.commands.train_steps import CPU_BATCH, Stepper
 from bench.config import comma_words
+from bench.environment import float32_math, use_ieee_float32
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 from fdsm.training import RECIPES
 
@@ -44,7 +46,7 @@ def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: i
         ratio = paired_ratio(nchw, nhwc)
         rows.append({**case, "time_ms_contiguous": nchw.median_ms, "time_ms_channels_last": nhwc.median_ms,
                      "contiguous_over_channels_last": ratio.median, "ratio_q1": ratio.q1, "ratio_q3": ratio.q3,
-                     "repeats": repeats, "threads": nchw.threads})
+                     "repeats": repeats, "threads": nchw.threads, "float32_math": float32_math()})
         print(f"{model:10s} {recipe.objective:10s} contiguous {nchw.median_ms:8.1f} ms  channels_last "
               f"{nhwc.median_ms:8.1f} ms  ratio {ratio.median:.2f} [{ratio.q1:.2f}, {ratio.q3:.2f}]", flush=True)
     return rows
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/local/side_by_side.csv"))
     args = parser.parse_args()
     fix_cpu_threads()
+    use_ieee_float32()  # as every fdsm-bench process (bench.environment)
     rows = [row for model in args.models
             for row in compare(model, batch=args.batch, warmup=args.warmup, repeats=args.repeats, seed=args.seed,
                                device=args.device)]

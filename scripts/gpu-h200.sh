@@ -2,13 +2,14 @@
 # The GPU checks and benchmarks of this project in one run of at most about 7 minutes, for a lent GPU machine that
 # has torch and triton but no package registry: it runs from the checkout with PYTHONPATH=., not an install.
 #
-#   OUT=results/gpu-h200 bash scripts/gpu-h200.sh
+#   bash scripts/gpu-h200.sh          # into a new results/gpu-h200/<UTC date and time>/, or OUT=folder
 #
 # Each stage has its own time limit and its own log in $OUT; one that fails or runs out of time is reported in
 # $OUT/stages.log and the next stage still runs. The sweeps write their CSV row by row, so a stage cut short keeps
 # the rows it measured. Compiled Triton kernels are tested on CUDA tensors (TRITON_INTERPRET=0).
 set -u
-OUT=${OUT:-results/gpu-h200}
+# A fresh folder by default: the sweeps resume from the CSVs in $OUT, so an old folder would keep its old rows.
+OUT=${OUT:-results/gpu-h200/$(date -u +%Y-%m-%dT%H%M)}
 PY=${PY:-python3}  # on the lent machine, the plain python3 is the one that holds torch
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"

@@ -52,7 +52,7 @@ HELP = "Tables 1, 2, 3, 5, 6: time and peak memory of one complete training step
 
 REQUIRED = ("model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb", "loss",
             "status")
-KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "seed")
+KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark", "seed")
 # The gradient-based objective each FD row replaces: its speed-up is counterpart time / FD time.
 COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "DSM", "FD-SSMVR": "SSMVR"}
 
@@ -119,7 +119,7 @@ class Stepper:
     def __post_init__(self):
         case, recipe = self.case, self.recipe
         device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
-        if device.type == "cuda":  # process-wide, and the worker is this row's process; warm-up steps do the tuning
+        if device.type == "cuda":  # process-wide, so every CUDA row sets it; the warm-up steps do the tuning
             torch.backends.cudnn.benchmark = bool(case["cudnn_benchmark"])
         torch.manual_seed(int(case["seed"]))
         model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
