@@ -265,8 +265,12 @@ def plot(rows: pd.DataFrame, path) -> None:
                     ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top),
                                 ha="center", va="bottom", fontsize=7, fontweight="bold")
     meta = rows.iloc[0]
-    fig.suptitle(f"One complete training step per objective (blue: gradient-based, orange: FD); {meta['device']}, "
-                 f"{meta['dtype']}, size {meta['size']}, median of {meta['repeats']} steps, bars: quartiles.\n"
+    setting = f"{meta['device']}, {meta['dtype']}"
+    if str(meta["device"]).startswith("cuda"):  # how cuDNN ran, which moves CUDA step times
+        search = "on" if meta.get("cudnn_benchmark") else "off"
+        setting += f" ({meta.get('float32_math', 'tf32')} convolutions, cuDNN algorithm search {search})"
+    fig.suptitle(f"One complete training step per objective (blue: gradient-based, orange: FD); {setting}, "
+                 f"size {meta['size']}, median of {meta['repeats']} steps, bars: quartiles.\n"
                  "Time labels: FD speed-up over its counterpart, median [quartiles] of the per-round ratios, the "
                  "two timed alternately in one worker. Memory labels: counterpart peak / FD peak.", fontsize=10)
     finish(fig, rows, ("model", "objective"), path)
