@@ -71,6 +71,12 @@ def _git_commit() -> str:
     return (commit or "n/a") + ("+dirty" if dirty else "")
 
 
+def _has_precision_api() -> bool:
+    """Whether this torch has the per-backend ``fp32_precision`` flags (torch >= 2.9) beside the legacy
+    ``allow_tf32`` ones."""
+    return hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision")
+
+
 def use_ieee_float32() -> None:
     """Make float32 mean IEEE float32 in this process: no TF32 in cuDNN convolutions or cuBLAS matrix products.
 
@@ -83,7 +89,7 @@ def use_ieee_float32() -> None:
     Every worker and the CLI call this at start; the CPU is unaffected.
     """
     cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
-    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):  # torch >= 2.9; never mix with the old flags
+    if _has_precision_api():  # never mix it with the legacy flags: torch then refuses to read them
         cuda.matmul.fp32_precision = "ieee"
         cudnn.conv.fp32_precision = "ieee"
     else:
@@ -94,7 +100,7 @@ def use_ieee_float32() -> None:
 def float32_math() -> str:
     """``ieee`` or ``tf32``: how cuDNN convolutions compute in float32 in this process now."""
     cudnn = torch.backends.cudnn
-    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
+    if _has_precision_api():
         return "tf32" if cudnn.conv.fp32_precision == "tf32" else "ieee"
     return "tf32" if cudnn.allow_tf32 else "ieee"
 

@@ -246,8 +246,8 @@ def example_batch(model: nn.Module, batch: int, *, dtype: torch.dtype = torch.fl
 #   deep EBM (B=64): SSMVR 1.10, DSM 1.17, SSM 1.19, FD-DSM 1.38, FD-SSM 1.42  -> channels_last, for every objective
 #   NCSN (B=16):     FD-SSMVR 0.83, DSM 0.91, SSMVR 1.00                       -> contiguous, for none slower
 #
-# (two earlier side-by-side runs gave the same choice). Timed in separate processes instead, the layouts' order can
-# flip from run to run (results/cpu/layouts/*/train_steps.csv): this machine's drift is as large as the effect.
+# Timed in separate processes instead, the layouts' order can flip (deep-EBM SSMVR in results/cpu/layouts/*/
+# train_steps.csv: 0.99 there, 1.10 side by side): this machine's drift is as large as the effect.
 # On an H200 with cuDNN (paper size and batch; TF32 convolutions, PyTorch's default, which the suite now turns off;
 # results/gpu-h200/settings/layouts/side_by_side.csv) the answer is the same:
 #

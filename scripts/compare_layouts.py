@@ -14,12 +14,13 @@ size and batch, with cuDNN's algorithm search on (as ``train-steps``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bench.commands.train_steps import CPU_BATCH, Stepper
+from bench.commands.train_steps import DEFAULT, Stepper, cases
 from bench.config import comma_words
 from bench.environment import float32_math, use_ieee_float32
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
@@ -31,16 +32,11 @@ LAYOUTS = ("contiguous", "channels_last")
 def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: int,
             device: str = "cpu") -> list[dict]:
     device = torch.device(device)
-    cuda = device.type == "cuda"
+    config = dataclasses.replace(DEFAULT, models=(model,), batch=batch)  # train-steps' size, batch and cuDNN
     rows = []
-    for entry in RECIPES:
-        recipe = entry.value
-        if recipe.model != model:
-            continue
-        default_batch = recipe.batch if cuda else CPU_BATCH.get(model, recipe.batch)
-        case = {"model": model, "objective": recipe.objective, "size": "paper" if cuda else "cpu",
-                "dtype": "float32", "device": str(device), "seed": seed, "batch": batch or default_batch,
-                "cudnn_benchmark": cuda}
+    for case in cases(config, dtype="float32", device=device, seed=seed):
+        recipe = RECIPES.get(f"{model}/{case['objective']}")
+        case = {k: v for k, v in case.items() if k not in ("memory_format", "warmup", "repeats")}
         steppers = [Stepper(recipe, {**case, "memory_format": layout}) for layout in LAYOUTS]
         nchw, nhwc = measure_interleaved(steppers, device, warmup=warmup, repeats=repeats)
         ratio = paired_ratio(nchw, nhwc)

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "derivative sweeps' width, so that they can load the checkpoint)")
     g.add_argument("--steps", type=int, default=400, help="training steps (default: 400; --quick: 3)")
     # The step count, not the clock, should end a default run, so that the checkpoint is the same on a loaded
-    # machine; the budget is a safety stop (400 steps take about 85 s on 2 CPU cores).
+    # machine; the budget is a safety stop (400 steps took 102 s on 2 CPU cores, results/cpu/all.log).
     g.add_argument("--budget", dest="budget_s", type=float, default=300.0,
                    help="training seconds, whichever of steps and budget ends first (default: 300)")
     g.add_argument("--lr", type=float, default=1e-3,
