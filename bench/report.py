@@ -112,12 +112,13 @@ def eps_sweep_section(frame: pd.DataFrame, out: Path) -> str:
 def train_steps_section(frame: pd.DataFrame, out: Path) -> str:
     speedups = train_step_speedups(frame).rename(columns={
         "objective": "FD objective", "speedup": "speed-up (median)", "speedup_q1": "q1", "speedup_q3": "q3",
-        "memory_ratio": "memory ratio"})
+        "flop_ratio": "FLOP ratio", "memory_ratio": "memory ratio"})
     return "\n".join([
         "## Training steps: FD objectives against their gradient-based twins",
         _figure(out, "train_steps.png", "Time and peak memory of one complete optimizer step per objective."),
-        "Above 1: the FD objective is faster / smaller. The speed-up is the median and quartiles of the per-round "
-        "time ratios of the two objectives, timed alternately in one worker:\n",
+        "Above 1: the FD objective is faster / smaller / does less arithmetic. The speed-up is the median and "
+        "quartiles of the per-round time ratios of the two objectives, timed alternately in one worker; the FLOP "
+        "ratio compares their model FLOPs per step (convolutions and matmuls, `bench.flops`):\n",
         _table(speedups) if len(speedups) else "*(no FD objective with a twin in this run)*",
     ])
 

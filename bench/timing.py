@@ -14,6 +14,7 @@ threads and record it. Each repeat is one call of ``fn``, timed on its own, so t
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -132,6 +133,39 @@ def paired_ratio(numerator: Timing, denominator: Timing) -> Ratio:
                          f"{len(denominator.samples_ms)} samples")
     q1, median, q3 = _quartiles([a / b for a, b in zip(numerator.samples_ms, denominator.samples_ms, strict=True)])
     return Ratio(median=median, q1=q1, q3=q3)
+
+
+class PhaseClock:
+    """Splits each call of a step into its phases (``fdsm.training.PHASES``): ``start()`` before the call, and
+    ``mark(phase)`` as each phase ends. On CUDA a stamp is an event recorded on the current stream (the host does not
+    wait; read the times once the calls are synchronized, as ``measure_interleaved`` leaves them), on the CPU a
+    ``time.perf_counter`` reading. The phases of one call add up to its time, less the few microseconds between the
+    step timer's stamps and these."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.calls: list[list[tuple[str, float | torch.cuda.Event]]] = []
+
+    def _stamp(self) -> float | torch.cuda.Event:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        self.calls.append([("start", self._stamp())])
+
+    def mark(self, phase: str) -> None:
+        self.calls[-1].append((phase, self._stamp()))
+
+    def median_ms(self, last: int) -> dict[str, float]:
+        """{phase: the median of its time over the last ``last`` calls, in ms}, phases in call order."""
+        times: dict[str, list[float]] = {}
+        for stamps in self.calls[-last:]:
+            for (_, begin), (phase, end) in itertools.pairwise(stamps):
+                times.setdefault(phase, []).append(begin.elapsed_time(end) if self.cuda else (end - begin) * 1e3)
+        return {phase: statistics.median(ms) for phase, ms in times.items()}
 
 
 def timing_columns(timing: Timing) -> dict[str, float | int]:

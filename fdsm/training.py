@@ -70,24 +70,40 @@ def make_optimizer(model: nn.Module, config: OptimConfig, total_steps: int = 1
     return optimizer, scheduler
 
 
+# The parts of a step, in order, that ``training_step`` reports to its ``mark`` as each one ends:
+#   loss      zero_grad, the objective (its forwards and, for the gradient objectives, the create_graph passes)
+#             and the finiteness check;
+#   backward  loss.backward(): the parameter gradients;
+#   update    the gradient-norm clip, the optimizer step and the scheduler step.
+PHASES = ("loss", "backward", "update")
+
+
+def _no_mark(phase: str) -> None:
+    pass
+
+
 def training_step(model: nn.Module, loss_fn: Callable[[], Tensor], optimizer: torch.optim.Optimizer, *,
                   clip: float | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                  step: int = 0) -> Tensor:
+                  step: int = 0, mark: Callable[[str], None] = _no_mark) -> Tensor:
     """One complete step: zero_grad, loss, backward, clip, optimizer step, scheduler step; the detached loss.
 
     Raises ``NonFiniteLossError`` (naming ``step``) before any update when the loss is NaN or infinite.
+    ``mark(phase)`` is called as each of ``PHASES`` ends, for a clock that splits the step's time.
     """
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn()
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"training step {step}: the loss is {loss.item()}, not finite; the update was "
                                  "not applied (lower the learning rate, raise eps in float32, or check the data)")
+    mark("loss")
     loss.backward()
+    mark("backward")
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
+    mark("update")
     return loss.detach()
 
 

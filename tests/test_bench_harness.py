@@ -19,7 +19,7 @@ from bench.environment import METADATA_COLUMNS, float32_math, metadata, use_ieee
 from bench.isolation import Worker
 from bench.memory import cpu_peak_supported, peak_memory
 from bench.sweep import run_sweep
-from bench.timing import measure_interleaved, measure_time, paired_ratio
+from bench.timing import PhaseClock, measure_interleaved, measure_time, paired_ratio
 
 CPU = torch.device("cpu")
 
@@ -67,6 +67,24 @@ def test_interleaved_timer_alternates_and_pairs_the_rounds():
     assert ratio.q1 <= ratio.median <= ratio.q3
     with pytest.raises(ValueError, match="same rounds"):
         paired_ratio(a, measure_time(fast, CPU, warmup=0, repeats=2))
+
+
+def test_phase_clock_splits_each_call_and_keeps_the_last_ones():
+    clock = PhaseClock(CPU)
+
+    def step(first_s):
+        clock.start()
+        time.sleep(first_s)
+        clock.mark("first")
+        time.sleep(0.02)
+        clock.mark("second")
+
+    step(0.2)  # a slow warm-up call, left out below
+    for _ in range(3):
+        step(0.01)
+    medians = clock.median_ms(last=3)
+    assert list(medians) == ["first", "second"]  # in call order
+    assert 9.5 <= medians["first"] <= 60 and 19.5 <= medians["second"] <= 80  # loose for a loaded machine
 
 
 def test_timer_rejects_zero_repeats():

@@ -12,6 +12,7 @@ from bench.cli import main
 from fdsm import objectives as obj
 from fdsm.models import build
 from fdsm.training import (
+    PHASES,
     RECIPES,
     NonFiniteLossError,
     OptimConfig,
@@ -54,6 +55,15 @@ def test_non_finite_loss_stops_with_the_step_and_no_update():
     with pytest.raises(NonFiniteLossError, match="training step 7: the loss is nan"):
         training_step(model, lambda: obj.ssm_loss(model.log_density, x) * math.nan, optimizer, step=7)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_training_step_marks_the_end_of_each_phase_in_order():
+    model = build("gaussian", size="cpu", dim=2)
+    optimizer, scheduler = make_optimizer(model, OptimConfig(lr=0.1, clip=1.0, cosine=True), total_steps=5)
+    marks = []
+    training_step(model, lambda: obj.ssm_loss(model.log_density, torch.randn(4, 2)), optimizer, clip=1.0,
+                  scheduler=scheduler, mark=marks.append)
+    assert tuple(marks) == PHASES == ("loss", "backward", "update")
 
 
 def test_every_table_row_has_a_recipe():
@@ -114,10 +124,39 @@ def test_memory_format_applies_to_image_batches_only():
         in_memory_format(model, x, "nhwc")
 
 
+def test_flop_count_matches_the_closed_form_of_a_linear_map_through_nested_autograd_grad():
+    from bench.flops import FlopCount
+
+    batch, n, m = 5, 7, 3
+    w = torch.randn(m, n, requires_grad=True)
+    x = torch.randn(batch, n, requires_grad=True)
+    with FlopCount() as forward:
+        y = x @ w.T  # 2 B n m
+    assert forward.total == 2 * batch * n * m
+    with FlopCount() as nested:  # the input gradient with create_graph, then the parameter gradient through it
+        (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)  # g = 2 y W: one matmul
+        g.sum().backward()  # through g = 2y W: to 2y and to W (two matmuls); through y = x W^T: to x and W (two)
+    assert nested.total == 2 * batch * n * m * 5
+
+
+def test_fd_dsm_and_fd_ssmvr_do_their_counterparts_arithmetic_and_fd_ssm_less():
+    from bench.commands.train_steps import DEFAULT, cases
+    from bench.flops import step_gflop
+
+    # Equal but for the first layer's input gradient, which only the gradient objectives take.
+    gflop = {(c["model"], c["objective"]): step_gflop(c)
+             for c in cases(dataclasses.replace(DEFAULT, models=("deep-ebm", "ncsn")), dtype="float32",
+                            device=torch.device("cpu"), seed=0)}
+    assert gflop[("deep-ebm", "FD-DSM")] == pytest.approx(gflop[("deep-ebm", "DSM")], rel=5e-3)
+    assert gflop[("ncsn", "FD-SSMVR")] == pytest.approx(gflop[("ncsn", "SSMVR")], rel=5e-3)
+    assert 1.3 < gflop[("deep-ebm", "SSM")] / gflop[("deep-ebm", "FD-SSM")] < 1.6  # 1.45 at both sizes
+
+
 @pytest.mark.parametrize("command, csv, columns", [
     ("train-steps", "train_steps.csv", {"model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr",
                                         "peak_mem_mb", "loss", "status", "torch", "git_commit", "memory_format",
-                                        "versus", "speedup", "speedup_q1", "speedup_q3"}),
+                                        "versus", "speedup", "speedup_q1", "speedup_q3", "time_loss_ms",
+                                        "time_backward_ms", "time_update_ms", "gflop", "tflops"}),
     ("grad-agreement", "grad_agreement.csv", {"model", "pair", "eps", "dtype", "cosine", "status"}),
     ("train", "train.csv", {"model", "objective", "step", "wall_s", "sm_loss", "nll", "status"}),
 ])

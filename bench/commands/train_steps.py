@@ -28,16 +28,19 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from matplotlib.patches import Patch
 
 from bench.cli import DTYPES, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
+from bench.flops import step_gflop
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.sweep import run_sweep
-from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio, timing_columns
+from bench.timing import PhaseClock, fix_cpu_threads, measure_interleaved, paired_ratio, timing_columns
 from fdsm.training import (
     MEMORY_FORMATS,
+    PHASES,
     RECIPES,
     Recipe,
     example_batch,
@@ -130,10 +133,13 @@ class Stepper:
                                             dtype=dtype, device=device))
         self.model, self.x = in_memory_format(model, x, case["memory_format"])
         self.optimizer, self.scheduler = make_optimizer(self.model, recipe.optim, total_steps=10**6)
+        self.clock = PhaseClock(device)
 
     def __call__(self) -> None:
+        self.clock.start()
         loss = training_step(self.model, lambda: self.recipe.loss(self.model, self.x), self.optimizer,
-                             clip=self.recipe.optim.clip, scheduler=self.scheduler, step=len(self.losses) + 1)
+                             clip=self.recipe.optim.clip, scheduler=self.scheduler, step=len(self.losses) + 1,
+                             mark=self.clock.mark)
         self.losses.append(loss)
 
 
@@ -171,8 +177,11 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
         ratio = paired_ratio(timings[1], timings[0])
         paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
         del other  # its model, optimizer state and batch leave before the memory probe
+    phases = {f"time_{phase}_ms": ms for phase, ms in step.clock.median_ms(last=timings[0].repeats).items()}
+    gflop = step_gflop(case)
     memory = peak_memory(step, device)
-    return {**timing_columns(timings[0]), "threads": timings[0].threads, "peak_mem_mb": memory.peak_mb,
+    return {**timing_columns(timings[0]), **phases, "gflop": gflop, "tflops": gflop / timings[0].median_ms,
+            "threads": timings[0].threads, "peak_mem_mb": memory.peak_mb,
             "reserved_mb": memory.reserved_mb, "loss": step.losses[0].item(), "table": recipe.table,
             "optimizer": recipe.optim.name, "lr": recipe.optim.lr, **paired}
 
@@ -209,23 +218,49 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
     return rows
 
 
-SPEEDUP_COLUMNS = ["model", "objective", "versus", "speedup", "speedup_q1", "speedup_q3", "memory_ratio"]
+SPEEDUP_COLUMNS = ["model", "objective", "versus", "speedup", "speedup_q1", "speedup_q3", "flop_ratio",
+                   "memory_ratio"]
 
 
 def speedups(rows: pd.DataFrame) -> pd.DataFrame:
     """Per FD row: its paired speed-up over its gradient counterpart (median and quartiles of the per-round ratios),
-    and the peak-memory ratio counterpart / FD (NaN when the counterpart's row is not in this run)."""
+    and the counterpart / FD ratios of model FLOPs and of peak memory (NaN when the counterpart's row is not in this
+    run, or, for FLOPs, in a CSV from before they were counted)."""
     ok = rows[rows.status == "ok"]
     if "speedup" not in ok:
         return pd.DataFrame(columns=SPEEDUP_COLUMNS)
-    peak = ok.set_index(["model", "objective"]).peak_mem_mb
     fd = ok[ok.speedup.notna()]
-    memory = [peak.get((model, versus), float("nan")) / mem
-              for model, versus, mem in zip(fd.model, fd.versus, fd.peak_mem_mb, strict=True)]
-    return fd.assign(memory_ratio=memory)[SPEEDUP_COLUMNS].reset_index(drop=True)
+
+    def counterpart_over_fd(column: str) -> list[float] | float:
+        if column not in ok:
+            return float("nan")
+        counterpart = ok.set_index(["model", "objective"])[column]
+        return [counterpart.get((model, versus), float("nan")) / value
+                for model, versus, value in zip(fd.model, fd.versus, fd[column], strict=True)]
+
+    return fd.assign(flop_ratio=counterpart_over_fd("gflop"), memory_ratio=counterpart_over_fd("peak_mem_mb"))[
+        SPEEDUP_COLUMNS].reset_index(drop=True)
 
 
 PANELS_PER_ROW = 3  # models side by side; more wrap onto further rows
+# How the time bars show the phases of fdsm.training.PHASES: the loss phase is the plain part at the bottom.
+PHASE_HATCH = {"backward": "////", "update": "...."}
+PHASE_LEGEND = [Patch(facecolor="0.75", label="loss: forwards (+ create_graph passes)"),
+                Patch(facecolor="0.75", hatch=PHASE_HATCH["backward"], edgecolor="white", label="backward"),
+                Patch(facecolor="0.75", hatch=PHASE_HATCH["update"], edgecolor="white", label="clip + optimizer")]
+
+
+def _split_by_phase(ax, part: pd.DataFrame) -> None:
+    """Hatch each time bar's backward and update parts: the bar (the median step time) is divided in proportion
+    to the medians of the phases (``time_<phase>_ms``); a row without them (an older CSV) stays plain."""
+    columns = [f"time_{phase}_ms" for phase in PHASES]
+    if not set(columns) <= set(part):
+        return
+    shares = part[columns].div(part[columns].sum(axis=1), axis=0).to_numpy()  # (rows, phases)
+    tops = part.time_ms.to_numpy()[:, None] * shares.cumsum(axis=1)  # where each phase ends, from the bottom
+    for k, phase in enumerate(PHASES[1:], start=1):
+        ax.bar(range(len(part)), tops[:, k] - tops[:, k - 1], bottom=tops[:, k - 1], color="none",
+               hatch=PHASE_HATCH[phase], edgecolor="white", linewidth=0)
 
 
 def plot(rows: pd.DataFrame, path) -> None:
@@ -245,7 +280,12 @@ def plot(rows: pd.DataFrame, path) -> None:
         for i, (value, label) in enumerate((("time_ms", "time per step (ms)"), ("peak_mem_mb", "peak memory (MiB)"))):
             ax = axes[2 * block + i, column]
             spread = quartile_bar(part) if value == "time_ms" else None
-            bars = ax.bar(range(len(part)), part[value], color=colors, yerr=spread, capsize=2)
+            bars = ax.bar(range(len(part)), part[value], color=colors, yerr=spread, capsize=2,
+                          error_kw={"zorder": 3})  # the whiskers above the phases' hatching
+            if value == "time_ms":
+                _split_by_phase(ax, part)
+                if j == 0:
+                    ax.legend(handles=PHASE_LEGEND, fontsize=7, loc="upper left")
             ax.set_xticks(range(len(part)), part.objective, rotation=35, ha="right", fontsize=8)
             ax.grid(True, axis="y", alpha=0.3)
             ax.margins(y=0.18)  # room for the labels above the tallest bar
@@ -261,6 +301,8 @@ def plot(rows: pd.DataFrame, path) -> None:
                         continue
                     text = (f"{r.speedup:.2f}x\n[{r.speedup_q1:.2f}, {r.speedup_q3:.2f}]" if value == "time_ms"
                             else f"{r.memory_ratio:.2f}x")
+                    if value == "time_ms" and pd.notna(r.flop_ratio):
+                        text += f"\nFLOPs {r.flop_ratio:.2f}x"
                     top = bar.get_height() + (spread[1][k] if spread is not None else 0)  # above the q3 whisker
                     ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top),
                                 ha="center", va="bottom", fontsize=7, fontweight="bold")

@@ -1,0 +1,54 @@
+r"""The model FLOPs of a training step, counted on the meta device: shapes only, so the paper's sizes count in
+seconds on a CPU.
+
+``FlopCount`` adds up ``torch.utils.flop_counter``'s formulas (convolutions, matmuls, attention; elementwise ops count
+zero) over every aten op run under it, the nested ``autograd.grad(create_graph=True)`` passes of the gradient
+objectives included (``FlopCounterMode`` itself refuses those: its module tracker cannot follow a leaf through
+``autograd.grad``). A step's time over its FLOPs is the rate it ran its arithmetic at:
+
+.. math::
+    \text{tflops} = \frac{\text{gflop}}{\text{time\_ms}} \quad (\text{GFLOP / ms} = \text{TFLOP/s}).
+
+An FD objective and its gradient counterpart can do much the same arithmetic (FD-DSM and DSM, FD-SSMVR and SSMVR:
+equal within 0.2%; FD-SSM 1.45x less than SSM on the deep EBM) and still differ 1.5-3x in time: the speed-up is then
+the rate, not the FLOPs (README, "Where FD's speed-up comes from").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from fdsm.training import RECIPES, example_batch
+
+
+class FlopCount(TorchDispatchMode):
+    """``with FlopCount() as count: ...`` then ``count.total``: the FLOPs of the aten ops run inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def step_gflop(case: Mapping[str, Any]) -> float:
+    """The model FLOPs of one training step of a ``train-steps`` case (its ``model``, ``objective``, ``size`` and
+    ``batch``), in GFLOP: the loss and its backward, on the meta device. The optimizer step is elementwise (zero)."""
+    recipe = RECIPES.get(f"{case['model']}/{case['objective']}")
+    with torch.device("meta"):
+        model = recipe.build_model(case["size"])
+    x = example_batch(model, int(case["batch"]), device="meta")
+    with FlopCount() as count:
+        recipe.loss(model, x).backward()
+    return count.total / 1e9

@@ -1,0 +1,125 @@
+"""Where a training step's time goes: torch.profiler over a few steps of chosen (model, objective) rows, set up
+exactly as ``fdsm-bench train-steps`` sets them up (size, batch, layout, cuDNN search, IEEE float32).
+
+    PYTHONPATH=. python scripts/profile_step.py --models deep-ebm --objectives SSM,FD-SSM --out results/cpu/profile
+    PYTHONPATH=. python scripts/profile_step.py --device cuda --models deep-ebm,ncsn --trace --out DIR
+
+Per row it warms up, times ``--steps`` steps without the profiler (``time_ms``, as train-steps does), then profiles
+as many and writes:
+
+- ``<model>_<objective>.txt``: the ops by self time per step, device (kernel) time on CUDA, CPU time on the CPU;
+- ``<model>_<objective>.json`` with ``--trace``: the Chrome trace (Perfetto), the step's phases marked as ranges
+  (``loss``, ``backward``, ``update``: ``fdsm.training.PHASES``);
+- a row of ``profile.csv``:
+  - ``time_ms``, the median step time without the profiler;
+  - ``gflop``, the step's model FLOPs (``bench.flops.step_gflop``: convolutions and matmuls by torch's formulas,
+    elementwise ops count zero), and ``tflops`` = gflop / time_ms, the rate the step ran them at;
+  - ``aten_ops``, the aten operator calls per step (nested calls included): the host's dispatch work;
+  - on CUDA, ``kernels`` (launches per step), ``kernel_ms`` (their summed device time per step) and
+    ``device_busy`` = kernel_ms / time_ms. Near 1, the step is arithmetic on the device; well below 1, the device
+    waits on the host (launch overhead, syncs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from bench.commands.train_steps import DEFAULT, Stepper, cases
+from bench.config import comma_words
+from bench.environment import float32_math, use_ieee_float32
+from bench.flops import step_gflop
+from bench.timing import fix_cpu_threads, measure_time
+from fdsm.training import PHASES, RECIPES
+
+
+class PhaseRanges:
+    """A stand-in for a Stepper's clock that opens a profiler range per phase of ``fdsm.training.PHASES``, so that
+    the trace shows where each phase begins and ends."""
+
+    def __init__(self):
+        self.current: record_function | None = None
+
+    def _open(self, phase: str) -> None:
+        self.current = record_function(phase)
+        self.current.__enter__()
+
+    def start(self) -> None:
+        self._open(PHASES[0])
+
+    def mark(self, phase: str) -> None:
+        self.current.__exit__(None, None, None)
+        following = PHASES.index(phase) + 1
+        if following < len(PHASES):
+            self._open(PHASES[following])
+
+
+def profile_row(case: dict, *, steps: int, out: Path, trace: bool) -> dict:
+    """Time, then profile, ``steps`` steps of one train-steps case; write its table (and trace); its CSV row."""
+    device = torch.device(case["device"])
+    step = Stepper(RECIPES.get(f"{case['model']}/{case['objective']}"), case)
+    timing = measure_time(step, device, warmup=int(case["warmup"]), repeats=steps)
+    step.clock = PhaseRanges()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    name = f"{case['model']}_{case['objective'].replace('*', '-serial')}"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    (out / f"{name}.txt").write_text(f"{case['model']} {case['objective']}: {steps} profiled steps, totals over "
+                                     f"all of them\n\n{events.table(sort_by=sort, row_limit=25)}\n")
+    if trace:
+        prof.export_chrome_trace(str(out / f"{name}.json"))
+    gflop = step_gflop(case)
+    row = {**case, "steps": steps, "time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "gflop": gflop,
+           "tflops": gflop / timing.median_ms, "aten_ops": sum(e.count for e in events if e.key.startswith("aten::"))
+           / steps,
+           "threads": timing.threads, "float32_math": float32_math()}
+    if device.type == "cuda":
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        row["kernels"] = sum(e.count for e in kernels) / steps
+        row["kernel_ms"] = sum(e.self_device_time_total for e in kernels) / steps / 1e3  # us -> ms
+        row["device_busy"] = row["kernel_ms"] / timing.median_ms
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=comma_words, default=("deep-ebm",), help="models (default: deep-ebm)")
+    parser.add_argument("--objectives", type=comma_words, default=(), help="row labels (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--batch", type=int, help="batch (default: train-steps' own)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="steps timed, then profiled (default: 3)")
+    parser.add_argument("--trace", action="store_true", help="also write each row's Chrome trace")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/local/profile"))
+    args = parser.parse_args()
+    fix_cpu_threads()
+    use_ieee_float32()  # as every fdsm-bench process (bench.environment)
+    config = dataclasses.replace(DEFAULT, models=args.models, objectives=args.objectives, batch=args.batch,
+                                 warmup=args.warmup)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in cases(config, dtype="float32", device=torch.device(args.device), seed=args.seed):
+        rows.append(profile_row(case, steps=args.steps, out=args.out, trace=args.trace))
+        shown = {k: rows[-1][k] for k in ("time_ms", "gflop", "tflops", "aten_ops", "kernels", "kernel_ms",
+                                          "device_busy")
+                 if k in rows[-1]}
+        print(f"{case['model']:10s} {case['objective']:10s} "
+              + "  ".join(f"{k} {v:.2f}" for k, v in shown.items()), flush=True)
+        pd.DataFrame(rows).to_csv(args.out / "profile.csv", index=False)  # row by row: a cut-short run keeps them
+    print(f"wrote {args.out / 'profile.csv'} and a table per row")
+
+
+if __name__ == "__main__":
+    main()
