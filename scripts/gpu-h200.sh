@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks of this project in one run of at most about 7 minutes, for a lent GPU machine that
+# The GPU checks and benchmarks of this project in one run of at most about 8 minutes, for a lent GPU machine that
 # has torch and triton but no package registry: it runs from the checkout with PYTHONPATH=., not an install.
 #
 #   bash scripts/gpu-h200.sh          # into a new results/gpu-h200/<UTC date and time>/, or OUT=folder
@@ -27,6 +27,11 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run COMMAND under a time limit, log 
 # The open issue's measurement first, so that a slow machine still gets it.
 stage train-steps 180 "$PY" -m bench train-steps --device cuda --models deep-ebm,ncsn --warmup 5 --repeats 20 \
   --timeout 60 --out "$OUT"
+# Where those steps' time goes: kernel time against step time, launches and FLOPs per step; Chrome traces of the deep
+# EBM's rows (NCSN's double backward makes ~44k aten calls a step, too large a trace to carry back).
+stage profile-deep-ebm 60 "$PY" scripts/profile_step.py --device cuda --models deep-ebm --warmup 5 --trace \
+  --out "$OUT/profile-deep-ebm"
+stage profile-ncsn 45 "$PY" scripts/profile_step.py --device cuda --models ncsn --warmup 5 --out "$OUT/profile-ncsn"
 stage cuda-tests 90 env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
 stage cuda-marked 30 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
 stage kernels 60 "$PY" -m bench kernels --device cuda --out "$OUT"

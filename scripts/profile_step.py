@@ -15,9 +15,9 @@ as many and writes:
   - ``gflop``, the step's model FLOPs (``bench.flops.step_gflop``: convolutions and matmuls by torch's formulas,
     elementwise ops count zero), and ``tflops`` = gflop / time_ms, the rate the step ran them at;
   - ``aten_ops``, the aten operator calls per step (nested calls included): the host's dispatch work;
-  - on CUDA, ``kernels`` (launches per step), ``kernel_ms`` (their summed device time per step) and
-    ``device_busy`` = kernel_ms / time_ms. Near 1, the step is arithmetic on the device; well below 1, the device
-    waits on the host (launch overhead, syncs).
+  - on CUDA, ``kernels`` (device activities per step: kernels, copies, memsets), ``kernel_ms`` (their summed
+    device time per step) and ``device_busy`` = kernel_ms / time_ms. Near 1, the step is arithmetic on the device;
+    well below 1, the device waits on the host (launch overhead, syncs).
 """
 
 from __future__ import annotations

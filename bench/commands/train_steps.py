@@ -267,7 +267,9 @@ def plot(rows: pd.DataFrame, path) -> None:
     models = list(rows.model.drop_duplicates())
     columns = min(len(models), PANELS_PER_ROW)
     blocks = -(-len(models) // columns)  # rows of models; each is a time row above a memory row
-    fig, axes = plt.subplots(2 * blocks, columns, figsize=(5.2 * columns + 0.6, 6.2 * blocks), squeeze=False)
+    bars = rows[rows.status == "ok"].groupby("model").size().max() if (rows.status == "ok").any() else 1
+    width = max(5.2, 0.8 * bars)  # room for three-line speed-up labels over every bar of the fullest panel
+    fig, axes = plt.subplots(2 * blocks, columns, figsize=(width * columns + 0.6, 6.2 * blocks), squeeze=False)
     ratios = speedups(rows).set_index(["model", "objective"])
     for empty in range(len(models), blocks * columns):  # the unused places of the last row of models
         block, column = divmod(empty, columns)
@@ -284,11 +286,9 @@ def plot(rows: pd.DataFrame, path) -> None:
                           error_kw={"zorder": 3})  # the whiskers above the phases' hatching
             if value == "time_ms":
                 _split_by_phase(ax, part)
-                if j == 0:
-                    ax.legend(handles=PHASE_LEGEND, fontsize=7, loc="upper left")
             ax.set_xticks(range(len(part)), part.objective, rotation=35, ha="right", fontsize=8)
             ax.grid(True, axis="y", alpha=0.3)
-            ax.margins(y=0.18)  # room for the labels above the tallest bar
+            ax.margins(y=0.28)  # room for the labels above the tallest bar
             if column == 0:
                 ax.set_ylabel(label)
             if i == 0 and len(part):
@@ -314,7 +314,10 @@ def plot(rows: pd.DataFrame, path) -> None:
     fig.suptitle(f"One complete training step per objective (blue: gradient-based, orange: FD); {setting}, "
                  f"size {meta['size']}, median of {meta['repeats']} steps, bars: quartiles.\n"
                  "Time labels: FD speed-up over its counterpart, median [quartiles] of the per-round ratios, the "
-                 "two timed alternately in one worker. Memory labels: counterpart peak / FD peak.", fontsize=10)
+                 "two timed alternately in one worker, and counterpart model FLOPs / FD model FLOPs.\n"
+                 "Memory labels: counterpart peak / FD peak.", fontsize=10)
+    fig.legend(handles=PHASE_LEGEND, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=9,
+               title="time bars, split in proportion to the median time of each phase of the step", title_fontsize=9)
     finish(fig, rows, ("model", "objective"), path)
 
 
