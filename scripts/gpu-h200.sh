@@ -31,8 +31,8 @@ stage train-steps 180 "$PY" -m bench train-steps --device cuda --models deep-ebm
 # EBM's rows (NCSN's double backward makes ~44k aten calls a step, too large a trace to carry back).
 stage profile-deep-ebm 60 "$PY" scripts/profile_step.py --device cuda --models deep-ebm --warmup 5 --trace \
   --out "$OUT/profile-deep-ebm"
-stage profile-ncsn 45 "$PY" scripts/profile_step.py --device cuda --models ncsn --warmup 5 --out "$OUT/profile-ncsn"
-stage cuda-tests 90 env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
+stage profile-ncsn 45 "$PY" scripts/profile_step.py --device cuda --models ncsn --warmup 3 --out "$OUT/profile-ncsn"
+stage cuda-tests 55 env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
 stage cuda-marked 30 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
-stage kernels 60 "$PY" -m bench kernels --device cuda --out "$OUT"
-stage derivatives 90 "$PY" -m bench derivatives --device cuda --orders 1,2,3,4,5 --timeout 20 --out "$OUT"
+stage kernels 45 "$PY" -m bench kernels --device cuda --out "$OUT"
+stage derivatives 60 "$PY" -m bench derivatives --device cuda --orders 1,2,3,4,5 --timeout 20 --out "$OUT"

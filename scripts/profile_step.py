@@ -92,7 +92,7 @@ def profile_row(case: dict, *, steps: int, out: Path, trace: bool) -> dict:
     return row
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=comma_words, default=("deep-ebm",), help="models (default: deep-ebm)")
     parser.add_argument("--objectives", type=comma_words, default=(), help="row labels (default: all)")
@@ -103,7 +103,11 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="also write each row's Chrome trace")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/local/profile"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     fix_cpu_threads()
     use_ieee_float32()  # as every fdsm-bench process (bench.environment)
     config = dataclasses.replace(DEFAULT, models=args.models, objectives=args.objectives, batch=args.batch,

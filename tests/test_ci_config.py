@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from bench.cli import build_parser
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -88,5 +89,11 @@ def test_gpu_script_names_existing_commands_with_valid_options():
     for line in bench_lines:
         args = shlex.split(line.replace('"$OUT"', "out"))
         assert build_parser().parse_args(args).device == "cuda", line  # parses: every option exists
+    profile_lines = [line.split("scripts/profile_step.py", 1)[1] for line in script.splitlines()
+                     if line.startswith("stage ") and "scripts/profile_step.py" in line]
+    assert profile_lines
+    profile_step = load_script("profile_step")
+    for line in profile_lines:
+        assert profile_step.build_parser().parse_args(shlex.split(line.replace('"$OUT', '"out'))).device == "cuda"
     limits = [int(line.split()[2]) for line in script.splitlines() if line.startswith("stage ")]
     assert sum(limits) <= 8 * 60  # the lent machine's run must fit in its few minutes

@@ -2,7 +2,6 @@
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,8 +22,7 @@ from fdsm.training import (
     train,
     training_step,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
 
 def _gaussian_recipe(lr=0.05, clip=1.0):
@@ -208,14 +206,9 @@ def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
 
 
 def test_layout_comparison_script_times_every_objective_in_both_layouts():
-    import importlib.util
-
     from bench.commands.train_steps import MEMORY_FORMAT
 
-    spec = importlib.util.spec_from_file_location("compare_layouts", ROOT / "scripts" / "compare_layouts.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    rows = script.compare("deep-ebm", batch=2, warmup=0, repeats=1, seed=0)
+    rows = load_script("compare_layouts").compare("deep-ebm", batch=2, warmup=0, repeats=1, seed=0)
     assert {r["objective"] for r in rows} == {r.value.objective for r in RECIPES if r.value.model == "deep-ebm"}
     assert all(r["time_ms_contiguous"] > 0 and r["time_ms_channels_last"] > 0 for r in rows)
     assert set(MEMORY_FORMAT) <= {"deep-ebm", "ncsn"}  # the image models the script compares by default
