@@ -1,28 +1,36 @@
 r"""The model FLOPs of a training step, counted on the meta device: shapes only, so the paper's sizes count in
 seconds on a CPU.
 
-``FlopCount`` adds up ``torch.utils.flop_counter``'s formulas (convolutions, matmuls, attention; elementwise ops count
-zero) over every aten op run under it, the nested ``autograd.grad(create_graph=True)`` passes of the gradient
-objectives included (``FlopCounterMode`` itself refuses those: its module tracker cannot follow a leaf through
-``autograd.grad``). A step's time over its FLOPs is the rate it ran its arithmetic at:
+    python -m bench.flops --size paper --models deep-ebm,ncsn --out flops.csv   # a row per train-steps case
+
+``FlopCount`` adds up ``torch.utils.flop_counter``'s formulas (convolutions, matmuls, attention; elementwise ops
+and dense linear algebra such as DKEF's solves count zero) over every aten op run under it, the nested
+``autograd.grad(create_graph=True)`` passes of the gradient objectives included (``FlopCounterMode`` itself refuses
+those: its module tracker cannot follow a leaf through ``autograd.grad``). A step's time over its FLOPs is the rate
+it ran its arithmetic at:
 
 .. math::
     \text{tflops} = \frac{\text{gflop}}{\text{time\_ms}} \quad (\text{GFLOP / ms} = \text{TFLOP/s}).
 
 An FD objective and its gradient counterpart can do much the same arithmetic (FD-DSM and DSM, FD-SSMVR and SSMVR:
-equal within 0.2%; FD-SSM 1.45x less than SSM on the deep EBM) and still differ 1.5-3x in time: the speed-up is then
-the rate, not the FLOPs (README, "Where FD's speed-up comes from").
+equal within 0.2%; FD-SSM 1.45x less than SSM on the deep EBM) and still be 1.4-2.8x faster (on the CPU): the
+speed-up is then the rate, not the FLOPs (README, "Where FD's speed-up comes from").
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from bench.config import comma_words
 from fdsm.training import RECIPES, example_batch
 
 
@@ -52,3 +60,25 @@ def step_gflop(case: Mapping[str, Any]) -> float:
     with FlopCount() as count:
         recipe.loss(model, x).backward()
     return count.total / 1e9
+
+
+def main() -> None:
+    from bench.commands.train_steps import DEFAULT, cases  # here, not above: train_steps imports this module
+
+    parser = argparse.ArgumentParser(description="The model FLOPs of each train-steps case, counted on meta.")
+    parser.add_argument("--models", type=comma_words, default=DEFAULT.models)
+    parser.add_argument("--size", choices=("paper", "cpu"), default="paper")
+    parser.add_argument("--batch", type=int, help="batch (default: train-steps' own at that size)")
+    parser.add_argument("--out", type=Path, help="CSV to write (default: print only)")
+    args = parser.parse_args()
+    config = dataclasses.replace(DEFAULT, models=args.models, size=args.size, batch=args.batch)
+    rows = pd.DataFrame([{"model": c["model"], "objective": c["objective"], "size": c["size"], "batch": c["batch"],
+                          "gflop": step_gflop(c)}
+                         for c in cases(config, dtype="float32", device=torch.device("cpu"), seed=0)])
+    print(rows.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    if args.out is not None:
+        rows.to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -143,6 +143,7 @@ class PhaseClock:
     step timer's stamps and these."""
 
     def __init__(self, device: torch.device):
+        self.device = device
         self.cuda = device.type == "cuda"
         self.calls: list[list[tuple[str, float | torch.cuda.Event]]] = []
 
@@ -150,7 +151,7 @@ class PhaseClock:
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the stream the step timer's events are on
         return event
 
     def start(self) -> None:

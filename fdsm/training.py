@@ -75,6 +75,8 @@ def make_optimizer(model: nn.Module, config: OptimConfig, total_steps: int = 1
 #             and the finiteness check;
 #   backward  loss.backward(): the parameter gradients;
 #   update    the gradient-norm clip, the optimizer step and the scheduler step.
+# On CUDA the check syncs the host with the device, so the backward phase starts on an idle device: where the host
+# launches kernels more slowly than the device runs them, that phase times the launches.
 PHASES = ("loss", "backward", "update")
 
 

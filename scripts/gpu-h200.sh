@@ -27,11 +27,12 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run COMMAND under a time limit, log 
 # The open issue's measurement first, so that a slow machine still gets it.
 stage train-steps 180 "$PY" -m bench train-steps --device cuda --models deep-ebm,ncsn --warmup 5 --repeats 20 \
   --timeout 60 --out "$OUT"
-# Where those steps' time goes: kernel time against step time, launches and FLOPs per step; Chrome traces of the deep
-# EBM's rows (NCSN's double backward makes ~44k aten calls a step, too large a trace to carry back).
+# Where those steps' time goes: kernel time against step time, launches and FLOPs per step; gzipped Chrome traces of
+# the deep EBM's rows (NCSN's double backward makes ~44k aten calls a step: its pair only, tables only).
 stage profile-deep-ebm 60 "$PY" scripts/profile_step.py --device cuda --models deep-ebm --warmup 5 --trace \
   --out "$OUT/profile-deep-ebm"
-stage profile-ncsn 45 "$PY" scripts/profile_step.py --device cuda --models ncsn --warmup 3 --out "$OUT/profile-ncsn"
+stage profile-ncsn 45 "$PY" scripts/profile_step.py --device cuda --models ncsn --objectives SSMVR,FD-SSMVR \
+  --warmup 3 --steps 2 --out "$OUT/profile-ncsn"
 stage cuda-tests 55 env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
 stage cuda-marked 30 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
 stage kernels 45 "$PY" -m bench kernels --device cuda --out "$OUT"

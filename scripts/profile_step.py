@@ -5,10 +5,11 @@ exactly as ``fdsm-bench train-steps`` sets them up (size, batch, layout, cuDNN s
     PYTHONPATH=. python scripts/profile_step.py --device cuda --models deep-ebm,ncsn --trace --out DIR
 
 Per row it warms up, times ``--steps`` steps without the profiler (``time_ms``, as train-steps does), then profiles
-as many and writes:
+as many (after one more, profiled and discarded, that takes the profiler's start-up) and writes:
 
-- ``<model>_<objective>.txt``: the ops by self time per step, device (kernel) time on CUDA, CPU time on the CPU;
-- ``<model>_<objective>.json`` with ``--trace``: the Chrome trace (Perfetto), the step's phases marked as ranges
+- ``<model>_<objective>.txt``: the ops by self time, totals over the profiled steps, device (kernel) time on CUDA,
+  CPU time on the CPU;
+- ``<model>_<objective>.json.gz`` with ``--trace``: the Chrome trace (Perfetto), the step's phases marked as ranges
   (``loss``, ``backward``, ``update``: ``fdsm.training.PHASES``);
 - a row of ``profile.csv``:
   - ``time_ms``, the median step time without the profiler;
@@ -16,20 +17,22 @@ as many and writes:
     elementwise ops count zero), and ``tflops`` = gflop / time_ms, the rate the step ran them at;
   - ``aten_ops``, the aten operator calls per step (nested calls included): the host's dispatch work;
   - on CUDA, ``kernels`` (device activities per step: kernels, copies, memsets), ``kernel_ms`` (their summed
-    device time per step) and ``device_busy`` = kernel_ms / time_ms. Near 1, the step is arithmetic on the device;
-    well below 1, the device waits on the host (launch overhead, syncs).
+    device time per step) and ``device_busy`` = kernel_ms / time_ms, a rough ratio (profiled kernel time over an
+    unprofiled median). Near 1, the step is arithmetic on the device; well below 1, the device waits on the host
+    (launch overhead, syncs).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from bench.commands.train_steps import DEFAULT, Stepper, cases
 from bench.config import comma_words
@@ -63,29 +66,40 @@ class PhaseRanges:
 def profile_row(case: dict, *, steps: int, out: Path, trace: bool) -> dict:
     """Time, then profile, ``steps`` steps of one train-steps case; write its table (and trace); its CSV row."""
     device = torch.device(case["device"])
+    cuda = device.type == "cuda"
     step = Stepper(RECIPES.get(f"{case['model']}/{case['objective']}"), case)
     timing = measure_time(step, device, warmup=int(case["warmup"]), repeats=steps)
     step.clock = PhaseRanges()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    events = prof.key_averages()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     name = f"{case['model']}_{case['objective'].replace('*', '-serial')}"
-    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    profiled = []
+
+    def keep(prof: profile) -> None:  # at the end of the active steps
+        profiled.append(prof.key_averages())
+        if trace:
+            prof.export_chrome_trace(str(out / f"{name}.json.gz"))  # gzip: a second-order step has ~10^4 events
+
+    # One profiled but discarded step first, so that the profiler's own start-up is not counted.
+    with warnings.catch_warnings():  # "events are cleared at the end of each cycle": ``keep`` has them by then
+        warnings.filterwarnings("ignore", message=".*Profiler clears events", category=UserWarning)
+        with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps),
+                     on_trace_ready=keep) as prof:
+            for _ in range(1 + steps):
+                step()
+                if cuda:  # each step complete before the next, as the step timer has it
+                    torch.cuda.synchronize(device)
+                prof.step()
+    (events,) = profiled
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     (out / f"{name}.txt").write_text(f"{case['model']} {case['objective']}: {steps} profiled steps, totals over "
                                      f"all of them\n\n{events.table(sort_by=sort, row_limit=25)}\n")
-    if trace:
-        prof.export_chrome_trace(str(out / f"{name}.json"))
     gflop = step_gflop(case)
-    row = {**case, "steps": steps, "time_ms": timing.median_ms, "time_ms_iqr": timing.iqr_ms, "gflop": gflop,
-           "tflops": gflop / timing.median_ms, "aten_ops": sum(e.count for e in events if e.key.startswith("aten::"))
-           / steps,
+    row = {**{k: v for k, v in case.items() if k != "repeats"}, "steps": steps, "time_ms": timing.median_ms,
+           "time_ms_iqr": timing.iqr_ms, "gflop": gflop, "tflops": gflop / timing.median_ms,
+           "aten_ops": sum(e.count for e in events if e.key.startswith("aten::")) / steps,
            "threads": timing.threads, "float32_math": float32_math()}
-    if device.type == "cuda":
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    if cuda:  # device activities, not the device-side copies of the phase ranges, which span them
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
         row["kernels"] = sum(e.count for e in kernels) / steps
         row["kernel_ms"] = sum(e.self_device_time_total for e in kernels) / steps / 1e3  # us -> ms
         row["device_busy"] = row["kernel_ms"] / timing.median_ms

@@ -142,9 +142,10 @@ def test_fd_dsm_and_fd_ssmvr_do_their_counterparts_arithmetic_and_fd_ssm_less():
     from bench.flops import step_gflop
 
     # Equal but for the first layer's input gradient, which only the gradient objectives take.
+    pairs = dataclasses.replace(DEFAULT, models=("deep-ebm", "ncsn"),
+                                objectives=("DSM", "FD-DSM", "SSM", "FD-SSM", "SSMVR", "FD-SSMVR"))
     gflop = {(c["model"], c["objective"]): step_gflop(c)
-             for c in cases(dataclasses.replace(DEFAULT, models=("deep-ebm", "ncsn")), dtype="float32",
-                            device=torch.device("cpu"), seed=0)}
+             for c in cases(pairs, dtype="float32", device=torch.device("cpu"), seed=0)}
     assert gflop[("deep-ebm", "FD-DSM")] == pytest.approx(gflop[("deep-ebm", "DSM")], rel=5e-3)
     assert gflop[("ncsn", "FD-SSMVR")] == pytest.approx(gflop[("ncsn", "SSMVR")], rel=5e-3)
     assert 1.3 < gflop[("deep-ebm", "SSM")] / gflop[("deep-ebm", "FD-SSM")] < 1.6  # 1.45 at both sizes
@@ -203,6 +204,45 @@ def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
     row = train_steps.measure_step(case)
     assert row["time_ms"] > 0 and row["repeats"] == 2 and math.isfinite(row["loss"])
     assert "speedup" not in row and "NO-SUCH-ROW could not run beside it" in row["message"]
+
+
+def test_a_row_whose_flops_cannot_be_counted_keeps_its_timings(monkeypatch):
+    from bench.commands import train_steps
+
+    def no_meta(case):
+        raise NotImplementedError("no meta kernel")
+
+    monkeypatch.setattr(train_steps, "step_gflop", no_meta)
+    case = {"model": "nice", "objective": "MLE", "size": "cpu", "batch": 8, "dtype": "float32", "device": "cpu",
+            "memory_format": "contiguous", "seed": 0, "warmup": 0, "repeats": 2}
+    row = train_steps.measure_step(case)
+    assert row["time_ms"] > 0 and math.isnan(row["gflop"]) and math.isnan(row["tflops"])
+    assert "FLOPs not counted on the meta device (NotImplementedError: no meta kernel)" in row["message"]
+
+
+def test_speedups_take_the_flop_and_memory_ratios_from_the_counterparts_row():
+    from bench.commands.train_steps import speedups
+
+    rows = pd.DataFrame({"model": ["m", "m", "m"], "objective": ["SSM", "FD-SSM", "FD-DSM"],
+                         "versus": [None, "SSM", "DSM"], "speedup": [None, 2.5, 1.5], "speedup_q1": [None, 2.4, 1.4],
+                         "speedup_q3": [None, 2.6, 1.6], "gflop": [3.0, 2.0, 1.0],
+                         "peak_mem_mb": [8.0, 4.0, 1.0], "status": ["ok"] * 3})
+    table = speedups(rows).set_index("objective")
+    assert table.loc["FD-SSM", "flop_ratio"] == 1.5 and table.loc["FD-SSM", "memory_ratio"] == 2.0
+    assert math.isnan(table.loc["FD-DSM", "flop_ratio"])  # its counterpart's row is not in this run
+
+
+def test_profile_script_writes_a_table_a_trace_and_a_row(tmp_path):
+    from bench.commands.train_steps import DEFAULT, cases
+
+    profile_step = load_script("profile_step")
+    (case,) = cases(dataclasses.replace(DEFAULT, models=("nice",), objectives=("FD-SSM",), batch=8, warmup=0),
+                    dtype="float32", device=torch.device("cpu"), seed=0)
+    row = profile_step.profile_row(case, steps=1, out=tmp_path, trace=True)
+    assert row["time_ms"] > 0 and row["gflop"] > 0 and row["aten_ops"] > 0 and "kernel_ms" not in row
+    table = (tmp_path / "nice_FD-SSM.txt").read_text()
+    assert "aten::" in table and "loss" in table  # the phase ranges are profiled too
+    assert (tmp_path / "nice_FD-SSM.json.gz").stat().st_size > 0
 
 
 def test_layout_comparison_script_times_every_objective_in_both_layouts():

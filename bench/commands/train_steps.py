@@ -178,7 +178,12 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
         paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
         del other  # its model, optimizer state and batch leave before the memory probe
     phases = {f"time_{phase}_ms": ms for phase, ms in step.clock.median_ms(last=timings[0].repeats).items()}
-    gflop = step_gflop(case)
+    try:  # an auxiliary column: a model that cannot run on the meta device keeps its timings
+        gflop = step_gflop(case)
+    except Exception as err:
+        gflop = float("nan")
+        paired["message"] = "; ".join(filter(None, [paired.get("message"), f"FLOPs not counted on the meta "
+                                                    f"device ({type(err).__name__}: {err})"]))
     memory = peak_memory(step, device)
     return {**timing_columns(timings[0]), **phases, "gflop": gflop, "tflops": gflop / timings[0].median_ms,
             "threads": timings[0].threads, "peak_mem_mb": memory.peak_mb,
@@ -267,8 +272,8 @@ def plot(rows: pd.DataFrame, path) -> None:
     models = list(rows.model.drop_duplicates())
     columns = min(len(models), PANELS_PER_ROW)
     blocks = -(-len(models) // columns)  # rows of models; each is a time row above a memory row
-    bars = rows[rows.status == "ok"].groupby("model").size().max() if (rows.status == "ok").any() else 1
-    width = max(5.2, 0.8 * bars)  # room for three-line speed-up labels over every bar of the fullest panel
+    most_bars = rows[rows.status == "ok"].groupby("model").size().max() if (rows.status == "ok").any() else 1
+    width = max(5.2, 0.8 * most_bars)  # room for three-line speed-up labels over every bar of the fullest panel
     fig, axes = plt.subplots(2 * blocks, columns, figsize=(width * columns + 0.6, 6.2 * blocks), squeeze=False)
     ratios = speedups(rows).set_index(["model", "objective"])
     for empty in range(len(models), blocks * columns):  # the unused places of the last row of models

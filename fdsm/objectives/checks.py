@@ -43,7 +43,7 @@ def check_batch(who: str, x: object) -> Tensor:
 
 def check_positive(who: str, name: str, value: float | Tensor) -> None:
     """Raise unless ``value`` (a number or a tensor of them) is finite and > 0; a tensor on the meta device has no
-    values to check (``scripts/profile_step.py`` counts an objective's FLOPs on it)."""
+    values to check (``bench.flops.step_gflop`` counts an objective's FLOPs on it)."""
     if isinstance(value, Tensor) and value.is_meta:
         return
     bad = (not torch.isfinite(value).all() or (value <= 0).any()) if isinstance(value, Tensor) \
