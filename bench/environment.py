@@ -8,7 +8,8 @@ driver         the NVIDIA driver version (NVML), or ``cuda <version>`` of the to
 torch          ``torch.__version__``
 triton         ``triton.__version__``, or ``n/a`` when it is not importable
 python         ``platform.python_version()``
-git_commit     ``git rev-parse --short HEAD`` of the checkout, with ``+dirty`` for uncommitted changes
+git_commit     ``git rev-parse --short HEAD`` of the checkout, with ``+dirty`` for uncommitted changes; or
+               ``$FDSM_GIT_COMMIT`` when set, for a copied tree whose ``.git`` is not its own
 threads        torch intra-op threads at the time of the row
 float32_math   ``ieee`` or ``tf32``: how cuDNN convolutions compute in float32 (``use_ieee_float32``)
 timestamp      ISO 8601 UTC time of the row
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -60,6 +62,9 @@ def _triton_version() -> str:
 
 
 def _git_commit() -> str:
+    if os.environ.get("FDSM_GIT_COMMIT"):  # e.g. a lent GPU machine, given the working tree but an old .git
+        return os.environ["FDSM_GIT_COMMIT"]
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10).stdout.strip()
 

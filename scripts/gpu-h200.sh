@@ -3,6 +3,8 @@
 # has torch and triton but no package registry: it runs from the checkout with PYTHONPATH=., not an install.
 #
 #   bash scripts/gpu-h200.sh          # into a new results/gpu-h200/<UTC date and time>/, or OUT=folder
+#   FDSM_GIT_COMMIT=$(git rev-parse --short HEAD) ...   # from the machine that has the real .git: a lent machine's
+#                                                       # copy of .git can be older than its files (bench.environment)
 #
 # Each stage has its own time limit and its own log in $OUT; one that fails or runs out of time is reported in
 # $OUT/stages.log and the next stage still runs. The sweeps write their CSV row by row, so a stage cut short keeps

@@ -134,6 +134,15 @@ def test_relative_error_median_and_max():
         relative_error(torch.zeros(3), torch.zeros(4))
 
 
+def test_git_commit_can_be_given_for_a_copied_tree(monkeypatch):
+    from bench import environment
+
+    monkeypatch.setenv("FDSM_GIT_COMMIT", "abc1234")
+    assert environment._git_commit() == "abc1234"
+    monkeypatch.delenv("FDSM_GIT_COMMIT")
+    assert environment._git_commit() != "abc1234"
+
+
 def test_metadata_columns():
     meta = metadata(CPU)
     assert tuple(meta) == METADATA_COLUMNS
