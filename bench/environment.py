@@ -82,6 +82,23 @@ def _has_precision_api() -> bool:
     return hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision")
 
 
+FLOAT32_MATH = ("ieee", "tf32")
+
+
+def set_float32_math(mode: str) -> None:
+    """How float32 cuDNN convolutions and cuBLAS matrix products compute in this process: ``"ieee"`` or ``"tf32"``
+    (PyTorch's default for convolutions on Ampere and later GPUs). ``use_ieee_float32`` is the suite's setting;
+    ``train-steps --float32-math tf32`` times steps the way PyTorch runs them by default."""
+    if mode not in FLOAT32_MATH:
+        raise ValueError(f"set_float32_math(mode): expected one of {FLOAT32_MATH}, got {mode!r}")
+    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
+    if _has_precision_api():  # never mix it with the legacy flags: torch then refuses to read them
+        cuda.matmul.fp32_precision = mode
+        cudnn.conv.fp32_precision = mode
+    else:
+        cuda.matmul.allow_tf32 = cudnn.allow_tf32 = mode == "tf32"
+
+
 def use_ieee_float32() -> None:
     """Make float32 mean IEEE float32 in this process: no TF32 in cuDNN convolutions or cuBLAS matrix products.
 
@@ -93,13 +110,7 @@ def use_ieee_float32() -> None:
     results/cpu/paper-size-random/derivatives.csv).
     Every worker and the CLI call this at start; the CPU is unaffected.
     """
-    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
-    if _has_precision_api():  # never mix it with the legacy flags: torch then refuses to read them
-        cuda.matmul.fp32_precision = "ieee"
-        cudnn.conv.fp32_precision = "ieee"
-    else:
-        cuda.matmul.allow_tf32 = False
-        cudnn.allow_tf32 = False
+    set_float32_math("ieee")
 
 
 def float32_math() -> str:

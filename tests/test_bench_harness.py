@@ -15,7 +15,7 @@ import torch
 
 from bench.accuracy import relative_error
 from bench.csvlog import CsvLog, rows_from_pytest_benchmark
-from bench.environment import METADATA_COLUMNS, float32_math, metadata, use_ieee_float32
+from bench.environment import METADATA_COLUMNS, float32_math, metadata, set_float32_math, use_ieee_float32
 from bench.isolation import Worker
 from bench.memory import cpu_peak_supported, peak_memory
 from bench.sweep import run_sweep
@@ -124,6 +124,11 @@ def test_workers_and_the_cli_compute_float32_in_ieee_not_tf32():
     use_ieee_float32()  # what the CLI does at start
     assert float32_math() == metadata(CPU)["float32_math"] == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    set_float32_math("tf32")  # train-steps --float32-math tf32
+    assert float32_math() == "tf32" and torch.backends.cuda.matmul.fp32_precision == "tf32"
+    use_ieee_float32()
+    with pytest.raises(ValueError, match="expected one of"):
+        set_float32_math("bf16")
 
 
 def test_relative_error_median_and_max():

@@ -195,6 +195,19 @@ def test_cudnn_benchmark_is_on_for_cuda_rows_by_default_and_can_be_turned_off():
     assert flags(dataclasses.replace(DEFAULT, cudnn_benchmark=args.cudnn_benchmark), "cuda") == {False}
 
 
+def test_float32_math_is_ieee_by_default_tf32_on_request_and_always_ieee_on_the_cpu():
+    from bench.cli import build_parser
+    from bench.commands.train_steps import DEFAULT, cases
+
+    def modes(config, device):
+        return {c["float32_math"] for c in cases(config, dtype="float32", device=torch.device(device), seed=0)}
+
+    args = build_parser().parse_args(["train-steps", "--device", "cuda", "--float32-math", "tf32"])
+    tf32 = dataclasses.replace(DEFAULT, float32_math=args.float32_math)
+    assert modes(DEFAULT, "cuda") == {"ieee"} and modes(tf32, "cuda") == {"tf32"}
+    assert modes(tf32, "cpu") == {"ieee"}  # a CPU has no TF32: the row says what ran
+
+
 def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
     from bench.commands import train_steps
 

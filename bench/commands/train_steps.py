@@ -8,7 +8,10 @@ An FD row's steps alternate, round by round, with steps of its gradient counterp
 ``speedup`` (with ``speedup_q1``, ``speedup_q3``) is the median of the per-round time ratios counterpart / FD.
 Image models run in ``--memory-format`` (default: the layout measured fastest for the model, ``MEMORY_FORMAT``,
 see NOTE [memory format] in ``fdsm.training``); the others' flat batches are ``contiguous``. On CUDA, cuDNN picks
-its convolution algorithms in the warm-up steps (``--cudnn-benchmark``, on by default, as the paper's code).
+its convolution algorithms in the warm-up steps (``--cudnn-benchmark``, on by default, as the paper's code), and
+float32 is IEEE float32 unless ``--float32-math tf32`` asks for PyTorch's default TF32 convolutions and matmuls.
+Each row also has the median time of each phase of the step (``time_<phase>_ms``, ``fdsm.training.PHASES``) and
+the step's model FLOPs (``gflop``, ``bench.flops``) with the rate it ran them at (``tflops``).
 
 Writes ``train_steps.csv`` (resumable; one row per (model, objective); a model that is not registered here gets an
 ``unsupported`` row) and ``train_steps.png``: time and peak memory per objective, one panel per model, each FD bar
@@ -33,6 +36,7 @@ from matplotlib.patches import Patch
 from bench.cli import DTYPES, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
+from bench.environment import FLOAT32_MATH, set_float32_math
 from bench.flops import step_gflop
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
@@ -55,7 +59,8 @@ HELP = "Tables 1, 2, 3, 5, 6: time and peak memory of one complete training step
 
 REQUIRED = ("model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb", "loss",
             "status")
-KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark", "seed")
+KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark", "float32_math",
+        "seed")
 # The gradient-based objective each FD row replaces: its speed-up is counterpart time / FD time.
 COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "DSM", "FD-SSMVR": "SSMVR"}
 
@@ -68,6 +73,7 @@ class TrainStepsConfig:
     batch: int | None = None  # None: the recipe's (the paper's) batch; CPU_BATCH on the CPU at size "cpu"
     memory_format: str = "auto"  # auto: MEMORY_FORMAT per model; or a MEMORY_FORMATS name
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms, as the paper's code does
+    float32_math: str = "ieee"  # on CUDA: "ieee" as the paper's 1080 Ti (it has no TF32), or PyTorch's default "tf32"
     warmup: int = 2
     repeats: int = 7
     timeout_s: float = 600.0
@@ -95,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cudnn-benchmark", dest="cudnn_benchmark", action=argparse.BooleanOptionalAction,
                    help="on CUDA, cuDNN picks each convolution's fastest algorithm in the warm-up steps, as the "
                         "paper's deep-EBM code sets it (default: on)")
+    g.add_argument("--float32-math", dest="float32_math", choices=FLOAT32_MATH,
+                   help="on CUDA, how float32 convolutions and matmuls compute: ieee (default; as on the paper's "
+                        "1080 Ti, which has no TF32) or tf32 (PyTorch's default on Ampere and later GPUs)")
     g.add_argument("--warmup", type=int, help="untimed steps per row (default: 2)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per row (default: 600)")
 
@@ -122,8 +131,9 @@ class Stepper:
     def __post_init__(self):
         case, recipe = self.case, self.recipe
         device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
-        if device.type == "cuda":  # process-wide, so every CUDA row sets it; the warm-up steps do the tuning
+        if device.type == "cuda":  # process-wide, so every CUDA row sets them; the warm-up steps do the tuning
             torch.backends.cudnn.benchmark = bool(case["cudnn_benchmark"])
+            set_float32_math(case["float32_math"])
         torch.manual_seed(int(case["seed"]))
         model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
         x = _seeded_batch(case["model"], case["size"], int(case["batch"]), case["dtype"], case["device"],
@@ -216,7 +226,8 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
         rows.append({"model": recipe.model, "objective": recipe.objective, "size": size, "batch": batch,
                      "dtype": dtype, "device": str(device), "memory_format": layout,
                      "seed": seed, "warmup": config.warmup, "repeats": config.repeats,
-                     "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda"})
+                     "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda",
+                     "float32_math": config.float32_math if device.type == "cuda" else "ieee"})  # a CPU has no TF32
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
         raise ValueError(f"--models: unknown {unknown}; expected some of {sorted({r.value.model for r in RECIPES})}")
@@ -331,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
     threads = fix_cpu_threads()
     dtype = dtype_name(args.dtype)
     todo = cases(config, dtype=dtype, device=args.device, seed=args.seed)
+    set_float32_math(todo[0]["float32_math"] if todo else "ieee")  # the rows' metadata reads this process's setting
     if args.repeats is not None:
         todo = [{**c, "repeats": args.repeats} for c in todo]
     log = CsvLog(args.out / "train_steps.csv", key_columns=KEYS, columns=REQUIRED)
