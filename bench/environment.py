@@ -62,8 +62,8 @@ def _triton_version() -> str:
 
 
 def _git_commit() -> str:
-    if os.environ.get("FDSM_GIT_COMMIT"):  # e.g. a lent GPU machine, given the working tree but an old .git
-        return os.environ["FDSM_GIT_COMMIT"]
+    if os.environ.get("FDSM_GIT_COMMIT"):  # e.g. a lent GPU machine, given the working tree but an old .git;
+        return os.environ["FDSM_GIT_COMMIT"]  # the caller vouches that the tree is that commit, unchanged
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -86,17 +86,18 @@ FLOAT32_MATH = ("ieee", "tf32")
 
 
 def set_float32_math(mode: str) -> None:
-    """How float32 cuDNN convolutions and cuBLAS matrix products compute in this process: ``"ieee"`` or ``"tf32"``
-    (PyTorch's default for convolutions on Ampere and later GPUs). ``use_ieee_float32`` is the suite's setting;
-    ``train-steps --float32-math tf32`` times steps the way PyTorch runs them by default."""
+    """How float32 cuDNN convolutions compute in this process: ``"ieee"``, or ``"tf32"``, PyTorch's default on Ampere
+    and later GPUs. cuBLAS matrix products stay IEEE either way, as PyTorch's default has them. ``use_ieee_float32``
+    is the suite's setting; ``train-steps --float32-math tf32`` times steps the way PyTorch runs them by default."""
     if mode not in FLOAT32_MATH:
         raise ValueError(f"set_float32_math(mode): expected one of {FLOAT32_MATH}, got {mode!r}")
     cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
     if _has_precision_api():  # never mix it with the legacy flags: torch then refuses to read them
-        cuda.matmul.fp32_precision = mode
+        cuda.matmul.fp32_precision = "ieee"
         cudnn.conv.fp32_precision = mode
     else:
-        cuda.matmul.allow_tf32 = cudnn.allow_tf32 = mode == "tf32"
+        cuda.matmul.allow_tf32 = False
+        cudnn.allow_tf32 = mode == "tf32"
 
 
 def use_ieee_float32() -> None:

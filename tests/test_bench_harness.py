@@ -124,8 +124,8 @@ def test_workers_and_the_cli_compute_float32_in_ieee_not_tf32():
     use_ieee_float32()  # what the CLI does at start
     assert float32_math() == metadata(CPU)["float32_math"] == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-    set_float32_math("tf32")  # train-steps --float32-math tf32
-    assert float32_math() == "tf32" and torch.backends.cuda.matmul.fp32_precision == "tf32"
+    set_float32_math("tf32")  # train-steps --float32-math tf32: PyTorch's default, TF32 convolutions only
+    assert float32_math() == "tf32" and torch.backends.cuda.matmul.fp32_precision == "ieee"
     use_ieee_float32()
     with pytest.raises(ValueError, match="expected one of"):
         set_float32_math("bf16")

@@ -27,7 +27,8 @@ HELP = "compare two result folders row by row; exit 1 when a metric regressed pa
 KEYS = {
     "derivatives": ("model", "method", "order", "batch", "dtype", "device"),
     "eps_sweep": ("model", "method", "order", "eps", "accuracy", "dtype"),
-    "train_steps": ("model", "objective", "batch", "dtype", "device", "memory_format"),
+    "train_steps": ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark",
+                    "float32_math"),
     "kernels": ("kernel", "impl", "pass", "size_mb", "dtype", "device"),
 }
 HIGHER_IS_BETTER = ("gb_per_s", "frac_of_copy", "speedup", "cosine")

@@ -9,7 +9,7 @@ An FD row's steps alternate, round by round, with steps of its gradient counterp
 Image models run in ``--memory-format`` (default: the layout measured fastest for the model, ``MEMORY_FORMAT``,
 see NOTE [memory format] in ``fdsm.training``); the others' flat batches are ``contiguous``. On CUDA, cuDNN picks
 its convolution algorithms in the warm-up steps (``--cudnn-benchmark``, on by default, as the paper's code), and
-float32 is IEEE float32 unless ``--float32-math tf32`` asks for PyTorch's default TF32 convolutions and matmuls.
+float32 is IEEE float32 unless ``--float32-math tf32`` asks for PyTorch's default, TF32 convolutions.
 Each row also has the median time of each phase of the step (``time_<phase>_ms``, ``fdsm.training.PHASES``) and
 the step's model FLOPs (``gflop``, ``bench.flops``) with the rate it ran them at (``tflops``).
 
@@ -102,8 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="on CUDA, cuDNN picks each convolution's fastest algorithm in the warm-up steps, as the "
                         "paper's deep-EBM code sets it (default: on)")
     g.add_argument("--float32-math", dest="float32_math", choices=FLOAT32_MATH,
-                   help="on CUDA, how float32 convolutions and matmuls compute: ieee (default; as on the paper's "
-                        "1080 Ti, which has no TF32) or tf32 (PyTorch's default on Ampere and later GPUs)")
+                   help="on CUDA, how float32 convolutions compute: ieee (default; as on the paper's 1080 Ti, "
+                        "which has no TF32) or tf32 (PyTorch's default on Ampere and later GPUs; matmuls stay ieee)")
     g.add_argument("--warmup", type=int, help="untimed steps per row (default: 2)")
     g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per row (default: 600)")
 
