@@ -5,6 +5,8 @@ the cases the ``CsvLog`` already holds, runs each other one through ``measure(ca
 
     {**case, **measured, "status": ..., "message": ..., **metadata(device)}
 
+where a metadata column the case or the measurement already sets keeps their value: ``train-steps`` sets
+``float32_math`` per case and its worker measures ``threads``, which this process cannot see.
 ``measure`` returns the measured columns (``time_ms``, ``peak_mem_mb``, ``rel_error``, ...) and may set its own
 ``status`` (``"unsupported"`` for a method this machine cannot run). With ``isolate=True`` every case runs in a
 ``bench.isolation.Worker`` process under the ``timeout_s`` budget, which is what the CPU peak-memory probe needs;
@@ -40,11 +42,13 @@ def _in_process(measure: Measure, case: Case) -> CaseOutcome:
 
 
 def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device) -> dict[str, Any]:
-    """The CSV row for one case: configuration, measured columns (if ok), status, message and metadata."""
+    """The CSV row for one case: configuration, measured columns (if ok), status, message and metadata (the
+    metadata columns the case or the measurement does not set itself)."""
     measured = dict(outcome.result or {})
     status = measured.pop("status", outcome.status)
     message = measured.pop("message", outcome.message)
-    return {**case, **measured, "status": status, "message": message, **metadata(device)}
+    row = {**case, **measured, "status": status, "message": message}
+    return {**row, **{k: v for k, v in metadata(device).items() if k not in row}}
 
 
 def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,

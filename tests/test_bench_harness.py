@@ -16,9 +16,9 @@ import torch
 from bench.accuracy import relative_error
 from bench.csvlog import CsvLog, rows_from_pytest_benchmark
 from bench.environment import METADATA_COLUMNS, float32_math, metadata, set_float32_math, use_ieee_float32
-from bench.isolation import Worker
+from bench.isolation import CaseOutcome, Worker
 from bench.memory import cpu_peak_supported, peak_memory
-from bench.sweep import run_sweep
+from bench.sweep import outcome_row, run_sweep
 from bench.timing import PhaseClock, measure_interleaved, measure_time, paired_ratio
 
 CPU = torch.device("cpu")
@@ -146,6 +146,12 @@ def test_git_commit_can_be_given_for_a_copied_tree(monkeypatch):
     assert environment._git_commit() == "abc1234"
     monkeypatch.delenv("FDSM_GIT_COMMIT")
     assert environment._git_commit() != "abc1234"
+
+
+def test_a_rows_own_metadata_values_win_over_this_processs():
+    row = outcome_row({"model": "m", "float32_math": "tf32"}, CaseOutcome("ok", {"threads": 7}), CPU)
+    assert row["float32_math"] == "tf32" and row["threads"] == 7  # set by the case / measured by the worker
+    assert set(METADATA_COLUMNS) <= set(row) and row["status"] == "ok"
 
 
 def test_metadata_columns():

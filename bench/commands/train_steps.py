@@ -342,7 +342,6 @@ def run(args: argparse.Namespace) -> int:
     threads = fix_cpu_threads()
     dtype = dtype_name(args.dtype)
     todo = cases(config, dtype=dtype, device=args.device, seed=args.seed)
-    set_float32_math(todo[0]["float32_math"] if todo else "ieee")  # the rows' metadata reads this process's setting
     if args.repeats is not None:
         todo = [{**c, "repeats": args.repeats} for c in todo]
     log = CsvLog(args.out / "train_steps.csv", key_columns=KEYS, columns=REQUIRED)
