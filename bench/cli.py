@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "bench.commands.fit",
     "bench.commands.models",
     "bench.commands.train_steps",
+    "bench.commands.flops",
     "bench.commands.grad_agreement",
     "bench.commands.train",
     "bench.commands.kernels",

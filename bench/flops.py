@@ -1,7 +1,7 @@
 r"""The model FLOPs of a training step, counted on the meta device: shapes only, so the paper's sizes count in
 seconds on a CPU.
 
-    python -m bench.flops --size paper --models deep-ebm,ncsn --out flops.csv   # a row per train-steps case
+    fdsm-bench flops --size paper --models deep-ebm,ncsn   # a row per train-steps case (bench.commands.flops)
 
 ``FlopCount`` adds up ``torch.utils.flop_counter``'s formulas (convolutions, matmuls, attention; elementwise ops
 and dense linear algebra such as DKEF's solves count zero) over every aten op run under it, the nested
@@ -19,18 +19,13 @@ speed-up is then the rate, not the FLOPs (README, "Where FD's speed-up comes fro
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from bench.config import comma_words
 from fdsm.training import RECIPES, example_batch
 
 
@@ -60,25 +55,3 @@ def step_gflop(case: Mapping[str, Any]) -> float:
     with FlopCount() as count:
         recipe.loss(model, x).backward()
     return count.total / 1e9
-
-
-def main() -> None:
-    from bench.commands.train_steps import DEFAULT, cases  # here, not above: train_steps imports this module
-
-    parser = argparse.ArgumentParser(description="The model FLOPs of each train-steps case, counted on meta.")
-    parser.add_argument("--models", type=comma_words, default=DEFAULT.models)
-    parser.add_argument("--size", choices=("paper", "cpu"), default="paper")
-    parser.add_argument("--batch", type=int, help="batch (default: train-steps' own at that size)")
-    parser.add_argument("--out", type=Path, help="CSV to write (default: print only)")
-    args = parser.parse_args()
-    config = dataclasses.replace(DEFAULT, models=args.models, size=args.size, batch=args.batch)
-    rows = pd.DataFrame([{"model": c["model"], "objective": c["objective"], "size": c["size"], "batch": c["batch"],
-                          "gflop": step_gflop(c)}
-                         for c in cases(config, dtype="float32", device=torch.device("cpu"), seed=0)])
-    print(rows.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    if args.out is not None:
-        rows.to_csv(args.out, index=False)
-
-
-if __name__ == "__main__":
-    main()

@@ -151,6 +151,30 @@ def test_fd_dsm_and_fd_ssmvr_do_their_counterparts_arithmetic_and_fd_ssm_less():
     assert 1.3 < gflop[("deep-ebm", "SSM")] / gflop[("deep-ebm", "FD-SSM")] < 1.6  # 1.45 at both sizes
 
 
+def test_flops_command_counts_the_cases_and_the_rate_of_a_timed_run(tmp_path, capsys):
+    from bench.flops import step_gflop
+
+    assert main(["flops", "--size", "cpu", "--models", "nice", "--out", str(tmp_path / "counted")]) == 0
+    counted = pd.read_csv(tmp_path / "counted" / "flops.csv")
+    assert list(counted.objective) == [r.value.objective for r in RECIPES if r.value.model == "nice"]
+    assert (counted.gflop > 0).all() and counted.message.isna().all()
+
+    run = tmp_path / "train_steps.csv"  # a train-steps run from before it counted FLOPs: one ok row, one failed
+    pd.DataFrame({"model": ["nice", "nice"], "objective": ["SSM", "FD-SSM"], "size": "cpu", "batch": [8, 8],
+                  "time_ms": [4.0, float("nan")], "status": ["ok", "error"]}).to_csv(run, index=False)
+    assert main(["flops", "--times", str(run), "--out", str(tmp_path / "rates")]) == 0
+    rates = pd.read_csv(tmp_path / "rates" / "flops.csv")
+    gflop = step_gflop({"model": "nice", "objective": "SSM", "size": "cpu", "batch": 8})
+    assert list(rates.objective) == ["SSM"]
+    assert rates.gflop[0] == pytest.approx(gflop) and rates.tflops[0] == pytest.approx(gflop / 4.0)
+
+    capsys.readouterr()
+    assert main(["flops", "--times", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["flops", "--models", "resnet", "--out", str(tmp_path)]) == 2
+    assert "unknown ['resnet']" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command, csv, columns", [
     ("train-steps", "train_steps.csv", {"model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr",
                                         "peak_mem_mb", "loss", "status", "torch", "git_commit", "memory_format",
