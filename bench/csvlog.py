@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 
-def _normalized(value: Any) -> str:
+def as_key(value: Any) -> str:
     """A value as a key: numbers by their float value to 12 significant digits, anything else as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -61,11 +61,17 @@ class CsvLog:
         missing = [c for c in self.key_columns if c not in row]
         if missing:
             raise KeyError(f"CsvLog.append(row): the row lacks the key column(s) {missing}; got {sorted(row)}")
-        return tuple(_normalized(row[c]) for c in self.key_columns)
+        return tuple(as_key(row[c]) for c in self.key_columns)
 
     def done(self, row: Mapping[str, Any]) -> bool:
         """Whether a row with the same key values is already in the file."""
         return self._key(row) in self._done
+
+    def stored(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The newest row of the file with the same key values as ``row`` ({} when there is none)."""
+        key = self._key(row)
+        matches = [r for r in self.frame.to_dict("records") if self._key(r) == key]
+        return matches[-1] if matches else {}
 
     def rows_for(self, cases: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         """The rows whose keys are those of ``cases`` (e.g. the current sweep's, in a file that holds more)."""
@@ -104,13 +110,14 @@ class CsvLog:
 
 def rows_from_pytest_benchmark(json_path: str | os.PathLike) -> list[dict[str, Any]]:
     """The CSV rows of a pytest-benchmark JSON file: each benchmark's ``extra_info`` (which holds the row's
-    configuration, memory, error and status) with ``time_ms`` and ``time_ms_iqr`` from its stats (seconds -> ms)."""
+    configuration, memory, error and status) with ``time_ms`` and ``time_ms_iqr`` from its stats (seconds -> ms).
+    Only an ``ok`` row gets a time: a case that failed its check was timed, but the time is not of a right answer."""
     report = json.loads(Path(json_path).read_text())
     rows = []
     for bench in report.get("benchmarks", []):
         stats = bench.get("stats") or {}
         row = dict(bench.get("extra_info", {}))
-        if stats:
+        if stats and row.get("status") == "ok":
             row["time_ms"] = stats["median"] * 1e3
             row["time_ms_iqr"] = stats["iqr"] * 1e3
         rows.append(row)

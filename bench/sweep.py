@@ -1,7 +1,8 @@
 """Run a sweep: a list of cases, each measured once, each giving exactly one CSV row, resumable, with a progress bar.
 
 A *case* is a dict of configuration values (the CSV's key columns: model, method, order, ...). ``run_sweep`` skips
-the cases the ``CsvLog`` already holds, runs each other one through ``measure(case) -> dict`` and appends the row
+the cases the ``CsvLog`` already holds (and says so where a kept row was measured with other ``SETTINGS``: repeats,
+warm-up, threads), runs each other one through ``measure(case) -> dict`` and appends the row
 
     {**case, **measured, "status": ..., "message": ..., **metadata(device)}
 
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.csvlog import CsvLog
+from bench.csvlog import CsvLog, as_key
 from bench.environment import metadata
 from bench.isolation import CaseOutcome, Worker, is_out_of_memory
 
@@ -51,12 +52,34 @@ def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device) -> dict[
     return {**row, **{k: v for k, v in metadata(device).items() if k not in row}}
 
 
+# How a row was measured, which is not part of its configuration: a kept row measured otherwise is reported.
+SETTINGS = ("repeats", "warmup", "threads")
+
+
+def kept_with_other_settings(cases: Sequence[Case], log: CsvLog, threads: int | None) -> dict[str, set[str]]:
+    """Per setting (``SETTINGS``), the stored values that differ from what this sweep asks, over the rows it keeps.
+    ``threads`` is what this process asks its worker for (None: not set here, so not compared)."""
+    differ: dict[str, set[str]] = {}
+    for case in cases:
+        row = log.stored(case)
+        asked = {**{k: case[k] for k in SETTINGS if k in case}, **({"threads": threads} if threads else {})}
+        for setting, value in asked.items():
+            if setting in row and as_key(row[setting]) != as_key(value):
+                differ.setdefault(setting, set()).add(f"{as_key(row[setting])} (asked: {value})")
+    return differ
+
+
 def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,
               isolate: bool = True, threads: int | None = None, desc: str = "sweep") -> pd.DataFrame:
     """Measure every case not yet in ``log`` (see the module docstring); returns the rows of ``cases``."""
     todo = [case for case in cases if not log.done(case)]
     if len(todo) < len(cases):
         tqdm.write(f"{desc}: {len(cases) - len(todo)} of {len(cases)} rows already in {log.path}, skipped")
+        differ = kept_with_other_settings([c for c in cases if log.done(c)], log, threads)
+        if differ:
+            what = "; ".join(f"{k} {', '.join(sorted(v))}" for k, v in differ.items())
+            tqdm.write(f"{desc}: some rows kept were measured with other settings ({what}); to measure them "
+                       f"again with this run's, move {log.path} away or use another --out")
     worker = Worker(threads=threads) if isolate and todo else None
     try:
         with tqdm(todo, desc=desc, unit="case", dynamic_ncols=True) as bar:

@@ -80,3 +80,15 @@ def test_cuda_without_a_gpu_is_a_one_line_usage_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no CUDA device" in err and "--device cpu" in err and "Traceback" not in err
     assert not (tmp_path / "derivatives.csv").exists()
+
+
+def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_without_a_time(tmp_path, monkeypatch):
+    import bench.test_derivatives as suite
+
+    monkeypatch.setattr(suite, "EXACT_TOLERANCE", 0.0)  # float32 is never exactly the float64 reference
+    monkeypatch.chdir(REPO)
+    json_path = tmp_path / "out.json"
+    assert pytest.main(["bench/test_derivatives.py", "-q", "-p", "no:cacheprovider", "-k", "exact-reverse and T1",
+                        f"--benchmark-json={json_path}"]) == pytest.ExitCode.TESTS_FAILED
+    (row,) = rows_from_pytest_benchmark(json_path)
+    assert row["status"] == "error" and "a wrong answer" in row["message"] and "time_ms" not in row

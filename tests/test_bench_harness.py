@@ -192,6 +192,21 @@ def test_sweep_turns_failures_into_rows_and_resumes(tmp_path):
     assert set(METADATA_COLUMNS) <= set(frame.columns)
 
 
+def test_a_resumed_sweep_says_when_the_rows_it_keeps_were_measured_with_other_settings(tmp_path, capsys):
+    log = CsvLog(tmp_path / "sweep.csv", key_columns=("method", "order"), columns=("time_ms", "status"))
+    run_sweep([{"method": "m", "order": 1, "repeats": 2}], _measure_case, log, device=CPU, timeout_s=30,
+              isolate=False)
+    capsys.readouterr()
+    run_sweep([{"method": "m", "order": 1, "repeats": 2}], _measure_case, CsvLog(log.path, log.key_columns),
+              device=CPU, timeout_s=30, isolate=False)
+    assert "other settings" not in capsys.readouterr().out  # the same settings: kept silently
+    frame = run_sweep([{"method": "m", "order": 1, "repeats": 7}], _measure_case, CsvLog(log.path, log.key_columns),
+                      device=CPU, timeout_s=30, isolate=False)
+    out = capsys.readouterr().out  # tqdm.write prints to stdout
+    assert "measured with other settings (repeats 2 (asked: 7))" in out and "move" in out
+    assert list(frame.repeats) == [2]  # kept, not re-measured: the message is what tells the user
+
+
 def test_pytest_benchmark_json_converts_to_rows(tmp_path):
     report = {"benchmarks": [{"extra_info": {"method": "fd-batched", "order": 1, "status": "ok"},
                               "stats": {"median": 0.002, "iqr": 0.0005}}]}
