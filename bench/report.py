@@ -2,7 +2,9 @@
 
 Every number in the report is read from the folder's CSVs, and every ratio is taken between rows of one run
 (DESIGN.md: ratios beat absolutes). A CSV that is missing, or a stage that failed, gets a line saying so instead
-of a section; rows whose status is not ``ok`` are listed with their message at the end.
+of a section; rows whose status is not ``ok`` are listed with their message at the end. A CSV that holds several
+runs (another dtype or size written to the same folder) is summarized by its newest run (``newest_run``), and the
+environment table gives the metadata of the rows summarized, not of the process that writes the report.
 
 Headline ratios:
 - derivatives: for each T, exact time / FD time and exact peak memory / FD peak memory, for the exact methods
@@ -22,8 +24,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.commands.grad_agreement import KEYS as GRAD_AGREEMENT_KEYS
+from bench.commands.train_steps import KEYS as TRAIN_STEPS_KEYS
 from bench.commands.train_steps import speedups as train_step_speedups
-from bench.environment import metadata
+from bench.derivative_case import CASE_KEYS
+from bench.environment import METADATA_COLUMNS, metadata
 
 FD_BASELINE = "fd-batched"
 TRUSTWORTHY = 0.01  # the paper's "within 1%"
@@ -34,22 +39,38 @@ def _read(out: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() and path.stat().st_size else None
 
 
-# The columns that tell one measurement of a section from another. A CSV may hold several runs (another
-# checkpoint, batch or dtype written to the same --out): the report summarizes the newest row of each.
-SECTION_KEYS = {
-    "derivatives.csv": ("method", "order"),
+# Per CSV: the key columns that vary within one run (a section's axes); every other key column (``KEYS`` of the
+# command) is the run's configuration. A folder may hold several runs (another checkpoint, dtype, size or
+# float32_math written to the same --out): the report summarizes the newest run only, so that every ratio in it is
+# taken between rows measured under one configuration.
+SECTION_AXES = {
+    "derivatives.csv": ("method", "order", "eps"),  # the step is chosen per order (and per method with --steps-from)
     "eps_sweep.csv": ("dtype", "order", "accuracy", "eps"),
-    "train_steps.csv": ("model", "objective"),
+    "train_steps.csv": ("model", "objective", "batch", "memory_format"),  # batch and layout are chosen per model
     "grad_agreement.csv": ("model", "pair", "dtype", "eps"),
+}
+SECTION_KEYS = {
+    "derivatives.csv": CASE_KEYS,
+    "eps_sweep.csv": CASE_KEYS,
+    "train_steps.csv": TRAIN_STEPS_KEYS,
+    "grad_agreement.csv": GRAD_AGREEMENT_KEYS,
 }
 
 
-def newest(frame: pd.DataFrame, keys: tuple[str, ...]) -> tuple[pd.DataFrame, int]:
-    """The newest row per ``keys`` (by ``timestamp``, else file order), and how many older rows were left out."""
-    keys = tuple(k for k in keys if k in frame)
+def newest_run(frame: pd.DataFrame, keys: tuple[str, ...], axes: tuple[str, ...]) -> tuple[pd.DataFrame, int]:
+    """The rows of the newest run in ``frame`` and how many rows were left out: those whose configuration (the
+    ``keys`` that are not ``axes``) differs from the newest row's, and, of the rest, all but the newest row per
+    ``axes`` (newest by ``timestamp``, else file order)."""
     ordered = frame.sort_values("timestamp", kind="stable") if "timestamp" in frame else frame
-    latest = ordered.drop_duplicates(list(keys), keep="last")
-    return latest, len(frame) - len(latest)
+    config = [k for k in keys if k in frame and k not in axes]
+    as_text = ordered[config].astype(str)  # NaN compares equal to NaN as text
+    run = ordered[(as_text == as_text.iloc[-1]).all(axis=1)]
+    run = run.drop_duplicates([a for a in axes if a in frame], keep="last")
+    return run, len(frame) - len(run)
+
+
+def _configuration(run: pd.DataFrame, keys: tuple[str, ...], axes: tuple[str, ...]) -> str:
+    return ", ".join(f"{k} {run[k].iloc[0]}" for k in keys if k in run and k not in axes)
 
 
 def _ok(frame: pd.DataFrame) -> pd.DataFrame:
@@ -148,6 +169,19 @@ def problems_section(frames: dict[str, pd.DataFrame]) -> str:
     return "\n".join(["## Rows that did not run", *(lines or ["Every row ran (status ok)."])])
 
 
+def environment(frames: dict[str, pd.DataFrame], device: torch.device) -> dict[str, str]:
+    """The metadata of the summarized rows (``METADATA_COLUMNS``), every distinct value of each, and the span of
+    their timestamps; a column that no CSV holds comes from this process (``bench.environment.metadata``)."""
+    env = {k: str(v) for k, v in metadata(device).items()}
+    for column in METADATA_COLUMNS:
+        values = sorted({str(v) for f in frames.values() if column in f for v in f[column].dropna()})
+        if values and column == "timestamp":
+            env[column] = values[0] if len(values) == 1 else f"{values[0]} to {values[-1]}"
+        elif values:
+            env[column] = ", ".join(values)
+    return env
+
+
 SECTIONS: dict[str, Callable[[pd.DataFrame, Path], str]] = {
     "derivatives.csv": derivatives_section,
     "eps_sweep.csv": eps_sweep_section,
@@ -161,8 +195,8 @@ def write_report(out: Path, device: torch.device, command: str, outcomes: dict[s
     frames, older = {}, {}
     for name in SECTIONS:
         if (frame := _read(out, name)) is not None:
-            frames[name], older[name] = newest(frame, SECTION_KEYS[name])
-    env = metadata(device)
+            frames[name], older[name] = newest_run(frame, SECTION_KEYS[name], SECTION_AXES[name])
+    env = environment(frames, device)
     parts = [
         "# fdsm-bench report",
         f"`{command}` on {env['device_name']}, "
@@ -174,8 +208,9 @@ def write_report(out: Path, device: torch.device, command: str, outcomes: dict[s
             try:
                 parts.append(section(frames[name], out))
                 if older[name]:
-                    parts.append(f"*{name} also holds {older[name]} older row(s) of the same configurations "
-                                 "(earlier runs into this folder); only the newest of each is summarized.*")
+                    parts.append(f"*{name} also holds {older[name]} row(s) of earlier runs into this folder or of "
+                                 "other configurations; only the newest run is summarized ("
+                                 f"{_configuration(frames[name], SECTION_KEYS[name], SECTION_AXES[name])}).*")
             except (KeyError, ValueError) as err:  # a CSV of an unexpected shape: say so, keep the rest
                 parts.append(f"## {name}\n*Could not summarize {name}: {type(err).__name__}: {err}*")
         else:
