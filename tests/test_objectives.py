@@ -199,12 +199,16 @@ def test_backends_agree_in_value_and_gradient():
 
 @pytest.mark.parametrize("call, message", [
     (lambda ld, x: obj.dsm_loss(ld, x, 0.0), "sigma > 0"),
-    (lambda ld, x: obj.fd_dsm_loss(ld, x, torch.tensor([0.1, -0.1, 0.2])), "sigma > 0"),
+    (lambda ld, x: obj.fd_dsm_loss(ld, x, torch.tensor([0.1, -0.1, 0.2])), "sigma > 0 and finite, got -0.1"),
+    (lambda ld, x: obj.dsm_loss(ld, x, torch.tensor([0.1, float("inf"), 0.2])), "finite, got inf"),
     (lambda ld, x: obj.fd_ssm_loss(ld, x, eps=0.0), "eps > 0"),
     (lambda ld, x: obj.ssm_loss(ld, x, eps=-1.0), "eps > 0"),
     (lambda ld, x: obj.ssm_loss(lambda z: z, x), "log_density to map"),
-    (lambda ld, x: obj.fd_ssm_loss(lambda z: z.sum(), x), "log_density to map"),
-    (lambda ld, x: obj.fd_ssmvr_loss(lambda z: z[:, :1], x), "score to map"),
+    (lambda ld, x: obj.fd_ssm_loss(lambda z: z.sum(), x), "log_density to map (9, 2) to (9,)"),
+    (lambda ld, x: obj.fd_ssm_loss(lambda z: z, x), "stacked into one batch: N = points x batch"),
+    (lambda ld, x: obj.fd_ssm_loss(lambda z: z, x, serial=True), "map (3, 2) to (3,), one value per sample, got "
+                                                                  "(3, 2)"),
+    (lambda ld, x: obj.fd_ssmvr_loss(lambda z: z[:, :1], x), "score to map (6, 2) to the same shape"),
     (lambda ld, x: obj.ssm_loss(ld, x, v=torch.ones(2, 2)), "expected v of x's shape"),
     (lambda ld, x: obj.ssm_loss(ld, x, noise="uniform"), "noise"),
     (lambda ld, x: obj.sm_loss(ld, x, reduction="sum"), "reduction"),

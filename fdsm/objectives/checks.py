@@ -49,7 +49,10 @@ def check_positive(who: str, name: str, value: float | Tensor) -> None:
     bad = (not torch.isfinite(value).all() or (value <= 0).any()) if isinstance(value, Tensor) \
         else (not math.isfinite(value) or value <= 0)
     if bad:
-        shown = value.detach().min().item() if isinstance(value, Tensor) else value
+        if isinstance(value, Tensor):  # the first offending entry, not a summary that may look valid
+            shown = value.detach().flatten()[~(torch.isfinite(value) & (value > 0)).flatten()][0].item()
+        else:
+            shown = value
         raise ValueError(f"{who}: expected {name} > 0 and finite, got {shown}")
 
 
@@ -98,8 +101,14 @@ def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: 
     return v, float(eps) ** 2
 
 
-def checked_log_density(who: str, log_density: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """log_density, with its output checked to be (N,) for an input (N, *event)."""
+# Said when a callable gets the wrong shape inside an FD objective, whose inputs the user never sees.
+STACKED = " (the FD objectives call it on their stencil points stacked into one batch: N = points x batch)"
+
+
+def checked_log_density(who: str, log_density: Callable[[Tensor], Tensor], *, stacked: bool = False
+                        ) -> Callable[[Tensor], Tensor]:
+    """log_density, with its output checked to be (N,) for an input (N, *event); ``stacked``: the inputs are an
+    FD objective's stacked stencil points, and an error says so."""
     if not callable(log_density):
         raise TypeError(f"{who}: expected log_density to be callable, got {type(log_density).__name__}")
 
@@ -108,14 +117,16 @@ def checked_log_density(who: str, log_density: Callable[[Tensor], Tensor]) -> Ca
         if not isinstance(out, Tensor) or out.shape != inputs.shape[:1]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"{who}: expected log_density to map {tuple(inputs.shape)} to "
-                             f"({inputs.shape[0]},), got {shape}")
+                             f"({inputs.shape[0]},), one value per sample, got {shape}" + (STACKED if stacked else ""))
         return out
 
     return wrapped
 
 
-def checked_score(who: str, score: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """score, with its output checked to have its input's shape (N, *event)."""
+def checked_score(who: str, score: Callable[[Tensor], Tensor], *, stacked: bool = False
+                  ) -> Callable[[Tensor], Tensor]:
+    """score, with its output checked to have its input's shape (N, *event); ``stacked`` as in
+    ``checked_log_density``."""
     if not callable(score):
         raise TypeError(f"{who}: expected score to be callable, got {type(score).__name__}")
 
@@ -123,7 +134,8 @@ def checked_score(who: str, score: Callable[[Tensor], Tensor]) -> Callable[[Tens
         out = score(inputs)
         if not isinstance(out, Tensor) or out.shape != inputs.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"{who}: expected score to map {tuple(inputs.shape)} to the same shape, got {shape}")
+            raise ValueError(f"{who}: expected score to map {tuple(inputs.shape)} to the same shape, got {shape}"
+                             + (STACKED if stacked else ""))
         return out
 
     return wrapped

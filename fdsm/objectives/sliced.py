@@ -264,7 +264,8 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tens
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
-    lp = fd.stencil_outputs(checked_log_density(who, log_density), x, v, THREE_POINT, serial=serial)  # (3, B)
+    lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x, v, THREE_POINT,
+                            serial=serial)  # (3, B)
     head = fused_head("fd_ssm_head", backend)
     if head is not None:
         per_sample = head(lp[_PLUS], lp[_MINUS], lp[_ZERO], scale=1.0 / eps2)
@@ -283,7 +284,8 @@ def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tenso
     target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
     x_noisy = noisy(x, sig, xi)
-    lp = fd.stencil_outputs(checked_log_density(who, log_density), x_noisy, v, TWO_POINT, serial=serial)  # (2, B)
+    lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x_noisy, v, TWO_POINT,
+                            serial=serial)  # (2, B)
     v_dot_delta = _dot(v, x_noisy - x)
     head = fused_head("fd_dsm_head", backend)
     if head is not None:
@@ -317,7 +319,8 @@ def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor |
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
     v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
-    s = fd.stencil_outputs(checked_score(who, score), x, v, TWO_POINT, serial=serial)  # (2, B, *event)
+    s = fd.stencil_outputs(checked_score(who, score, stacked=not serial), x, v, TWO_POINT,
+                           serial=serial)  # (2, B, *event)
     head = fused_head("fd_ssmvr_head", backend)
     if head is not None:
         per_sample = head(s[_P].flatten(1), s[_M].flatten(1), v.flatten(1), eps2 ** 0.5)
