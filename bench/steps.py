@@ -23,10 +23,14 @@ eps_sweep.csv`` take the best measured step per order (``best_steps``); the main
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+
+from bench.csvlog import as_key
 
 STEP_SCALE = 500.0  # L of NOTE [default FD step], calibrated on the deep EBM with random weights
 
@@ -44,11 +48,18 @@ def default_step(order: int, accuracy: int, dtype: torch.dtype, scale: float = S
     return scale * unit_roundoff(dtype) ** (1.0 / (order + accuracy))
 
 
-def best_steps(eps_sweep_csv: Path, *, model: str, weights: str, dtype: str, accuracy: int) -> dict[int, float]:
+# The columns of an eps-sweep row that name the function it measured: a step is only transferable to the same one.
+FUNCTION_COLUMNS = ("model", "size", "width", "weights")
+
+
+def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, accuracy: int) -> dict[int, float]:
     """{T: the step with the smallest median error} among the ``ok`` rows of an ``eps-sweep`` CSV measured on the
-    same model and weights, in the same dtype, with the same stencil accuracy. Empty where the sweep has none."""
+    same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, width, weights), in the same dtype, with
+    the same stencil accuracy. Empty where the sweep has none."""
     rows = pd.read_csv(eps_sweep_csv)
-    rows = rows[(rows["status"] == "ok") & (rows["model"] == model) & (rows["weights"].astype(str) == weights)
-                & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)].dropna(subset=["rel_error"])
+    same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
+    for column in FUNCTION_COLUMNS:
+        same &= rows[column].map(as_key) == as_key(problem[column])
+    rows = rows[same].dropna(subset=["rel_error"])
     best = rows.loc[rows.groupby("order")["rel_error"].idxmin()]
     return {int(t): float(e) for t, e in zip(best["order"], best["eps"], strict=True)}

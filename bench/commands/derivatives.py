@@ -10,9 +10,9 @@ Writes ``derivatives.csv`` (one row per method x order; re-running the same comm
 and ``figure2.png`` (time, peak memory and relative error against T, one line per method, log y).
 
 The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
-best measured step of that sweep for the same model, weights, dtype and accuracy (``bench.steps.best_steps``);
-else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``). The CSV records the step
-in ``eps`` and where it came from in ``eps_source``.
+best measured step of that sweep for the same model (size, width), weights, dtype and accuracy
+(``bench.steps.best_steps``); else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``).
+The CSV records the step in ``eps`` and where it came from in ``eps_source``.
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ def cases(config: DerivativesConfig, args: argparse.Namespace) -> list[dict]:
     if args.steps_from is not None:
         if not args.steps_from.is_file():
             raise UsageError(f"--steps-from {args.steps_from}: no such file; run fdsm-bench eps-sweep first")
-        measured = best_steps(args.steps_from, model=problem["model"], weights=problem["weights"], dtype=dtype,
-                              accuracy=config.accuracy)
+        measured = best_steps(args.steps_from, problem, dtype=dtype, accuracy=config.accuracy)
         steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if order in steps}
     if config.eps is not None:
         steps = {order: (config.eps, "--eps") for order in config.orders}
