@@ -98,11 +98,13 @@ def test_nice_2d_density_integrates_to_one():
 # ---- DKEF: the closed-form alpha minimizes the sliced SM objective -------------------------------------------------
 
 
-def test_dkef_closed_form_alpha_equals_direct_least_squares():
-    """J(alpha), the sliced SM objective of eq. (3) plus the ridge, computed by autograd through log_density, is
-    quadratic in alpha; its minimizer by a least-squares solve of (d^2J) alpha = -dJ(0) must equal solve_alpha."""
+@pytest.mark.parametrize("alpha_fit", ["sliced", "sliced-vr"])
+def test_dkef_closed_form_alpha_equals_direct_least_squares(alpha_fit):
+    """J(alpha), the SM objective plus the ridge, computed by autograd through log_density, is quadratic in alpha;
+    its minimizer by a least-squares solve of (d^2J) alpha = -dJ(0) must equal solve_alpha. Sliced (eq. (3)):
+    v^T H v + (v^T s)^2 / 2; variance-reduced (eq. (11)): v^T H v + ||s||^2 / 2."""
     torch.manual_seed(0)
-    model = build("dkef", size="cpu", dim=3, n_inducing=6).double()
+    model = build("dkef", size="cpu", dim=3, n_inducing=6, alpha_fit=alpha_fit).double()
     x = torch.randn(10, 3, dtype=torch.float64)
     v = torch.randint(0, 2, x.shape).double() * 2 - 1
 
@@ -110,7 +112,8 @@ def test_dkef_closed_form_alpha_equals_direct_least_squares():
         xg = x.clone().requires_grad_(True)
         (score,) = torch.autograd.grad(model.log_density(xg, alpha).sum(), xg, create_graph=True)
         (hvp,) = torch.autograd.grad((score * v).sum(), xg, create_graph=True)
-        integrand = (hvp * v).sum(1) + 0.5 * (score * v).sum(1).pow(2)
+        square = (score * v).sum(1).pow(2) if alpha_fit == "sliced" else score.pow(2).sum(1)
+        integrand = (hvp * v).sum(1) + 0.5 * square
         return integrand.mean() + 0.5 * 10.0**model.log_lambda * alpha.pow(2).sum()
 
     zero = torch.zeros(6, dtype=torch.float64, requires_grad=True)

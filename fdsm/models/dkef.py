@@ -11,14 +11,20 @@ with one feature net per kernel, phi_j(x) = MLP_j(x) + S_j x (D -> 30 -> 30 -> 3
 without bias), M = 200 trainable inducing points z_m, learnable log10-bandwidths ell_j (init 0, 0.5185, 1),
 kernel logits w (init 0) and a learnable log10 ridge lambda (init -2). D = 15 (Parkinsons) gives 11,377 parameters.
 
-alpha is not a parameter: it minimizes the sliced score-matching objective (paper eq. (3)) on a half-batch X_t,
+alpha is not a parameter: it minimizes the score-matching objective of the row being trained on a half-batch X_t,
 which is quadratic in alpha. With a_m = v^T grad_x k(x, z_m), h_m = v^T grad_x^2 k(x, z_m) v and
-g = v^T grad_x log q_0(x) per sample x (v Rademacher, as released),
+g = v^T grad_x log q_0(x) per sample x (v Rademacher, as released), the sliced objective (paper eq. (3); the
+released ``sliced`` mode, which its SSM and FD-SSM rows use) gives
 
 .. math::
     J(\alpha) = \mathbb{E}\big[h^\top\alpha + \tfrac12 (a^\top\alpha + g)^2\big]
         + \tfrac{10^\lambda}{2}\lVert\alpha\rVert^2 + \text{const}
-    \ \Rightarrow\ \alpha = -(G + 10^{\lambda} I)^{-1} b, \quad G = \mathbb{E}[a a^\top], \ b = \mathbb{E}[h + a g].
+    \ \Rightarrow\ \alpha = -(G + 10^{\lambda} I)^{-1} b, \quad G = \mathbb{E}[a a^\top], \ b = \mathbb{E}[h + a g],
+
+and the variance-reduced one (eq. (11); the released ``sliced_VR`` mode, its SSMVR row) keeps the full gradient in
+the square, :math:`\tfrac12 \lVert K\alpha + \nabla_x \log q_0 \rVert^2` with :math:`K = \nabla_x k(x, z)`
+(D, M), so that :math:`G = \mathbb{E}[K^\top K]` and :math:`b = \mathbb{E}[h + K^\top \nabla_x \log q_0]`
+(``DKEFConfig.alpha_fit``).
 
 The solve is differentiable, so a training step backpropagates through it; the loss is then evaluated on the other
 half-batch X_v with that alpha (``model.log_density(x_v, alpha)``).
@@ -33,6 +39,8 @@ from torch import nn
 
 from fdsm.models.spec import check_event, register_model
 
+ALPHA_FITS = ("sliced", "sliced-vr")
+
 
 @dataclass(frozen=True)
 class DKEFConfig:
@@ -43,6 +51,7 @@ class DKEFConfig:
     q0_sigma: float = 2.0  # sigma_0 of the fixed base measure N(0, sigma_0^2 I)
     init_log_bandwidths: tuple[float, ...] = (0.0, 0.5185, 1.0)  # ell_j (log10), one per kernel
     init_log_lambda: float = -2.0  # log10 of the ridge in the alpha solve
+    alpha_fit: str = "sliced"  # the objective alpha minimizes: "sliced" (SSM, FD-SSM) or "sliced-vr" (SSMVR)
 
     def __post_init__(self):
         object.__setattr__(self, "init_log_bandwidths", tuple(self.init_log_bandwidths))
@@ -51,6 +60,8 @@ class DKEFConfig:
                 f"DKEFConfig(n_kernels={self.n_kernels}, init_log_bandwidths={self.init_log_bandwidths}): expected "
                 "one initial log-bandwidth per kernel"
             )
+        if self.alpha_fit not in ALPHA_FITS:
+            raise ValueError(f"DKEFConfig(alpha_fit={self.alpha_fit!r}): expected one of {ALPHA_FITS}")
         if min(self.dim, self.n_inducing, self.n_kernels, self.hidden) < 1 or self.q0_sigma <= 0:
             raise ValueError(f"{self}: expected positive sizes and q0_sigma > 0")
 
@@ -132,10 +143,17 @@ class DKEF(nn.Module):
             return torch.func.jvp(self.kernel, (x,), (v,))[1]
 
         a, h = torch.func.jvp(directional, (x_t,), (v,))  # a, and h = v^T grad^2 k v: (N, M) each
-        g = (v * x_t).sum(1) / -(self.config.q0_sigma**2)  # v^T grad log q_0 = -v^T x / sigma_0^2: (N,)
+        grad_log_q0 = x_t / -(self.config.q0_sigma**2)  # (N, D)
         n, m = a.shape
-        gram = a.T @ a / n  # G: (M, M)
-        b = (h + a * g[:, None]).mean(0)  # (M,)
+        if self.config.alpha_fit == "sliced":
+            g = (v * grad_log_q0).sum(1)  # (N,)
+            gram = a.T @ a / n  # G: (M, M)
+            b = (h + a * g[:, None]).mean(0)  # (M,)
+        else:  # "sliced-vr": K = grad_x k(x, z) per sample, one jvp per input coordinate
+            basis = torch.eye(x_t.shape[1], dtype=x_t.dtype, device=x_t.device)[:, None, :].expand(-1, n, -1)
+            k_grad = torch.func.vmap(lambda e: torch.func.jvp(self.kernel, (x_t,), (e,))[1])(basis)  # (D, N, M)
+            gram = torch.einsum("dnm,dnk->mk", k_grad, k_grad) / n  # E[K^T K]: (M, M)
+            b = (h + torch.einsum("dnm,nd->nm", k_grad, grad_log_q0)).mean(0)  # (M,)
         ridge = 10.0**self.log_lambda * torch.eye(m, dtype=a.dtype, device=a.device)
         return -torch.linalg.solve(gram + ridge, b)
 
