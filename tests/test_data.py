@@ -24,6 +24,7 @@ from fdsm.data import (
     logit_transform,
     pad_to_32,
 )
+from fdsm.data.tabular import dequantize_columns, drop_correlated
 
 RNG = np.random.default_rng(0)
 
@@ -117,9 +118,24 @@ def test_parkinsons_round_trip_is_whitened_and_drops_correlated_columns(tmp_path
     pd.DataFrame(np.column_stack([ids, features]), columns=columns).to_csv(tmp_path / "p.data", index=False)
     x = load_parkinsons(tmp_path / "p.data")
     assert x.shape == (200, 6)  # the near-duplicate column is gone
+    kept = drop_correlated(features)
+    np.testing.assert_array_equal(kept, features[:, 1:])  # as released: the first of the pair goes, f6 stays
     torch.testing.assert_close(
         torch.cov(x.T.double(), correction=0), torch.eye(6, dtype=torch.float64), atol=1e-4, rtol=0
     )
+
+
+def test_dequantization_spreads_each_value_over_plus_minus_one_gap():
+    column = np.repeat(np.arange(5.0), 2000)[:, None] * 0.5  # gap 0.5
+    noise = dequantize_columns(column, np.random.default_rng(0)) - column
+    assert -0.5 <= noise.min() < -0.49 and 0.49 < noise.max() <= 0.5  # U(-1, 1) x gap, as released
+
+
+def test_a_tabular_file_without_a_header_is_refused_not_read_a_row_short(tmp_path):
+    table = np.column_stack([np.round(_table(30, 11), 1), RNG.integers(3, 9, 30)])
+    pd.DataFrame(table).to_csv(tmp_path / "winequality-red.csv", sep=";", index=False, header=False)
+    with pytest.raises(DataFormatError, match="the first line holds numbers, not column names"):
+        load_wine_quality(tmp_path / "winequality-red.csv")
 
 
 def test_wine_quality_round_trip_dequantizes_and_whitens(tmp_path):

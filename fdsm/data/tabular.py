@@ -1,10 +1,12 @@
 r"""UCI tabular datasets for DKEF (paper section 6.1, Table 1), prepared as the released DKEF code does.
 
 - Parkinsons telemonitoring (``parkinsons_updrs.data``, comma-separated with a header): the columns from index 3 on,
-  dropping each column whose |correlation| with an earlier kept column exceeds 0.98.
+  without near-duplicates: while some column's |correlation| with another exceeds 0.98, the first such column is
+  dropped (the released ``clean_data``, which keeps the later column of each pair; it takes |.| only on its first
+  pass, a quirk not copied here).
 - Wine quality, red and white (``winequality-red.csv`` / ``winequality-white.csv``, semicolon-separated with a
   header): the 11 physico-chemical features (the last column, quality, is dropped); each feature is dequantized by
-  adding U(-1/2, 1/2) times the median gap between its distinct values.
+  adding U(-1, 1) times the median gap between its distinct values (the released ``dequantize``).
 
 Then PCA whitening with no regularization, fitted on (at most) the first 10^4 rows:
 
@@ -26,6 +28,14 @@ import torch
 from fdsm.data.files import DataFormatError, read_bytes
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(path: str | Path, expected: str, sep: str, min_columns: int) -> np.ndarray:
     """A numeric CSV with a header as a float64 array; anything else is a DataFormatError."""
     raw = read_bytes(path, expected)
@@ -33,6 +43,8 @@ def _read_csv(path: str | Path, expected: str, sep: str, min_columns: int) -> np
         frame = pd.read_csv(io.BytesIO(raw), sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataFormatError(f"{path}: cannot parse ({err}); expected {expected}") from err
+    if all(_is_number(name) for name in frame.columns):
+        raise DataFormatError(f"{path}: the first line holds numbers, not column names; expected {expected}")
     if frame.shape[1] < min_columns or len(frame) < 2:
         raise DataFormatError(f"{path}: {frame.shape[1]} columns, {len(frame)} rows; expected {expected}")
     values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
@@ -53,19 +65,21 @@ def whiten(x: np.ndarray, fit_rows: int = 10_000) -> np.ndarray:
 
 
 def drop_correlated(x: np.ndarray, threshold: float = 0.98) -> np.ndarray:
-    """Keep each column unless its |correlation| with an earlier kept column exceeds ``threshold``."""
-    corr = np.abs(np.corrcoef(x, rowvar=False))
-    kept: list[int] = []
-    for j in range(x.shape[1]):
-        if all(corr[j, k] <= threshold for k in kept):
-            kept.append(j)
-    return x[:, kept]
+    """While some column's |correlation| with another column exceeds ``threshold``, drop the first such column
+    (module docstring): of each near-duplicate pair the later column stays. (N, D) -> (N, D')."""
+    kept = list(range(x.shape[1]))
+    while True:
+        corr = np.abs(np.corrcoef(x[:, kept], rowvar=False))
+        has_partner = (corr > threshold).sum(1) > 1  # every column exceeds it with itself
+        if not has_partner.any():
+            return x[:, kept]
+        del kept[int(np.argmax(has_partner))]
 
 
 def dequantize_columns(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """x + U(-1/2, 1/2) * (median gap between the distinct values of each column): (N, D) -> (N, D)."""
+    """x + U(-1, 1) * (median gap between the distinct values of each column): (N, D) -> (N, D)."""
     gaps = np.array([np.median(np.diff(np.unique(col))) if len(np.unique(col)) > 1 else 0.0 for col in x.T])
-    return x + (rng.random(x.shape) - 0.5) * gaps
+    return x + (2 * rng.random(x.shape) - 1) * gaps
 
 
 PARKINSONS_EXPECTED = "the UCI Parkinsons telemonitoring CSV (parkinsons_updrs.data: header, comma-separated)"
