@@ -289,3 +289,15 @@ def test_layout_comparison_script_times_every_objective_in_both_layouts():
     assert {r["objective"] for r in rows} == {r.value.objective for r in RECIPES if r.value.model == "deep-ebm"}
     assert all(r["time_ms_contiguous"] > 0 and r["time_ms_channels_last"] > 0 for r in rows)
     assert set(MEMORY_FORMAT) <= {"deep-ebm", "ncsn"}  # the image models the script compares by default
+
+
+def test_how_often_train_evaluates_does_not_change_the_training_run():
+    from bench.commands.train import QUICK, _run_dkef
+
+    def losses(eval_every: int) -> dict[int, float]:
+        config = dataclasses.replace(QUICK, dkef_steps=4, eval_every=eval_every)
+        return {row["step"]: row["loss"] for row in _run_dkef(config, seed=0, device=torch.device("cpu"))}
+
+    every_step, every_other = losses(1), losses(2)
+    assert set(every_other) == {2, 4}
+    assert all(every_other[step] == every_step[step] for step in every_other), (every_step, every_other)

@@ -96,12 +96,16 @@ def _run_dkef(config: TrainConfig, seed: int, device: torch.device) -> list[dict
         recipe = dataclasses.replace(RECIPES.get(f"dkef/{objective}"), batch=config.dkef_batch)
         model = recipe.build_model("cpu", dim=train_x.shape[1]).to(device)
         model.init_inducing(train_x)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # the training batches
+        g_eval = torch.Generator().manual_seed(seed + 1)  # alpha's directions and the importance samples
 
-        def evaluate(model: nn.Module = model, g: torch.Generator = g) -> dict:
-            model.fit_alpha(train_x)
+        def evaluate(model: nn.Module = model, g_eval: torch.Generator = g_eval) -> dict:
+            # Its own generator, so that how often it runs changes neither the training batches nor the draws of
+            # the training steps (the global generator).
+            v = (torch.randint(0, 2, train_x.shape, generator=g_eval) * 2 - 1).to(train_x)  # Rademacher
+            model.fit_alpha(train_x, v)
             return {"sm_loss": held_out_sm(model.log_density, held_out),
-                    "nll": dkef_nll(model, held_out, config.is_samples, g)}
+                    "nll": dkef_nll(model, held_out, config.is_samples, g_eval)}
 
         rows += _records("dkef", objective, model, recipe, train_x, config, config.dkef_steps, evaluate, g)
     return rows
