@@ -301,3 +301,20 @@ def test_how_often_train_evaluates_does_not_change_the_training_run():
     every_step, every_other = losses(1), losses(2)
     assert set(every_other) == {2, 4}
     assert all(every_other[step] == every_step[step] for step in every_other), (every_step, every_other)
+
+
+def test_each_deep_ebm_objective_in_train_sees_the_same_batches_however_far_the_others_ran(monkeypatch):
+    from bench.commands import train as train_command
+    from fdsm.training import batches
+
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def record_batches(model, recipe, data, *, steps, generator, **kwargs):  # train's batches, without the steps
+        stream = batches(data, recipe.batch, generator)
+        seen[recipe.objective] = [next(stream) for _ in range(steps)]
+        return []
+
+    monkeypatch.setattr(train_command, "train", record_batches)
+    config = dataclasses.replace(train_command.QUICK, ebm_objectives=("DSM", "FD-DSM"), ebm_steps=3)
+    train_command._run_ebm(config, seed=0, device=torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(seen["DSM"], seen["FD-DSM"], strict=True))

@@ -113,12 +113,12 @@ def _run_dkef(config: TrainConfig, seed: int, device: torch.device) -> list[dict
 
 def _run_ebm(config: TrainConfig, seed: int, device: torch.device) -> list[dict]:
     data = digits((1, 8, 8))
-    g = torch.Generator().manual_seed(seed)
-    data = data[torch.randperm(len(data), generator=g)].to(device)
+    data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))].to(device)
     held_out, train_x = data[:200], data[200:]
     rows = []
     for objective in config.ebm_objectives:
         torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # every objective sees the same batches, however far others ran
         base = RECIPES.get(f"deep-ebm/{objective}")
         recipe = dataclasses.replace(base, batch=config.ebm_batch,
                                      optim=dataclasses.replace(base.optim, lr=config.ebm_lr))
