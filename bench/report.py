@@ -27,6 +27,7 @@ import torch
 from bench.commands.grad_agreement import KEYS as GRAD_AGREEMENT_KEYS
 from bench.commands.train_steps import KEYS as TRAIN_STEPS_KEYS
 from bench.commands.train_steps import speedups as train_step_speedups
+from bench.csvlog import as_key
 from bench.derivative_case import CASE_KEYS
 from bench.environment import METADATA_COLUMNS, metadata
 
@@ -63,7 +64,7 @@ def newest_run(frame: pd.DataFrame, keys: tuple[str, ...], axes: tuple[str, ...]
     ``axes`` (newest by ``timestamp``, else file order)."""
     ordered = frame.sort_values("timestamp", kind="stable") if "timestamp" in frame else frame
     config = [k for k in keys if k in frame and k not in axes]
-    as_text = ordered[config].astype(str)  # NaN compares equal to NaN as text
+    as_text = ordered[config].map(as_key)  # as the CSV's keys compare: an empty cell (NaN) equals an empty cell
     run = ordered[(as_text == as_text.iloc[-1]).all(axis=1)]
     run = run.drop_duplicates([a for a in axes if a in frame], keep="last")
     return run, len(frame) - len(run)
@@ -133,7 +134,7 @@ def eps_sweep_section(frame: pd.DataFrame, out: Path) -> str:
 def train_steps_section(frame: pd.DataFrame, out: Path) -> str:
     speedups = train_step_speedups(frame).rename(columns={
         "objective": "FD objective", "speedup": "speed-up (median)", "speedup_q1": "q1", "speedup_q3": "q3",
-        "flop_ratio": "FLOP ratio", "memory_ratio": "memory ratio"})
+        "flop_ratio": "FLOP ratio", "memory_ratio": "memory ratio"}).dropna(axis=1, how="all")  # e.g. no FLOPs
     return "\n".join([
         "## Training steps: FD objectives against their gradient-based twins",
         _figure(out, "train_steps.png", "Time and peak memory of one complete optimizer step per objective."),

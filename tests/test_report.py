@@ -7,8 +7,9 @@ from bench.report import SECTION_AXES, SECTION_KEYS, environment, newest_run
 
 
 def _derivative_rows(dtype: str, methods: list[str], times: list[float], timestamp: str) -> pd.DataFrame:
-    return pd.DataFrame({"model": "deep-ebm", "size": "cpu", "width": 2, "weights": "random", "seed": 0, "batch": 1,
-                         "device": "cpu", "method": methods, "order": 1, "accuracy": 2, "eps": 0.1, "dtype": dtype,
+    return pd.DataFrame({"model": "deep-ebm", "size": "cpu", "width": float("nan"),  # NaN: the preset's width
+                         "weights": "random", "seed": 0, "batch": 1, "device": "cpu", "method": methods,
+                         "order": 1, "accuracy": 2, "eps": 0.1, "dtype": dtype,
                          "time_ms": times, "status": "ok", "timestamp": timestamp})
 
 
