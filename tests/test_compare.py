@@ -7,7 +7,7 @@ from bench.cli import main
 
 
 def write(folder, times, statuses=None):
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     n = len(times)
     pd.DataFrame({
         "model": ["deep-ebm"] * n, "method": [f"m{i}" for i in range(n)], "order": [2] * n, "batch": [8] * n,
@@ -38,3 +38,14 @@ def test_compare_exit_status(tmp_path, capsys, new_times, new_status, threshold,
 def test_compare_rejects_missing_folders(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "expected a result folder" in capsys.readouterr().err
+
+
+def test_compare_fails_when_new_lost_rows_or_files_and_refuses_a_metric_it_cannot_find(tmp_path, capsys):
+    old = write(tmp_path / "old", [10.0, 2.0])
+    assert main(["compare", str(old), str(write(tmp_path / "short", [10.0]))]) == 1  # m1 is gone
+    assert "ok -> missing" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(old), str(tmp_path / "empty")]) == 1  # derivatives.csv is gone
+    assert "is missing" in capsys.readouterr().out
+    assert main(["compare", str(old), str(write(tmp_path / "same", [10.0, 2.0])), "--metric", "time-ms"]) == 2
+    assert "nothing was compared" in capsys.readouterr().err

@@ -2,9 +2,11 @@
 
 Every CSV that both result folders hold (``derivatives.csv``, ``train_steps.csv``, ...) is joined on its
 configuration columns (``KEYS``; for other files, every text or integer column that is not metadata). For each
-row it prints ``old``, ``new`` and ``ratio = new / old`` of ``--metric``, and marks a regression where the metric
-got worse by more than ``--threshold`` (for time, memory and error: ratio > 1 + threshold; for throughput:
-ratio < 1 / (1 + threshold)), or where a row that was ``ok`` is not ``ok`` any more. The exit status is 1 when
+row of OLD it prints ``old``, ``new`` and ``ratio = new / old`` of ``--metric``, and marks a regression where the
+metric got worse by more than ``--threshold`` (for time, memory and error: ratio > 1 + threshold; for throughput:
+ratio < 1 / (1 + threshold)), where a row that was ``ok`` is not ``ok`` any more, and where a row, a CSV or the
+metric's column of OLD is missing from NEW. A metric that no CSV of OLD has is a usage error (exit 2): a gate that
+compared nothing must not pass. The exit status is 1 when
 anything regressed, so CI can gate on it; pytest-benchmark's ``--benchmark-compare-fail`` plays the same role for
 its JSON.
 
@@ -19,14 +21,16 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cli import UsageError
+from bench.derivative_case import CASE_KEYS
 from bench.environment import METADATA_COLUMNS
 
 NAME = "compare"
 HELP = "compare two result folders row by row; exit 1 when a metric regressed past a threshold"
 
 KEYS = {
-    "derivatives": ("model", "method", "order", "batch", "dtype", "device"),
-    "eps_sweep": ("model", "method", "order", "eps", "accuracy", "dtype"),
+    # a derivatives run's step may come from its eps-sweep, which can move between runs: not a key here
+    "derivatives": tuple(k for k in CASE_KEYS if k != "eps"),
+    "eps_sweep": CASE_KEYS,
     "train_steps": ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark",
                     "float32_math"),
     "kernels": ("kernel", "impl", "pass", "size_mb", "dtype", "device"),
@@ -54,9 +58,11 @@ def key_columns(stem: str, old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
 
 def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: list[str], metric: str,
                    threshold: float) -> pd.DataFrame:
-    """One row per configuration in both frames: keys, old, new, ratio, regressed."""
+    """One row per configuration of OLD: keys, old, new, ratio, status, regressed. A row that was ``ok`` in OLD
+    and is not ``ok`` in NEW, or is not in NEW at all (status ``missing``), counts as regressed."""
     columns = [*keys, metric, "status"]
-    joined = old[columns].merge(new[columns], on=keys, suffixes=("_old", "_new"))
+    joined = old[columns].merge(new[columns], on=keys, how="left", suffixes=("_old", "_new"))
+    joined["status_new"] = joined["status_new"].fillna("missing")
     ratio = joined[f"{metric}_new"] / joined[f"{metric}_old"]
     worse = ratio < 1 / (1 + threshold) if metric in HIGHER_IS_BETTER else ratio > 1 + threshold
     lost = (joined["status_old"] == "ok") & (joined["status_new"] != "ok")
@@ -74,20 +80,30 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{folder}: expected a result folder holding CSV files")
     if args.threshold <= 0:
         raise UsageError(f"--threshold {args.threshold}: expected a positive fraction, e.g. 0.10")
-    pairs = [(p, args.new / p.name) for p in sorted(args.old.glob("*.csv")) if (args.new / p.name).exists()]
-    if not pairs:
-        raise UsageError(f"{args.old} and {args.new} share no CSV file")
+    olds = sorted(args.old.glob("*.csv"))
+    if not olds:
+        raise UsageError(f"{args.old} holds no CSV file")
     regressions = compared = 0
-    for old_path, new_path in pairs:
-        old, new = pd.read_csv(old_path), pd.read_csv(new_path)
-        if args.metric not in old.columns or args.metric not in new.columns:
+    for old_path in olds:
+        new_path = args.new / old_path.name
+        old = pd.read_csv(old_path)
+        if args.metric not in old.columns:  # e.g. time_ms in grad_agreement.csv: nothing of this metric to lose
             print(f"{old_path.name}: no column {args.metric!r}, skipped")
+            continue
+        new = pd.read_csv(new_path) if new_path.exists() else None
+        if new is None or args.metric not in new.columns:
+            lost = "is missing" if new is None else f"has no column {args.metric!r}"
+            print(f"\n{old_path.name}: REGRESSED, {args.new / old_path.name} {lost} ({len(old)} rows of OLD)")
+            compared, regressions = compared + len(old), regressions + len(old)
             continue
         table = compare_frames(old, new, key_columns(old_path.stem, old, new), args.metric, args.threshold)
         compared += len(table)
         regressions += int(table["regressed"].sum())
-        print(f"\n{old_path.name}: {args.metric}, new / old ({len(table)} rows in both)")
+        print(f"\n{old_path.name}: {args.metric}, new / old ({len(table)} rows of OLD)")
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if compared == 0:
+        raise UsageError(f"no CSV in {args.old} has a column {args.metric!r}: nothing was compared")
     verdict = "REGRESSED" if regressions else "ok"
-    print(f"\n{verdict}: {regressions} of {compared} rows worse than {1 + args.threshold:.2f}x on {args.metric}")
+    print(f"\n{verdict}: {regressions} of {compared} rows worse than {1 + args.threshold:.2f}x on {args.metric}, "
+          "missing or no longer ok")
     return 1 if regressions else 0
