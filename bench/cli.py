@@ -41,12 +41,16 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is a UsageError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name}: {err}; expected auto, cpu or cuda[:N]") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(
             f"--device {name}: no CUDA device is visible to torch {torch.__version__} "
             f"(CUDA build: {torch.version.cuda or 'no'}); use --device cpu or --device auto"
         )
-    return torch.device(name)
+    return device
 
 
 def dtype_name(dtype: torch.dtype) -> str:

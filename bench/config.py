@@ -22,6 +22,17 @@ def comma_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for a count that must be at least 1 (threads, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def comma_words(text: str) -> tuple[str, ...]:
     """``"fd-batched, exact-reverse"`` -> ("fd-batched", "exact-reverse")."""
     return tuple(part.strip() for part in text.split(",") if part.strip())

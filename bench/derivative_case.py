@@ -37,7 +37,7 @@ import argparse
 import copy
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from torch import Tensor, nn
 import fdsm
 from bench.accuracy import relative_error
 from bench.cli import DTYPES, UsageError
+from bench.config import positive_int
 from bench.memory import peak_memory
 from bench.timing import measure_time, timing_columns
 from fdsm.derivatives import FD_METHODS
@@ -210,7 +211,7 @@ def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="the deep EBM's n_chan (default: the preset's)")
     g.add_argument("--batch", type=int, help="points per call (default: 64 on CUDA, else 2)")
     g.add_argument("--checkpoint", type=Path, help="a state_dict of the model (default: seeded random weights)")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
+    g.add_argument("--threads", type=positive_int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
 
 
 def problem_columns(config: ProblemConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -225,6 +226,13 @@ def problem_columns(config: ProblemConfig, args: argparse.Namespace) -> dict[str
     return {"model": config.model, "size": size, "width": config.width,
             "weights": weights_label(args.checkpoint), "seed": args.seed, "batch": batch,
             "device": str(args.device)}
+
+
+def check_accuracies(option: str, accuracies: Iterable[int]) -> None:
+    """A UsageError unless every stencil accuracy p is even and at least 2 (central stencils, Theorem 1)."""
+    bad = [p for p in accuracies if p < 2 or p % 2]
+    if bad:
+        raise UsageError(f"{option}: {bad} are not central-stencil accuracies; expected even p >= 2, e.g. 2 or 4")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

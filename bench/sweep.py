@@ -69,6 +69,15 @@ def kept_with_other_settings(cases: Sequence[Case], log: CsvLog, threads: int | 
     return differ
 
 
+def exit_status(rows: pd.DataFrame, desc: str) -> int:
+    """A command's exit status after its sweep: 0 if any row is ``ok``, else 1 (with a line saying so), so that a
+    stage of ``all`` or a CI step whose every case failed is not reported as a success."""
+    if (rows["status"] == "ok").any():
+        return 0
+    print(f"{desc}: no row ran ok ({len(rows)} rows); the status and message columns say why")
+    return 1
+
+
 def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,
               isolate: bool = True, threads: int | None = None, desc: str = "sweep") -> pd.DataFrame:
     """Measure every case not yet in ``log`` (see the module docstring); returns the rows of ``cases``."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -92,3 +93,59 @@ def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_with
                         f"--benchmark-json={json_path}"]) == pytest.ExitCode.TESTS_FAILED
     (row,) = rows_from_pytest_benchmark(json_path)
     assert row["status"] == "error" and "a wrong answer" in row["message"] and "time_ms" not in row
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--recipe", "nope"], "--recipe: unknown training recipe 'nope'"),
+    (["derivatives", "--quick", "--methods", "bogus"], "--methods: unknown method 'bogus'"),
+    (["derivatives", "--quick", "--accuracy", "3"], "not central-stencil accuracies"),
+    (["eps-sweep", "--quick", "--accuracies", "2,0"], "not central-stencil accuracies"),
+    (["derivatives", "--quick", "--threads", "0"], "expected a positive integer"),
+    (["derivatives", "--quick", "--device", "bogus"], "--device bogus"),
+    (["kernels", "--kernels", "bogus"], "--kernels: unknown ['bogus']"),
+    (["train-steps", "--models", "resnet"], "--models: unknown ['resnet']"),
+    (["all", "--skip", "bogus"], "--skip bogus: unknown stage(s) ['bogus']"),
+])
+def test_a_bad_option_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) if "--threads" in argv else _no_exit() as stopped:
+        code = main([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert (stopped.value.code if stopped else code) == 2  # argparse's own errors exit 2 too
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.csv"))
+
+
+class _no_exit:
+    """A stand-in for ``pytest.raises`` where nothing is raised; ``as`` gives None."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_fit_keeps_a_checkpoint_only_if_it_was_trained_as_asked_and_quick_does_not_override_steps(tmp_path, capsys):
+    args = ["fit", "--quick", "--device", "cpu", "--out", str(tmp_path)]
+    assert main([*args, "--steps", "2"]) == 0
+    note = (tmp_path / "checkpoints" / "deep-ebm-DSM.json").read_text()
+    assert '"steps": 2' in note  # an explicit --steps wins over --quick's 3
+    assert main([*args, "--steps", "2"]) == 0 and "with these settings, kept" in capsys.readouterr().out
+    assert main([*args, "--steps", "4"]) == 2
+    assert "trained with other settings (steps_asked 2 (asked: 4))" in capsys.readouterr().err
+
+
+def test_a_sweep_whose_every_row_failed_exits_1(capsys):
+    from bench.sweep import exit_status
+
+    assert exit_status(pd.DataFrame({"status": ["ok", "error"]}), "derivatives") == 0
+    assert exit_status(pd.DataFrame({"status": ["unsupported", "error"]}), "derivatives") == 1
+    assert "derivatives: no row ran ok (2 rows)" in capsys.readouterr().out
+
+
+def test_the_eps_sweep_figure_draws_a_panel_whose_every_case_failed():
+    rows = pd.DataFrame({"order": 1, "accuracy": 2, "dtype": "float32", "eps": [0.1, 1.0], "rel_error": float("nan"),
+                         "status": "error", "message": "broken on purpose"})
+    figure = eps_sweep.eps_sweep_figure(rows, "all failed")  # the y-limits came from the errors, NaN: a crash
+    assert "not plotted (see the CSV):  error" in figure.texts[-1].get_text()  # said under the panels
+    plt.close(figure)

@@ -17,6 +17,7 @@ import argparse
 import time
 import traceback
 
+from bench.cli import UsageError
 from bench.commands.fit import checkpoint_path
 from bench.report import write_report
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     skipped = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skipped - set(STAGES)
     if unknown:
-        raise SystemExit(f"fdsm-bench all: --skip {args.skip}: unknown stage(s) {sorted(unknown)}; "
+        raise UsageError(f"--skip {args.skip}: unknown stage(s) {sorted(unknown)}; "
                          f"expected some of {', '.join(STAGES)}")
     stages = [s for s in STAGES if s not in skipped]
     parser = build_parser()

@@ -36,12 +36,13 @@ from bench.derivative_case import (
     TIME_COLUMNS,
     ProblemConfig,
     add_problem_arguments,
+    check_accuracies,
     measure_derivative,
     problem_columns,
 )
 from bench.plots import METHOD_STYLE, failure_note, line_panel, save
 from bench.steps import best_steps, default_step
-from bench.sweep import run_sweep
+from bench.sweep import exit_status, run_sweep
 from bench.timing import fix_cpu_threads
 from fdsm.models import model_config
 
@@ -90,7 +91,11 @@ def cases(config: DerivativesConfig, args: argparse.Namespace) -> list[dict]:
     # Every registered method: one this machine cannot run gets an `unsupported` row that says why.
     methods = config.methods or tuple(fdsm.METHODS.names())
     for method in methods:
-        fdsm.METHODS.entry(method)  # an unknown name fails here, before any work
+        try:
+            fdsm.METHODS.entry(method)  # an unknown name fails here, before any work
+        except ValueError as err:
+            raise UsageError(f"--methods: {err}") from err
+    check_accuracies("--accuracy", [config.accuracy])
     problem, dtype = problem_columns(config, args), dtype_name(args.dtype)
     steps = {order: (default_step(order, config.accuracy, args.dtype), "default") for order in config.orders}
     if args.steps_from is not None:
@@ -145,4 +150,4 @@ def run(args: argparse.Namespace) -> int:
                      desc=NAME)
     path = save(figure2(rows, describe(rows)), args.out / "figure2.png")
     print(f"wrote {log.path} ({len(rows)} rows) and {path}")
-    return 0
+    return exit_status(rows, NAME)

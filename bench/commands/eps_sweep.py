@@ -28,12 +28,13 @@ from bench.derivative_case import (
     ERROR_COLUMNS,
     ProblemConfig,
     add_problem_arguments,
+    check_accuracies,
     measure_error,
     problem_columns,
 )
 from bench.plots import DTYPE_STYLE, failure_note, line_panel, save
 from bench.steps import default_step
-from bench.sweep import run_sweep
+from bench.sweep import exit_status, run_sweep
 from bench.timing import fix_cpu_threads
 
 NAME = "eps-sweep"
@@ -81,6 +82,7 @@ def cases(config: EpsSweepConfig, args: argparse.Namespace) -> list[dict]:
     unknown = sorted(set(config.dtypes) - set(DTYPES))
     if unknown:
         raise UsageError(f"--dtypes: unknown {unknown}; expected names from {sorted(DTYPES)}")
+    check_accuracies("--accuracies", config.accuracies)
     if not 0 < config.eps_min < config.eps_max:
         raise UsageError(f"--eps-min {config.eps_min} --eps-max {config.eps_max}: expected 0 < min < max")
     problem = problem_columns(config, args)
@@ -115,7 +117,9 @@ def _panel(ax, rows: pd.DataFrame, order: int, p: int) -> None:
             ax.annotate(f"{best.rel_error:.1e}\n@ {best.eps:.2g}", (best.eps, best.rel_error), xytext=(6, -18),
                         textcoords="offset points", fontsize=7, color=color)
     _slope_guide(ax, rows[rows.dtype == "float64"], p)
-    ax.set_ylim(max(rows[rows.rel_error > 0].rel_error.min() / 5, 1e-14), 10)
+    positive = rows.rel_error[rows.rel_error > 0]
+    if len(positive):  # a panel whose every case failed has no error to scale to
+        ax.set_ylim(max(positive.min() / 5, 1e-14), 10)
     ax.set_title(f"T = {order}, accuracy p = {p}", fontsize=10)
 
 
@@ -128,7 +132,8 @@ def eps_sweep_figure(rows: pd.DataFrame, title: str):
             _panel(axes[i][j], rows[(rows.order == order) & (rows.accuracy == p)], order, p)
             axes[i][j].set_xlabel("step eps = |v|" if i == len(accuracies) - 1 else "")
         axes[i][0].set_ylabel("relative error vs float64 exact")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    if axes[0][0].get_legend_handles_labels()[0]:  # nothing to label where every case failed
+        axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"{title}\ndashed verticals: theoretical optimum h* = L u^(1/(T+p)) per dtype;  stars: best "
                  f"measured step;  green band: error <= {TRUSTWORTHY:.0%}", fontsize=10)
     note = failure_note(rows, ("dtype", "order", "accuracy", "eps"))
@@ -150,4 +155,4 @@ def run(args: argparse.Namespace) -> int:
              f"batch {first.batch}, median over the batch, {first.device_name}")
     path = save(eps_sweep_figure(rows, title), args.out / "eps_sweep.png")
     print(f"wrote {log.path} ({len(rows)} rows) and {path}")
-    return 0
+    return exit_status(rows, NAME)

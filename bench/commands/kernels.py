@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 import kernels
-from bench.cli import DTYPES, dtype_name
+from bench.cli import DTYPES, UsageError, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.isolation import CaseOutcome
@@ -237,7 +237,7 @@ def measure(case: Mapping[str, Any], config: KernelsConfig) -> dict[str, Any]:
            "copy_gb_per_s": copy_gb_per_s, "frac_of_copy": gb_per_s / copy_gb_per_s, "bytes_moved": moved,
            "shape": shape, "rel_error": rel_error}
     tolerance = TOLERANCE.get(case["dtype"], NARROW_TOLERANCE)
-    if rel_error > tolerance:
+    if not rel_error <= tolerance:  # a NaN output is an error too
         row.update(status="error", message=f"rel_error {rel_error:.2e} against the torch reference exceeds "
                                            f"{tolerance:.0e}")
     return row
@@ -248,7 +248,7 @@ def measure(case: Mapping[str, Any], config: KernelsConfig) -> dict[str, Any]:
 def cases(config: KernelsConfig, *, dtype: str, device: torch.device, seed: int) -> list[dict[str, Any]]:
     unknown = sorted(set(config.kernels) - set(BENCHES))
     if unknown:
-        raise ValueError(f"--kernels: unknown {unknown}; expected some of {list(BENCHES)}")
+        raise UsageError(f"--kernels: unknown {unknown}; expected some of {list(BENCHES)}")
     rows = []
     for size_mb in config.sizes_mb:
         common = {"size_mb": size_mb, "dtype": dtype, "device": str(device), "seed": seed}

@@ -33,14 +33,14 @@ import pandas as pd
 import torch
 from matplotlib.patches import Patch
 
-from bench.cli import DTYPES, dtype_name
+from bench.cli import DTYPES, UsageError, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.environment import FLOAT32_MATH, set_float32_math
 from bench.flops import step_gflop
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
-from bench.sweep import run_sweep
+from bench.sweep import exit_status, run_sweep
 from bench.timing import PhaseClock, fix_cpu_threads, measure_interleaved, paired_ratio, timing_columns
 from fdsm.training import (
     MEMORY_FORMATS,
@@ -230,7 +230,7 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
                      "float32_math": config.float32_math if device.type == "cuda" else "ieee"})  # a CPU has no TF32
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
-        raise ValueError(f"--models: unknown {unknown}; expected some of {sorted({r.value.model for r in RECIPES})}")
+        raise UsageError(f"--models: unknown {unknown}; expected some of {sorted({r.value.model for r in RECIPES})}")
     return rows
 
 
@@ -357,4 +357,4 @@ def run(args: argparse.Namespace) -> int:
               "per-round ratios):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nwrote {args.out / 'train_steps.csv'} and {args.out / 'train_steps.png'}")
-    return 0
+    return exit_status(rows, NAME)
