@@ -38,6 +38,6 @@ def test_main_job_resumes_without_measuring_again(tmp_path, capsys):
     assert main(argv) == 0
     first = pd.read_csv(tmp_path / "derivatives.csv")
     assert main(argv) == 0
-    assert "exists, kept" in capsys.readouterr().out  # fit keeps its checkpoint, so the rows stay valid
+    assert "exists with these settings, kept" in capsys.readouterr().out  # so the rows stay valid
     second = pd.read_csv(tmp_path / "derivatives.csv")
     pd.testing.assert_frame_equal(first, second)  # nothing measured twice, nothing lost

@@ -20,6 +20,7 @@ import torch
 
 from bench.cli import UsageError
 from bench.commands.derivatives import QUICK as DERIVATIVES_QUICK
+from bench.config import positive_int
 from bench.environment import metadata
 from fdsm.data import for_event_shape
 from fdsm.training import RECIPES, Record, train
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--size", choices=("paper", "cpu"), help="model preset (default: paper on CUDA, else cpu)")
     g.add_argument("--width", type=int, help="the deep EBM's n_chan (default: the preset's; --quick: the quick "
                                              "derivative sweeps' width, so that they can load the checkpoint)")
-    g.add_argument("--steps", type=int, default=400, help="training steps (default: 400; --quick: 3)")
+    g.add_argument("--steps", type=positive_int, help="training steps (default: 400; --quick: 3)")
     # The step count, not the clock, should end a default run, so that the checkpoint is the same on a loaded
     # machine; the budget is a safety stop (400 steps took 102 s on 2 CPU cores, results/cpu/all.log).
     g.add_argument("--budget", dest="budget_s", type=float, default=300.0,
@@ -52,18 +53,35 @@ def checkpoint_path(out: Path, recipe_name: str) -> Path:
     return out / "checkpoints" / (recipe_name.replace("/", "-").replace("*", "-serial") + ".pt")
 
 
+def kept_settings(path: Path, asked: dict) -> str:
+    """How the settings in the checkpoint's JSON note differ from ``asked`` ("" when they agree; a setting that an
+    older note does not record is not compared)."""
+    note_path = path.with_suffix(".json")
+    note = json.loads(note_path.read_text()) if note_path.is_file() else {}
+    return ", ".join(f"{k} {note[k]} (asked: {v})" for k, v in asked.items() if k in note and note[k] != v)
+
+
 def run(args: argparse.Namespace) -> int:
-    base = RECIPES.get(args.recipe)  # an unknown recipe is a ValueError listing the names
-    if args.steps < 1 or args.budget_s <= 0 or args.lr <= 0:
-        raise UsageError(f"--steps {args.steps}, --budget {args.budget_s}, --lr {args.lr}: expected positive values")
+    try:
+        base = RECIPES.get(args.recipe)
+    except (ValueError, RuntimeError) as err:  # an unknown or disabled recipe: the message lists the names
+        raise UsageError(f"--recipe: {err}") from err
+    if args.budget_s <= 0 or args.lr <= 0:
+        raise UsageError(f"--budget {args.budget_s}, --lr {args.lr}: expected positive values")
+    size = args.size or ("paper" if args.device.type == "cuda" else "cpu")
+    steps = args.steps if args.steps is not None else (3 if args.quick else 400)
+    width = args.width if args.width is not None or not args.quick else DERIVATIVES_QUICK.width
+    asked = {"recipe": args.recipe, "size": size, "width": width, "lr": args.lr, "steps_asked": steps,
+             "samples": args.samples, "seed": args.seed}
     path = args.save or checkpoint_path(args.out, args.recipe)
     if path.exists() and not args.overwrite:
-        print(f"{path} exists, kept (--overwrite trains again)")
+        kept = kept_settings(path, asked)
+        if kept:
+            raise UsageError(f"{path} exists but was trained with other settings ({kept}); --overwrite trains "
+                             "again (the CSV rows measured on the old weights keep their label: use another --out)")
+        print(f"{path} exists with these settings, kept (--overwrite trains again)")
         return 0
     recipe = dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr=args.lr))
-    size = args.size or ("paper" if args.device.type == "cuda" else "cpu")
-    steps = 3 if args.quick else args.steps
-    width = args.width if args.width is not None or not args.quick else DERIVATIVES_QUICK.width
     torch.manual_seed(args.seed)
     model = recipe.build_model(size, **({} if width is None else {"n_chan": width})).to(args.device)
     event_shape = tuple(model.config.event_shape)
@@ -78,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     last = records[-1]
-    note = {"recipe": args.recipe, "size": size, "width": width, "lr": args.lr, "batch": recipe.batch,
-            "steps": last.step,
+    note = {**asked, "batch": recipe.batch, "steps": last.step,
             "train_seconds": round(last.wall_s, 1), "final_loss": last.loss, "samples": len(data),
             "data": f"embedded default for {event_shape} (fdsm.data.for_event_shape)", "seed": args.seed,
             **metadata(args.device)}
