@@ -48,14 +48,15 @@ def default_step(order: int, accuracy: int, dtype: torch.dtype, scale: float = S
     return scale * unit_roundoff(dtype) ** (1.0 / (order + accuracy))
 
 
-# The columns of an eps-sweep row that name the function it measured: a step is only transferable to the same one.
-FUNCTION_COLUMNS = ("model", "size", "width", "weights")
+# The columns of an eps-sweep row that name the function and points it measured (the seed draws random weights and
+# the batch): a step is only transferable to the same ones.
+FUNCTION_COLUMNS = ("model", "size", "width", "weights", "seed", "device")
 
 
 def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, accuracy: int) -> dict[int, float]:
     """{T: the step with the smallest median error} among the ``ok`` rows of an ``eps-sweep`` CSV measured on the
-    same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, width, weights), in the same dtype, with
-    the same stencil accuracy. Empty where the sweep has none."""
+    same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, width, weights, seed, device), in the same
+    dtype, with the same stencil accuracy. Empty where the sweep has none."""
     rows = pd.read_csv(eps_sweep_csv)
     same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
     for column in FUNCTION_COLUMNS:
