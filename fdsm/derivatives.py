@@ -76,15 +76,18 @@ def _check_stencil(stencil: object, order: int, method: str) -> Stencil | None:
     return stencil
 
 
-def _checked(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """f, with its output checked: (N, *event) -> (N,) or (N, k), the same N as its input."""
+def _checked(f: Callable[[Tensor], Tensor], batch: int) -> Callable[[Tensor], Tensor]:
+    """f, with its output checked: (N, *event) -> (N,) or (N, k), the same N as its input. ``batch`` is the
+    user's B: where N differs (the batched FD methods stack their points), an error says so."""
 
     def wrapped(inputs: Tensor) -> Tensor:
         out = f(inputs)
         if not isinstance(out, Tensor):
             raise TypeError(f"{_WHO}: expected f to return a Tensor, got {type(out).__name__}")
         if out.dim() not in (1, 2) or out.shape[0] != inputs.shape[0]:
-            raise ValueError(f"{_WHO}: expected f to map a batch of {inputs.shape[0]} to shape "
+            stacked = (f" (the {inputs.shape[0] // batch} stencil points of the batch of {batch}, stacked into one"
+                       " call)" if inputs.shape[0] != batch else "")
+            raise ValueError(f"{_WHO}: expected f to map a batch of {inputs.shape[0]}{stacked} to shape "
                              f"({inputs.shape[0]},) or ({inputs.shape[0]}, k), got {tuple(out.shape)}")
         return out
 
@@ -117,7 +120,7 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
     _check_inputs(f, x, v)
     run = METHODS.get(method)
     checked_stencil = _check_stencil(stencil, order, method)
-    return run(_checked(f), x, v, order, stencil=checked_stencil)
+    return run(_checked(f, len(x)), x, v, order, stencil=checked_stencil)
 
 
 def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,

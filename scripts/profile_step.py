@@ -34,6 +34,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from bench.cli import UsageError
 from bench.commands.train_steps import DEFAULT, Stepper, cases
 from bench.config import comma_words
 from bench.environment import float32_math, use_ieee_float32
@@ -121,14 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
     fix_cpu_threads()
     use_ieee_float32()  # as every fdsm-bench process (bench.environment)
     config = dataclasses.replace(DEFAULT, models=args.models, objectives=args.objectives, batch=args.batch,
                                  warmup=args.warmup)
+    try:
+        todo = cases(config, dtype="float32", device=torch.device(args.device), seed=args.seed)
+    except UsageError as err:  # an unknown model or row label: one line, exit 2
+        parser.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case in cases(config, dtype="float32", device=torch.device(args.device), seed=args.seed):
+    for case in todo:
         rows.append(profile_row(case, steps=args.steps, out=args.out, trace=args.trace))
         shown = {k: rows[-1][k] for k in ("time_ms", "gflop", "tflops", "aten_ops", "kernels", "kernel_ms",
                                           "device_busy")

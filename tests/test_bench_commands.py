@@ -149,3 +149,9 @@ def test_the_eps_sweep_figure_draws_a_panel_whose_every_case_failed():
     figure = eps_sweep.eps_sweep_figure(rows, "all failed")  # the y-limits came from the errors, NaN: a crash
     assert "not plotted (see the CSV):  error" in figure.texts[-1].get_text()  # said under the panels
     plt.close(figure)
+
+
+def test_train_steps_refuses_a_row_label_its_models_do_not_have(tmp_path, capsys):
+    assert main(["train-steps", "--device", "cpu", "--models", "nice", "--objectives", "FD-SMM",
+                 "--out", str(tmp_path)]) == 2
+    assert "--objectives: ['FD-SMM'] is not a row of nice" in capsys.readouterr().err

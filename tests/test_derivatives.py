@@ -288,3 +288,16 @@ def test_a_disabled_entry_says_why_and_an_unknown_one_lists_the_names():
         methods.get("fd-magic")
     with pytest.raises(ValueError, match="already registered"):
         methods.register("fd-batched", object())
+
+
+def test_a_batched_fd_method_says_its_wrong_shaped_call_was_the_stacked_stencil_points():
+    with pytest.raises(ValueError, match=r"a batch of 12 \(the 3 stencil points of the batch of 4, stacked"):
+        directional_derivative(lambda x: ok_f(x).sum(), X, V, 2, method="fd-batched")
+
+
+@pytest.mark.parametrize("method", ["exact-reverse", "exact-forward", "fd-serial", "fd-batched", "fd-streams"])
+def test_a_batch_of_scalars_x_of_shape_b_works_with_every_method(method):
+    x = torch.linspace(-1.0, 1.0, 5, dtype=F64)
+    v = torch.full_like(x, 0.1)
+    d = directional_derivative(lambda z: z**3, x, v, 2, method=method)  # d^2/dt^2 (x + t v)^3 = 6 x v^2
+    torch.testing.assert_close(d, 6 * x * v**2, rtol=1e-8, atol=1e-12)

@@ -231,6 +231,11 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
     unknown = sorted(set(config.models) - {r.value.model for r in RECIPES})
     if unknown:
         raise UsageError(f"--models: unknown {unknown}; expected some of {sorted({r.value.model for r in RECIPES})}")
+    labels = {r.value.objective for r in RECIPES if r.value.model in config.models}
+    unknown = sorted(set(config.objectives) - labels)
+    if unknown:
+        raise UsageError(f"--objectives: {unknown} is not a row of {', '.join(config.models)}; expected some of "
+                         f"{sorted(labels)}")
     return rows
 
 
