@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+import bench.timing
 from bench.accuracy import relative_error
 from bench.csvlog import CsvLog, rows_from_pytest_benchmark
 from bench.environment import METADATA_COLUMNS, float32_math, metadata, set_float32_math, use_ieee_float32
@@ -54,6 +55,13 @@ def test_timer_median_and_iqr_of_a_known_sleep():
     assert 9.5 <= timing.median_ms <= 60  # a 10 ms sleep; the upper bound allows a loaded machine
     assert 0 <= timing.iqr_ms <= max(timing.samples_ms) - min(timing.samples_ms)
     assert timing.threads == torch.get_num_threads()
+
+
+def test_timer_reports_the_median_and_quartiles_not_the_mean(monkeypatch):
+    samples = iter([1.0, 2.0, 3.0, 4.0, 100.0])  # one slow outlier: the mean would be 22
+    monkeypatch.setattr(bench.timing, "_time_cpu", lambda fn: next(samples))
+    timing = measure_time(lambda: None, CPU, warmup=0, repeats=5)
+    assert (timing.median_ms, timing.q1_ms, timing.q3_ms, timing.iqr_ms) == (3.0, 2.0, 4.0, 2.0)
 
 
 def test_interleaved_timer_alternates_and_pairs_the_rounds():

@@ -35,6 +35,16 @@ def test_compare_exit_status(tmp_path, capsys, new_times, new_status, threshold,
     assert "derivatives.csv" in out and "ratio" in out
 
 
+@pytest.mark.parametrize("new_speedups, code", [([2.0, 1.5], 1), ([2.0, 2.5], 0)])
+def test_compare_reads_a_higher_speedup_as_better(tmp_path, new_speedups, code):
+    for name, speedups in (("old", [2.0, 2.0]), ("new", new_speedups)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"model": "deep-ebm", "objective": ["FD-SSM", "FD-DSM"], "batch": 64, "dtype": "float32",
+                      "device": "cpu", "speedup": speedups, "status": "ok"}).to_csv(
+            tmp_path / name / "train_steps.csv", index=False)
+    assert main(["compare", str(tmp_path / "old"), str(tmp_path / "new"), "--metric", "speedup"]) == code
+
+
 def test_compare_rejects_missing_folders(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "expected a result folder" in capsys.readouterr().err

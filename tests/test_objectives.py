@@ -154,11 +154,22 @@ def test_noise_conditional_forms_weight_the_base_objectives():
     torch.testing.assert_close(annealed, sigma**2 * base)
     exact = obj.annealed_ssmvr_loss(score, x, sigma, xi=xi, v=v, reduction="none")
     torch.testing.assert_close(exact, annealed)  # a linear score: FD-SSMVR is exact
-    dsm = obj.annealed_dsm_loss(score, x, sigma, xi=xi)
-    dsm.backward()
-    assert weights.grad is not None and dsm.shape == ()
+    dsm = obj.annealed_dsm_loss(score, x, sigma, xi=xi, reduction="none")
+    s = sigma.view(-1, 1, 1, 1)  # by hand: sigma^2 ||s(x + sigma xi) + xi / sigma||^2 / d, lambda(sigma) = sigma^2
+    by_hand = sigma**2 * (score(x + s * xi, sigma) + xi / s).pow(2).flatten(1).sum(1) / x[0].numel()
+    torch.testing.assert_close(dsm, by_hand)
+    dsm.mean().backward()
+    assert weights.grad is not None
     labels, levels = obj.draw_levels(6, obj.ncsn_sigmas())
     assert labels.dtype == torch.int64 and levels.shape == (6,)
+
+
+def test_the_noise_levels_are_ncsn_geometric_ladder_and_the_deep_ebm_linear_one():
+    sigmas = obj.ncsn_sigmas(dtype=torch.float64)  # 1 -> 0.01 in 10 levels, each 0.01^(1/9) times the last
+    assert sigmas[0] == pytest.approx(1.0) and sigmas[-1] == pytest.approx(0.01) and len(sigmas) == 10
+    torch.testing.assert_close(sigmas[1:] / sigmas[:-1], torch.full((9,), 0.01 ** (1 / 9), dtype=torch.float64))
+    torch.testing.assert_close(obj.deep_ebm_sigmas(4, dtype=torch.float64),
+                               torch.tensor([0.05, 0.05 + 1.15 / 3, 0.05 + 2.3 / 3, 1.2], dtype=torch.float64))
 
 
 def test_mle_and_reduction_shapes(gaussian):

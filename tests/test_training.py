@@ -257,6 +257,22 @@ def test_a_row_whose_flops_cannot_be_counted_keeps_its_timings(monkeypatch):
     assert "FLOPs not counted on the meta device (NotImplementedError: no meta kernel)" in row["message"]
 
 
+def test_an_fd_rows_speedup_is_its_counterparts_time_over_its_own(monkeypatch):
+    from bench.commands import train_steps
+    from bench.timing import Timing
+
+    def fixed(fns, device, *, warmup, repeats):  # FD (first) 10 ms a round, its counterpart 30 ms
+        for fn in fns * repeats:
+            fn()
+        return [Timing(ms, 0.0, ms, ms, repeats, 1, (ms,) * repeats) for ms in (10.0, 30.0)]
+
+    monkeypatch.setattr(train_steps, "measure_interleaved", fixed)
+    case = {"model": "nice", "objective": "FD-SSM", "size": "cpu", "batch": 8, "dtype": "float32", "device": "cpu",
+            "memory_format": "contiguous", "seed": 0, "warmup": 0, "repeats": 3}
+    row = train_steps.measure_step(case)
+    assert row["versus"] == "SSM" and row["speedup"] == 3.0 and row["time_ms"] == 10.0  # above 1: FD is faster
+
+
 def test_speedups_take_the_flop_and_memory_ratios_from_the_counterparts_row():
     from bench.commands.train_steps import speedups
 
