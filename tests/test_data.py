@@ -14,6 +14,7 @@ import torch
 
 from fdsm.data import (
     DataFormatError,
+    dequantize_256,
     dkef_split,
     for_event_shape,
     load,
@@ -49,6 +50,7 @@ def test_mnist_idx_round_trip(tmp_path, gz):
     ("mutate", "message"),
     [
         (lambda raw: raw[:-10], "data bytes; expected 3920 for shape"),
+        (lambda raw: raw + b"\x00", "data bytes; expected 3920 for shape"),  # trailing bytes: not this shape
         (lambda raw: b"\x00\x00\x08\x03\x00", "truncated header"),
         (lambda raw: b"\x89PNG" + raw[4:], "bad magic number"),
         (lambda raw: raw[:2] + b"\x0d" + raw[3:], "type byte 0x0d"),
@@ -178,3 +180,12 @@ def test_preprocessing_and_embedded_defaults():
     assert load("cifar10").shape[1:] == (3, 32, 32)
     for shape in [(1, 32, 32), (784,), (15,), (11,), (2,)]:
         assert for_event_shape(shape, 7).shape == (7, *shape)
+
+
+def test_logit_and_256_dequantization_spread_each_pixel_over_its_own_bin():
+    half = torch.full((2000, 1), 0.5, dtype=torch.float64)
+    spread = torch.sigmoid(logit_transform(half, torch.Generator().manual_seed(0))) - 0.5  # x + (u - 1/2) / 256
+    assert spread.min() >= -1 / 512 and spread.max() < 1 / 512 and abs(spread.mean()) < 1e-4
+    u = torch.rand(half.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(dequantize_256(half, torch.Generator().manual_seed(1)), half * 255 / 256 + u / 256)
+    assert dequantize_256(torch.ones(100, 3)).max() <= 1.0  # still in [0, 1]

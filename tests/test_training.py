@@ -30,6 +30,27 @@ def _gaussian_recipe(lr=0.05, clip=1.0):
                   OptimConfig("adam", lr=lr, clip=clip), batch=64)
 
 
+def test_training_step_clips_the_gradient_norm_before_the_update():
+    model = build("gaussian", size="cpu", dim=3)
+    x = torch.randn(32, 3) + 5.0  # far from the model's mean: a large gradient
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    norms = []
+    optimizer.step = lambda: norms.append(torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None])).item())
+    for clip in (1e-3, None):
+        training_step(model, lambda: obj.fd_ssm_loss(model.log_density, x, eps=0.1), optimizer, clip=clip)
+    assert norms[0] == pytest.approx(1e-3, rel=1e-4) and norms[1] > 1e-2  # clipped to 1e-3; unclipped larger
+
+
+def test_the_deep_ebm_recipes_cosine_schedule_steps_with_every_training_step():
+    model = build("gaussian", size="cpu", dim=3)
+    optimizer, scheduler = make_optimizer(model, OptimConfig("adam", lr=0.1, cosine=True), total_steps=4)
+    x = torch.randn(16, 3)
+    for k in range(1, 5):
+        training_step(model, lambda: obj.fd_ssm_loss(model.log_density, x, eps=0.1), optimizer, scheduler=scheduler)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * k / 4)) / 2, abs=1e-12)
+
+
 def test_training_step_updates_and_lowers_the_loss():
     torch.manual_seed(0)
     model = build("gaussian", size="cpu", dim=3)
