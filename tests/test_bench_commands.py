@@ -133,6 +133,10 @@ def test_fit_keeps_a_checkpoint_only_if_it_was_trained_as_asked_and_quick_does_n
     assert main([*args, "--steps", "2"]) == 0 and "with these settings, kept" in capsys.readouterr().out
     assert main([*args, "--steps", "4"]) == 2
     assert "trained with other settings (steps_asked 2 (asked: 4))" in capsys.readouterr().err
+    checkpoint = tmp_path / "checkpoints" / "deep-ebm-DSM.pt"
+    pd.DataFrame({"method": ["fd-batched"], "weights": [str(checkpoint)]}).to_csv(tmp_path / "derivatives.csv")
+    assert main([*args, "--steps", "4", "--overwrite"]) == 0
+    assert "warning: derivatives.csv hold rows measured on the weights this run replaced" in capsys.readouterr().out
 
 
 def test_a_sweep_whose_every_row_failed_exits_1(capsys):

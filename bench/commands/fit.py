@@ -6,7 +6,10 @@ default data (scikit-learn's digits, resized to the model's input: ``fdsm.data.f
 paper table row) for ``--steps`` steps or ``--budget`` seconds, whichever ends first, and writes the
 ``state_dict`` to ``--save`` (default ``OUT/checkpoints/<model>-<objective>.pt``) with a JSON note of how it was
 made beside it. ``fdsm-bench derivatives --checkpoint PATH`` then measures that model. Like the sweeps, it
-resumes: an existing checkpoint is kept (the rows measured on it stay valid) unless ``--overwrite`` is given.
+resumes: an existing checkpoint is kept (the rows measured on it stay valid) if its note records the settings asked
+for; other settings are a usage error, and ``--overwrite`` trains again. The CSVs' ``weights`` column names the
+checkpoint by its path, so rows measured on weights that ``--overwrite`` replaced would be resumed as if measured on
+the new ones: ``fit`` lists the CSVs beside it that hold such rows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from bench.cli import UsageError
@@ -102,4 +106,14 @@ def run(args: argparse.Namespace) -> int:
             **metadata(args.device)}
     path.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
     print(f"wrote {path} after {last.step} steps ({last.wall_s:.0f} s), final loss {last.loss:+.5g}")
+    stale = rows_on(path, args.out)
+    if stale:
+        print(f"warning: {', '.join(stale)} hold rows measured on the weights this run replaced; a resumed sweep would "
+              f"keep them: move those files away or use another --out")
     return 0
+
+
+def rows_on(checkpoint: Path, out: Path) -> list[str]:
+    """The CSVs in ``out`` with rows whose ``weights`` column names ``checkpoint``."""
+    return [csv.name for csv in sorted(out.glob("*.csv"))
+            if "weights" in (frame := pd.read_csv(csv)) and (frame["weights"].astype(str) == str(checkpoint)).any()]
