@@ -235,3 +235,22 @@ def test_models_command_writes_one_row_per_model_and_size(tmp_path, capsys):
     paper = table[table["size"] == "paper"].set_index("model")
     assert paper.loc["nice", "parameters"] == 15_154_352 and paper.loc["deep-ebm", "input_shape"] == "1x32x32"
     assert "62,336,771" in capsys.readouterr().out
+
+
+def test_ncsn_conditions_each_sample_on_its_own_levels_embedding_row():
+    from fdsm.models.ncsn import CondInstanceNormPlus
+
+    torch.manual_seed(0)
+    model = build("ncsn", size="cpu").double()
+    x = torch.rand(2, *model.event_shape, dtype=torch.float64)
+    labels = torch.tensor([2, 2])
+    before = model(x, labels)
+    norms = [m for m in model.modules() if isinstance(m, CondInstanceNormPlus)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.embed.weight[3] += 0.5  # another level's row: this output must not move
+    torch.testing.assert_close(model(x, labels), before, rtol=0, atol=0)
+    with torch.no_grad():
+        for norm in norms:
+            norm.embed.weight[2] += 0.5  # its own row
+    assert (model(x, labels) - before).abs().max() > 1e-3

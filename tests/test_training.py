@@ -355,3 +355,41 @@ def test_each_deep_ebm_objective_in_train_sees_the_same_batches_however_far_the_
     config = dataclasses.replace(train_command.QUICK, ebm_objectives=("DSM", "FD-DSM"), ebm_steps=3)
     train_command._run_ebm(config, seed=0, device=torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(seen["DSM"], seen["FD-DSM"], strict=True))
+
+
+def test_every_fd_row_is_paired_with_the_gradient_objective_of_its_own_name():
+    from bench.commands.train_steps import COUNTERPART
+
+    assert COUNTERPART and all(versus == fd.removeprefix("FD-").rstrip("*") for fd, versus in COUNTERPART.items())
+
+
+def test_grad_agreement_measures_the_cosine_of_fd_at_eps_against_exact_as_computed_by_hand():
+    from bench.commands import grad_agreement
+
+    eps = 3.0  # large enough that FD's gradient visibly differs from the exact one
+    row = grad_agreement.measure_cosine({"model": "nice", "pair": "fd-ssm/ssm", "eps": eps, "dtype": "float64",
+                                         "batch": 4, "seed": 0, "device": "cpu"})
+    model, x, u, _ = grad_agreement._problem("nice", "float64", 4, 0, "cpu")
+
+    def gradient(loss):
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).flatten()
+                          for p, g in zip(model.parameters(), grads, strict=True)])
+
+    exact = gradient(obj.ssm_loss(model.log_density, x, v=u))
+    fd = gradient(obj.fd_ssm_loss(model.log_density, x, v=eps * u, backend="torch"))
+    cosine = torch.nn.functional.cosine_similarity(fd, exact, dim=0).item()
+    assert 0 < 1 - cosine < 1e-6 and row["one_minus_cosine"] == pytest.approx(1 - cosine, rel=1e-3)
+    assert row["grad_norm_ratio"] == pytest.approx((fd.norm() / exact.norm()).item(), rel=1e-12)
+
+
+def test_dkef_nll_recovers_a_normalized_densitys_own_negative_log_likelihood():
+    from bench.commands.train import dkef_nll
+
+    class StandardNormal(torch.nn.Module):  # log Z = 0: the estimate must be the mean -log N(x; 0, I)
+        def log_density(self, x):
+            return -0.5 * x.pow(2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+
+    x = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    nll = dkef_nll(StandardNormal(), x, 100_000, torch.Generator().manual_seed(1))
+    assert nll == pytest.approx(-StandardNormal().log_density(x).mean().item(), abs=0.03)
