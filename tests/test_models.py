@@ -254,3 +254,24 @@ def test_ncsn_conditions_each_sample_on_its_own_levels_embedding_row():
         for norm in norms:
             norm.embed.weight[2] += 0.5  # its own row
     assert (model(x, labels) - before).abs().max() > 1e-3
+
+
+def test_deep_ebm_block_and_quadratic_head_compute_their_documented_formulas():
+    import torch.nn.functional as F
+
+    from fdsm.models.deep_ebm import PreActBlock, QuadraticHead
+
+    torch.manual_seed(0)
+    block = PreActBlock(2, 3, down=True, act="elu").double()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    act = torch.nn.functional.elu
+    main = F.conv2d(act(F.conv2d(act(x), block.conv1.weight, padding=1)), block.conv2.weight, block.conv2.bias,
+                    padding=1)
+    expected = F.conv2d(F.avg_pool2d(x, 2), block.shortcut.weight, block.shortcut.bias) + F.avg_pool2d(main, 2)
+    torch.testing.assert_close(block(x), expected)
+
+    head = QuadraticHead(5).double()
+    h = torch.randn(3, 5, dtype=torch.float64)
+    w1, w2, w3 = (m.weight[0] for m in (head.linear1, head.linear2, head.quadratic))
+    b1, b2, b3 = (m.bias[0] for m in (head.linear1, head.linear2, head.quadratic))
+    torch.testing.assert_close(head(h), (h @ w1 + b1) * (h @ w2 + b2) + (h * h) @ w3 + b3)
