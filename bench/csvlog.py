@@ -55,7 +55,8 @@ class CsvLog:
         if missing:
             raise ValueError(f"CsvLog({str(self.path)!r}): the existing file lacks the key column(s) {missing}; "
                              f"it was written by another command or version: move it away or use another --out")
-        self._done = {self._key(row) for row in self.frame.to_dict("records")}
+        # key -> the newest row with that key, as read from the file (``done``, ``stored``); appends add to it
+        self._rows = {self._key(row): row for row in self.frame.to_dict("records")}
 
     def _key(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         missing = [c for c in self.key_columns if c not in row]
@@ -65,13 +66,11 @@ class CsvLog:
 
     def done(self, row: Mapping[str, Any]) -> bool:
         """Whether a row with the same key values is already in the file."""
-        return self._key(row) in self._done
+        return self._key(row) in self._rows
 
     def stored(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The newest row of the file with the same key values as ``row`` ({} when there is none)."""
-        key = self._key(row)
-        matches = [r for r in self.frame.to_dict("records") if self._key(r) == key]
-        return matches[-1] if matches else {}
+        return self._rows.get(self._key(row), {})
 
     def rows_for(self, cases: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         """The rows whose keys are those of ``cases`` (e.g. the current sweep's, in a file that holds more)."""
@@ -81,13 +80,13 @@ class CsvLog:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Add one row and rewrite the file atomically."""
-        key = self._key(row)
+        key = self._key(row)  # checks the key columns before anything is written
         new = pd.DataFrame([dict(row)])
         frame = new if self.frame.empty else pd.concat([self.frame, new], ignore_index=True)
         rest = [c for c in frame.columns if c not in self.columns]
         self.frame = frame.reindex(columns=[*self.columns, *rest])
         self._write()
-        self._done.add(key)
+        self._rows[key] = dict(row)
 
     def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:

@@ -55,3 +55,12 @@ def step_gflop(case: Mapping[str, Any]) -> float:
     with FlopCount() as count:
         recipe.loss(model, x).backward()
     return count.total / 1e9
+
+
+def counted_gflop(case: Mapping[str, Any]) -> tuple[float, str]:
+    """``step_gflop(case)`` and "", or NaN and why it could not be counted: the FLOPs are an auxiliary column, so a
+    model that cannot run on the meta device keeps the rest of its row."""
+    try:
+        return step_gflop(case), ""
+    except Exception as err:
+        return float("nan"), f"FLOPs not counted on the meta device ({type(err).__name__}: {err})"

@@ -101,9 +101,8 @@ def run(args: argparse.Namespace) -> int:
     torch.save(model.state_dict(), path)
     last = records[-1]
     note = {**asked, "batch": recipe.batch, "steps": last.step,
-            "train_seconds": round(last.wall_s, 1), "final_loss": last.loss, "samples": len(data),
-            "data": f"embedded default for {event_shape} (fdsm.data.for_event_shape)", "seed": args.seed,
-            **metadata(args.device)}
+            "train_seconds": round(last.wall_s, 1), "final_loss": last.loss,
+            "data": f"embedded default for {event_shape} (fdsm.data.for_event_shape)", **metadata(args.device)}
     path.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
     print(f"wrote {path} after {last.step} steps ({last.wall_s:.0f} s), final loss {last.loss:+.5g}")
     stale = rows_on(path, args.out)

@@ -28,7 +28,7 @@ import torch
 from bench.cli import UsageError
 from bench.commands import train_steps
 from bench.config import comma_words
-from bench.flops import step_gflop
+from bench.flops import counted_gflop
 
 NAME = "flops"
 HELP = "model FLOPs per training step of each train-steps case (meta device), and the rate of a train-steps run"
@@ -55,14 +55,6 @@ def timed_cases(path: Path) -> pd.DataFrame:
     return rows.loc[rows.status == "ok", [*CASE_COLUMNS, "time_ms"]].reset_index(drop=True)
 
 
-def counted(case: dict) -> tuple[float, str]:
-    """The case's GFLOP per step, or NaN and why it could not be counted (a model that cannot run on meta)."""
-    try:
-        return step_gflop(case), ""
-    except Exception as err:
-        return float("nan"), f"not counted on the meta device ({type(err).__name__}: {err})"
-
-
 def run(args: argparse.Namespace) -> int:
     if args.times is not None:
         rows = timed_cases(args.times)
@@ -71,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                      size=args.size, batch=args.batch)
         todo = train_steps.cases(config, dtype="float32", device=torch.device("cpu"), seed=args.seed)
         rows = pd.DataFrame(todo, columns=CASE_COLUMNS)
-    rows["gflop"], rows["message"] = zip(*map(counted, rows.to_dict("records")), strict=True)
+    rows["gflop"], rows["message"] = zip(*map(counted_gflop, rows.to_dict("records")), strict=True)
     if "time_ms" in rows:
         rows["tflops"] = rows.gflop / rows.time_ms
     rows = rows[[c for c in rows if c != "message"] + ["message"]]  # the reason, if any, last

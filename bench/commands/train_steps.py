@@ -37,7 +37,7 @@ from bench.cli import DTYPES, UsageError, dtype_name
 from bench.config import comma_words, configure
 from bench.csvlog import CsvLog
 from bench.environment import FLOAT32_MATH, set_float32_math
-from bench.flops import step_gflop
+from bench.flops import counted_gflop
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.sweep import exit_status, run_sweep
@@ -188,12 +188,9 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
         paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
         del other  # its model, optimizer state and batch leave before the memory probe
     phases = {f"time_{phase}_ms": ms for phase, ms in step.clock.median_ms(last=timings[0].repeats).items()}
-    try:  # an auxiliary column: a model that cannot run on the meta device keeps its timings
-        gflop = step_gflop(case)
-    except Exception as err:
-        gflop = float("nan")
-        paired["message"] = "; ".join(filter(None, [paired.get("message"), f"FLOPs not counted on the meta "
-                                                    f"device ({type(err).__name__}: {err})"]))
+    gflop, not_counted = counted_gflop(case)
+    if not_counted:
+        paired["message"] = "; ".join(filter(None, [paired.get("message"), not_counted]))
     memory = peak_memory(step, device)
     return {**timing_columns(timings[0]), **phases, "gflop": gflop, "tflops": gflop / timings[0].median_ms,
             "threads": timings[0].threads, "peak_mem_mb": memory.peak_mb,
