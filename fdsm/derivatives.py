@@ -9,6 +9,7 @@ Methods (``METHODS``), all of signature ``(f, x, v, order, *, stencil) -> Tensor
 ============== ======================================================================================
 exact-reverse  T nested ``torch.autograd.grad(create_graph=True)``: the paper's exact compute
 exact-forward  T nested ``torch.func.jvp``
+exact-taylor   Taylor mode: the T+1 coefficients of x + t v through an aten trace of f, one pass (``fdsm.taylor``)
 fd-serial      one forward per stencil point, in sequence
 fd-batched     all stencil points in one forward of batch S*B (the default)
 fd-streams     one forward per point, concurrently: CUDA streams or CPU threads (``streams_backend``)
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from fdsm import exact, fd
+from fdsm import exact, fd, taylor
 from fdsm.registry import Registry
 from fdsm.stencils import Stencil, central_stencil, check_order
 from kernels.backend import triton_unavailable_reason
@@ -32,6 +33,7 @@ from kernels.backend import triton_unavailable_reason
 METHODS: Registry[Callable[..., Tensor]] = Registry("method")
 METHODS.register("exact-reverse", exact.exact_reverse)
 METHODS.register("exact-forward", exact.exact_forward)
+METHODS.register("exact-taylor", taylor.exact_taylor)
 METHODS.register("fd-serial", fd.fd_serial)
 METHODS.register("fd-batched", fd.fd_batched)
 METHODS.register("fd-streams", fd.fd_streams)
@@ -40,7 +42,7 @@ METHODS.register("fd-streams", fd.fd_streams)
 _NO_FUSED = triton_unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 METHODS.register("fd-fused", fd.fd_fused, enabled=_NO_FUSED is None, reason=f"{_NO_FUSED}; use 'fd-batched'")
 
-EXACT_METHODS = ("exact-reverse", "exact-forward")
+EXACT_METHODS = ("exact-reverse", "exact-forward", "exact-taylor")
 FD_METHODS = ("fd-serial", "fd-batched", "fd-streams", "fd-fused")
 
 _WHO = "directional_derivative(f, x, v, order)"

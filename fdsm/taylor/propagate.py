@@ -1,0 +1,108 @@
+r"""The forward pass of the jets: f's traced graph, run node by node with one Taylor rule per aten op.
+
+.. math::
+    x(t) = x + t v \;\longmapsto\; y(t) = f(x(t)) = \sum_{k=0}^{T} y_k t^k + O(t^{T+1}), \qquad
+    D^k_v f(x) = \frac{d^k}{dt^k} f(x + t v)\Big|_{t=0} = k!\, y_k \quad\text{(paper eq. 4)}.
+
+The input series is :math:`x_0 = x, x_1 = v, x_k = 0` for k >= 2. Each node whose arguments include a Jet goes
+through its rule (``fdsm.taylor.rules``); a node that does not depend on x runs as it is. A node's value is freed
+after its last use, so the jets of the whole graph are never held at once.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, fx
+
+from fdsm.taylor import series
+from fdsm.taylor.jet import Jet, jets_in
+from fdsm.taylor.rules import rule_for
+from fdsm.taylor.trace import traced
+
+
+def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
+    """node -> the values whose last use it is (they can be dropped once it has run)."""
+    seen: set[fx.Node] = set()
+    frees: dict[fx.Node, list[fx.Node]] = {}
+    for node in reversed(graph.nodes):
+        for used in node.all_input_nodes:
+            if used not in seen:
+                seen.add(used)
+                frees.setdefault(node, []).append(used)
+    return frees
+
+
+def _no_rule(node: fx.Node) -> NotImplementedError:
+    op = node.target
+    return NotImplementedError(
+        f"exact-taylor: no Taylor rule for the aten op {op} (node {node.name!r}, applied to a value that depends on "
+        f"x); register one with fdsm.taylor.register_rule(torch.ops.{op}, rule), where rule takes the op's "
+        "arguments with a fdsm.taylor.Jet for each that depends on x, or use method 'exact-reverse'")
+
+
+def run_jets(graph: fx.GraphModule, inputs: list[object]) -> object:
+    """Run ``graph`` on ``inputs`` (a Jet for x, then plain tensors), each node through its rule when a Jet reaches
+    it; returns the output value (a Jet, or a plain tensor when the output does not depend on x)."""
+    env: dict[fx.Node, object] = {}
+    frees = _last_uses(graph.graph)
+    placeholders = iter(inputs)
+    for node in graph.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = next(placeholders)
+        elif node.op == "get_attr":
+            env[node] = getattr(graph, node.target)
+        elif node.op == "call_function":
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
+            if node.target is operator.getitem:
+                env[node] = operator.getitem(*args)
+            elif any(True for _ in jets_in([args, list(kwargs.values())])):
+                rule = rule_for(node.target)
+                if rule is None:
+                    raise _no_rule(node)
+                env[node] = rule(*args, **kwargs)
+            else:
+                env[node] = node.target(*args, **kwargs)
+        elif node.op == "output":
+            return fx.node.map_arg(node.args[0], lambda n: env[n])
+        else:
+            raise NotImplementedError(f"exact-taylor: unexpected {node.op} node {node.name!r} in the traced graph")
+        for used in frees.get(node, ()):
+            env.pop(used, None)
+    raise AssertionError("the traced graph has no output node")
+
+
+def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int) -> Tensor:
+    r"""Every directional derivative :math:`D^0 f(x), D^1_v f(x), \dots, D^T_v f(x)` from one Taylor-mode pass.
+
+    These are the derivatives themselves, :math:`D^k = \frac{d^k}{dt^k} f(x + t v)|_{t=0}`, *not* the Taylor
+    coefficients divided by k!. f is traced once per (code, shapes) to an aten graph (``fdsm.taylor.trace``; the
+    tensors it closes over are graph inputs, so new values are never stale) and the T+1 coefficients of x + t v are
+    pushed through it, one rule per op.
+
+    Args:
+        f: maps (B, *event) to (B,) or (B, k), each sample independently.
+        x, v: (B, *event).
+        order: T >= 1.
+
+    Returns:
+        (T+1, B) or (T+1, B, k): row k is D^k; differentiable in the parameters of f.
+
+    >>> x = torch.tensor([[1.0, 2.0]], dtype=torch.float64); v = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    >>> taylor_coefficients(lambda x: (x[:, 0] + 3 * x[:, 1]) ** 4, x, v, 4)[:, 0].tolist()  # D^k of s^4, s = 7
+    [2401.0, -3430.0, 3675.0, -2625.0, 937.5]
+    """
+    graph, leaves = traced(f, x)
+    x_series = torch.cat([x.unsqueeze(0), v.unsqueeze(0), x.new_zeros((order - 1, *x.shape))])  # (T+1, B, *event)
+    out = run_jets(graph, [Jet(x_series), *leaves])
+    if not isinstance(out, Jet):  # f does not depend on x: its derivatives are zero
+        return series.constant(out, order)
+    scale = series.factorials(order, out.dtype, out.series.device)
+    return out.series * scale.view(-1, *([1] * out.ndim))  # D^k = k! y_k
+
+
+def exact_taylor(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *, stencil=None) -> Tensor:
+    """D^T by Taylor mode: the last row of ``taylor_coefficients``. The derivative method ``exact-taylor``."""
+    return taylor_coefficients(f, x, v, order)[order]

@@ -1,0 +1,564 @@
+r"""The rule table: one Taylor rule per aten op, in the style of jax's ``jet.py`` (``jet_rules``).
+
+A rule has the op's own signature, with a ``Jet`` in place of every argument that depends on x, and returns the
+op's result with a ``Jet`` in place of every output that depends on x:
+
+    rule(*args, **kwargs) -> Jet | Tensor | tuple
+
+The interpreter (``fdsm.taylor.propagate``) calls the rule of a node only when one of its arguments is a Jet;
+nodes that do not depend on x (constants, the parameters' own preprocessing) run as they are. An op with a Jet
+argument and no rule raises ``NotImplementedError`` naming the op. ``register_rule(op, rule)`` adds a rule for an op
+of a user's network; the built-in rules below are registered the same way, right after their definition, in
+families (jet's ``deflinear``, ``def_deriv``, ``defzero``):
+
+================== ===================================================================================
+family             rule
+================== ===================================================================================
+structural         views, permutes, slices, cat, sums and means act on every coefficient at once: the op
+                   with its dims shifted past the leading coefficient axis
+batch-stacked      convolution, pooling, upsampling, padding: the K+1 coefficients stacked along the batch
+                   axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
+affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
+                   the primal only
+bilinear           mul, div, a matmul of two Jets: the Cauchy (Leibniz) product
+elementwise        exp, log, tanh, sigmoid, softplus, SiLU, pow, sin, cos, ...: their recurrences
+                   (``fdsm.taylor.series``)
+piecewise          ReLU, ELU, where, clamp, max: the series of the active branch, chosen on the primal
+zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
+================== ===================================================================================
+
+Every rule is written in torch ops, so its result is differentiable in the parameters of f.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+from fdsm.registry import Registry
+from fdsm.taylor import compose, series
+from fdsm.taylor.jet import Jet, jets_in, primal_of
+
+aten = torch.ops.aten
+Rule = Callable[..., object]
+
+RULES: Registry[Rule] = Registry("Taylor rule")
+
+
+def rule_key(op: object) -> str:
+    """The table's key for an op: ``aten.add.Tensor`` for one overload, ``aten.add`` for all of them."""
+    if isinstance(op, str):
+        return op
+    if isinstance(op, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(op)
+    raise TypeError(f"register_rule(op, rule): expected an aten op (e.g. torch.ops.aten.exp.default) or its "
+                    f"name, got {type(op).__name__}")
+
+
+def register_rule(op: object, rule: Rule) -> Rule:
+    """Register ``rule`` for ``op``: an ``OpOverload`` (one overload), an ``OpOverloadPacket`` (every overload) or
+    the name of either. The rule takes the op's arguments, with a ``Jet`` for each that depends on x. Returns it."""
+    return RULES.register(rule_key(op), rule)
+
+
+def rule_for(op: object) -> Rule | None:
+    """The rule of an op: its overload's own, else its packet's; None when there is none."""
+    for key in (str(op), str(getattr(op, "overloadpacket", op))):
+        if key in RULES:
+            return RULES.get(key)
+    return None
+
+
+def _register_all(ops: Sequence[object], rule: Rule) -> None:
+    for op in ops:
+        register_rule(op, rule)
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+
+def _ndim(value: object) -> int:
+    if isinstance(value, Jet):
+        return value.ndim
+    return value.dim() if isinstance(value, Tensor) else 0
+
+
+def _order(*values: object) -> int:
+    return next(j for v in values for j in jets_in(v)).order
+
+
+def _as_series(value: object, order: int, ndim: int) -> Tensor:
+    """A Jet's series, or a constant's (value, 0, ..., 0), aligned to ``ndim`` dims after the coefficient axis."""
+    if isinstance(value, Jet):
+        return value.aligned(ndim)
+    constant = value if isinstance(value, Tensor) else torch.tensor(value)
+    return Jet(series.constant(constant, order)).aligned(ndim)
+
+
+def _dim(d: int, ndim: int) -> int:
+    """A dim of z, as the dim of its series (one past the coefficient axis)."""
+    return (d % ndim if ndim else 0) + 1
+
+
+def _dims(dims: int | Sequence[int] | None, ndim: int) -> list[int]:
+    if dims is None or (not isinstance(dims, int) and len(dims) == 0):
+        return list(range(1, ndim + 1))
+    return [_dim(d, ndim) for d in ([dims] if isinstance(dims, int) else dims)]
+
+
+def _no_jet(who: str, *values: object) -> None:
+    if any(True for v in values for _ in jets_in(v)):
+        raise NotImplementedError(f"exact-taylor: the Taylor rule of {who} takes a Jet in its first argument only; "
+                                  "here another argument depends on x too; register a rule for it with "
+                                  "fdsm.taylor.register_rule")
+
+
+def _add_primal(z: Jet, c: object) -> Jet:
+    """z + c for a constant c: c enters the primal only (broadcast, the higher coefficients expand with it)."""
+    primal = z.primal + c
+    higher = z.aligned(primal.dim())[1:].expand(z.order, *primal.shape)
+    return Jet(torch.cat([primal.unsqueeze(0), higher]))
+
+
+# ---- structural: the op on every coefficient, dims shifted past the coefficient axis ---------------------------
+
+def _reshape(z: Jet, shape: Sequence[int]) -> Jet:
+    return Jet(z.series.reshape(z.order + 1, *shape))
+
+
+_register_all([aten.view, aten._unsafe_view, aten.reshape], _reshape)
+register_rule(aten.t, lambda z: Jet(z.series.transpose(1, 2)) if z.ndim == 2 else z)
+register_rule(aten.transpose.int, lambda z, d0, d1: Jet(z.series.transpose(_dim(d0, z.ndim), _dim(d1, z.ndim))))
+register_rule(aten.permute, lambda z, dims: Jet(z.series.permute(0, *(_dim(d, z.ndim) for d in dims))))
+register_rule(aten.unsqueeze, lambda z, d: Jet(z.series.unsqueeze(_dim(d, z.ndim + 1))))
+register_rule(aten.select.int, lambda z, d, index: Jet(z.series.select(_dim(d, z.ndim), index)))
+register_rule(aten.slice.Tensor, lambda z, d=0, start=None, end=None, step=1:
+              Jet(aten.slice.Tensor(z.series, _dim(d, z.ndim), start, end, step)))
+register_rule(aten.flip, lambda z, dims: Jet(z.series.flip(_dims(dims, z.ndim))))
+register_rule(aten.roll, lambda z, shifts, dims=(): Jet(z.series.roll(shifts, _dims(dims, z.ndim))))
+register_rule(aten.index_select, lambda z, d, index: Jet(z.series.index_select(_dim(d, z.ndim), index)))
+register_rule(aten.index.Tensor, lambda z, indices: Jet(aten.index.Tensor(z.series, [None, *indices])))
+register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
+              Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
+register_rule(aten.detach, lambda z: z.primal.detach())  # no derivative flows through detach, as in autograd
+
+
+def _squeeze(z: Jet, dims: int | Sequence[int] | None = None) -> Jet:
+    dims = [d - 1 for d in _dims(dims, z.ndim)]
+    return Jet(z.series.squeeze([d + 1 for d in dims if z.shape[d] == 1]))
+
+
+register_rule(aten.squeeze, _squeeze)
+
+
+def _expand(z: Jet, sizes: Sequence[int], *, implicit: bool = False) -> Jet:
+    return Jet(z.aligned(len(sizes)).expand(z.order + 1, *sizes))
+
+
+register_rule(aten.expand, _expand)
+
+
+def _repeat(z: Jet, repeats: Sequence[int]) -> Jet:
+    return Jet(z.aligned(len(repeats)).repeat(1, *repeats))
+
+
+register_rule(aten.repeat, _repeat)
+
+
+def _cat(tensors: Sequence[object], dim: int = 0) -> Jet:
+    order, ndim = _order(tensors), max(_ndim(t) for t in tensors)
+    return Jet(torch.cat([_as_series(t, order, ndim) for t in tensors], _dim(dim, ndim)))
+
+
+def _stack(tensors: Sequence[object], dim: int = 0) -> Jet:
+    order, ndim = _order(tensors), max(_ndim(t) for t in tensors)
+    return Jet(torch.stack([_as_series(t, order, ndim) for t in tensors], _dim(dim, ndim + 1)))
+
+
+register_rule(aten.cat, _cat)
+register_rule(aten.stack, _stack)
+
+
+def _split(z: Jet, split: int | Sequence[int], dim: int = 0) -> tuple[Jet, ...]:
+    return tuple(Jet(s) for s in torch.split(z.series, split, _dim(dim, z.ndim)))
+
+
+_register_all([aten.split.Tensor, aten.split_with_sizes], _split)
+register_rule(aten.unbind.int, lambda z, dim=0: tuple(Jet(s) for s in z.series.unbind(_dim(dim, z.ndim))))
+
+
+def _sum(z: Jet, dim: Sequence[int] | None = None, keepdim: bool = False, *, dtype: torch.dtype | None = None
+         ) -> Jet:
+    return Jet(z.series.sum(_dims(dim, z.ndim), keepdim=keepdim, dtype=dtype))
+
+
+def _mean(z: Jet, dim: Sequence[int] | None = None, keepdim: bool = False, *, dtype: torch.dtype | None = None
+          ) -> Jet:
+    return Jet(z.series.mean(_dims(dim, z.ndim), keepdim=keepdim, dtype=dtype))
+
+
+register_rule(aten.sum, _sum)
+register_rule(aten.mean, _mean)
+
+
+def _stacked(op: Callable[..., Tensor]) -> Rule:
+    """The rule of an op that treats dim 0 as a batch of independent samples (pooling, upsampling, padding, a
+    memory-format copy): one call on the (K+1)·B batch of every coefficient; (K+1, B, ...) -> (K+1, B, ...)."""
+
+    def rule(z: Jet, *args, **kwargs) -> Jet:
+        _no_jet(str(op), args, list(kwargs.values()))
+        out = op(z.series.flatten(0, 1), *args, **kwargs)  # ((K+1)·B, ...)
+        return Jet(out.unflatten(0, (z.order + 1, z.shape[0])))
+
+    return rule
+
+
+for _op in (aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten._adaptive_avg_pool2d, aten.upsample_nearest1d,
+            aten.upsample_nearest2d, aten.upsample_nearest3d, aten.upsample_bilinear2d, aten.upsample_linear1d,
+            aten.upsample_bicubic2d, aten.reflection_pad1d, aten.reflection_pad2d, aten.replication_pad1d,
+            aten.replication_pad2d, aten.pixel_shuffle, aten.pixel_unshuffle, aten.clone, aten.alias,
+            aten._to_copy, aten.lift_fresh_copy):
+    register_rule(_op, _stacked(_op))
+
+
+def _constant_pad(z: Jet, pad: Sequence[int], value: float = 0.0) -> Jet:
+    """The padding is a constant: ``value`` in the primal, 0 in every higher coefficient."""
+    higher = aten.constant_pad_nd(z.series[1:], pad, 0.0)
+    return Jet(torch.cat([aten.constant_pad_nd(z.primal, pad, value).unsqueeze(0), higher]))
+
+
+register_rule(aten.constant_pad_nd, _constant_pad)
+
+
+def _convolution(z: object, weight: object, bias: Tensor | None, *args) -> Jet:
+    r"""A convolution of a Jet with a constant weight: one convolution of the (K+1)·B stacked coefficients, without
+    the bias, then the bias added to the primal's block. Both Jets: the Cauchy product, one convolution per pair."""
+    if isinstance(z, Jet) and not isinstance(weight, Jet):
+        out = aten.convolution(z.series.flatten(0, 1), weight, None, *args)  # ((K+1)·B, C_out, ...)
+        out = out.unflatten(0, (z.order + 1, z.shape[0]))  # (K+1, B, C_out, ...)
+    else:
+        order = _order(z, weight)
+        zs, ws = _as_series(z, order, _ndim(z)), _as_series(weight, order, _ndim(weight))
+        out = torch.stack([sum(aten.convolution(zs[i], ws[k - i], None, *args) for i in range(k + 1))
+                           for k in range(order + 1)])
+    if isinstance(bias, Jet):
+        return _add(Jet(out), Jet(bias.series.view(bias.order + 1, -1, *([1] * (out.dim() - 3)))))
+    if bias is not None:
+        out[0].add_(bias.view(-1, *([1] * (out.dim() - 3))))  # in place on the fresh output: the primal only
+    return Jet(out)
+
+
+register_rule(aten.convolution, _convolution)
+
+
+# ---- affine and bilinear --------------------------------------------------------------------------------------
+
+def _add(a: object, b: object, *, alpha: float = 1) -> object:
+    if alpha != 1:
+        b = _mul(b, alpha) if isinstance(b, Jet) else b * alpha
+    if isinstance(a, Jet) and isinstance(b, Jet):
+        ndim = max(a.ndim, b.ndim)
+        return Jet(a.aligned(ndim) + b.aligned(ndim))
+    return _add_primal(a, b) if isinstance(a, Jet) else _add_primal(b, a)
+
+
+def _sub(a: object, b: object, *, alpha: float = 1) -> object:
+    return _add(a, _neg(b) if isinstance(b, Jet) else -b, alpha=alpha)
+
+
+def _neg(z: Jet) -> Jet:
+    return Jet(-z.series)
+
+
+def _mul(a: object, b: object) -> object:
+    if isinstance(a, Jet) and isinstance(b, Jet):
+        ndim = max(a.ndim, b.ndim)
+        return Jet(series.cauchy(a.aligned(ndim), b.aligned(ndim)))
+    z, c = (a, b) if isinstance(a, Jet) else (b, a)
+    return Jet(z.aligned(_ndim(c)) * c)
+
+
+def _div(a: object, b: object, *, rounding_mode: str | None = None) -> object:
+    if rounding_mode is not None:  # floor / trunc division: piecewise constant
+        return aten.div.Tensor_mode(primal_of(a), primal_of(b), rounding_mode=rounding_mode)
+    if not isinstance(b, Jet):
+        return Jet(a.aligned(_ndim(b)) / b)
+    return _mul(a, _reciprocal(b))  # a / b = a * b^-1, the reciprocal's series
+
+
+_register_all([aten.add.Tensor, aten.add.Scalar], _add)
+_register_all([aten.sub.Tensor, aten.sub.Scalar], _sub)
+def _rsub(a: object, b: object, *, alpha: float = 1) -> object:
+    """b - alpha * a."""
+    return _add(_mul(a, -alpha) if isinstance(a, Jet) else -alpha * a, b)
+
+
+register_rule(aten.rsub, _rsub)
+register_rule(aten.neg, _neg)
+_register_all([aten.mul.Tensor, aten.mul.Scalar], _mul)
+_register_all([aten.div.Tensor, aten.div.Scalar], _div)
+register_rule(aten.div.Tensor_mode, _div)
+
+
+def _matmul_pairs(a: object, b: object) -> Tensor:
+    r"""The Cauchy product with matmul in place of ·: :math:`(AB)_k = \sum_{i+j=k} A_i B_j`, every pair in one batched
+    matmul; a series' leading axis is the pair index, a constant broadcasts over it."""
+    order = _order(a, b)
+    if not isinstance(b, Jet):
+        return torch.matmul(a.series, b)  # (K+1, ..., n, m) @ (m, p): every coefficient at once
+    if not isinstance(a, Jet):
+        return torch.matmul(a, b.series)
+    i, j, k = series._pairs(order, a.series.device)
+    terms = torch.matmul(a.series.index_select(0, i), b.series.index_select(0, j))  # (P, ..., n, p)
+    return terms.new_zeros((order + 1, *terms.shape[1:])).index_add(0, k, terms)
+
+
+register_rule(aten.mm, lambda a, b: Jet(_matmul_pairs(a, b)))
+register_rule(aten.bmm, lambda a, b: Jet(_matmul_pairs(a, b)))
+
+
+def _mv(a: object, b: object) -> Jet:
+    """A matrix times a vector, as a matmul with a one-column matrix."""
+    column = Jet(b.series.unsqueeze(-1)) if isinstance(b, Jet) else b.unsqueeze(-1)
+    return Jet(_matmul_pairs(a, column).squeeze(-1))
+
+
+register_rule(aten.mv, _mv)
+
+
+def _addmm(bias: object, a: object, b: object, *, beta: float = 1, alpha: float = 1) -> Jet:
+    """beta * bias + alpha * (a @ b); a constant bias enters the primal only."""
+    product = _matmul_pairs(a, b)
+    if alpha != 1:
+        product = product * alpha
+    if isinstance(bias, Jet):
+        return _add(Jet(product), _mul(bias, beta))
+    product[0].add_(bias if beta == 1 else beta * bias)  # in place on the fresh product: the primal only
+    return Jet(product)
+
+
+register_rule(aten.addmm, _addmm)
+
+
+# ---- elementwise nonlinearities: c_m = φ^(m)(z_0)/m! in closed form, composed with z (fdsm.taylor.compose) ----
+
+def _elementwise(coefficients: Callable[[Tensor, int], Tensor]) -> Rule:
+    r"""The rule of an elementwise φ from its Taylor coefficients at z_0, ``coefficients(z_0, K)`` -> (K+1, *s):
+    :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule (``compose.horner``)."""
+    return lambda z: Jet(compose.horner(coefficients(z.primal, z.order), z.series))
+
+
+def _replace_first(c: Tensor, first: Tensor) -> Tensor:
+    """c with c_0 replaced (by a more accurate primal: expm1, log1p)."""
+    return torch.cat([first.unsqueeze(0), c[1:]])
+
+
+def _exp_coefficients(z0: Tensor, order: int) -> Tensor:
+    """exp: c_m = e^{z_0} / m!."""
+    return compose.along(compose.inverse_factorials(order, z0.dtype, z0.device), z0) * torch.exp(z0)
+
+
+def _log_coefficients(z0: Tensor, order: int, *, shift: float = 0.0) -> Tensor:
+    """log(shift + z): c_0 = log(shift + z_0), c_m = (-1)^{m+1} / (m (shift + z_0)^m)."""
+    weights = [0.0] + [(-1.0) ** (m + 1) / m for m in range(1, order + 1)]
+    c = compose.power_coefficients(torch.ones_like(z0), 1.0 / (z0 + shift) if shift else 1.0 / z0, weights)
+    return _replace_first(c, torch.log1p(z0) if shift == 1.0 else torch.log(z0))
+
+
+def _power_coefficients(z0: Tensor, order: int, p: float) -> Tensor:
+    r"""z^p: :math:`c_m = \binom{p}{m} z_0^{p - m}`."""
+    weights = [math.prod(p - i for i in range(m)) / math.factorial(m) for m in range(order + 1)]
+    return compose.power_coefficients(torch.pow(z0, p), 1.0 / z0, weights)
+
+
+def _polynomial_table(kind: str, order: int, like: Tensor) -> Tensor:
+    rows = tuple(map(tuple, compose.scaled_rows(kind, order)))
+    return compose.table(rows, like.dtype, like.device)
+
+
+def _sigmoid_coefficients(z0: Tensor, order: int) -> Tensor:
+    """σ: c_m = P_m(σ(z_0)) / m!, with σ' = σ - σ² (so every derivative is a polynomial in σ)."""
+    return compose.polynomial_coefficients(_polynomial_table("sigmoid", order, z0), torch.sigmoid(z0))
+
+
+def _tanh_coefficients(z0: Tensor, order: int) -> Tensor:
+    """tanh: c_m = P_m(tanh z_0) / m!, with tanh' = 1 - tanh²."""
+    return compose.polynomial_coefficients(_polynomial_table("tanh", order, z0), torch.tanh(z0))
+
+
+def _silu_coefficients(z0: Tensor, order: int) -> Tensor:
+    r"""SiLU = z σ(z): :math:`(z\sigma)^{(m)}/m! = z_0\, \sigma^{(m)}/m! + \sigma^{(m-1)}/(m-1)!`."""
+    s = _sigmoid_coefficients(z0, order)  # (K+1, *s): σ^(m) / m!
+    return z0 * s + torch.cat([torch.zeros_like(s[:1]), s[:-1]])
+
+
+def _sin_cos_coefficients(z0: Tensor, order: int, *, shift: int) -> Tensor:
+    """sin (shift 0) and cos (shift 1): the m-th derivative of sin is sin(z + m π/2), so c_m cycles through
+    (sin, cos, -sin, -cos) / m!."""
+    s, c = torch.sin(z0), torch.cos(z0)
+    cycle = (s, c, -s, -c)
+    inverse = compose.inverse_factorials(order, z0.dtype, z0.device)
+    return torch.stack([cycle[(m + shift) % 4] * inverse[m] for m in range(order + 1)])
+
+
+_exp = register_rule(aten.exp, _elementwise(_exp_coefficients))
+register_rule(aten.expm1, _elementwise(lambda z0, k: _replace_first(_exp_coefficients(z0, k), torch.expm1(z0))))
+_log = register_rule(aten.log, _elementwise(_log_coefficients))
+register_rule(aten.log1p, _elementwise(lambda z0, k: _log_coefficients(z0, k, shift=1.0)))
+register_rule(aten.log2, _elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(2.0)))
+register_rule(aten.log10, _elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(10.0)))
+register_rule(aten.sigmoid, _elementwise(_sigmoid_coefficients))
+register_rule(aten.tanh, _elementwise(_tanh_coefficients))
+register_rule(aten.silu, _elementwise(_silu_coefficients))
+register_rule(aten.sqrt, _elementwise(lambda z0, k: _power_coefficients(z0, k, 0.5)))
+register_rule(aten.rsqrt, _elementwise(lambda z0, k: _power_coefficients(z0, k, -0.5)))
+_reciprocal = register_rule(aten.reciprocal, _elementwise(lambda z0, k: _power_coefficients(z0, k, -1.0)))
+register_rule(aten.sin, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=0)))
+register_rule(aten.cos, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _softplus_rows(order: int, beta: float) -> tuple[tuple[Fraction, ...], ...]:
+    r"""c_m / polynomial in σ(βz_0), m = 0..K: row 0 zero (c_0 = softplus(z_0) is added apart), row m >= 1 the
+    sigmoid's row m-1 times :math:`\beta^{m-1}/m`."""
+    sigmoid = compose.scaled_rows("sigmoid", order - 1)
+    zero = [Fraction(0)] * (order + 2)
+    scale = Fraction(beta)
+    return tuple(map(tuple, [zero] + [[scale ** (m - 1) / m * a for a in sigmoid[m - 1]] + [Fraction(0)]
+                                      for m in range(1, order + 1)]))
+
+
+def _softplus(z: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
+    r"""softplus(βz)/β, whose derivative is σ(βz): :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for
+    m >= 1. Where βz_0 > threshold torch's softplus is the identity, and so are its derivatives: c = (z_0, 1, 0, ...)."""
+    z0, order = z.primal, z.order
+    table = compose.table(_softplus_rows(order, beta), z0.dtype, z0.device)
+    c = compose.polynomial_coefficients(table, torch.sigmoid(beta * z0) if beta != 1 else torch.sigmoid(z0))
+    identity = compose.table(((Fraction(0),), (Fraction(1),), *[(Fraction(0),)] * (order - 1)), z0.dtype, z0.device)
+    c = torch.where(z0 * beta > threshold, identity.view(order + 1, *([1] * z0.dim())), c)
+    c[0].add_(aten.softplus(z0, beta, threshold))  # in place on the fresh coefficients: c_0 (row 0 is 0 above)
+    return Jet(compose.horner(c, z.series))
+
+
+register_rule(aten.softplus, _softplus)
+
+
+def _integer_power(u: Tensor, p: int) -> Tensor:
+    """u^p for an integer p >= 0 by repeated Cauchy products (exact at u_0 = 0, where the power recurrence is not)."""
+    result, base = None, u
+    while p:
+        if p & 1:
+            result = base if result is None else series.cauchy(result, base)
+        p >>= 1
+        if p:
+            base = series.square(base)
+    return result
+
+
+def _pow(a: object, b: object) -> Jet:
+    r""":math:`a^b`: an integer power p >= 0 by Cauchy products; any other scalar power by the power recurrence;
+    a tensor or Jet exponent as :math:`\exp(b \log a)`."""
+    if isinstance(a, Jet) and isinstance(b, (int, float)):
+        if float(b).is_integer() and b >= 0:
+            return Jet(_integer_power(a.series, int(b)) if b else series.constant(torch.ones_like(a.primal), a.order))
+        return _elementwise(lambda z0, k: _power_coefficients(z0, k, float(b)))(a)
+    log_a = _log(a) if isinstance(a, Jet) else torch.log(torch.as_tensor(a, dtype=b.dtype))
+    return _exp(_mul(b, log_a))  # one of b, log a is a Jet
+
+
+_register_all([aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar], _pow)
+
+
+# ---- piecewise: the series of the active branch, chosen on the primal -----------------------------------------
+
+def _where(condition: Tensor, a: object, b: object) -> Jet:
+    order = _order(a, b)
+    ndim = max(_ndim(condition), _ndim(a), _ndim(b))
+    return Jet(torch.where(condition, _as_series(a, order, ndim), _as_series(b, order, ndim)))
+
+
+register_rule(aten.where.self, _where)
+
+
+def _relu(z: Jet) -> Jet:
+    """max(z, 0): z's series where z_0 > 0, else 0 (at z_0 = 0 the zero branch, as relu's backward)."""
+    return Jet(z.series * (z.primal > 0))
+
+
+register_rule(aten.relu, _relu)
+register_rule(aten.leaky_relu, lambda z, slope=0.01: Jet(z.series * torch.where(z.primal > 0, 1.0, slope)))
+
+
+def _elu(z: Jet, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Jet:
+    r"""scale·z where z_0 > 0, else scale·α(e^{input_scale·z} - 1) (at z_0 = 0 the exponential branch, as elu's
+    backward): on that branch, with s = input_scale, :math:`c_m = \text{scale}\,\alpha\, s^m e^{s z_0}/m!`.
+    The exponential is taken of min(z_0, 0) only, so the unused branch cannot overflow."""
+    z0, order = z.primal, z.order
+    positive = z0 > 0
+    u0 = torch.where(positive, 0.0, z0) * input_scale
+    rates = [scale * alpha * input_scale ** m / math.factorial(m) for m in range(order + 1)]
+    negative = compose.along(torch.tensor(rates, dtype=z0.dtype, device=z0.device), z0) * torch.exp(u0)
+    negative = _replace_first(negative, scale * alpha * torch.expm1(u0))
+    linear = torch.cat([(scale * z0).unsqueeze(0), torch.full_like(z0, scale).unsqueeze(0),
+                        z0.new_zeros((order - 1, *z0.shape))])
+    return Jet(compose.horner(torch.where(positive, linear, negative), z.series))
+
+
+register_rule(aten.elu, _elu)
+
+
+def _clamp(z: Jet, low: float | None = None, high: float | None = None) -> Jet:
+    """z inside [low, high], the bound (a constant) outside it."""
+    clamped = torch.clamp(z.primal, low, high)
+    inside = clamped == z.primal
+    return Jet(torch.cat([clamped.unsqueeze(0), z.series[1:] * inside]))
+
+
+register_rule(aten.clamp.default, _clamp)
+register_rule(aten.clamp_min.default, lambda z, low: _clamp(z, low, None))
+register_rule(aten.clamp_max.default, lambda z, high: _clamp(z, None, high))
+register_rule(aten.hardtanh, lambda z, low=-1.0, high=1.0: _clamp(z, low, high))
+register_rule(aten.abs, lambda z: Jet(z.series * torch.where(z.primal < 0, -1.0, 1.0)))
+
+
+def _select_max(z: Jet, dims: Sequence[int], keepdim: bool, which: Callable[..., Tensor]) -> Jet:
+    """max / min over dims: the series of the extreme element (ties share it equally, as autograd's amax does)."""
+    extreme = which(z.primal, dims, True)
+    hit = (z.primal == extreme).to(z.dtype)
+    weights = hit / hit.sum(dims, keepdim=True)
+    return Jet((z.series * weights).sum(_dims(dims, z.ndim), keepdim=keepdim))
+
+
+register_rule(aten.amax, lambda z, dim=(), keepdim=False: _select_max(z, dim, keepdim, torch.amax))
+register_rule(aten.amin, lambda z, dim=(), keepdim=False: _select_max(z, dim, keepdim, torch.amin))
+
+
+def _binary_extreme(pick_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:
+    def rule(a: object, b: object) -> Jet:
+        condition = pick_a(primal_of(a), primal_of(b))
+        return _where(condition, a, b)
+
+    return rule
+
+
+register_rule(aten.maximum, _binary_extreme(torch.ge))
+register_rule(aten.minimum, _binary_extreme(torch.le))
+
+
+# ---- zero: piecewise constant, or no dependence on the values at all ------------------------------------------
+
+def _zero(op: Callable[..., Tensor]) -> Rule:
+    """The op on the primals: its result is a constant (derivative zero, or a comparison's booleans)."""
+    return lambda *args, **kwargs: op(*primal_of(list(args)), **kwargs)
+
+
+for _op in (aten.gt, aten.lt, aten.ge, aten.le, aten.eq, aten.ne, aten.sign, aten.floor, aten.ceil, aten.round,
+            aten.trunc, aten.argmax, aten.argmin, aten.isnan, aten.isinf, aten.logical_not, aten.logical_and,
+            aten.logical_or, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.rand_like,
+            aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_empty, aten.new_full, aten.sym_size,
+            aten.lift_fresh):
+    register_rule(_op, _zero(_op))

@@ -1,0 +1,343 @@
+r"""Tracing f once to an aten-level graph, with the tensors it closes over lifted to graph inputs, and a cache.
+
+``traced(f, x)`` returns ``(graph, leaves)``: an ``fx.GraphModule`` whose placeholders are x and then every
+``leaves`` tensor, so that ``graph(x, *leaves)`` computes f(x). The graph comes from
+``torch.fx.experimental.proxy_tensor.make_fx`` over ``torch.func.functionalize`` (no in-place ops reach the rules),
+with ``DECOMPOSITIONS`` keeping the op set small: the normalizations, variances and softmaxes become the means,
+products, rsqrt and exp that have rules.
+
+NOTE [lifting the tensors f closes over]
+The objectives pass closures over per-batch tensors (DKEF's alpha, NCSN's labels), ``directional_derivative`` wraps
+f anew on every call, and a training step changes the parameters in place. A trace that baked any of them in as
+constants would return stale numbers. So before tracing, ``closure_leaves`` walks f: a function's closure cells and
+defaults, the globals its code names, a bound method's ``__self__``, a ``functools.partial``'s arguments, and each
+``nn.Module`` met on the way (its parameters and buffers, with ``remove_duplicate``). Every tensor found becomes a
+graph input, swapped in for the duration of the trace (cells are rebound, modules reparametrized), and is passed
+again, at its current value, on every call. The cache key is everything the trace may depend on besides those
+tensors' values: the code objects and the non-tensor values met on the walk (floats, ints, strings, the identity
+and training flag of each module), and the shapes, dtypes and devices of x and of every leaf. An object the walk
+cannot see into is keyed by its identity, so a new one traces again: slower, never stale. Tensors that f creates
+itself (``torch.tensor(2.0)`` in its body) are constants of the graph, which is right: they are rebuilt the same way
+on every call. A plain tensor *attribute* of a module (not a parameter or buffer) is baked in; register it as a
+buffer if it changes between calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.utils import stateless
+
+aten = torch.ops.aten
+
+# ---- decompositions: composite ops into the ops the rules cover ------------------------------------------------
+
+
+def _reduce_dims(x: Tensor, dims: list[int] | None) -> list[int]:
+    return list(range(x.dim())) if dims is None or len(dims) == 0 else [d % x.dim() for d in dims]
+
+
+def _count(x: Tensor, dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    return n
+
+
+def _centered_moments(x: Tensor, dims: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    r"""(mean, x - mean, mean of (x - mean)^2) over dims, kept: the biased variance of a normalization."""
+    mean = aten.mean.dim(x, dims, True)
+    centered = aten.sub.Tensor(x, mean)
+    return mean, centered, aten.mean.dim(aten.mul.Tensor(centered, centered), dims, True)
+
+
+def _var(x: Tensor, dim: list[int] | None = None, *, correction: float | None = None, keepdim: bool = False
+         ) -> Tensor:
+    r""":math:`\frac{1}{N - c}\sum (x - \bar x)^2` over dim (c = correction, default 1)."""
+    dims = _reduce_dims(x, dim)
+    _, centered, _ = _centered_moments(x, dims)
+    total = aten.sum.dim_IntList(aten.mul.Tensor(centered, centered), dims, keepdim)
+    return aten.div.Tensor(total, _count(x, dims) - (1 if correction is None else correction))
+
+
+def _var_mean(x: Tensor, dim: list[int] | None = None, *, correction: float | None = None, keepdim: bool = False
+              ) -> tuple[Tensor, Tensor]:
+    return _var(x, dim, correction=correction, keepdim=keepdim), aten.mean.dim(x, _reduce_dims(x, dim), keepdim)
+
+
+def _std(x: Tensor, dim: list[int] | None = None, *, correction: float | None = None, keepdim: bool = False
+         ) -> Tensor:
+    return aten.sqrt.default(_var(x, dim, correction=correction, keepdim=keepdim))
+
+
+def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None, shape: list[int]) -> Tensor:
+    if weight is not None:
+        out = aten.mul.Tensor(out, aten.view.default(weight, shape))
+    if bias is not None:
+        out = aten.add.Tensor(out, aten.view.default(bias, shape))
+    return out
+
+
+def _batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+                running_var: Tensor | None, training: bool, momentum: float, eps: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Batch (and, through its reshape, instance) norm: :math:`(x - \mu)\,(\sigma^2 + \epsilon)^{-1/2}`, then the
+    affine map, with the batch's statistics in training and the running ones otherwise. The running statistics are
+    not updated: a derivative is not a training step of the norm."""
+    shape = [1, x.shape[1], *([1] * (x.dim() - 2))]  # per channel
+    if training or running_mean is None:
+        mean, centered, var = _centered_moments(x, [0, *range(2, x.dim())])
+    else:
+        mean, var = aten.view.default(running_mean, shape), aten.view.default(running_var, shape)
+        centered = aten.sub.Tensor(x, mean)
+    rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
+    out = _affine(aten.mul.Tensor(centered, rstd), weight, bias, shape)
+    return out, aten.view.default(mean, [-1]), aten.view.default(rstd, [-1])
+
+
+def _batch_norm_legit(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor, running_var: Tensor,
+                      training: bool, momentum: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+def _batch_norm_no_stats(x: Tensor, weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
+                         eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _batch_norm(x, weight, bias, None, None, True, momentum, eps)
+
+
+def _layer_norm(x: Tensor, normalized_shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Layer norm over the last len(normalized_shape) dims: :math:`(x - \mu)(\sigma^2 + \epsilon)^{-1/2}`, affine."""
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    mean, centered, var = _centered_moments(x, dims)
+    rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
+    return _affine(aten.mul.Tensor(centered, rstd), weight, bias, list(normalized_shape)), mean, rstd
+
+
+def _group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, n: int, c: int, hw: int, groups: int,
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Group norm: the layer norm of each group of c/groups channels, then the per-channel affine map."""
+    grouped = aten.view.default(x, [n, groups, -1])
+    mean, centered, var = _centered_moments(grouped, [2])
+    rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
+    out = aten.view.default(aten.mul.Tensor(centered, rstd), list(x.shape))
+    shape = [1, c, *([1] * (x.dim() - 2))]
+    return _affine(out, weight, bias, shape), aten.view.default(mean, [n, groups]), aten.view.default(rstd, [n, groups])
+
+
+def _softmax(x: Tensor, dim: int, half_to_float: bool) -> Tensor:
+    r""":math:`e^{x - m} / \sum e^{x - m}` with m the detached max: any constant shift gives the same value."""
+    e = aten.exp.default(aten.sub.Tensor(x, aten.detach.default(aten.amax.default(x, [dim], True))))
+    return aten.div.Tensor(e, aten.sum.dim_IntList(e, [dim], True))
+
+
+def _log_softmax(x: Tensor, dim: int, half_to_float: bool) -> Tensor:
+    shifted = aten.sub.Tensor(x, aten.detach.default(aten.amax.default(x, [dim], True)))
+    return aten.sub.Tensor(shifted, aten.log.default(aten.sum.dim_IntList(aten.exp.default(shifted), [dim], True)))
+
+
+def _logsumexp(x: Tensor, dim: list[int], keepdim: bool = False) -> Tensor:
+    r""":math:`m + \log\sum e^{x - m}` with m the detached max."""
+    m = aten.detach.default(aten.amax.default(x, dim, True))
+    out = aten.add.Tensor(aten.log.default(aten.sum.dim_IntList(aten.exp.default(aten.sub.Tensor(x, m)), dim, True)),
+                          m)
+    return out if keepdim else aten.squeeze.dims(out, dim)
+
+
+DECOMPOSITIONS: dict = {
+    aten.var.correction: _var,
+    aten.var_mean.correction: _var_mean,
+    aten.std.correction: _std,
+    aten.native_batch_norm.default: _batch_norm,
+    aten._native_batch_norm_legit.default: _batch_norm_legit,
+    aten._native_batch_norm_legit.no_stats: _batch_norm_no_stats,
+    aten._native_batch_norm_legit_no_training.default:
+        lambda x, w, b, rm, rv, momentum, eps: _batch_norm(x, w, b, rm, rv, False, momentum, eps),
+    aten.native_layer_norm.default: _layer_norm,
+    aten.native_group_norm.default: _group_norm,
+    aten._softmax.default: _softmax,
+    aten._log_softmax.default: _log_softmax,
+    aten.logsumexp.default: _logsumexp,
+}
+
+
+# ---- lifting: every tensor f closes over becomes a graph input ------------------------------------------------
+
+_PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+@dataclass
+class _Walk:
+    """What ``closure_leaves`` found: the leaves, how to swap each in, and the cache key."""
+
+    leaves: list[Tensor] = field(default_factory=list)
+    cells: list[tuple[types.CellType, int]] = field(default_factory=list)  # (cell, leaf index)
+    modules: list[tuple[nn.Module, dict[str, int]]] = field(default_factory=list)  # (module, name -> leaf index)
+    key: list[object] = field(default_factory=list)
+    seen: dict[int, int] = field(default_factory=dict)  # id -> order of first visit (the walk holds f alive)
+
+    def leaf(self, t: Tensor) -> int:
+        for i, known in enumerate(self.leaves):
+            if known is t:
+                return i
+        self.leaves.append(t)
+        self.key.append(("leaf", tuple(t.shape), t.dtype, t.device.type))
+        return len(self.leaves) - 1
+
+    def visit(self, obj: object) -> None:
+        if isinstance(obj, _PLAIN):
+            self.key.append(obj)
+            return
+        if id(obj) in self.seen:
+            self.key.append(("again", self.seen[id(obj)]))
+            return
+        self.seen[id(obj)] = len(self.seen)
+        if isinstance(obj, Tensor):
+            self.key.append(("tensor", self.leaf(obj)))
+        elif isinstance(obj, nn.Module):
+            self._module(obj)
+        elif isinstance(obj, types.MethodType):
+            self.visit(obj.__self__)
+            self.visit(obj.__func__)
+        elif isinstance(obj, types.FunctionType):
+            self._function(obj)
+        elif isinstance(obj, functools.partial):
+            for item in (obj.func, *obj.args, *obj.keywords.values()):
+                self.visit(item)
+            self.key.append(tuple(obj.keywords))
+        elif isinstance(obj, (tuple, list)) and not any(isinstance(item, Tensor) for item in obj):
+            self.key.append(type(obj))
+            for item in obj:
+                self.visit(item)
+        elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType, type, torch._ops.OpOverloadPacket,
+                              torch._ops.OpOverload)):
+            self.key.append(("global", _identity(obj)))
+        else:  # an object the walk cannot see into: keyed by identity (a new one traces again)
+            self.key.append(("opaque", type(obj).__qualname__, _identity(obj)))
+
+    def _module(self, module: nn.Module) -> None:
+        self.key.append(("module", _identity(module), tuple(m.training for m in module.modules())))
+        names = {}
+        for name, t in (*module.named_parameters(), *module.named_buffers()):
+            names[name] = self.leaf(t)
+        self.modules.append((module, names))
+
+    def _function(self, fn: types.FunctionType) -> None:
+        self.key.append(fn.__code__)
+        for cell in fn.__closure__ or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:  # an empty cell (a name not yet bound)
+                self.key.append("empty cell")
+                continue
+            if isinstance(content, Tensor):
+                self.cells.append((cell, self.leaf(content)))
+                self.key.append(("cell", self.cells[-1][1]))
+            else:
+                self.visit(content)
+        for default in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
+            self.visit(default)
+        for name in _global_names(fn.__code__):
+            value = fn.__globals__.get(name)
+            if isinstance(value, (Tensor, nn.Module)):
+                self.visit(value)  # a global tensor is keyed by identity: rebinding the name traces again
+
+
+def _identity(obj: object) -> object:
+    """A key part equal only for this very object, while it lives: a weak reference (a dead one equals nothing
+    new, so a later object at the same address never matches), or the object itself where it has none."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return obj
+
+
+def _global_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def closure_leaves(f: Callable) -> _Walk:
+    """Walk f (see NOTE [lifting the tensors f closes over]) for the tensors to lift and the cache key."""
+    walk = _Walk()
+    walk.visit(f)
+    return walk
+
+
+@contextlib.contextmanager
+def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
+    """Within the block, every leaf of ``walk`` reads as ``values[i]``: cells rebound, modules reparametrized."""
+    saved = [cell.cell_contents for cell, _ in walk.cells]
+    try:
+        for cell, i in walk.cells:
+            cell.cell_contents = values[i]
+        with contextlib.ExitStack() as stack:
+            for module, names in walk.modules:
+                stack.enter_context(stateless._reparametrize_module(
+                    module, {name: values[i] for name, i in names.items()}, tie_weights=True))
+            yield
+    finally:
+        for (cell, _), value in zip(walk.cells, saved, strict=True):
+            cell.cell_contents = value
+
+
+# ---- the cache ------------------------------------------------------------------------------------------------
+
+@dataclass
+class TraceStats:
+    """How often ``traced`` traced (a miss) or reused a graph (a hit), and the last trace's wall time."""
+
+    traces: int = 0
+    hits: int = 0
+    last_trace_ms: float = float("nan")
+
+
+STATS = TraceStats()
+_CACHE: OrderedDict[tuple, fx.GraphModule] = OrderedDict()
+CACHE_SIZE = 64
+
+
+def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphModule:
+    def lifted(inputs: Tensor, *leaves: Tensor) -> Tensor:
+        with _swapped(walk, leaves):
+            return f(inputs)
+
+    detached = [t.detach() for t in walk.leaves]
+    with torch.no_grad():
+        return make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(x.detach(), *detached)
+
+
+def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, list[Tensor]]:
+    """f's aten graph (placeholders: x, then the leaves) from the cache, or traced now; and the leaves' current
+    values, to pass on this call."""
+    walk = closure_leaves(f)
+    key = (tuple(x.shape), x.dtype, x.device.type, *walk.key)
+    try:
+        graph = _CACHE[key]
+        _CACHE.move_to_end(key)
+        STATS.hits += 1
+    except KeyError:
+        start = time.perf_counter()
+        graph = _CACHE[key] = _trace(f, walk, x)
+        STATS.last_trace_ms = 1e3 * (time.perf_counter() - start)
+        STATS.traces += 1
+        if len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return graph, walk.leaves
+
+
+def clear_cache() -> None:
+    """Forget every traced graph (the next call of each f traces again)."""
+    _CACHE.clear()
