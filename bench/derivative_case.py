@@ -23,7 +23,9 @@ sphere of radius eps (the paper's :math:`p_\varepsilon(v)`). The reference is ex
 float64 copy (``fdsm.float64_reference``), computed once per (problem, T) for the unit directions and scaled,
 since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
 
-``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns;
+``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns (for
+``exact-taylor`` also ``trace_ms``, the one-off time of tracing f to its aten graph, which the untimed warm-up call
+pays and the timed calls reuse from the cache);
 ``measure_error(case)`` only computes the error (the eps-sweep). ``derivative_closure(case)``,
 ``reference_for(case)`` and ``error_columns(case, d, d_ref)`` are the pieces they share with the pytest-benchmark
 suite (``derivative_call`` gives the first two at once). The measure
@@ -61,7 +63,7 @@ REFERENCE_CHUNK = 8  # samples per float64 reference call
 PROBLEM_KEYS = ("model", "size", "width", "weights", "seed", "batch", "device")
 CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
-                "nvml_used_mb")
+                "nvml_used_mb", "trace_ms")
 ERROR_COLUMNS = ("rel_error", "rel_error_max", "backend")
 
 
@@ -169,11 +171,12 @@ def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int
         return skip
     call = derivative_closure(case)
     device = torch.device(case["device"])
-    timing = measure_time(call, device, warmup=warmup, repeats=repeats)
+    timing = measure_time(call, device, warmup=warmup, repeats=repeats)  # exact-taylor traces in the warm-up
+    trace_ms = fdsm.taylor.STATS.last_trace_ms if case["method"] == "exact-taylor" else math.nan
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
     measured = {**timing_columns(timing), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
-                "nvml_used_mb": memory.nvml_used_mb}
+                "nvml_used_mb": memory.nvml_used_mb, "trace_ms": trace_ms}
     # The reference comes last: the float64 exact method at high T can itself run out of memory (paper size on a
     # GPU), and that must cost this row its error column, not its time and memory.
     try:

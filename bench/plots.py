@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 METHOD_STYLE: Mapping[str, dict] = {
     "exact-reverse": {"color": "#c0392b", "marker": "o", "linestyle": "-"},
     "exact-forward": {"color": "#e67e22", "marker": "s", "linestyle": "-"},
+    "exact-taylor": {"color": "#d4ac0d", "marker": "*", "linestyle": "-"},
     "fd-serial": {"color": "#2980b9", "marker": "v", "linestyle": "--"},
     "fd-batched": {"color": "#16a085", "marker": "D", "linestyle": "--"},
     "fd-streams": {"color": "#8e44ad", "marker": "^", "linestyle": "--"},

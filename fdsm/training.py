@@ -22,7 +22,10 @@ vae-score  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
 wae-score  SSMVR, FD-SSMVR on the score net (table 6)      128     RMSprop 1e-3
 ========== =============================================== ======= ============================================
 
-A star marks the non-parallel FD (``serial=True``). Rows whose model is not registered are listed with the reason.
+A star marks the non-parallel FD (``serial=True``). A ``-Taylor`` row is the exact objective of the row it names
+with its derivatives from Taylor mode (``method="taylor"``, NOTE [exact derivatives by Taylor mode] in
+``fdsm.objectives.sliced``): the strongest exact step, with no double backward. Rows whose model is not registered
+are listed with the reason.
 
 The clip thresholds are the released ones, applied to losses on this suite's one scale (NOTE [one scaling
 convention] in ``fdsm.objectives.sliced``), which for several rows is the released loss divided by d (for the deep
@@ -166,6 +169,7 @@ def _dkef(objective: Callable[..., Tensor], **kw) -> LossFn:
 _DKEF_OPT = OptimConfig("adam", lr=1e-2, clip=1.0)
 _register("dkef", "1", 200, {
     "SSM": (_dkef(obj.ssm_loss, noise="rademacher"), _DKEF_OPT),
+    "SSM-Taylor": (_dkef(obj.ssm_loss, noise="rademacher", method="taylor"), _DKEF_OPT),
     "SSMVR": (_dkef(obj.ssmvr_loss, noise="rademacher"), _DKEF_OPT),
     "FD-SSM": (_dkef(obj.fd_ssm_loss, eps=0.1), _DKEF_OPT),
 }, build_kwargs={"SSMVR": {"alpha_fit": "sliced-vr"}})
@@ -188,6 +192,7 @@ _register("deep-ebm", "2", 64, {
     "FD-DSM*": (_deep_ebm_dsm(obj.multiscale_fd_dsm_loss, eps=0.05, serial=True), _EBM_DSM_OPT),
     "FD-DSM": (_deep_ebm_dsm(obj.multiscale_fd_dsm_loss, eps=0.05), _EBM_DSM_OPT),
     "SSM": (_deep_ebm_ssm(obj.ssm_loss, noise="gaussian"), _EBM_SSM_OPT),
+    "SSM-Taylor": (_deep_ebm_ssm(obj.ssm_loss, noise="gaussian", method="taylor"), _EBM_SSM_OPT),
     "SSMVR": (_deep_ebm_ssm(obj.ssmvr_loss, noise="gaussian"), _EBM_SSM_OPT),
     "FD-SSM*": (_deep_ebm_ssm(obj.fd_ssm_loss, eps=0.05, serial=True), _EBM_SSM_OPT),
     "FD-SSM": (_deep_ebm_ssm(obj.fd_ssm_loss, eps=0.05), _EBM_SSM_OPT),
@@ -206,6 +211,7 @@ _register("nice", "3", 128, {
     "DSM": (_on_log_density(obj.dsm_loss, 0.1), OptimConfig("adam", lr=1e-3)),
     "DSM-1.74": (_on_log_density(obj.dsm_loss, 1.74), OptimConfig("adam", lr=1e-3)),
     "SSM": (_on_log_density(obj.ssm_loss, noise="rademacher"), OptimConfig("adam", lr=1e-4)),
+    "SSM-Taylor": (_on_log_density(obj.ssm_loss, noise="rademacher", method="taylor"), OptimConfig("adam", lr=1e-4)),
     "SSMVR": (_on_log_density(obj.ssmvr_loss, noise="rademacher"), OptimConfig("adam", lr=1e-4)),
     "FD-SSM": (_on_log_density(obj.fd_ssm_loss, eps=0.1), OptimConfig("adam", lr=1e-3)),
     "MLE": (_on_log_density(obj.mle_loss), OptimConfig("adam", lr=1e-4)),
@@ -227,6 +233,7 @@ _NCSN_OPT = OptimConfig("adam", lr=1e-3, betas=(0.9, 0.999))
 _register("ncsn", "5", 128, {
     "DSM": (_ncsn(obj.annealed_dsm_loss), _NCSN_OPT),
     "SSMVR": (_ncsn(obj.annealed_ssmvr_loss, noise="gaussian"), _NCSN_OPT),
+    "SSMVR-Taylor": (_ncsn(obj.annealed_ssmvr_loss, noise="gaussian", method="taylor"), _NCSN_OPT),
     "FD-SSMVR": (_ncsn(obj.annealed_fd_ssmvr_loss, eps=0.1), _NCSN_OPT),
 })
 
@@ -246,6 +253,8 @@ def _score_net(objective: Callable[..., Tensor], **kw) -> LossFn:
 for _name in ("vae-score", "wae-score"):
     _register(_name, "6", 128, {
         "SSMVR": (_score_net(obj.ssmvr_score_loss, noise="gaussian"), OptimConfig("rmsprop", lr=1e-3)),
+        "SSMVR-Taylor": (_score_net(obj.ssmvr_score_loss, noise="gaussian", method="taylor"),
+                         OptimConfig("rmsprop", lr=1e-3)),
         "FD-SSMVR": (_score_net(obj.fd_ssmvr_loss, eps=0.1), OptimConfig("rmsprop", lr=1e-3)),
     })
 

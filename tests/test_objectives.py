@@ -6,6 +6,7 @@ correct estimator fails with probability < 1e-6. Per-sample identities (FD = exa
 roundoff: rtol 1e-8.
 """
 
+import functools
 import math
 
 import pytest
@@ -52,10 +53,13 @@ CASES = [
     ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, reduction="none")),
     ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, noise="gaussian", reduction="none")),
     ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, noise="rademacher", reduction="none")),
+    ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, method="taylor", reduction="none")),
+    ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, noise="rademacher", method="taylor", reduction="none")),
     ("sm/d", lambda m, x: obj.ssmvr_loss(m.log_density, x, noise="rademacher", reduction="none")),
     ("sm/d", lambda m, x: obj.fd_ssm_loss(m.log_density, x, reduction="none")),
     ("sm/d", lambda m, x: obj.fd_ssm_loss(m.log_density, x, serial=True, backend="torch", reduction="none")),
     ("sm/d", lambda m, x: obj.ssmvr_score_loss(m.score, x, reduction="none")),
+    ("sm/d", lambda m, x: obj.ssmvr_score_loss(m.score, x, method="taylor", reduction="none")),
     ("sm/d", lambda m, x: obj.fd_ssmvr_loss(m.score, x, eps=0.3, reduction="none")),
     ("dsm", lambda m, x: obj.dsm_loss(m.log_density, x, SIGMA, reduction="none")),
     ("dsm", lambda m, x: obj.dsm_score_loss(m.score, x, SIGMA, reduction="none")),
@@ -121,6 +125,36 @@ def test_fd_is_exact_for_a_quadratic_on_the_same_v(gaussian):
     ]
     for fd, exact in pairs:
         torch.testing.assert_close(fd, exact, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["mlp-ebm", "nice"])
+def test_taylor_ssm_equals_the_nested_reverse_one_in_value_and_gradient(name):
+    """method="taylor" is the same exact objective: the same loss and parameter gradients (float64)."""
+    torch.manual_seed(0)
+    model = build(name, size="cpu").double()
+    x = torch.randn(6, *model.event_shape, dtype=torch.float64)
+    v = torch.randn_like(x)
+    params = [p for p in model.parameters() if p.requires_grad]
+    reverse = obj.ssm_loss(model.log_density, x, v=v, method="reverse")
+    taylor = obj.ssm_loss(model.log_density, x, v=v, method="taylor")
+    torch.testing.assert_close(taylor, reverse, rtol=1e-10, atol=1e-12)
+    grad = functools.partial(torch.autograd.grad, inputs=params, allow_unused=True, materialize_grads=True)
+    for g_r, g_t in zip(grad(reverse), grad(taylor), strict=True):  # a last bias does not reach SSM: zero
+        torch.testing.assert_close(g_t, g_r, rtol=1e-8, atol=1e-12)
+
+
+def test_taylor_ssmvr_on_a_score_network_equals_the_reverse_one():
+    torch.manual_seed(0)
+    model = build("wae-score", size="cpu").double()
+    x = torch.randn(5, *model.event_shape, dtype=torch.float64)
+    v = torch.randn_like(x)
+    params = list(model.parameters())
+    reverse = obj.ssmvr_score_loss(model.score, x, v=v)
+    taylor = obj.ssmvr_score_loss(model.score, x, v=v, method="taylor")
+    torch.testing.assert_close(taylor, reverse, rtol=1e-10, atol=1e-12)
+    grad = functools.partial(torch.autograd.grad, inputs=params, allow_unused=True, materialize_grads=True)
+    for g_r, g_t in zip(grad(reverse), grad(taylor), strict=True):  # a last bias does not reach SSM: zero
+        torch.testing.assert_close(g_t, g_r, rtol=1e-8, atol=1e-12)
 
 
 def test_fd_agrees_with_gradient_forms_on_a_nonquadratic_model():
@@ -222,6 +256,7 @@ def test_backends_agree_in_value_and_gradient():
     (lambda ld, x: obj.fd_ssmvr_loss(lambda z: z[:, :1], x), "score to map (6, 2) to the same shape"),
     (lambda ld, x: obj.ssm_loss(ld, x, v=torch.ones(2, 2)), "expected v of x's shape"),
     (lambda ld, x: obj.ssm_loss(ld, x, noise="uniform"), "noise"),
+    (lambda ld, x: obj.ssm_loss(ld, x, method="jet"), "expected method in ('reverse', 'taylor')"),
     (lambda ld, x: obj.sm_loss(ld, x, reduction="sum"), "reduction"),
     (lambda ld, x: obj.fd_ssm_loss(ld, x, backend="cuda"), "backend"),
     (lambda ld, x: obj.ssm_loss(ld, x[0]), "(B, *event)"),

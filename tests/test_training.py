@@ -283,16 +283,18 @@ def test_an_fd_rows_speedup_is_its_counterparts_time_over_its_own(monkeypatch):
     from bench.commands import train_steps
     from bench.timing import Timing
 
-    def fixed(fns, device, *, warmup, repeats):  # FD (first) 10 ms a round, its counterpart 30 ms
+    def fixed(fns, device, *, warmup, repeats):  # FD (first) 10 ms a round, SSM 30 ms, the Taylor SSM step 20 ms
+        assert len(fns) == 3
         for fn in fns * repeats:
             fn()
-        return [Timing(ms, 0.0, ms, ms, repeats, 1, (ms,) * repeats) for ms in (10.0, 30.0)]
+        return [Timing(ms, 0.0, ms, ms, repeats, 1, (ms,) * repeats) for ms in (10.0, 30.0, 20.0)]
 
     monkeypatch.setattr(train_steps, "measure_interleaved", fixed)
     case = {"model": "nice", "objective": "FD-SSM", "size": "cpu", "batch": 8, "dtype": "float32", "device": "cpu",
             "memory_format": "contiguous", "seed": 0, "warmup": 0, "repeats": 3}
     row = train_steps.measure_step(case)
     assert row["versus"] == "SSM" and row["speedup"] == 3.0 and row["time_ms"] == 10.0  # above 1: FD is faster
+    assert row["versus_taylor"] == "SSM-Taylor" and row["speedup_taylor"] == 2.0  # over the strongest exact step
 
 
 def test_speedups_take_the_flop_and_memory_ratios_from_the_counterparts_row():
@@ -358,10 +360,13 @@ def test_each_deep_ebm_objective_in_train_sees_the_same_batches_however_far_the_
     assert all(torch.equal(a, b) for a, b in zip(seen["DSM"], seen["FD-DSM"], strict=True))
 
 
-def test_every_fd_row_is_paired_with_the_gradient_objective_of_its_own_name():
-    from bench.commands.train_steps import COUNTERPART
+def test_every_fd_and_taylor_row_is_paired_with_the_gradient_objective_of_its_own_name():
+    from bench.commands.train_steps import COUNTERPART, STRONGEST
 
-    assert COUNTERPART and all(versus == fd.removeprefix("FD-").rstrip("*") for fd, versus in COUNTERPART.items())
+    assert COUNTERPART and all(versus == row.removeprefix("FD-").rstrip("*").removesuffix("-Taylor")
+                               for row, versus in COUNTERPART.items())
+    assert STRONGEST and all(versus == COUNTERPART[row] + "-Taylor" and versus in COUNTERPART
+                             for row, versus in STRONGEST.items())
 
 
 def test_grad_agreement_measures_the_cosine_of_fd_at_eps_against_exact_as_computed_by_hand():

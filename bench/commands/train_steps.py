@@ -61,8 +61,13 @@ REQUIRED = ("model", "objective", "batch", "dtype", "device", "time_ms", "time_m
             "status")
 KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark", "float32_math",
         "seed")
-# The gradient-based objective each FD row replaces: its speed-up is counterpart time / FD time.
-COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "DSM", "FD-SSMVR": "SSMVR"}
+# The gradient-based objective each FD row replaces (the paper's exact step): its speed-up is counterpart time / FD
+# time. A Taylor row is timed against the nested-reverse step it replaces, the same way.
+COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "DSM", "FD-SSMVR": "SSMVR",
+               "SSM-Taylor": "SSM", "SSMVR-Taylor": "SSMVR"}
+# The strongest exact step of an FD row (Taylor mode, no double backward): a second speed-up, ``speedup_taylor``,
+# from the same interleaved rounds. FD-DSM has none: DSM needs only first derivatives.
+STRONGEST = {"FD-SSM": "SSM-Taylor", "FD-SSM*": "SSM-Taylor", "FD-SSMVR": "SSMVR-Taylor"}
 
 
 @dataclass(frozen=True)
@@ -166,10 +171,12 @@ def _counterpart(case: Mapping[str, Any], versus: str) -> tuple[Stepper | None, 
 def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
     """Time, peak memory and loss of one complete training step of ``case`` (a CSV key row).
 
-    An FD row is timed interleaved with its gradient counterpart (``COUNTERPART``), round by round in this one
-    worker (``bench.timing.measure_interleaved``), and its ``speedup`` columns are the median and quartiles of the
-    per-round ratios counterpart / FD: the claim is a ratio measured side by side (DESIGN.md), and a slow phase of
-    the machine lands on both. The counterpart is dropped before the memory probe.
+    An FD row is timed interleaved with its gradient counterpart (``COUNTERPART``) and, where it has one, with the
+    strongest exact step (``STRONGEST``, Taylor mode), round by round in this one worker
+    (``bench.timing.measure_interleaved``). Its ``speedup`` columns are the median and quartiles of the per-round
+    ratios counterpart / FD, and its ``speedup_taylor`` columns the same against the Taylor step: each claim is a
+    ratio measured side by side (DESIGN.md), and a slow phase of the machine lands on all of them. The rivals are
+    dropped before the memory probe.
     """
     recipe = RECIPES.get(f"{case['model']}/{case['objective']}")
     available, reason = recipe_available(recipe)
@@ -177,16 +184,22 @@ def measure_step(case: Mapping[str, Any]) -> dict[str, Any]:
         return {"status": "unsupported", "message": reason}
     device = torch.device(case["device"])
     step = Stepper(recipe, case)
-    versus = COUNTERPART.get(case["objective"])
-    other, note = (None, "") if versus is None else _counterpart(case, versus)
-    timings = measure_interleaved([step] if other is None else [step, other], device,
+    rivals = {}  # column suffix -> (objective, its stepper): each timed in the same rounds as this row
+    notes = []
+    for suffix, table in (("", COUNTERPART), ("_taylor", STRONGEST)):
+        if (versus := table.get(case["objective"])) is not None:
+            other, note = _counterpart(case, versus)
+            notes.append(note)
+            if other is not None:
+                rivals[suffix] = versus, other
+    timings = measure_interleaved([step, *(other for _, other in rivals.values())], device,
                                   warmup=int(case["warmup"]), repeats=int(case["repeats"]))
-    if other is None:
-        paired: dict[str, Any] = {"message": note} if note else {}
-    else:
-        ratio = paired_ratio(timings[1], timings[0])
-        paired = {"versus": versus, "speedup": ratio.median, "speedup_q1": ratio.q1, "speedup_q3": ratio.q3}
-        del other  # its model, optimizer state and batch leave before the memory probe
+    paired: dict[str, Any] = {"message": "; ".join(filter(None, notes))} if any(notes) else {}
+    for (suffix, (versus, _)), timing in zip(rivals.items(), timings[1:], strict=True):
+        ratio = paired_ratio(timing, timings[0])
+        paired |= {f"versus{suffix}": versus, f"speedup{suffix}": ratio.median, f"speedup{suffix}_q1": ratio.q1,
+                   f"speedup{suffix}_q3": ratio.q3}
+    del rivals  # their models, optimizer states and batches leave before the memory probe
     phases = {f"time_{phase}_ms": ms for phase, ms in step.clock.median_ms(last=timings[0].repeats).items()}
     gflop, not_counted = counted_gflop(case)
     if not_counted:
@@ -237,7 +250,7 @@ def cases(config: TrainStepsConfig, *, dtype: str, device: torch.device, seed: i
 
 
 SPEEDUP_COLUMNS = ["model", "objective", "versus", "speedup", "speedup_q1", "speedup_q3", "flop_ratio",
-                   "memory_ratio"]
+                   "memory_ratio", "versus_taylor", "speedup_taylor", "speedup_taylor_q1", "speedup_taylor_q3"]
 
 
 def speedups(rows: pd.DataFrame) -> pd.DataFrame:
@@ -256,8 +269,8 @@ def speedups(rows: pd.DataFrame) -> pd.DataFrame:
         return [counterpart.get((model, versus), float("nan")) / value
                 for model, versus, value in zip(fd.model, fd.versus, fd[column], strict=True)]
 
-    return fd.assign(flop_ratio=counterpart_over_fd("gflop"), memory_ratio=counterpart_over_fd("peak_mem_mb"))[
-        SPEEDUP_COLUMNS].reset_index(drop=True)
+    fd = fd.assign(flop_ratio=counterpart_over_fd("gflop"), memory_ratio=counterpart_over_fd("peak_mem_mb"))
+    return fd.reindex(columns=SPEEDUP_COLUMNS).reset_index(drop=True)  # a CSV from before Taylor rows lacks some
 
 
 PANELS_PER_ROW = 3  # models side by side; more wrap onto further rows
@@ -295,7 +308,8 @@ def plot(rows: pd.DataFrame, path) -> None:
         axes[2 * block + 1, column].set_visible(False)
     for j, model in enumerate(models):
         part = rows[(rows.model == model) & (rows.status == "ok")]
-        colors = ["tab:orange" if o.startswith("FD") else "tab:blue" for o in part.objective]
+        colors = ["tab:orange" if o.startswith("FD") else "goldenrod" if o.endswith("-Taylor") else "tab:blue"
+                  for o in part.objective]
         block, column = divmod(j, columns)
         for i, (value, label) in enumerate((("time_ms", "time per step (ms)"), ("peak_mem_mb", "peak memory (MiB)"))):
             ax = axes[2 * block + i, column]
@@ -321,6 +335,8 @@ def plot(rows: pd.DataFrame, path) -> None:
                             else f"{r.memory_ratio:.2f}x")
                     if value == "time_ms" and pd.notna(r.flop_ratio):
                         text += f"\nFLOPs {r.flop_ratio:.2f}x"
+                    if value == "time_ms" and pd.notna(r.speedup_taylor):
+                        text += f"\nvs Taylor {r.speedup_taylor:.2f}x"
                     top = bar.get_height() + (spread[1][k] if spread is not None else 0)  # above the q3 whisker
                     ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top),
                                 ha="center", va="bottom", fontsize=7, fontweight="bold")
@@ -329,10 +345,11 @@ def plot(rows: pd.DataFrame, path) -> None:
     if str(meta["device"]).startswith("cuda"):  # how cuDNN ran, which moves CUDA step times
         search = "on" if meta.get("cudnn_benchmark") else "off"
         setting += f" ({meta.get('float32_math', 'tf32')} convolutions, cuDNN algorithm search {search})"
-    fig.suptitle(f"One complete training step per objective (blue: gradient-based, orange: FD); {setting}, "
-                 f"size {meta['size']}, median of {meta['repeats']} steps, bars: quartiles.\n"
-                 "Time labels: FD speed-up over its counterpart, median [quartiles] of the per-round ratios, the "
-                 "two timed alternately in one worker, and counterpart model FLOPs / FD model FLOPs.\n"
+    fig.suptitle(f"One complete training step per objective (blue: nested autograd, gold: Taylor mode, orange: FD); "
+                 f"{setting}, size {meta['size']}, median of {meta['repeats']} steps, bars: quartiles.\n"
+                 "Time labels: speed-up over the nested-autograd counterpart, median [quartiles] of the per-round "
+                 "ratios, timed alternately in one worker, counterpart model FLOPs / its FLOPs, and an FD row's "
+                 "speed-up over the Taylor step.\n"
                  "Memory labels: counterpart peak / FD peak.", fontsize=10)
     fig.legend(handles=PHASE_LEGEND, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=9,
                title="time bars, split in proportion to the median time of each phase of the step", title_fontsize=9)
@@ -355,8 +372,8 @@ def run(args: argparse.Namespace) -> int:
                 "status"]]
           .to_string(index=False))
     if len(table):
-        print("\nFD against its gradient counterpart (timed interleaved in one worker; median and quartiles of the "
-              "per-round ratios):")
+        print("\nFD and Taylor rows against their nested-autograd counterpart, and FD against the Taylor step (timed "
+              "interleaved in one worker; median and quartiles of the per-round ratios):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nwrote {args.out / 'train_steps.csv'} and {args.out / 'train_steps.png'}")
     return exit_status(rows, NAME)

@@ -32,6 +32,13 @@ CUDA tensors, their torch reference otherwise); all three give the same loss and
 
 x is data: the objectives differentiate with respect to a detached copy of it, and the gradients of the returned
 loss flow to the parameters inside the callable only.
+
+NOTE [exact derivatives by Taylor mode]
+``ssm_loss`` and ``ssmvr_score_loss`` take ``method="taylor"``: the same exact objective, with its derivatives from
+one Taylor-mode pass (``fdsm.taylor.taylor_coefficients``) instead of nested reverse mode. For SSM, D^1 = v^T s and
+D^2 = v^T H v both come from one degree-2 jet of log p along v; for SSMVR on a score network, s and (grad s) v from
+one degree-1 jet of s (a forward-mode pass). The training step's backward is then a first-order backward through
+that pass: no double backward (and, unlike one, something ``torch.compile`` can take).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import torch
 from torch import Tensor
 
 import kernels
-from fdsm import fd
+from fdsm import fd, taylor
 from fdsm.objectives.checks import (
     check_batch,
     check_reduction,
@@ -121,6 +128,14 @@ def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
     return functools.partial(getattr(kernels, name), backend=backend)
 
 
+EXACT_METHODS = ("reverse", "taylor")  # how the exact objectives differentiate (NOTE [exact derivatives by Taylor mode])
+
+
+def _check_method(who: str, method: str) -> None:
+    if method not in EXACT_METHODS:
+        raise ValueError(f"{who}: expected method in {EXACT_METHODS}, got {method!r}")
+
+
 # ---- integrands shared by each exact / FD pair ----------------------------------------------------------------
 
 def _ssm_integrand(first: Tensor, second: Tensor, eps2: float) -> Tensor:
@@ -156,17 +171,23 @@ def sm_loss(log_density: Fn, x: Tensor, *, reduction: str = "mean") -> Tensor:
 
 
 def ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
-             noise: str = "sphere", reduction: str = "mean") -> Tensor:
+             noise: str = "sphere", method: str = "reverse", reduction: str = "mean") -> Tensor:
     r"""Sliced score matching, eq. (3) divided by :math:`C_v = \varepsilon^2`:
     :math:`[v^\top \nabla_x^2 \log p\, v + \tfrac12 (v^\top \nabla_x \log p)^2] / \varepsilon^2`.
 
-    Expectation :math:`J_{SM}/d` for any ``noise`` (sphere, gaussian, rademacher). Two nested reverse passes
-    (create_graph), the paper's gradient-based SSM. eps (default 1) only scales v; the loss does not depend on it.
+    Expectation :math:`J_{SM}/d` for any ``noise`` (sphere, gaussian, rademacher). ``method="reverse"``: two nested
+    reverse passes (create_graph), the paper's gradient-based SSM; ``"taylor"``: :math:`D^1 = v^\top s` and
+    :math:`D^2 = v^\top H v` from one degree-2 jet (NOTE [exact derivatives by Taylor mode]). eps (default 1) only
+    scales v; the loss does not depend on it.
     """
     who = "ssm_loss(log_density, x)"
     check_reduction(who, reduction)
+    _check_method(who, method)
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
+    if method == "taylor":
+        d = taylor.taylor_coefficients(checked_log_density(who, log_density), x.detach(), v, 2)  # (3, B): D^0..D^2
+        return reduce(who, _ssm_integrand(d[1], d[2], eps2), reduction)
     s = _grad(checked_log_density(who, log_density)(x), x)
     return reduce(who, _ssm_integrand(_dot(s, v), _curvature(s, x, v), eps2), reduction)
 
@@ -184,15 +205,21 @@ def ssmvr_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tenso
 
 
 def ssmvr_score_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
-                     noise: str = "sphere", reduction: str = "mean") -> Tensor:
+                     noise: str = "sphere", method: str = "reverse", reduction: str = "mean") -> Tensor:
     r"""SSMVR for a score network, eq. (11): :math:`v^\top \nabla_x s(x)\, v / \varepsilon^2 + \|s(x)\|^2/(2d)`.
 
     Expectation :math:`J_{SM}/d` of the density whose score s is. score: (B, *event) -> (B, *event).
+    ``method="reverse"``: :math:`v^\top \nabla_x (v^\top s)` by a create_graph backward; ``"taylor"``: s and
+    :math:`(\nabla_x s) v` from one degree-1 jet, a forward-mode pass (NOTE [exact derivatives by Taylor mode]).
     """
     who = "ssmvr_score_loss(score, x)"
     check_reduction(who, reduction)
+    _check_method(who, method)
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
+    if method == "taylor":
+        d = taylor.taylor_coefficients(checked_score(who, score), x.detach(), v, 1)  # (2, B, *event): s, (grad s) v
+        return reduce(who, _ssmvr_integrand(_dot(d[1], v), d[0], eps2), reduction)
     s = checked_score(who, score)(x)
     return reduce(who, _ssmvr_integrand(_curvature(s, x, v), s, eps2), reduction)
 

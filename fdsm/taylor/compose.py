@@ -104,7 +104,7 @@ def polynomial_coefficients(table: Tensor, w: Tensor) -> Tensor:
     powers = [w]
     for _ in range(degree - 1):
         powers.append(powers[-1] * w)
-    c = torch.addmm(table[:, :1], table[:, 1:], torch.stack(powers).view(degree, -1))  # (K+1, N): w^1 .. w^{K+1}
+    c = torch.addmm(table[:, :1], table[:, 1:], torch.stack(powers).reshape(degree, -1))  # (K+1, N): w^1 .. w^{K+1}
     return c.view(len(table), *w.shape)
 
 

@@ -297,7 +297,8 @@ def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
 
 @dataclass
 class TraceStats:
-    """How often ``traced`` traced (a miss) or reused a graph (a hit), and the last trace's wall time."""
+    """How often ``traced`` traced (a miss) or reused a graph (a hit), and the wall time it took to trace the graph
+    of the latest call (on a hit, the time its trace took when it was made)."""
 
     traces: int = 0
     hits: int = 0
@@ -305,7 +306,7 @@ class TraceStats:
 
 
 STATS = TraceStats()
-_CACHE: OrderedDict[tuple, fx.GraphModule] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[fx.GraphModule, float]] = OrderedDict()  # key -> (graph, its trace time in ms)
 CACHE_SIZE = 64
 
 
@@ -324,17 +325,17 @@ def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, li
     values, to pass on this call."""
     walk = closure_leaves(f)
     key = (tuple(x.shape), x.dtype, x.device.type, *walk.key)
-    try:
-        graph = _CACHE[key]
+    if key in _CACHE:
         _CACHE.move_to_end(key)
         STATS.hits += 1
-    except KeyError:
+    else:
         start = time.perf_counter()
-        graph = _CACHE[key] = _trace(f, walk, x)
-        STATS.last_trace_ms = 1e3 * (time.perf_counter() - start)
+        graph = _trace(f, walk, x)
+        _CACHE[key] = graph, 1e3 * (time.perf_counter() - start)
         STATS.traces += 1
         if len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
+    graph, STATS.last_trace_ms = _CACHE[key]
     return graph, walk.leaves
 
 
