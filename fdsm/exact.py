@@ -32,10 +32,10 @@ def _reverse_jvp(g: Tensor, x: Tensor, v: Tensor) -> Tensor:
     # Vector output: J v from two vector-Jacobian products. u -> J^T u is linear in u, and its VJP with v is J v.
     u = torch.zeros_like(g, requires_grad=True)  # (B, k)
     (vjp,) = torch.autograd.grad(g, x, grad_outputs=u, create_graph=True, allow_unused=True)  # (B, *event)
-    if vjp is None:
+    if vjp is None or not vjp.requires_grad:  # g no longer depends on x (e.g. a cubic past its third derivative)
         return torch.zeros_like(g)
-    (jvp,) = torch.autograd.grad(vjp, u, grad_outputs=v, create_graph=True)  # (B, k)
-    return jvp
+    (jvp,) = torch.autograd.grad(vjp, u, grad_outputs=v, create_graph=True, allow_unused=True)  # (B, k)
+    return torch.zeros_like(g) if jvp is None else jvp
 
 
 def exact_reverse(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *, stencil=None) -> Tensor:

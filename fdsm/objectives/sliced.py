@@ -128,7 +128,8 @@ def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
     return functools.partial(getattr(kernels, name), backend=backend)
 
 
-EXACT_METHODS = ("reverse", "taylor")  # how the exact objectives differentiate (NOTE [exact derivatives by Taylor mode])
+# How the exact objectives differentiate: NOTE [exact derivatives by Taylor mode].
+EXACT_METHODS = ("reverse", "taylor")
 
 
 def _check_method(who: str, method: str) -> None:

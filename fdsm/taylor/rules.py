@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -118,10 +117,23 @@ def _no_jet(who: str, *values: object) -> None:
 
 
 def _add_primal(z: Jet, c: object) -> Jet:
-    """z + c for a constant c: c enters the primal only (broadcast, the higher coefficients expand with it)."""
+    """z + c for a constant c: c enters the primal only. A finite Python number takes one pass over the series,
+    z + c e_0 with e_0 = (1, 0, ..., 0) along the coefficient axis (c · 0 = 0 leaves the higher coefficients as they
+    are); a tensor (or an infinite number) goes to the primal, and the higher coefficients expand with its broadcast."""
+    if isinstance(c, (int, float)) and math.isfinite(c):
+        e0 = compose.along(_constant((1.0,) + (0.0,) * z.order, z.dtype, z.series.device), z.primal)
+        return Jet(torch.add(z.series, e0, alpha=float(c)))
     primal = z.primal + c
     higher = z.aligned(primal.dim())[1:].expand(z.order, *primal.shape)
     return Jet(torch.cat([primal.unsqueeze(0), higher]))
+
+
+@functools.lru_cache(maxsize=128)
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor, made once; never an inference tensor (a first call under ``torch.inference_mode``
+    must not poison later autograd calls)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 # ---- structural: the op on every coefficient, dims shifted past the coefficient axis ---------------------------
@@ -346,8 +358,9 @@ register_rule(aten.addmm, _addmm)
 
 # ---- elementwise nonlinearities: c_m = φ^(m)(z_0)/m! in closed form, composed with z (fdsm.taylor.compose) ----
 
-def _elementwise(coefficients: Callable[[Tensor, int], Tensor]) -> Rule:
-    r"""The rule of an elementwise φ from its Taylor coefficients at z_0, ``coefficients(z_0, K)`` -> (K+1, *s):
+def _elementwise(coefficients: Callable[[Tensor, int], Tensor | Sequence[Tensor]]) -> Rule:
+    r"""The rule of an elementwise φ from its Taylor coefficients at z_0, ``coefficients(z_0, K)`` -> c_0 .. c_K
+    (a (K+1, *s) tensor or K+1 tensors of shape (*s)):
     :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule (``compose.horner``)."""
     return lambda z: Jet(compose.horner(coefficients(z.primal, z.order), z.series))
 
@@ -375,25 +388,32 @@ def _power_coefficients(z0: Tensor, order: int, p: float) -> Tensor:
     return compose.power_coefficients(torch.pow(z0, p), 1.0 / z0, weights)
 
 
-def _polynomial_table(kind: str, order: int, like: Tensor) -> Tensor:
-    rows = tuple(map(tuple, compose.scaled_rows(kind, order)))
-    return compose.table(rows, like.dtype, like.device)
+def _sigmoid_derivatives(w: Tensor, order: int, *, beta: float = 1.0, shift: int = 0) -> list[Tensor]:
+    r""":math:`\beta^n \sigma^{(n)} / (n + \mathrm{shift})!`, n = 1..order, from w = σ: polynomials in
+    q = σ' = w - w² and p = 1 - 2w (``compose.derivative_tables``); (*s) -> order tensors (*s)."""
+    tables = compose.derivative_tables("sigmoid", order, beta, shift, w.dim(), w.dtype, w.device)
+    return compose.derivative_coefficients(tables, torch.addcmul(w, w, w, value=-1), torch.rsub(w, 1, alpha=2))
 
 
-def _sigmoid_coefficients(z0: Tensor, order: int) -> Tensor:
-    """σ: c_m = P_m(σ(z_0)) / m!, with σ' = σ - σ² (so every derivative is a polynomial in σ)."""
-    return compose.polynomial_coefficients(_polynomial_table("sigmoid", order, z0), torch.sigmoid(z0))
+def _sigmoid_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    """σ: c_0 = σ(z_0), c_m = σ^(m)(z_0) / m!."""
+    w = torch.sigmoid(z0)
+    return [w, *_sigmoid_derivatives(w, order)]
 
 
-def _tanh_coefficients(z0: Tensor, order: int) -> Tensor:
-    """tanh: c_m = P_m(tanh z_0) / m!, with tanh' = 1 - tanh²."""
-    return compose.polynomial_coefficients(_polynomial_table("tanh", order, z0), torch.tanh(z0))
+def _tanh_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    """tanh: c_0 = tanh z_0, c_m = tanh^(m)(z_0) / m!, polynomials in q = tanh' = 1 - tanh² and p = tanh."""
+    w = torch.tanh(z0)
+    tables = compose.derivative_tables("tanh", order, 1.0, 0, w.dim(), w.dtype, w.device)
+    one = _constant((1.0,), w.dtype, w.device)
+    return [w, *compose.derivative_coefficients(tables, torch.addcmul(one, w, w, value=-1), w)]
 
 
-def _silu_coefficients(z0: Tensor, order: int) -> Tensor:
-    r"""SiLU = z σ(z): :math:`(z\sigma)^{(m)}/m! = z_0\, \sigma^{(m)}/m! + \sigma^{(m-1)}/(m-1)!`."""
-    s = _sigmoid_coefficients(z0, order)  # (K+1, *s): σ^(m) / m!
-    return z0 * s + torch.cat([torch.zeros_like(s[:1]), s[:-1]])
+def _silu_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    r"""SiLU = z σ(z): :math:`(z\sigma)^{(m)}/m! = z_0\, s_m + s_{m-1}`, with :math:`s_m = \sigma^{(m)}(z_0)/m!`."""
+    w = torch.sigmoid(z0)
+    s = [w, *_sigmoid_derivatives(w, order)]  # s_0 .. s_K
+    return [z0 * w, *(torch.addcmul(s[m - 1], z0, s[m]) for m in range(1, order + 1))]
 
 
 def _sin_cos_coefficients(z0: Tensor, order: int, *, shift: int) -> Tensor:
@@ -421,26 +441,16 @@ register_rule(aten.sin, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, 
 register_rule(aten.cos, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
 
 
-@functools.lru_cache(maxsize=64)
-def _softplus_rows(order: int, beta: float) -> tuple[tuple[Fraction, ...], ...]:
-    r"""c_m / polynomial in σ(βz_0), m = 0..K: row 0 zero (c_0 = softplus(z_0) is added apart), row m >= 1 the
-    sigmoid's row m-1 times :math:`\beta^{m-1}/m`."""
-    sigmoid = compose.scaled_rows("sigmoid", order - 1)
-    zero = [Fraction(0)] * (order + 2)
-    scale = Fraction(beta)
-    return tuple(map(tuple, [zero] + [[scale ** (m - 1) / m * a for a in sigmoid[m - 1]] + [Fraction(0)]
-                                      for m in range(1, order + 1)]))
-
-
 def _softplus(z: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
-    r"""softplus(βz)/β, whose derivative is σ(βz): :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for
-    m >= 1. Where βz_0 > threshold torch's softplus is the identity, and so are its derivatives: c = (z_0, 1, 0, ...)."""
+    r"""softplus(βz)/β, whose derivative is w = σ(βz): c_0 = softplus(z_0), c_1 = w and
+    :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for m >= 2. Where βz_0 > threshold torch's softplus is
+    the identity, and so are its derivatives: w is then exactly 1 (w is torch's own ``softplus_backward`` of a unit
+    gradient), whence q = w - w² = 0 and c = (z_0, 1, 0, ...)."""
     z0, order = z.primal, z.order
-    table = compose.table(_softplus_rows(order, beta), z0.dtype, z0.device)
-    c = compose.polynomial_coefficients(table, torch.sigmoid(beta * z0) if beta != 1 else torch.sigmoid(z0))
-    identity = compose.table(((Fraction(0),), (Fraction(1),), *[(Fraction(0),)] * (order - 1)), z0.dtype, z0.device)
-    c = torch.where(z0 * beta > threshold, identity.view(order + 1, *([1] * z0.dim())), c)
-    c[0].add_(aten.softplus(z0, beta, threshold))  # in place on the fresh coefficients: c_0 (row 0 is 0 above)
+    w = aten.softplus_backward(_constant((1.0,), z0.dtype, z0.device).expand(z0.shape), z0, beta, threshold)
+    c = [aten.softplus(z0, beta, threshold), w]
+    if order >= 2:
+        c += _sigmoid_derivatives(w, order - 1, beta=beta, shift=1)
     return Jet(compose.horner(c, z.series))
 
 
@@ -490,39 +500,51 @@ def _relu(z: Jet) -> Jet:
 
 
 register_rule(aten.relu, _relu)
-register_rule(aten.leaky_relu, lambda z, slope=0.01: Jet(z.series * torch.where(z.primal > 0, 1.0, slope)))
+register_rule(aten.leaky_relu, lambda z, slope=0.01:  # the slope in z's dtype (a Python float would round to float32)
+              Jet(z.series * torch.where(z.primal > 0, z.primal.new_tensor(1.0), z.primal.new_tensor(slope))))
+
+
+def _scaled(t: Tensor, factor: float) -> Tensor:
+    """t * factor, without the multiply when factor is 1."""
+    return t if factor == 1 else t * factor
 
 
 def _elu(z: Jet, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Jet:
     r"""scale·z where z_0 > 0, else scale·α(e^{input_scale·z} - 1) (at z_0 = 0 the exponential branch, as elu's
-    backward): on that branch, with s = input_scale, :math:`c_m = \text{scale}\,\alpha\, s^m e^{s z_0}/m!`.
-    The exponential is taken of min(z_0, 0) only, so the unused branch cannot overflow."""
+    backward): on that branch, with s = input_scale, :math:`c_m = \text{scale}\,\alpha\, s^m e^{s z_0}/m!`; on the
+    linear one c = (scale·z_0, scale, 0, ...). The exponential is taken of min(z_0, 0) only, so the unused branch
+    cannot overflow."""
     z0, order = z.primal, z.order
     positive = z0 > 0
-    u0 = torch.where(positive, 0.0, z0) * input_scale
-    rates = [scale * alpha * input_scale ** m / math.factorial(m) for m in range(order + 1)]
-    negative = compose.along(torch.tensor(rates, dtype=z0.dtype, device=z0.device), z0) * torch.exp(u0)
-    negative = _replace_first(negative, scale * alpha * torch.expm1(u0))
-    linear = torch.cat([(scale * z0).unsqueeze(0), torch.full_like(z0, scale).unsqueeze(0),
-                        z0.new_zeros((order - 1, *z0.shape))])
-    return Jet(compose.horner(torch.where(positive, linear, negative), z.series))
+    u0 = _scaled(torch.where(positive, 0.0, z0), input_scale)
+    e = torch.exp(u0)
+    c = [torch.where(positive, _scaled(z0, scale), _scaled(torch.expm1(u0), scale * alpha)),
+         torch.where(positive, scale, _scaled(e, scale * alpha * input_scale))]
+    if order >= 2:
+        rates = _constant(tuple(scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)),
+                          z0.dtype, z0.device)
+        c += compose.along(rates, z0) * torch.where(positive, 0.0, e)  # (K-1, *s): c_2 .. c_K
+    return Jet(compose.horner(c, z.series))
 
 
 register_rule(aten.elu, _elu)
 
 
-def _clamp(z: Jet, low: float | None = None, high: float | None = None) -> Jet:
-    """z inside [low, high], the bound (a constant) outside it."""
+def _clamp(z: Jet, low: float | None = None, high: float | None = None, *, at_bound: bool = True) -> Jet:
+    """z inside [low, high], the bound (a constant) outside it. At a bound, z's series where ``at_bound`` (clamp's
+    backward: low <= z <= high), else the constant (hardtanh's backward: low < z < high), as nested autograd."""
     clamped = torch.clamp(z.primal, low, high)
     inside = clamped == z.primal
+    if not at_bound:
+        inside &= (z.primal != low) & (z.primal != high)
     return Jet(torch.cat([clamped.unsqueeze(0), z.series[1:] * inside]))
 
 
 register_rule(aten.clamp.default, _clamp)
 register_rule(aten.clamp_min.default, lambda z, low: _clamp(z, low, None))
 register_rule(aten.clamp_max.default, lambda z, high: _clamp(z, None, high))
-register_rule(aten.hardtanh, lambda z, low=-1.0, high=1.0: _clamp(z, low, high))
-register_rule(aten.abs, lambda z: Jet(z.series * torch.where(z.primal < 0, -1.0, 1.0)))
+register_rule(aten.hardtanh, lambda z, low=-1.0, high=1.0: _clamp(z, low, high, at_bound=False))
+register_rule(aten.abs, lambda z: Jet(z.series * torch.sign(z.primal)))  # sign(0) = 0 at the kink, as autograd
 
 
 def _select_max(z: Jet, dims: Sequence[int], keepdim: bool, which: Callable[..., Tensor]) -> Jet:
@@ -538,15 +560,22 @@ register_rule(aten.amin, lambda z, dim=(), keepdim=False: _select_max(z, dim, ke
 
 
 def _binary_extreme(pick_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:
+    """maximum / minimum: the series of the one picked, and at a tie the mean of both (autograd splits the
+    gradient evenly there)."""
+
     def rule(a: object, b: object) -> Jet:
-        condition = pick_a(primal_of(a), primal_of(b))
-        return _where(condition, a, b)
+        a0, b0 = primal_of(a), primal_of(b)
+        order = _order(a, b)
+        ndim = max(_ndim(a), _ndim(b))
+        sa, sb = _as_series(a, order, ndim), _as_series(b, order, ndim)
+        picked = torch.where(pick_a(a0, b0), sa, sb)
+        return Jet(torch.where(a0 == b0, 0.5 * (sa + sb), picked))
 
     return rule
 
 
-register_rule(aten.maximum, _binary_extreme(torch.ge))
-register_rule(aten.minimum, _binary_extreme(torch.le))
+register_rule(aten.maximum, _binary_extreme(torch.gt))
+register_rule(aten.minimum, _binary_extreme(torch.lt))
 
 
 # ---- zero: piecewise constant, or no dependence on the values at all ------------------------------------------

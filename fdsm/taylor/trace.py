@@ -9,17 +9,21 @@ products, rsqrt and exp that have rules.
 NOTE [lifting the tensors f closes over]
 The objectives pass closures over per-batch tensors (DKEF's alpha, NCSN's labels), ``directional_derivative`` wraps
 f anew on every call, and a training step changes the parameters in place. A trace that baked any of them in as
-constants would return stale numbers. So before tracing, ``closure_leaves`` walks f: a function's closure cells and
-defaults, the globals its code names, a bound method's ``__self__``, a ``functools.partial``'s arguments, and each
-``nn.Module`` met on the way (its parameters and buffers, with ``remove_duplicate``). Every tensor found becomes a
-graph input, swapped in for the duration of the trace (cells are rebound, modules reparametrized), and is passed
-again, at its current value, on every call. The cache key is everything the trace may depend on besides those
-tensors' values: the code objects and the non-tensor values met on the walk (floats, ints, strings, the identity
-and training flag of each module), and the shapes, dtypes and devices of x and of every leaf. An object the walk
-cannot see into is keyed by its identity, so a new one traces again: slower, never stale. Tensors that f creates
-itself (``torch.tensor(2.0)`` in its body) are constants of the graph, which is right: they are rebuilt the same way
-on every call. A plain tensor *attribute* of a module (not a parameter or buffer) is baked in; register it as a
-buffer if it changes between calls.
+constants would return stale numbers. So before tracing, ``closure_leaves`` walks f: a function's closure cells,
+defaults and the globals its code names, a bound method's ``__self__``, a ``functools.partial``'s arguments, the
+items of tuples and lists, and each ``nn.Module`` met on the way. The tensors in closure cells and the modules'
+parameters and buffers become graph inputs, swapped in for the duration of the trace (cells rebound, modules
+reparametrized) and passed again, at their current values, on every call: a new alpha each batch reuses the graph.
+
+The cache key is everything else the trace may depend on: the code objects; every non-tensor value met on the walk
+(floats, ints, strings, each module's own plain attributes such as ``training`` or a softplus' ``beta``); the
+identity of every other tensor met (a global, a default: ``make_fx`` keeps the very tensor object in the graph, so
+its in-place updates are seen, and rebinding the name to a new tensor traces again); the identity of any object the
+walk cannot see into (a new one traces again: slower, never stale); and the shapes, dtypes and devices of x and of
+every input. torch's own Python functions are keyed by identity, not walked. Tensors that f creates itself
+(``torch.tensor(2.0)`` in its body) are constants of the graph, rebuilt the same way on every call. A plain tensor
+*attribute* of a module (not a parameter or buffer) is kept by reference like a global: in-place updates are seen,
+a reassignment is not (register it as a buffer if it is reassigned between calls).
 """
 
 from __future__ import annotations
@@ -202,8 +206,8 @@ class _Walk:
             self.key.append(("again", self.seen[id(obj)]))
             return
         self.seen[id(obj)] = len(self.seen)
-        if isinstance(obj, Tensor):
-            self.key.append(("tensor", self.leaf(obj)))
+        if isinstance(obj, Tensor):  # met outside a closure cell (a default, a partial's argument, a global)
+            self.key.append(("constant", _identity(obj), tuple(obj.shape), obj.dtype))
         elif isinstance(obj, nn.Module):
             self._module(obj)
         elif isinstance(obj, types.MethodType):
@@ -215,8 +219,8 @@ class _Walk:
             for item in (obj.func, *obj.args, *obj.keywords.values()):
                 self.visit(item)
             self.key.append(tuple(obj.keywords))
-        elif isinstance(obj, (tuple, list)) and not any(isinstance(item, Tensor) for item in obj):
-            self.key.append(type(obj))
+        elif isinstance(obj, (tuple, list)):
+            self.key.append((type(obj), len(obj)))
             for item in obj:
                 self.visit(item)
         elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType, type, torch._ops.OpOverloadPacket,
@@ -226,7 +230,9 @@ class _Walk:
             self.key.append(("opaque", type(obj).__qualname__, _identity(obj)))
 
     def _module(self, module: nn.Module) -> None:
-        self.key.append(("module", _identity(module), tuple(m.training for m in module.modules())))
+        # every submodule's plain attributes: training, a softplus' beta, a conv's stride, ...
+        settings = tuple((k, v) for m in module.modules() for k, v in vars(m).items() if _plain(v))
+        self.key.append(("module", _identity(module), settings))
         names = {}
         for name, t in (*module.named_parameters(), *module.named_buffers()):
             names[name] = self.leaf(t)
@@ -248,18 +254,40 @@ class _Walk:
         for default in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
             self.visit(default)
         for name in _global_names(fn.__code__):
-            value = fn.__globals__.get(name)
-            if isinstance(value, (Tensor, nn.Module)):
-                self.visit(value)  # a global tensor is keyed by identity: rebinding the name traces again
+            if name not in fn.__globals__:
+                continue  # a builtin, or an attribute name
+            value = fn.__globals__[name]
+            self.key.append(name)
+            if isinstance(value, types.FunctionType) and _is_library(value):
+                self.key.append(("library", _identity(value)))  # torch's own Python functions: not walked
+            else:
+                self.visit(value)
 
 
 def _identity(obj: object) -> object:
     """A key part equal only for this very object, while it lives: a weak reference (a dead one equals nothing
-    new, so a later object at the same address never matches), or the object itself where it has none."""
+    new, so a later object at the same address never matches), else the object itself where it is hashable, else
+    its id."""
     try:
         return weakref.ref(obj)
     except TypeError:
-        return obj
+        pass
+    try:
+        hash(obj)
+    except TypeError:
+        return ("id", id(obj))
+    return obj
+
+
+def _plain(value: object) -> bool:
+    """A value that may steer a trace and compares by value: a number, string, flag, dtype, or a tuple of them."""
+    if isinstance(value, tuple):
+        return all(_plain(item) for item in value)
+    return isinstance(value, _PLAIN)
+
+
+def _is_library(fn: types.FunctionType) -> bool:
+    return (fn.__module__ or "").split(".")[0] in ("torch", "numpy", "functools", "typing")
 
 
 def _global_names(code: types.CodeType) -> Iterator[str]:

@@ -1,0 +1,769 @@
+"""Taylor mode (``fdsm.taylor``, method ``exact-taylor``) against nested autograd, closed forms and its own recurrences.
+
+What is held to what, and why those tolerances (float64 unless said otherwise):
+- every model family: exact-taylor against exact-reverse, to 1e-9 of the batch's largest |D^T|. Both are exact;
+  they differ only by the rounding of different op orders (observed ~1e-14).
+- NCSN: PyTorch's own nested autograd through ``F.instance_norm`` (and ``F.layer_norm``) is wrong once a derivative
+  needs a third backward (scalar output, T >= 3; a vector output, whose every D^T costs one backward more, T >= 2)
+  and forward mode from T = 2. So NCSN is compared with exact-reverse directly at T = 1 and, from T = 2, with
+  exact-reverse on the same network with the instance norm written out (mean, centred, biased variance, rsqrt);
+  ``test_pytorch_nested_autograd_through_f_norms_is_wrong`` documents the discrepancy itself.
+- closed forms: 1e-10 of max |D^T| (D^T of a polynomial, and of elementwise functions along a direction).
+- the registered rules (closed-form coefficients composed by Horner's rule) against the term-by-term recurrences of
+  ``fdsm.taylor.series``: each coefficient to 1e-12 of its largest entry (the same sums in another order).
+- parameter gradients: 1e-8 of the largest gradient entry (one more level of differentiation, same arithmetic).
+- float32 against float64: median over the batch of the relative error <= 1e-5, worst sample <= 1e-4 (float32's
+  unit roundoff is 6e-8; a deep net's D^T loses up to a few hundred of it to cancellation).
+
+A case that fails because of a bug in fdsm.taylor is an ``xfail(strict=True)`` whose reason says what is wrong.
+"""
+
+import copy
+import functools
+import gc
+import math
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fdsm.models.ncsn as ncsn_module
+from fdsm import METHODS, directional_derivative, float64_reference, taylor
+from fdsm.models import MODELS, build
+from fdsm.models.activations import ACTIVATIONS
+from fdsm.taylor import RULES, STATS, Jet, register_rule, series, taylor_coefficients
+from fdsm.taylor.rules import rule_for
+
+F64 = torch.float64
+aten = torch.ops.aten
+
+
+def rand(*shape, seed, scale=1.0, dtype=F64):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def uniform(*shape, seed, low=0.0, high=1.0, dtype=F64):
+    return low + (high - low) * torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def taylor_d(f, x, v, order):
+    return directional_derivative(f, x, v, order, method="exact-taylor")
+
+
+def reverse_d(f, x, v, order):
+    return directional_derivative(f, x, v, order, method="exact-reverse")
+
+
+def assert_agree(d, ref, rtol):
+    """|d - ref| <= rtol * max|ref| everywhere, the shapes equal. An all-zero ref (ReLU's D^3, a quadratic's D^3)
+    asks |d| <= 1e-15: float64 roundoff of the D^1 ~ 1e-5 of these tiny nets would be far above that."""
+    assert d.shape == ref.shape and d.dtype == ref.dtype
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(d, ref, rtol=0, atol=rtol * scale if scale > 0 else 1e-15)
+
+
+def family(name, seed=0, dtype=F64, **overrides):
+    """``build(name, size="cpu", **overrides)`` with seeded weights (the global RNG left as it was), in ``dtype``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(name, size="cpu", **overrides).to(dtype)
+
+
+def rademacher(*shape, seed):
+    return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(seed)).to(F64) * 2 - 1
+
+
+# ---- 1. every model family: exact-taylor == exact-reverse ------------------------------------------------------
+# Each case: () -> (f, x). The models are tiny (a 2-channel deep EBM, 8-wide MLPs, NCSN at ngf = 2 on 8x8 images).
+
+
+def deep_ebm_case(activation):
+    return family("deep-ebm", n_chan=2, activation=activation), rand(2, 1, 32, 32, seed=1)
+
+
+def mlp_ebm_case(activation):
+    return family("mlp-ebm", hidden=(8, 8), activation=activation), rand(3, 2, seed=1)
+
+
+def nice_case():
+    model = family("nice", dim=8, hidden=8)
+    with torch.no_grad():
+        model.log_scale.copy_(rand(8, seed=7, scale=0.3))  # not the identity scaling of the init
+    return model.log_density, rand(3, 8, seed=1)
+
+
+def dkef_case():
+    model = family("dkef", dim=4, n_inducing=6, hidden=5)
+    alpha = model.solve_alpha(rand(10, 4, seed=3), rademacher(10, 4, seed=4)).detach()
+    return (lambda z: model.log_density(z, alpha)), rand(3, 4, seed=1)
+
+
+def vae_score_case(**overrides):
+    model = family("vae-score", z_dim=4, hidden=8, **overrides)
+    images = rand(3, *model.config.data_shape, seed=5)
+    return (lambda z: model.score(z, images)), rand(3, 4, seed=1)
+
+
+def wae_score_case(**overrides):
+    model = family("wae-score", z_dim=4, hidden=8, **overrides)
+    return model.score, rand(3, 4, seed=1)
+
+
+def gaussian_case(interface):
+    model = family("gaussian", dim=5)
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.copy_(rand(*p.shape, seed=20 + i, scale=0.3))  # a non-standard N(mu, P^-1)
+    return getattr(model, interface), rand(3, 5, seed=1)
+
+
+def ncsn_case():
+    model = family("ncsn", ngf=2, image_size=8, n_levels=3)
+    labels = torch.tensor([0, 2])
+    return (lambda z: model(z, labels).flatten(1)), uniform(2, 3, 8, 8, seed=1)
+
+
+SMALL = {
+    **{f"mlp-ebm-{a}": functools.partial(mlp_ebm_case, a) for a in ACTIVATIONS.names()},
+    "nice": nice_case,
+    "dkef": dkef_case,
+    "vae-score": vae_score_case,
+    "wae-score": wae_score_case,
+    "gaussian": functools.partial(gaussian_case, "log_density"),
+    "gaussian-score": functools.partial(gaussian_case, "score"),
+}
+CONV = {
+    **{f"deep-ebm-{a}": functools.partial(deep_ebm_case, a) for a in ACTIVATIONS.names()},
+    "vae-score-celeba": functools.partial(vae_score_case, dataset="celeba", nf=1),
+    "wae-score-celeba": functools.partial(wae_score_case, dataset="celeba", nf=1),
+}
+CASES = SMALL | CONV | {"ncsn": ncsn_case}  # NCSN: test_ncsn_matches_exact_reverse_on_the_written_out_norm
+FAMILY_ORDERS = [(n, t) for n in SMALL for t in range(1, 7)] + [(n, t) for n in CONV for t in range(1, 5)]
+
+
+@functools.cache
+def case(name):
+    """Each model is built (and traced) once per session; no test here mutates one of these."""
+    return CASES[name]()
+
+
+def test_every_differentiated_model_family_has_a_case():
+    differentiated = {e.name for e in MODELS if e.value.interface != "sampler"}
+    covered = {name for name in differentiated if any(c == name or c.startswith(name + "-") for c in CASES)}
+    assert covered == differentiated
+
+
+@pytest.mark.parametrize("name, order", FAMILY_ORDERS)
+def test_exact_taylor_equals_exact_reverse_on_every_model_family(name, order):
+    f, x = case(name)
+    v = rand(*x.shape, seed=2)
+    assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-9)
+
+
+def written_out_instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                              momentum=0.1, eps=1e-5):
+    """``F.instance_norm`` as ncsn.py calls it (no running stats, no affine), as plain ops."""
+    assert running_mean is None and running_var is None and weight is None and bias is None and use_input_stats
+    centered = x - x.mean((2, 3), keepdim=True)
+    return centered * torch.rsqrt((centered * centered).mean((2, 3), keepdim=True) + eps)
+
+
+def written_out_layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    assert weight is None and bias is None
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
+    centered = x - x.mean(dims, keepdim=True)
+    return centered * torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)
+
+
+class WrittenOutF:
+    """``torch.nn.functional`` with ``instance_norm`` written out: what ncsn.py's ``F`` becomes in the tests."""
+
+    instance_norm = staticmethod(written_out_instance_norm)
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_ncsn_matches_exact_reverse_on_the_written_out_norm(order, monkeypatch):
+    """T = 1: exact-reverse as it is. From T = 2 its vector output needs 3+ nested backwards through
+    F.instance_norm, which PyTorch gets wrong, so the reference is exact-reverse with the norm written out."""
+    f, x = case("ncsn")
+    v = rand(*x.shape, seed=2)
+    d = taylor_d(f, x, v, order)  # through F.instance_norm (and traced) before the patch
+    if order >= 2:
+        monkeypatch.setattr(ncsn_module, "F", WrittenOutF())
+    assert_agree(d, reverse_d(f, x, v, order), rtol=1e-9)
+
+
+NORMS = {
+    "instance_norm": (F.instance_norm, written_out_instance_norm),
+    "layer_norm": (lambda h: F.layer_norm(h, h.shape[1:]), lambda h: written_out_layer_norm(h, h.shape[1:])),
+    "group_norm": (lambda h: F.group_norm(h, 1), lambda h: written_out_layer_norm(h, h.shape[1:])),  # one group
+}
+
+
+def norm_functions(norm, vector):
+    """f(x) = w . norm(x) (scalar) or norm(x) * w flattened (vector), with the norm as F's and as written out."""
+    w = rand(2, 4, 4, seed=3)
+    out = (lambda h: (h * w).flatten(1)) if vector else (lambda h: (h * w).flatten(1).sum(1))
+    through_f, written = NORMS[norm]
+    return (lambda z: out(through_f(z))), (lambda z: out(written(z)))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("vector", [False, True], ids=["scalar", "vector"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_taylor_through_f_norms_matches_the_written_out_formula(norm, vector, order):
+    through_f, written = norm_functions(norm, vector)
+    x, v = rand(2, 2, 4, 4, seed=1), rand(2, 2, 4, 4, seed=2)
+    assert_agree(taylor_d(through_f, x, v, order), reverse_d(written, x, v, order), rtol=1e-9)
+
+
+@pytest.mark.parametrize("vector, order", [(False, 3), (True, 2)], ids=["scalar-T3", "vector-T2"])
+@pytest.mark.parametrize("norm", ["instance_norm", "layer_norm"])
+def test_pytorch_nested_autograd_through_f_norms_is_wrong(norm, vector, order):
+    """A PyTorch bug, documented: native_batch_norm / native_layer_norm's double backward breaks nested autograd
+    three backwards deep, while Taylor mode through the same F.<norm> matches the written-out formula."""
+    through_f, written = norm_functions(norm, vector)
+    x, v = rand(2, 2, 4, 4, seed=1), rand(2, 2, 4, 4, seed=2)
+    ref = reverse_d(written, x, v, order)
+    assert_agree(taylor_d(through_f, x, v, order), ref, rtol=1e-9)  # asserted whatever torch does
+    torch_error = ((reverse_d(through_f, x, v, order) - ref).abs().max() / ref.abs().max()).item()
+    # The PyTorch half is an xfail(strict=False) in effect: it passes while torch is wrong (error > 1e-3; observed
+    # 0.05 to 0.3), and once a torch release fixes the double backward it reports xfail (drop it then) instead of
+    # failing. The Taylor half above stays a hard assertion either way.
+    if torch_error <= 1e-3:
+        pytest.xfail(f"nested autograd through F.{norm} now agrees with the written-out norm ({torch_error:.1e})")
+
+
+# ---- 2. closed forms --------------------------------------------------------------------------------------------
+
+
+def test_polynomial_coefficients_are_the_derivatives_not_divided_by_k_factorial():
+    """f = (a.x)^4: D^k = 4!/(4-k)! (a.x)^(4-k) (a.v)^k for k <= 4, and 0 beyond."""
+    a, x, v = rand(5, seed=1), rand(3, 5, seed=2), rand(3, 5, seed=3)
+    d = taylor_coefficients(lambda z: (z @ a) ** 4, x, v, 6)
+    expected = torch.stack([math.perm(4, k) * (x @ a) ** max(4 - k, 0) * (v @ a) ** k for k in range(7)])
+    assert d.shape == (7, 3)
+    assert_agree(d, expected, rtol=1e-10)
+
+
+def sigmoid_derivative_polys(n_max):
+    """P_n with sigmoid^(n) = P_n(sigmoid), as numpy polynomials: P_0(s) = s, P_{n+1} = P_n' * s(1 - s)."""
+    s_one_minus_s = np.polynomial.Polynomial([0.0, 1.0, -1.0])
+    polys = [np.polynomial.Polynomial([0.0, 1.0])]
+    for _ in range(n_max):
+        polys.append(polys[-1].deriv() * s_one_minus_s)
+    return polys
+
+
+SIGMOID_POLYS = sigmoid_derivative_polys(7)
+
+
+def sig(x, n):
+    """sigmoid^(n)(x), n >= 0."""
+    return torch.from_numpy(SIGMOID_POLYS[n](torch.sigmoid(x).numpy()))
+
+
+def falling(p, n):
+    """p (p - 1) ... (p - n + 1): the n-th derivative of z^p is falling(p, n) z^(p - n)."""
+    return math.prod(p - i for i in range(n)) if n else 1.0
+
+
+EXPONENT = uniform(4, 6, seed=9, low=-1.5, high=2.5)  # a constant tensor exponent, for x ** EXPONENT
+MIXED, POSITIVE, NEGATIVE, LARGE = (-2.0, 2.0), (0.3, 2.0), (-2.0, -0.3), (25.0, 30.0)
+# name: (phi, phi^(T)(x, T), domain of x). D^T of phi(x + t v), elementwise, is phi^(T)(x) v^T.
+ELEMENTWISE = {
+    "exp": (torch.exp, lambda x, t: torch.exp(x), MIXED),
+    "expm1": (torch.expm1, lambda x, t: torch.exp(x), MIXED),
+    "sin": (torch.sin, lambda x, t: torch.sin(x + t * math.pi / 2), MIXED),
+    "cos": (torch.cos, lambda x, t: torch.cos(x + t * math.pi / 2), MIXED),
+    "log": (torch.log, lambda x, t: (-1) ** (t - 1) * math.factorial(t - 1) * x ** -t, POSITIVE),
+    "log1p": (torch.log1p, lambda x, t: (-1) ** (t - 1) * math.factorial(t - 1) * (1 + x) ** -t, POSITIVE),
+    "log2": (torch.log2, lambda x, t: (-1) ** (t - 1) * math.factorial(t - 1) * x ** -t / math.log(2), POSITIVE),
+    "sqrt": (torch.sqrt, lambda x, t: falling(0.5, t) * x ** (0.5 - t), POSITIVE),
+    "rsqrt": (torch.rsqrt, lambda x, t: falling(-0.5, t) * x ** (-0.5 - t), POSITIVE),
+    "reciprocal": (torch.reciprocal, lambda x, t: falling(-1, t) * x ** (-1 - t), POSITIVE),
+    "div": (lambda x: 3.0 / x, lambda x, t: 3 * falling(-1, t) * x ** (-1 - t), NEGATIVE),
+    "pow-2.5": (lambda x: x ** 2.5, lambda x, t: falling(2.5, t) * x ** (2.5 - t), POSITIVE),
+    "pow-3": (lambda x: x ** 3, lambda x, t: falling(3, t) * x ** (3 - t), MIXED),
+    "pow--2": (lambda x: x ** -2, lambda x, t: falling(-2, t) * x ** (-2 - t), NEGATIVE),
+    "pow-scalar-base": (lambda x: 2.0 ** x, lambda x, t: math.log(2) ** t * 2.0 ** x, MIXED),
+    "pow-tensor-exponent": (lambda x: x ** EXPONENT, lambda x, t: falling(EXPONENT, t) * x ** (EXPONENT - t),
+                            POSITIVE),
+    "sigmoid": (torch.sigmoid, sig, MIXED),
+    "tanh": (torch.tanh, lambda x, t: 2 ** (t + 1) * sig(2 * x, t), MIXED),  # tanh x = 2 sigmoid(2x) - 1
+    "softplus": (F.softplus, lambda x, t: sig(x, t - 1), MIXED),
+    "softplus-beta-2": (lambda x: F.softplus(x, beta=2.0), lambda x, t: 2.0 ** (t - 1) * sig(2 * x, t - 1), MIXED),
+    "softplus-above-threshold": (F.softplus, lambda x, t: torch.full_like(x, float(t == 1)), LARGE),  # identity
+    "silu": (F.silu, lambda x, t: x * sig(x, t) + t * sig(x, t - 1), MIXED),  # (x s)^(T) = x s^(T) + T s^(T-1)
+    "elu": (F.elu, lambda x, t: torch.where(x > 0, float(t == 1), torch.exp(x)), MIXED),
+    "elu-alpha": (lambda x: F.elu(x, alpha=1.7), lambda x, t: torch.where(x > 0, float(t == 1), 1.7 * torch.exp(x)),
+                  MIXED),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.01), lambda x, t: torch.full_like(x, 0.01 * (t == 1)), NEGATIVE),
+}
+ELEMENTWISE_CASES = [(n, t) for n in ELEMENTWISE for t in range(1, 7)]
+
+
+@pytest.mark.parametrize("name, order", ELEMENTWISE_CASES)
+def test_elementwise_functions_match_their_closed_forms(name, order):
+    """phi applied elementwise to x (B, 6): a vector output (B, 6) whose D^T is phi^(T)(x) v^T. exact-reverse, on
+    the sum over the 6 (its vector path needs a D^(T-1) that still depends on x), checks the closed form itself."""
+    phi, derivative, (low, high) = ELEMENTWISE[name]
+    x, v = uniform(4, 6, seed=1, low=low, high=high), rand(4, 6, seed=2)
+    expected = derivative(x, order) * v ** order
+    assert_agree(taylor_d(phi, x, v, order), expected, rtol=1e-10)
+    assert_agree(reverse_d(lambda z: phi(z).sum(1), x, v, order), expected.sum(1), rtol=1e-10)
+
+
+# At a kink: x holds exact zeros, clamp bounds and ties. The rules pick one side (their docstrings say which, "as
+# autograd"); nested autograd is the reference. Where they differ, the case is an xfail naming the two conventions.
+KINK_X = torch.tensor([[0.0, -1.0, 1.0, 0.0, 0.5, -0.5]], dtype=F64)
+KINK_V = torch.tensor([[1.0, 2.0, -1.0, -3.0, 0.5, 1.5]], dtype=F64)
+KINK_Y = torch.tensor([[0.0, -2.0, 1.0, 1.0, 0.5, 1.0]], dtype=F64)  # ties KINK_X at 0, 2 and 4
+KINK_W = torch.tensor([0.3, -0.7, 1.1, 0.9, -1.3, 0.6], dtype=F64)
+KINKS = {
+    "relu": F.relu,
+    "elu": F.elu,
+    "clamp": lambda z: torch.clamp(z, -0.5, 0.5),
+    "clamp_min": lambda z: torch.clamp_min(z, 0.0),
+    "leaky_relu-0.5": lambda z: F.leaky_relu(z, 0.5),
+    "amax-ties": lambda z: z.view(1, 3, 2).amax(2),
+    "abs": torch.abs,
+    "hardtanh": lambda z: F.hardtanh(z, -0.5, 0.5),
+    "maximum-ties": lambda z: torch.maximum(z, KINK_Y),
+}
+# PyTorch is inconsistent with itself at ELU's kink: elu_backward takes the exponential branch at x = 0 (x <= 0),
+# its double backward the identity branch (x < 0). The rule follows the first (every order on the exponential
+# branch), so nested autograd's D^2, D^3 at exactly 0 differ from it: a convention, not a bug of either side.
+KINK_XFAILS = {
+    ("elu", 2): "ELU at z0 = 0: the rule takes the exponential branch for every order (D^2 = alpha v^2), autograd's "
+                "elu_backward uses x <= 0 but its double backward x < 0 (D^2 = 0)",
+    ("elu", 3): "ELU at z0 = 0: as for T = 2",
+}
+KINK_CASES = [pytest.param(n, t, marks=pytest.mark.xfail(strict=True, reason=KINK_XFAILS[n, t])
+                           if (n, t) in KINK_XFAILS else ()) for n in KINKS for t in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("name, order", KINK_CASES)
+def test_piecewise_rules_at_a_kink_match_nested_autograd(name, order):
+    fn = KINKS[name]
+    w = KINK_W[: fn(KINK_X).shape[1]]  # distinct weights: no element's derivative hides in the sum
+    f = lambda z: (fn(z) * w).sum(1)  # noqa: E731
+    assert_agree(taylor_d(f, KINK_X, KINK_V, order), reverse_d(f, KINK_X, KINK_V, order), rtol=1e-12)
+
+
+# The other rules (structural, batch-stacked, bilinear, decomposed): each op on x (2, 2, 3, 4), its output weighted
+# by fixed distinct weights and summed to (B,), against exact-reverse. OP_C, OP_M, OP_R are constants.
+OP_C, OP_M, OP_R, OP_RV = rand(2, 3, 4, seed=11), rand(4, 3, seed=12), rand(3, seed=13), rand(3, seed=14).abs() + 0.5
+OP_I = torch.tensor([2, 0, 1])
+OPS = {
+    "bmm-of-two-jets": lambda z: torch.tanh(z[:, 0, :3, :3]) @ z[:, 1, :3, :3],
+    "matmul-constant-left": lambda z: OP_M @ torch.tanh(z[:, 0]),
+    "matmul-constant-right": lambda z: torch.tanh(z[:, 0]) @ OP_M,
+    "mm-t-of-two-jets": lambda z: torch.stack([torch.tanh(z[i, 0]).t() @ z[i, 1] for i in range(len(z))]),
+    "mv": lambda z: torch.stack([torch.mv(z[i, 0] ** 2, OP_M[:, 0]) for i in range(len(z))]),
+    "cat-with-a-constant": lambda z: torch.cat([z, OP_C[:1].expand(len(z), 1, 3, 4)], 1) ** 2,
+    "stack": lambda z: torch.stack([z[:, 0], torch.sin(z[:, 1])], -1),
+    "permute-transpose": lambda z: torch.sin(z.permute(0, 3, 1, 2)).transpose(1, 2) * z.transpose(-1, -2),
+    "index-gather": lambda z: z[:, :, OP_I].gather(3, OP_I.view(1, 1, 3, 1).expand(len(z), 2, 3, 1)) ** 2,
+    "index_select": lambda z: z.index_select(2, OP_I) * z[:, :, :3],
+    "squeeze-unsqueeze": lambda z: z[:, :1].squeeze(1).unsqueeze(-1) ** 3,
+    "flip-roll": lambda z: z.flip(2) * z.roll(1, 3),
+    "split-unbind": lambda z: sum(p.sin() for p in z.split(1, 2)) + torch.stack(z.unbind(1), 1).sin()[:, :, :1],
+    "repeat-expand": lambda z: z.repeat(1, 2, 1, 1) * z.sum(1, keepdim=True).expand(-1, 4, -1, -1),
+    "constant_pad": lambda z: F.pad(z, (1, 2, 0, 1), value=0.5) ** 2,
+    "reflection_pad": lambda z: F.pad(z, (1, 1, 1, 1), mode="reflect") ** 2,
+    "replication_pad": lambda z: F.pad(z, (1, 1, 1, 1), mode="replicate") ** 2,
+    "avg_pool": lambda z: F.avg_pool2d(z ** 2, 2),
+    "adaptive_avg_pool": lambda z: F.adaptive_avg_pool2d(z ** 2, (2, 3)),
+    "upsample-nearest": lambda z: F.interpolate(z ** 2, scale_factor=2, mode="nearest"),
+    "upsample-bilinear": lambda z: F.interpolate(z ** 2, size=(5, 7), mode="bilinear", align_corners=False),
+    "pixel_shuffle": lambda z: F.pixel_shuffle(z.repeat(1, 2, 1, 1) ** 2, 2),
+    "conv_transpose2d": lambda z: F.conv_transpose2d(torch.tanh(z), OP_C[:, None, :2, :2].contiguous(), stride=2),
+    "conv1d-with-bias": lambda z: F.conv1d(torch.tanh(z.flatten(2)), OP_C[:, :2, :3].contiguous(), bias=OP_R[:2]),
+    "softmax": lambda z: F.softmax(z, -1),
+    "log_softmax": lambda z: F.log_softmax(z, 1),
+    "logsumexp": lambda z: torch.logsumexp(z, (2, 3)),
+    "var-std": lambda z: z.var(-1) * z.std((2, 3), keepdim=True).squeeze(-1),
+    "batch_norm-eval": lambda z: F.batch_norm(z.transpose(1, 2).flatten(2), OP_R, OP_RV, training=False),
+    "group_norm-affine": lambda z: F.group_norm(z.repeat(1, 2, 1, 1), 2, OP_RV[:1].repeat(4), OP_R[:1].repeat(4)),
+    "div-of-two-jets": lambda z: z / (z ** 2 + 1),
+    "rsub": lambda z: 1 - torch.sigmoid(z),
+    "where-with-a-constant": lambda z: torch.where(z > 0, torch.sin(z), 2.0),
+    "clamp": lambda z: torch.clamp(z, -0.5, 0.5) * z,
+    "amin": lambda z: z.amin(-1),
+    "minimum": lambda z: torch.minimum(z, OP_C) * z,
+    "log10": lambda z: torch.log10(z ** 2 + 1),
+    "pow-with-a-jet-exponent": lambda z: (z ** 2 + 1) ** torch.sigmoid(z),
+    "mean": lambda z: z.mean((1, 2)) ** 2,
+    "clone-contiguous": lambda z: z.transpose(2, 3).contiguous().clone() ** 2,
+    "detach": lambda z: z.detach() * z,
+    "neg-sub-scalar": lambda z: -(z - 2.0) * (3.0 - z),
+}
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", OPS)
+def test_other_rules_match_exact_reverse(name, order):
+    op = OPS[name]
+    x, v = rand(2, 2, 3, 4, seed=1), rand(2, 2, 3, 4, seed=2)
+    w = torch.cos(1.7 * torch.arange(op(x).flatten(1).shape[1], dtype=F64) + 0.3)  # distinct weights
+    f = lambda z: op(z).flatten(1) @ w  # noqa: E731
+    assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
+
+
+# ---- 3. the registered rules (closed-form coefficients, Horner) against the series recurrences ---------------
+
+
+def positive_primal(u):
+    """u with u_0 in [0.5, ...): the domain of log, sqrt, rsqrt and non-integer powers."""
+    return torch.cat([u[:1].abs() + 0.5, u[1:]])
+
+
+def softplus_reference(u, beta, threshold):
+    """softplus(beta u) / beta: v' = sigmoid(beta u) u'; the identity where beta u_0 > threshold, as torch's."""
+    smooth = series.from_derivative(u, F.softplus(u[0], beta, threshold), series.sigmoid(beta * u))
+    return torch.where(beta * u[0] > threshold, u, smooth)
+
+
+def elu_reference(u, alpha):
+    """u where u_0 > 0, else alpha (e^u - 1): the exp series, its constant term alpha expm1(u_0)."""
+    negative = alpha * series.exp(u)
+    negative = torch.cat([alpha * torch.expm1(u[:1]), negative[1:]])
+    return torch.where(u[0] > 0, u, negative)
+
+
+# name: (op, extra args, slow reference on the series u, needs u_0 > 0)
+RULE_CASES = {
+    "exp": (aten.exp.default, (), series.exp, False),
+    "expm1": (aten.expm1.default, (), lambda u: torch.cat([torch.expm1(u[:1]), series.exp(u)[1:]]), False),
+    "sigmoid": (aten.sigmoid.default, (), series.sigmoid, False),
+    "tanh": (aten.tanh.default, (), series.tanh, False),
+    "log": (aten.log.default, (), series.log, True),
+    "log1p": (aten.log1p.default, (), lambda u: series.log(torch.cat([1 + u[:1], u[1:]])), True),
+    "sqrt": (aten.sqrt.default, (), lambda u: series.power(u, 0.5), True),
+    "rsqrt": (aten.rsqrt.default, (), lambda u: series.power(u, -0.5), True),
+    "reciprocal": (aten.reciprocal.default, (), lambda u: series.power(u, -1.0), True),
+    "pow-1.7": (aten.pow.Tensor_Scalar, (1.7,), lambda u: series.power(u, 1.7), True),
+    "pow--2.5": (aten.pow.Tensor_Scalar, (-2.5,), lambda u: series.power(u, -2.5), True),
+    "pow-3": (aten.pow.Tensor_Scalar, (3,), lambda u: series.power(u, 3.0), True),
+    "pow--2": (aten.pow.Tensor_Scalar, (-2,), lambda u: series.power(u, -2.0), True),
+    "sin": (aten.sin.default, (), lambda u: series.sin_cos(u)[0], False),
+    "cos": (aten.cos.default, (), lambda u: series.sin_cos(u)[1], False),
+    "softplus": (aten.softplus.default, (), lambda u: series.from_derivative(u, F.softplus(u[0]), series.sigmoid(u)),
+                 False),
+    "softplus-beta-threshold": (aten.softplus.default, (2.0, 1.0), lambda u: softplus_reference(u, 2.0, 1.0), False),
+    "silu": (aten.silu.default, (), lambda u: series.cauchy(u, series.sigmoid(u)), False),
+    "elu": (aten.elu.default, (1.3,), lambda u: elu_reference(u, 1.3), False),
+}
+
+
+@pytest.mark.parametrize("order", range(1, 7))
+@pytest.mark.parametrize("name", RULE_CASES)
+def test_registered_rule_matches_the_series_recurrence(name, order):
+    op, args, reference, positive = RULE_CASES[name]
+    u = rand(order + 1, 5, 3, seed=order)
+    u = positive_primal(u) if positive else u
+    out, expected = rule_for(op)(Jet(u), *args), reference(u)
+    assert isinstance(out, Jet) and out.series.shape == expected.shape
+    for k in range(order + 1):  # each coefficient to 1e-12 of its own largest entry
+        assert_agree(out.series[k], expected[k], rtol=1e-12)
+
+
+# ---- 4. parameter gradients -------------------------------------------------------------------------------------
+
+
+def parameter_gradient(model, method, x, v, order):
+    d = directional_derivative(model, x, v, order, method=method)
+    grads = torch.autograd.grad(d.sum(), list(model.parameters()), allow_unused=True, materialize_grads=True)
+    return torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("name, overrides, shape", [("deep-ebm", dict(n_chan=2), (2, 1, 32, 32)),
+                                                    ("mlp-ebm", dict(hidden=(8, 8)), (3, 2))])
+def test_parameter_gradients_match_exact_reverse(name, overrides, shape, order):
+    model = family(name, **overrides)
+    x, v = rand(*shape, seed=1), rand(*shape, seed=2)
+    reverse = parameter_gradient(model, "exact-reverse", x, v, order)
+    assert reverse.abs().max() > 0
+    assert_agree(parameter_gradient(model, "exact-taylor", x, v, order), reverse, rtol=1e-8)
+
+
+# ---- 5. float32 ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", range(1, 7))
+def test_float32_is_within_float32_roundoff_of_float64(order):
+    model = family("deep-ebm", dtype=torch.float32, n_chan=2)
+    x = uniform(4, 1, 32, 32, seed=1, dtype=torch.float32)
+    v = rand(4, 1, 32, 32, seed=2, dtype=torch.float32)
+    d32 = taylor_d(model, x, v, order)
+    d64 = taylor_d(copy.deepcopy(model).double(), x.double(), v.double(), order)
+    assert d32.dtype == torch.float32
+    rel = (d32.double() - d64).abs() / d64.abs()
+    assert rel.median() <= 1e-5 and rel.max() <= 1e-4, rel
+
+
+# ---- 6. an op without a rule, and a user's rule ---------------------------------------------------------------
+
+
+def atan_rule(z):
+    """atan: v' = u' / (1 + u^2), the reciprocal series of 1 + u^2."""
+    one_plus_square = series.square(z.series)
+    one_plus_square[0] += 1
+    return Jet(series.from_derivative(z.series, torch.atan(z.primal), series.power(one_plus_square, -1.0)))
+
+
+@pytest.mark.parametrize("fn, op", [(torch.atan, "aten.atan.default"), (torch.special.erf, "aten.erf.default")])
+def test_an_op_without_a_rule_raises_naming_the_op(fn, op):
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    with pytest.raises(NotImplementedError, match=re.escape(f"no Taylor rule for the aten op {op}")):
+        taylor_d(lambda z: fn(z).sum(1), x, v, 2)
+
+
+def test_a_registered_user_rule_makes_the_op_work(monkeypatch):
+    monkeypatch.setattr(RULES, "_entries", dict(RULES._entries))  # registration is global: undone below
+    register_rule(aten.atan.default, atan_rule)
+    f = lambda z: torch.atan(z).sum(1) * torch.tanh(z[:, 0])  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    for order in range(1, 7):
+        assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
+    monkeypatch.undo()
+    assert rule_for(aten.atan.default) is None
+
+
+# ---- 7. lifting the tensors f closes over, and the trace cache (NOTE in fdsm/taylor/trace.py) -----------------
+
+
+def test_a_new_closed_over_tensor_is_used_without_retracing():
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    w = rand(4, seed=3)
+    f = lambda z: (torch.tanh(z) * w).sum(1)  # noqa: E731
+    first = taylor_d(f, x, v, 3)
+    traces, hits = STATS.traces, STATS.hits
+    w = rand(4, seed=4)  # rebinds the cell f reads
+    second = taylor_d(f, x, v, 3)
+    assert (STATS.traces, STATS.hits) == (traces, hits + 1)
+    assert not torch.allclose(first, second)
+    assert_agree(second, reverse_d(f, x, v, 3), rtol=1e-10)
+
+
+def test_a_closed_over_tensor_of_a_new_shape_traces_again():
+    """The slice bound is read from w's shape at trace time, so a graph reused for another shape would be wrong."""
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    w = rand(4, seed=3)
+    f = lambda z: (torch.tanh(z[:, : w.shape[0]]) * w).sum(1)  # noqa: E731
+    taylor_d(f, x, v, 2)
+    traces = STATS.traces
+    w = rand(2, seed=4)
+    d = taylor_d(f, x, v, 2)
+    assert STATS.traces == traces + 1
+    assert_agree(d, reverse_d(f, x, v, 2), rtol=1e-10)
+
+
+def test_dkef_with_a_new_alpha_uses_it_without_retracing():
+    model = family("dkef", dim=4, n_inducing=6, hidden=5)
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    alpha = model.solve_alpha(rand(10, 4, seed=3), rademacher(10, 4, seed=4)).detach()
+    f = lambda z: model.log_density(z, alpha)  # noqa: E731
+    first = taylor_d(f, x, v, 2)
+    traces, hits = STATS.traces, STATS.hits
+    alpha = model.solve_alpha(rand(10, 4, seed=5), rademacher(10, 4, seed=6)).detach()  # the next batch's alpha
+    second = taylor_d(f, x, v, 2)
+    assert (STATS.traces, STATS.hits) == (traces, hits + 1)
+    assert not torch.allclose(first, second)
+    assert_agree(second, reverse_d(f, x, v, 2), rtol=1e-9)
+
+
+def test_parameters_updated_in_place_are_used():
+    model = family("mlp-ebm", hidden=(8, 8))
+    x, v = rand(3, 2, seed=1), rand(3, 2, seed=2)
+    first = taylor_d(model, x, v, 3)
+    traces = STATS.traces
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2)  # an optimizer step, in place
+    second = taylor_d(model, x, v, 3)
+    assert STATS.traces == traces and not torch.allclose(first, second)
+    assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
+
+
+def own_result(activation, x, v):
+    """D^3 of a fresh mlp-ebm through a closure, checked against exact-reverse; the model dies on return."""
+    model = family("mlp-ebm", hidden=(8, 8), activation=activation)
+    d = taylor_d(lambda z: model(z), x, v, 3)
+    assert_agree(d, reverse_d(model, x, v, 3), rtol=1e-9)
+    return d
+
+
+def test_two_models_built_one_after_the_other_give_their_own_results():
+    """Each model is freed before the next is built, so the next may reuse its id; the shapes are all the same."""
+    x, v = rand(3, 2, seed=1), rand(3, 2, seed=2)
+    results = []
+    for activation in ("elu", "softplus", "tanh"):
+        results.append(own_result(activation, x, v))
+        gc.collect()
+    assert not torch.allclose(results[0], results[1]) and not torch.allclose(results[1], results[2])
+
+
+class TrainingBranch(nn.Module):
+    def forward(self, z):
+        return torch.tanh(z).sum(1) if self.training else torch.sin(z).sum(1)
+
+
+def test_switching_train_and_eval_traces_again():
+    model, x, v = TrainingBranch(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    taylor_d(model, x, v, 2)
+    model.eval()
+    assert_agree(taylor_d(model, x, v, 2), reverse_d(model, x, v, 2), rtol=1e-10)
+
+
+def test_a_changed_module_attribute_is_used():
+    model = nn.Sequential(nn.Linear(4, 1), nn.Softplus(), nn.Flatten(0)).double()
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    taylor_d(model, x, v, 2)
+    model[1].beta = 3.0
+    assert_agree(taylor_d(model, x, v, 2), reverse_d(model, x, v, 2), rtol=1e-10)
+
+
+def test_ncsn_with_new_labels_uses_them():
+    model = family("ncsn", ngf=2, image_size=8, n_levels=3)
+    x, v = uniform(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)
+    labels = torch.tensor([0, 2])
+    f = lambda z: model(z, labels).flatten(1)  # noqa: E731
+    first = taylor_d(f, x, v, 1)
+    traces = STATS.traces
+    labels = torch.tensor([1, 1])
+    second = taylor_d(f, x, v, 1)
+    assert STATS.traces == traces
+    assert not torch.allclose(first, second)
+    assert_agree(second, reverse_d(f, x, v, 1), rtol=1e-9)  # T = 1: nested autograd is right through the norm
+
+
+_GLOBAL_W = rand(4, seed=3)
+_GLOBAL_ACTIVATION = torch.tanh
+
+
+def _uses_global_w(z):
+    return (torch.tanh(z) * _GLOBAL_W).sum(1)
+
+
+def _uses_global_activation(z):
+    return _GLOBAL_ACTIVATION(z).sum(1)
+
+
+def test_a_rebound_global_tensor_is_used(monkeypatch):
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    taylor_d(_uses_global_w, x, v, 2)
+    monkeypatch.setitem(globals(), "_GLOBAL_W", rand(4, seed=4))
+    assert_agree(taylor_d(_uses_global_w, x, v, 2), reverse_d(_uses_global_w, x, v, 2), rtol=1e-10)
+
+
+def test_a_rebound_global_function_is_used(monkeypatch):
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    taylor_d(_uses_global_activation, x, v, 2)
+    monkeypatch.setitem(globals(), "_GLOBAL_ACTIVATION", torch.sin)
+    assert_agree(taylor_d(_uses_global_activation, x, v, 2), reverse_d(_uses_global_activation, x, v, 2),
+                 rtol=1e-10)
+
+
+# ---- 8. launch counts -------------------------------------------------------------------------------------------
+
+# Aten calls (everything TorchDispatchMode sees: compute ops and views alike) of one call of each rule on a float64
+# Jet of shape (T+1, 4, 8), after a warm-up call (the exact coefficient tables are cached per order and dtype).
+LAUNCHES = {
+    "softplus": {2: 19, 6: 75},
+    "tanh": {2: 19, 6: 75},
+    "sigmoid": {2: 20, 6: 76},
+    "exp": {2: 18, 6: 66},
+    "elu": {2: 25, 6: 69},
+    "silu": {2: 23, 6: 83},
+}
+LAUNCH_OPS = {"softplus": aten.softplus.default, "tanh": aten.tanh.default, "sigmoid": aten.sigmoid.default,
+              "exp": aten.exp.default, "elu": aten.elu.default, "silu": aten.silu.default}
+
+
+class CountAtenCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_calls(name, order):
+    u = rand(order + 1, 4, 8, seed=order)
+    rule = rule_for(LAUNCH_OPS[name])
+    rule(Jet(u))  # warm-up: builds the cached tables
+    with CountAtenCalls() as counter:
+        rule(Jet(u))
+    return counter.calls
+
+
+@pytest.mark.parametrize("name", LAUNCHES)
+def test_launch_counts_are_the_recorded_ones(name):
+    assert {order: sum(aten_calls(name, order).values()) for order in (2, 6)} == LAUNCHES[name]
+
+
+# ---- 9. float64_reference ----------------------------------------------------------------------------------------
+
+
+def test_float64_reference_accepts_exact_taylor():
+    model = family("deep-ebm", dtype=torch.float32, n_chan=2)
+    x, v = uniform(2, 1, 32, 32, seed=1, dtype=torch.float32), rand(2, 1, 32, 32, seed=2, dtype=torch.float32)
+    ref = float64_reference(model, x, v, 3, method="exact-taylor")
+    assert ref.dtype == F64 and not ref.requires_grad
+    assert_agree(ref, float64_reference(model, x, v, 3, method="exact-reverse"), rtol=1e-9)
+
+
+# ---- 10. edge cases ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_a_batch_of_one(order):
+    f, x = case("deep-ebm-nsoftplus")
+    x, v = x[:1], rand(1, *x.shape[1:], seed=2)
+    d = taylor_d(f, x, v, order)
+    assert d.shape == (1,)
+    assert_agree(d, reverse_d(f, x, v, order), rtol=1e-9)
+
+
+def test_a_vector_valued_output():
+    m = rand(4, 3, seed=5)
+    f = lambda z: torch.stack([torch.tanh(z).sum(1), (F.softplus(z @ m) ** 2).sum(1)], dim=1)  # noqa: E731  (B, 2)
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    for order in range(1, 7):
+        d = taylor_d(f, x, v, order)
+        assert d.shape == (3, 2)
+        assert_agree(d, reverse_d(f, x, v, order), rtol=1e-10)
+
+
+def test_an_f_that_does_not_depend_on_x():
+    c = torch.tensor(2.5, dtype=F64)
+    f = lambda z: c.expand(z.shape[0])  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    d = taylor_coefficients(f, x, v, 3)
+    assert torch.equal(d, torch.tensor([[2.5] * 3, [0.0] * 3, [0.0] * 3, [0.0] * 3], dtype=F64))
+    assert torch.equal(taylor_d(f, x, v, 2), torch.zeros(3, dtype=F64))
+
+
+def test_a_channels_last_model_and_input():
+    model = family("deep-ebm", n_chan=2).to(memory_format=torch.channels_last)
+    x = rand(2, 1, 32, 32, seed=1).to(memory_format=torch.channels_last)
+    v = rand(2, 1, 32, 32, seed=2).to(memory_format=torch.channels_last)
+    for order in (1, 3):
+        assert_agree(taylor_d(model, x, v, order), reverse_d(model, x, v, order), rtol=1e-9)
+
+
+def test_exact_taylor_is_the_registered_method():
+    assert METHODS.get("exact-taylor") is taylor.exact_taylor
