@@ -79,6 +79,39 @@ def horner(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:
     return product
 
 
+class Composed(torch.autograd.Function):
+    r"""``horner(coefficients(z_0, K), z)`` with a closed-form backward, so that autograd records one node per
+    elementwise op instead of every multiply of the composition.
+
+    For y(t) = φ(z(t)), a change of :math:`z_j` by ε changes y(t) by :math:`\varepsilon\, t^j \varphi'(z(t))`, so
+
+    .. math::
+        \frac{\partial y_k}{\partial z_j} = g_{k-j}, \qquad g = \varphi'(z(t)) = \sum_m (m+1)\, c_{m+1}\,
+        (z(t) - z_0)^m, \qquad \bar z_j = \sum_{k \ge j} \bar y_k\, g_{k-j}.
+
+    The backward recomputes the coefficients one order further (:math:`c_{K+1}`), composes g by the same Horner
+    rule and correlates it with the incoming gradient: K+1 ``addcmul``. Only z is saved. It is written in
+    differentiable ops, so a double backward through it works too.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, coefficients) -> Tensor:  # noqa: D102
+        ctx.coefficients = coefficients
+        ctx.save_for_backward(z)
+        return horner(coefficients(z[0], z.shape[0] - 1), z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        (z,) = ctx.saved_tensors
+        order = z.shape[0] - 1
+        c = ctx.coefficients(z[0], order + 1)  # c_0 .. c_{K+1}
+        g = horner([(m + 1) * c[m + 1] for m in range(order + 1)], z)  # the series of φ'(z(t)), (K+1, *s)
+        out = grad * g[0]  # the i = 0 terms: ybar_j g_0
+        for i in range(1, order + 1):
+            out[:order + 1 - i].addcmul_(grad[i:], g[i])  # + ybar_{j+i} g_i for j = 0..K-i
+        return out, None
+
+
 # ---- the coefficients c_m = φ^(m)(z_0) / m! -------------------------------------------------------------------
 
 # w' = q, q' = α q p, p' = γ q, p^2 = 1 + ρ q: the (α, γ, ρ) of w = σ (p = 1 - 2w) and of w = tanh (p = w)

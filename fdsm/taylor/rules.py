@@ -361,8 +361,9 @@ register_rule(aten.addmm, _addmm)
 def _elementwise(coefficients: Callable[[Tensor, int], Tensor | Sequence[Tensor]]) -> Rule:
     r"""The rule of an elementwise φ from its Taylor coefficients at z_0, ``coefficients(z_0, K)`` -> c_0 .. c_K
     (a (K+1, *s) tensor or K+1 tensors of shape (*s)):
-    :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule (``compose.horner``)."""
-    return lambda z: Jet(compose.horner(coefficients(z.primal, z.order), z.series))
+    :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule, as one autograd node with a closed-form
+    backward (``compose.Composed``)."""
+    return lambda z: Jet(compose.Composed.apply(z.series, coefficients))
 
 
 def _replace_first(c: Tensor, first: Tensor) -> Tensor:
@@ -441,20 +442,20 @@ register_rule(aten.sin, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, 
 register_rule(aten.cos, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
 
 
-def _softplus(z: Jet, beta: float = 1.0, threshold: float = 20.0) -> Jet:
+def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: float) -> list[Tensor]:
     r"""softplus(βz)/β, whose derivative is w = σ(βz): c_0 = softplus(z_0), c_1 = w and
     :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for m >= 2. Where βz_0 > threshold torch's softplus is
     the identity, and so are its derivatives: w is then exactly 1 (w is torch's own ``softplus_backward`` of a unit
     gradient), whence q = w - w² = 0 and c = (z_0, 1, 0, ...)."""
-    z0, order = z.primal, z.order
     w = aten.softplus_backward(_constant((1.0,), z0.dtype, z0.device).expand(z0.shape), z0, beta, threshold)
     c = [aten.softplus(z0, beta, threshold), w]
     if order >= 2:
         c += _sigmoid_derivatives(w, order - 1, beta=beta, shift=1)
-    return Jet(compose.horner(c, z.series))
+    return c
 
 
-register_rule(aten.softplus, _softplus)
+register_rule(aten.softplus, lambda z, beta=1.0, threshold=20.0: _elementwise(
+    functools.partial(_softplus_coefficients, beta=beta, threshold=threshold))(z))
 
 
 def _integer_power(u: Tensor, p: int) -> Tensor:
@@ -509,12 +510,11 @@ def _scaled(t: Tensor, factor: float) -> Tensor:
     return t if factor == 1 else t * factor
 
 
-def _elu(z: Jet, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Jet:
+def _elu_coefficients(z0: Tensor, order: int, *, alpha: float, scale: float, input_scale: float) -> list[Tensor]:
     r"""scale·z where z_0 > 0, else scale·α(e^{input_scale·z} - 1) (at z_0 = 0 the exponential branch, as elu's
     backward): on that branch, with s = input_scale, :math:`c_m = \text{scale}\,\alpha\, s^m e^{s z_0}/m!`; on the
     linear one c = (scale·z_0, scale, 0, ...). The exponential is taken of min(z_0, 0) only, so the unused branch
     cannot overflow."""
-    z0, order = z.primal, z.order
     positive = z0 > 0
     u0 = _scaled(torch.where(positive, 0.0, z0), input_scale)
     e = torch.exp(u0)
@@ -524,10 +524,11 @@ def _elu(z: Jet, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.
         rates = _constant(tuple(scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)),
                           z0.dtype, z0.device)
         c += compose.along(rates, z0) * torch.where(positive, 0.0, e)  # (K-1, *s): c_2 .. c_K
-    return Jet(compose.horner(c, z.series))
+    return c
 
 
-register_rule(aten.elu, _elu)
+register_rule(aten.elu, lambda z, alpha=1.0, scale=1.0, input_scale=1.0: _elementwise(
+    functools.partial(_elu_coefficients, alpha=alpha, scale=scale, input_scale=input_scale))(z))
 
 
 def _clamp(z: Jet, low: float | None = None, high: float | None = None, *, at_bound: bool = True) -> Jet:
