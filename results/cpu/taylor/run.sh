@@ -4,12 +4,12 @@
 set -uo pipefail
 out=results/cpu/taylor
 ckpt=results/cpu/checkpoints/deep-ebm-DSM.pt
-export OMP_NUM_THREADS=2
+export OMP_NUM_THREADS=2 PYTHONPATH=.
 for batch in 2 64; do
-  fdsm-bench derivatives --device cpu --checkpoint $ckpt --batch $batch \
+  python -m bench derivatives --device cpu --checkpoint $ckpt --batch $batch \
       --methods exact-reverse,exact-taylor,fd-batched --steps-from results/cpu/eps_sweep.csv --timeout 150 \
       --out $out/batch$batch \
       > $out/batch$batch.log 2>&1
 done
-fdsm-bench train-steps --device cpu --models deep-ebm,nice,dkef \
+python -m bench train-steps --device cpu --models deep-ebm,nice,dkef \
     --objectives SSM,SSM-Taylor,FD-SSM --out $out > $out/train_steps.log 2>&1
