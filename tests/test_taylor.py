@@ -25,7 +25,6 @@ import math
 import re
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ from fdsm.models import MODELS, build
 from fdsm.models.activations import ACTIVATIONS
 from fdsm.taylor import RULES, STATS, Jet, register_rule, series, taylor_coefficients
 from fdsm.taylor.rules import rule_for
+from tests.test_derivatives import sigmoid_derivative_polys
 
 F64 = torch.float64
 aten = torch.ops.aten
@@ -252,15 +252,6 @@ def test_polynomial_coefficients_are_the_derivatives_not_divided_by_k_factorial(
     expected = torch.stack([math.perm(4, k) * (x @ a) ** max(4 - k, 0) * (v @ a) ** k for k in range(7)])
     assert d.shape == (7, 3)
     assert_agree(d, expected, rtol=1e-10)
-
-
-def sigmoid_derivative_polys(n_max):
-    """P_n with sigmoid^(n) = P_n(sigmoid), as numpy polynomials: P_0(s) = s, P_{n+1} = P_n' * s(1 - s)."""
-    s_one_minus_s = np.polynomial.Polynomial([0.0, 1.0, -1.0])
-    polys = [np.polynomial.Polynomial([0.0, 1.0])]
-    for _ in range(n_max):
-        polys.append(polys[-1].deriv() * s_one_minus_s)
-    return polys
 
 
 SIGMOID_POLYS = sigmoid_derivative_polys(7)
