@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx
@@ -43,33 +44,56 @@ def _no_rule(node: fx.Node) -> NotImplementedError:
         "arguments with a fdsm.taylor.Jet for each that depends on x, or use method 'exact-reverse'")
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One node of the graph, prepared once per graph: what ``run_jets`` needs of it, without re-deriving it per
+    call (the rule lookup, the inputs to test for Jets, the values that die here)."""
+
+    node: fx.Node
+    inputs: tuple[fx.Node, ...]
+    rule: Callable[..., object] | None
+    frees: tuple[fx.Node, ...]
+
+
+def _plan(graph: fx.GraphModule) -> list[_Step]:
+    """The graph's steps, made on its first run and kept in its ``meta``."""
+    if "taylor_plan" not in graph.meta:
+        frees = _last_uses(graph.graph)
+        graph.meta["taylor_plan"] = [
+            _Step(node, tuple(node.all_input_nodes),
+                  rule_for(node.target) if node.op == "call_function" else None, tuple(frees.get(node, ())))
+            for node in graph.graph.nodes]
+    return graph.meta["taylor_plan"]
+
+
 def run_jets(graph: fx.GraphModule, inputs: list[object]) -> object:
     """Run ``graph`` on ``inputs`` (a Jet for x, then plain tensors), each node through its rule when a Jet reaches
     it; returns the output value (a Jet, or a plain tensor when the output does not depend on x)."""
     env: dict[fx.Node, object] = {}
-    frees = _last_uses(graph.graph)
     placeholders = iter(inputs)
-    for node in graph.graph.nodes:
+    for step in _plan(graph):
+        node = step.node
         if node.op == "placeholder":
             env[node] = next(placeholders)
         elif node.op == "get_attr":
             env[node] = getattr(graph, node.target)
         elif node.op == "call_function":
-            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
             if node.target is operator.getitem:
                 env[node] = operator.getitem(*args)
-            elif any(True for _ in jets_in([args, list(kwargs.values())])):
-                rule = rule_for(node.target)
+            elif any(isinstance(env[n], Jet) or isinstance(env[n], (list, tuple)) and any(jets_in(env[n]))
+                     for n in step.inputs):
+                rule = step.rule or rule_for(node.target)  # a rule registered after the plan was made counts
                 if rule is None:
                     raise _no_rule(node)
                 env[node] = rule(*args, **kwargs)
             else:
                 env[node] = node.target(*args, **kwargs)
         elif node.op == "output":
-            return fx.node.map_arg(node.args[0], lambda n: env[n])
+            return fx.node.map_arg(node.args[0], env.__getitem__)
         else:
             raise NotImplementedError(f"exact-taylor: unexpected {node.op} node {node.name!r} in the traced graph")
-        for used in frees.get(node, ()):
+        for used in step.frees:
             env.pop(used, None)
     raise AssertionError("the traced graph has no output node")
 

@@ -185,18 +185,18 @@ class _Walk:
     """What ``closure_leaves`` found: the leaves, how to swap each in, and the cache key."""
 
     leaves: list[Tensor] = field(default_factory=list)
+    leaf_index: dict[int, int] = field(default_factory=dict)  # id(tensor) -> its index in leaves
     cells: list[tuple[types.CellType, int]] = field(default_factory=list)  # (cell, leaf index)
     modules: list[tuple[nn.Module, dict[str, int]]] = field(default_factory=list)  # (module, name -> leaf index)
     key: list[object] = field(default_factory=list)
     seen: dict[int, int] = field(default_factory=dict)  # id -> order of first visit (the walk holds f alive)
 
     def leaf(self, t: Tensor) -> int:
-        for i, known in enumerate(self.leaves):
-            if known is t:
-                return i
-        self.leaves.append(t)
-        self.key.append(("leaf", tuple(t.shape), t.dtype, t.device.type))
-        return len(self.leaves) - 1
+        if id(t) not in self.leaf_index:  # the walk holds f, so an id cannot be reused meanwhile
+            self.leaf_index[id(t)] = len(self.leaves)
+            self.leaves.append(t)
+            self.key.append(("leaf", tuple(t.shape), t.dtype, t.device.type))
+        return self.leaf_index[id(t)]
 
     def visit(self, obj: object) -> None:
         if isinstance(obj, _PLAIN):
@@ -231,7 +231,7 @@ class _Walk:
 
     def _module(self, module: nn.Module) -> None:
         # every submodule's plain attributes: training, a softplus' beta, a conv's stride, ...
-        settings = tuple((k, v) for m in module.modules() for k, v in vars(m).items() if _plain(v))
+        settings = tuple((k, v) for m in module.modules() for k, v in vars(m).items() if k[0] != "_" and _plain(v))
         self.key.append(("module", _identity(module), settings))
         names = {}
         for name, t in (*module.named_parameters(), *module.named_buffers()):
