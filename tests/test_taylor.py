@@ -40,6 +40,16 @@ from fdsm.taylor.rules import rule_for
 from tests.test_derivatives import sigmoid_derivative_polys
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tests run thousands of ops on tiny tensors, where a second intra-op thread only adds synchronization
+    (on a busy 2-core machine 10x and more: 18 s on one thread, 255 s on two). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 aten = torch.ops.aten
 
 
