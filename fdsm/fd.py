@@ -28,30 +28,22 @@ import torch
 from torch import Tensor
 
 import kernels
+from fdsm.constants import constant
 from fdsm.stencils import Stencil
 
 Fn = Callable[[Tensor], Tensor]
 
 
-@functools.lru_cache(maxsize=128)
-def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor, made once: ``torch.tensor(..., device="cuda")`` is a blocking host-to-device copy,
-    which would otherwise sit in every timed FD call. Never written to, and never an inference tensor (a first
-    call under ``torch.inference_mode`` must not poison later autograd calls)."""
-    with torch.inference_mode(False):
-        return torch.tensor(values, dtype=dtype, device=device)
-
-
 def apply_stencil(outputs: Tensor, stencil: Stencil) -> Tensor:
     r""":math:`\sum_i w_i F_i`; outputs: (S, B, *k) -> (B, *k), in the outputs' dtype."""
     acc = torch.promote_types(outputs.dtype, torch.float32)
-    w = _constant(stencil.weights, acc, outputs.device)  # (S,)
+    w = constant(stencil.weights, acc, outputs.device)  # (S,)
     return torch.tensordot(w, outputs.to(acc), dims=1).to(outputs.dtype)  # (S,) . (S, B, *k) -> (B, *k)
 
 
 def stencil_inputs(x: Tensor, v: Tensor, stencil: Stencil) -> Tensor:
     r"""All points :math:`x + \gamma_i v`, stacked: x, v: (B, *event) -> (S*B, *event), point-major."""
-    gamma = _constant(stencil.offsets, x.dtype, x.device)  # (S,)
+    gamma = constant(stencil.offsets, x.dtype, x.device)  # (S,)
     gamma = gamma.view(-1, *([1] * x.dim()))  # (S, 1, ..., 1)
     return (x.unsqueeze(0) + gamma * v.unsqueeze(0)).flatten(0, 1)  # (S, B, *event) -> (S*B, *event)
 

@@ -37,6 +37,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from fdsm.constants import constant
+
 
 def horner(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:
     r""":math:`\sum_m c_m (z(t) - z_0)^m` truncated at K; c: c_0 .. c_K, each (*s) (a (K+1, *s) tensor or a
@@ -172,11 +174,9 @@ def derivative_coefficients(tables: Sequence[Sequence[Tensor]], q: Tensor, p: Te
     return [classes[(n - 1) % 2][(n - 1) // 2] for n in range(1, sum(len(k) for k in classes) + 1)]
 
 
-@functools.lru_cache(maxsize=64)
 def inverse_factorials(order: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(1/0!, ..., 1/K!) as a (K+1,) tensor."""
-    with torch.inference_mode(False):
-        return torch.tensor([1.0 / math.factorial(m) for m in range(order + 1)], dtype=dtype, device=device)
+    """(1/0!, ..., 1/K!) as a (K+1,) tensor, made once."""
+    return constant(tuple(1.0 / math.factorial(m) for m in range(order + 1)), dtype, device)
 
 
 def along(t: Tensor, like: Tensor) -> Tensor:
@@ -184,10 +184,10 @@ def along(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * like.dim()))
 
 
-def power_coefficients(base: Tensor, ratio: Tensor, weights: list[float]) -> Tensor:
+def power_coefficients(base: Tensor, ratio: Tensor, weights: Sequence[float]) -> Tensor:
     r""":math:`c_m = \mathrm{weights}_m \cdot \mathrm{base} \cdot \mathrm{ratio}^m`, m = 0..K; base, ratio: (*s)."""
     powers = [torch.ones_like(ratio)]
     for _ in range(len(weights) - 1):
         powers.append(powers[-1] * ratio)
-    w = torch.tensor(weights, dtype=ratio.dtype, device=ratio.device)
+    w = constant(tuple(weights), ratio.dtype, ratio.device)
     return torch.stack(powers) * along(w, ratio) * base  # (K+1, *s)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from fdsm.constants import constant
 from fdsm.registry import Registry
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in, primal_of
@@ -121,19 +122,11 @@ def _add_primal(z: Jet, c: object) -> Jet:
     z + c e_0 with e_0 = (1, 0, ..., 0) along the coefficient axis (c · 0 = 0 leaves the higher coefficients as they
     are); a tensor (or an infinite number) goes to the primal, and the higher coefficients expand with its broadcast."""
     if isinstance(c, (int, float)) and math.isfinite(c):
-        e0 = compose.along(_constant((1.0,) + (0.0,) * z.order, z.dtype, z.series.device), z.primal)
+        e0 = compose.along(constant((1.0,) + (0.0,) * z.order, z.dtype, z.series.device), z.primal)
         return Jet(torch.add(z.series, e0, alpha=float(c)))
     primal = z.primal + c
     higher = z.aligned(primal.dim())[1:].expand(z.order, *primal.shape)
     return Jet(torch.cat([primal.unsqueeze(0), higher]))
-
-
-@functools.lru_cache(maxsize=128)
-def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor, made once; never an inference tensor (a first call under ``torch.inference_mode``
-    must not poison later autograd calls)."""
-    with torch.inference_mode(False):
-        return torch.tensor(values, dtype=dtype, device=device)
 
 
 # ---- structural: the op on every coefficient, dims shifted past the coefficient axis ---------------------------
@@ -406,7 +399,7 @@ def _tanh_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     """tanh: c_0 = tanh z_0, c_m = tanh^(m)(z_0) / m!, polynomials in q = tanh' = 1 - tanh² and p = tanh."""
     w = torch.tanh(z0)
     tables = compose.derivative_tables("tanh", order, 1.0, 0, w.dim(), w.dtype, w.device)
-    one = _constant((1.0,), w.dtype, w.device)
+    one = constant((1.0,), w.dtype, w.device)
     return [w, *compose.derivative_coefficients(tables, torch.addcmul(one, w, w, value=-1), w)]
 
 
@@ -447,7 +440,7 @@ def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: fl
     :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for m >= 2. Where βz_0 > threshold torch's softplus is
     the identity, and so are its derivatives: w is then exactly 1 (w is torch's own ``softplus_backward`` of a unit
     gradient), whence q = w - w² = 0 and c = (z_0, 1, 0, ...)."""
-    w = aten.softplus_backward(_constant((1.0,), z0.dtype, z0.device).expand(z0.shape), z0, beta, threshold)
+    w = aten.softplus_backward(constant((1.0,), z0.dtype, z0.device).expand(z0.shape), z0, beta, threshold)
     c = [aten.softplus(z0, beta, threshold), w]
     if order >= 2:
         c += _sigmoid_derivatives(w, order - 1, beta=beta, shift=1)
@@ -521,7 +514,7 @@ def _elu_coefficients(z0: Tensor, order: int, *, alpha: float, scale: float, inp
     c = [torch.where(positive, _scaled(z0, scale), _scaled(torch.expm1(u0), scale * alpha)),
          torch.where(positive, scale, _scaled(e, scale * alpha * input_scale))]
     if order >= 2:
-        rates = _constant(tuple(scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)),
+        rates = constant(tuple(scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)),
                           z0.dtype, z0.device)
         c += compose.along(rates, z0) * torch.where(positive, 0.0, e)  # (K-1, *s): c_2 .. c_K
     return c

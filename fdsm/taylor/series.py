@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fdsm import constants
+
 
 def degree(u: Tensor) -> int:
     """K, for a series of K+1 coefficients."""
@@ -171,4 +173,4 @@ def constant(value: Tensor, order: int) -> Tensor:
 
 def factorials(order: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(0!, 1!, ..., K!): normalized coefficients times these are the derivatives D^0..D^K."""
-    return torch.tensor([float(math.factorial(k)) for k in range(order + 1)], dtype=dtype, device=device)
+    return constants.constant(tuple(float(math.factorial(k)) for k in range(order + 1)), dtype, device)

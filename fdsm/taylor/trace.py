@@ -109,11 +109,6 @@ def _batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_m
     return out, aten.view.default(mean, [-1]), aten.view.default(rstd, [-1])
 
 
-def _batch_norm_legit(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor, running_var: Tensor,
-                      training: bool, momentum: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
-
-
 def _batch_norm_no_stats(x: Tensor, weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
                          eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return _batch_norm(x, weight, bias, None, None, True, momentum, eps)
@@ -163,7 +158,7 @@ DECOMPOSITIONS: dict = {
     aten.var_mean.correction: _var_mean,
     aten.std.correction: _std,
     aten.native_batch_norm.default: _batch_norm,
-    aten._native_batch_norm_legit.default: _batch_norm_legit,
+    aten._native_batch_norm_legit.default: _batch_norm,  # the same signature
     aten._native_batch_norm_legit.no_stats: _batch_norm_no_stats,
     aten._native_batch_norm_legit_no_training.default:
         lambda x, w, b, rm, rv, momentum, eps: _batch_norm(x, w, b, rm, rv, False, momentum, eps),

@@ -13,3 +13,14 @@ for batch in 2 64; do
 done
 python -m bench train-steps --device cpu --models deep-ebm,nice,dkef \
     --objectives SSM,SSM-Taylor,FD-SSM --out $out > $out/train_steps.log 2>&1
+# The ratio tables of README.md, by report.md's own sections (time and memory over fd-batched, errors, times).
+python - <<'PY'
+from pathlib import Path
+import pandas as pd
+from bench.report import derivatives_section, train_steps_section
+out = Path("results/cpu/taylor")
+for batch in (2, 64):
+    folder = out / f"batch{batch}"
+    (folder / "summary.md").write_text(derivatives_section(pd.read_csv(folder / "derivatives.csv"), folder))
+(out / "train_steps_summary.md").write_text(train_steps_section(pd.read_csv(out / "train_steps.csv"), out))
+PY
