@@ -1,18 +1,52 @@
-"""Typed sweep configurations: a frozen dataclass of defaults, a ``--quick`` preset, and checked CLI overrides.
+"""Typed configuration: the names every command shares, and CLI options generated from config dataclasses.
 
-A command declares ``DEFAULT`` and ``QUICK`` (``dataclasses.replace`` of a few fields of ``DEFAULT``) and adds one
-option per overridable field, with ``dest`` equal to the field name and ``default=None``. ``configure(args,
-DEFAULT, QUICK)`` picks the preset from ``--quick`` and replaces exactly the fields given on the command line.
+A command's (or experiment's) configuration is a frozen dataclass whose fields are its options. A field declared
+with ``option(default, help, ...)`` becomes one command-line option, ``--field-name`` (dest = the field name,
+default None), whose help text ends with the field's default and, where it differs, the ``--quick`` preset's: each
+default is written once, in the dataclass. ``configure(args, default, quick)`` picks the preset from ``--quick``
+and replaces exactly the fields given on the command line; each option's ``convert`` hook then checks the value
+(and may turn it into a richer object), raising ``UsageError`` for one line and exit status 2.
+
+The shared options (``--device``, ``--dtype``, ``--out``, ``--quick``, ``--seed``, ``--repeats``) are the fields of
+``Shared``; a command's own config may hold a field of the same name (``repeats``), which the shared option sets.
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Toy:
+    ...     orders: tuple[int, ...] = option((1, 2, 3), "orders T")
+    ...     eps: float | None = option(None, "FD step", default_text="per order")
+    >>> parser = argparse.ArgumentParser()
+    >>> add_options(parser, Toy, quick=Toy(orders=(1,)))
+    >>> configure(parser.parse_args(["--orders", "2,4"]), Toy(), Toy(orders=(1,)))
+    Toy(orders=(2, 4), eps=None)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import TypeVar
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
 
 C = TypeVar("C")
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported as one line, exit status 2."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The CLI's name of a dtype, as the CSVs record it: torch.float32 -> "float32"."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+# ---- argparse types -------------------------------------------------------------------------------------------
 
 def comma_ints(text: str) -> tuple[int, ...]:
     """``"1,2,3"`` -> (1, 2, 3); argparse ``type=`` for a list of orders."""
@@ -20,6 +54,19 @@ def comma_ints(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r}") from None
+
+
+def comma_floats(text: str) -> tuple[float, ...]:
+    """``"0.5,8"`` -> (0.5, 8.0)."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,8, got {text!r}") from None
+
+
+def comma_words(text: str) -> tuple[str, ...]:
+    """``"fd-batched, exact-reverse"`` -> ("fd-batched", "exact-reverse")."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def positive_int(text: str) -> int:
@@ -33,14 +80,166 @@ def positive_int(text: str) -> int:
     return value
 
 
-def comma_words(text: str) -> tuple[str, ...]:
-    """``"fd-batched, exact-reverse"`` -> ("fd-batched", "exact-reverse")."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+# The argparse type of a field, from its annotation (``X | None`` is X's).
+PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: int, float: float, str: str, Path: Path,
+    tuple[int, ...]: comma_ints, tuple[float, ...]: comma_floats, tuple[str, ...]: comma_words,
+}
 
 
-def configure(args: argparse.Namespace, default: C, quick: C) -> C:
-    """The preset (``quick`` under ``--quick``) with every field that ``args`` sets (not None) replaced."""
-    preset = quick if args.quick else default
+def option(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (),
+           type: Callable[[str], Any] | None = None, choices: tuple[str, ...] | None = None,
+           convert: Callable[[Any], Any] | None = None, default_text: str | None = None,
+           positional: bool = False) -> Any:
+    """A dataclass field that is also a command-line option (see the module docstring).
+
+    ``flag`` replaces the generated ``--field-name``; ``aliases`` are further accepted spellings (old flags);
+    ``type`` replaces the parser inferred from the annotation; ``convert(value)`` runs after parsing (and on the
+    preset's default), returning the value to keep or raising ``UsageError``; ``default_text`` describes a default
+    that the code resolves later (``None`` meaning "per device", say); ``positional`` makes a required argument.
+    """
+    meta = {"help": help, "flag": flag, "aliases": aliases, "type": type, "choices": choices, "convert": convert,
+            "default_text": default_text, "positional": positional}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) if value else "all"
+    return "none" if value is None else str(value)
+
+
+def _annotation(cls: type, name: str) -> Any:
+    kind = typing.get_type_hints(cls)[name]
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
+def options_of(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass that are command-line options."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, *, quick: Any = None, title: str | None = None,
+                skip: tuple[str, ...] = ()) -> None:
+    """One option per ``option`` field of ``cls`` (not those named in ``skip``), in declaration order."""
+    group = parser.add_argument_group(title) if title else parser
+    for f in options_of(cls):
+        if f.name in skip:
+            continue
+        meta, kind = f.metadata, _annotation(cls, f.name)
+        shown = meta["default_text"] or _show(f.default)
+        if quick is not None and getattr(quick, f.name) != f.default:
+            shown += f"; --quick: {_show(getattr(quick, f.name))}"
+        text = f"{meta['help']} (default: {shown})".replace("%", "%%")
+        if meta["positional"]:
+            group.add_argument(f.name, type=meta["type"] or PARSERS[kind], help=meta["help"])
+            continue
+        flags = [meta["flag"] or "--" + f.name.replace("_", "-"), *meta["aliases"]]
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            group.add_argument(*flags, dest=f.name, action=action, default=None, help=text)
+        else:
+            metavar = None if meta["choices"] else flags[0].lstrip("-").replace("-", "_").upper()
+            group.add_argument(*flags, dest=f.name, default=None, help=text, choices=meta["choices"],
+                               type=meta["type"] or PARSERS[kind], metavar=metavar)
+
+
+def configure(args: argparse.Namespace, default: C, quick: C | None = None) -> C:
+    """The preset (``quick`` under ``--quick``) with every option field that ``args`` sets (not None) replaced,
+    then each field's ``convert`` hook applied (a ``UsageError`` names the bad value)."""
+    preset = quick if quick is not None and getattr(args, "quick", False) else default
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(preset)
              if getattr(args, f.name, None) is not None}
-    return dataclasses.replace(preset, **given)
+    config = dataclasses.replace(preset, **given)
+    converted = {f.name: f.metadata["convert"](getattr(config, f.name)) for f in options_of(type(config))
+                 if f.metadata["convert"] is not None}
+    return dataclasses.replace(config, **converted)
+
+
+# ---- the shared options ---------------------------------------------------------------------------------------
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is a UsageError."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name}: {err}; expected auto, cpu or cuda[:N]") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {name}: no CUDA device is visible to torch {torch.__version__} "
+            f"(CUDA build: {torch.version.cuda or 'no'}); use --device cpu or --device auto"
+        )
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UsageError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def positive(option_name: str) -> Callable[[float], float]:
+    """A ``convert`` hook: the value must be a positive number (not NaN, not infinite)."""
+    def check(value: float) -> float:
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{option_name} {value}: expected a positive finite number")
+        return value
+
+    return check
+
+
+def some_of(option_name: str, allowed: Iterable[str]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """A ``convert`` hook: every name of a list option must be one of ``allowed``."""
+    allowed = tuple(allowed)
+
+    def check(names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise UsageError(f"{option_name} {','.join(names)}: unknown {unknown}; expected some of "
+                             f"{', '.join(allowed)}")
+        return names
+
+    return check
+
+
+def _at_least_one(option_name: str) -> Callable[[int | None], int | None]:
+    def check(value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise UsageError(f"{option_name} {value}: expected at least 1")
+        return value
+
+    return check
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """The options every command takes (DESIGN.md, 'CLI'); ``device`` and ``dtype`` arrive resolved."""
+
+    device: torch.device = option("auto", "auto | cpu | cuda[:N]", type=str, convert=resolve_device)
+    dtype: torch.dtype = option("float32", f"one of {', '.join(DTYPES)}", type=str, convert=resolve_dtype)
+    out: Path = option(Path("results/local"), "output folder")
+    quick: bool = option(False, "CI size: tiny models, few orders, few repeats")
+    seed: int = option(0, "random seed")
+    repeats: int | None = option(None, "timed repeats per measurement", default_text="per command",
+                                 convert=_at_least_one("--repeats"))
+
+    def __post_init__(self):  # resolved however it is made: by the CLI, by a test, by the main job
+        object.__setattr__(self, "device", resolve_device(self.device))
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+
+SHARED_OPTIONS = tuple(f.name for f in dataclasses.fields(Shared))

@@ -10,7 +10,10 @@ hundreds of rows, not millions.
 Rows are dicts; the columns are ``key_columns`` and ``columns`` (the schema, always present, in that order), then
 any other keys of the rows in first-seen order; a row without a column gets an empty cell.
 Keys are compared as text, with numbers normalized (``1``, ``1.0`` and ``"1.0"`` are the same key), since a CSV
-round trip loses the types.
+round trip loses the types. A file written by an older version is read through ``bench.results.normalize``: a
+renamed column (``aliases``, e.g. ``width`` -> ``n_chan``) gets its current name and a checkpoint path in ``weights``
+its content digest, so that its rows match the cases of today's commands; the file is rewritten in that form only
+when a row is appended.
 
 pytest-benchmark JSON (``pytest bench/ --benchmark-json=out.json``) converts to the same rows with
 ``rows_from_pytest_benchmark``, so one writer serves both paths::
@@ -32,6 +35,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.results import normalize
+
 
 def as_key(value: Any) -> str:
     """A value as a key: numbers by their float value to 12 significant digits, anything else as text."""
@@ -46,11 +51,13 @@ def as_key(value: Any) -> str:
 class CsvLog:
     """The rows of one CSV file, appended one at a time and rewritten atomically (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, key_columns: Sequence[str], columns: Sequence[str] = ()):
+    def __init__(self, path: str | os.PathLike, key_columns: Sequence[str], columns: Sequence[str] = (),
+                 aliases: Mapping[str, str] | None = None):
         self.path = Path(path)
         self.key_columns = tuple(key_columns)
         self.columns = tuple(dict.fromkeys([*self.key_columns, *columns]))  # always present, first, in this order
-        self.frame = pd.read_csv(self.path) if self.path.exists() and self.path.stat().st_size else pd.DataFrame()
+        self.frame = read_rows(self.path, aliases)
+        self.frame = pd.DataFrame() if self.frame is None else self.frame
         missing = [c for c in self.key_columns if len(self.frame) and c not in self.frame.columns]
         if missing:
             raise ValueError(f"CsvLog({str(self.path)!r}): the existing file lacks the key column(s) {missing}; "
@@ -93,18 +100,37 @@ class CsvLog:
             self.append(row)
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", newline="") as handle:
-                self.frame.to_csv(handle, index=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a results CSV is for everyone to read
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.frame, self.path)
+
+
+def write_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` to the CSV ``path`` atomically (a temporary file beside it, flushed, fsynced, then
+    ``os.replace``): a crash leaves the old file or the new one, never half of one. For a whole table at once,
+    such as a summary derived from a ``CsvLog``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results CSV is for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_rows(path: str | os.PathLike, aliases: Mapping[str, str] | None = None) -> pd.DataFrame | None:
+    """The rows of a results CSV in today's form (``bench.results.normalize``), or None when there is no file or it
+    is empty."""
+    path = Path(path)
+    if not path.exists() or not path.stat().st_size:
+        return None
+    frame = pd.read_csv(path)
+    return normalize(frame, aliases) if aliases is not None else normalize(frame)
 
 
 def rows_from_pytest_benchmark(json_path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -3,10 +3,10 @@ r"""One derivative measurement: the T-th directional derivative of a model's log
 A *case* is a flat dict (it becomes the key columns of a CSV row):
 
 =========== ==========================================================================================
-model       registered model name (``fdsm.models``), e.g. ``deep-ebm``
-size        its preset, ``paper`` or ``cpu``
-width       the deep EBM's ``n_chan`` (channels after the stem), or None for the preset's
-weights     ``random`` (seeded initialization) or the path of a state_dict checkpoint
+model       registered model name (``fdsm.models``), e.g. ``deep-ebm``, or a user's ``module:factory`` spec
+size        its preset, ``paper`` or ``cpu`` (``user`` for a user's model)
+n_chan      the deep EBM's ``n_chan`` (channels after the stem), or None for the preset's (older CSVs: ``width``)
+weights     ``random`` (seeded initialization) or the content digest of a state_dict checkpoint
 seed        seeds the weights (when random), the points x and the directions
 batch       B, the number of points
 method      a name in ``fdsm.METHODS``
@@ -35,7 +35,6 @@ models and references between cases.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import math
@@ -49,54 +48,54 @@ from torch import Tensor, nn
 
 import fdsm
 from bench.accuracy import relative_error
-from bench.cli import DTYPES, UsageError
-from bench.config import positive_int
+from bench.config import DTYPES, Shared, UsageError, option, positive_int
 from bench.memory import peak_memory
+from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import measure_time, timing_columns
+from bench.user_model import build_user_model, is_user_model
 from fdsm.derivatives import FD_METHODS
-from fdsm.models import build
+from fdsm.models import MODELS, build
 
-RANDOM_WEIGHTS = "random"
 REFERENCE_CHUNK = 8  # samples per float64 reference call
 
 # Keys of the cases (the CSV's key columns) and the measured columns of each kind of row.
-PROBLEM_KEYS = ("model", "size", "width", "weights", "seed", "batch", "device")
+PROBLEM_KEYS = ("model", "size", "n_chan", "weights", "seed", "batch", "device")
+BUILD_COLUMNS = (*PROBLEM_KEYS, "checkpoint", "event_shape")  # the keys, and how to build the model
 CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
                 "nvml_used_mb", "trace_ms")
 ERROR_COLUMNS = ("rel_error", "rel_error_max", "backend")
 
 
-def weights_label(checkpoint: str | Path | None) -> str:
-    """The ``weights`` column: ``random`` or the checkpoint's path."""
-    return RANDOM_WEIGHTS if checkpoint is None else str(checkpoint)
-
-
 def build_model(case: Mapping[str, Any]) -> nn.Module:
-    """The case's model in float32 on its device: seeded random weights, or loaded from its checkpoint."""
-    overrides = {} if case["width"] is None else {"n_chan": int(case["width"])}
+    """The case's model in float32 on its device: seeded random weights, or loaded from its ``checkpoint``."""
     torch.manual_seed(int(case["seed"]))
-    model = build(case["model"], size=case["size"], **overrides)
+    if is_user_model(case["model"]):
+        event = tuple(int(n) for n in case["event_shape"].split(",")) if case.get("event_shape") else None
+        model = build_user_model(case["model"], event)
+    else:
+        overrides = {} if case["n_chan"] is None else {"n_chan": int(case["n_chan"])}
+        model = build(case["model"], size=case["size"], **overrides)
     if case["weights"] != RANDOM_WEIGHTS:
-        state = torch.load(case["weights"], map_location="cpu", weights_only=True)
+        state = torch.load(case["checkpoint"], map_location="cpu", weights_only=True)
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"--checkpoint {case['weights']}: expected a state_dict of {case['model']!r} at size "
-                             f"{case['size']!r}, width {case['width']}; loading it failed: {err}") from err
+            raise ValueError(f"--checkpoint {case['checkpoint']}: expected a state_dict of {case['model']!r} at "
+                             f"size {case['size']!r}, n_chan {case['n_chan']}; loading it failed: {err}") from err
     return model.to(torch.device(case["device"])).eval()
 
 
 def _problem_key(case: Mapping[str, Any]) -> tuple:
-    return tuple(case[k] for k in PROBLEM_KEYS)
+    return tuple(case.get(k, "") for k in BUILD_COLUMNS)
 
 
 @functools.cache
 def _problem(key: tuple) -> tuple[nn.Module, Tensor, Tensor]:
     """(model, x, u): the model in float32, points x in [0, 1] and unit directions u, both float64 (B, *event)."""
-    case = dict(zip(PROBLEM_KEYS, key, strict=True))
+    case = dict(zip(BUILD_COLUMNS, key, strict=True))
     model = build_model(case)
-    event = model.config.event_shape
+    event = tuple(model.event_shape)
     g = torch.Generator().manual_seed(int(case["seed"]))
     batch = int(case["batch"])
     x = torch.rand(batch, *event, generator=g, dtype=torch.float64)  # (B, C, H, W)
@@ -160,8 +159,9 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str
     return {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
 
 
-def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int = 5) -> dict[str, Any]:
-    """Time (median, IQR), peak memory above baseline, and error of one case; the measured columns of its row.
+def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
+    """Time (median, IQR of ``case["repeats"]`` calls after ``case["warmup"]``), peak memory above baseline, and
+    error of one case; the measured columns of its row.
 
     The same call is timed and probed: ``directional_derivative`` with the graph kept (its result is
     differentiable in the parameters, as a training step needs). The memory probe is a separate call after the
@@ -171,7 +171,8 @@ def measure_derivative(case: Mapping[str, Any], *, warmup: int = 1, repeats: int
         return skip
     call = derivative_closure(case)
     device = torch.device(case["device"])
-    timing = measure_time(call, device, warmup=warmup, repeats=repeats)  # exact-taylor traces in the warm-up
+    # exact-taylor traces f in the untimed warm-up
+    timing = measure_time(call, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
     trace_ms = fdsm.taylor.STATS.last_trace_ms if case["method"] == "exact-taylor" else math.nan
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
@@ -198,45 +199,48 @@ def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ProblemConfig:
-    """What is differentiated: the fields every derivative sweep shares (see the case table above)."""
+    """What is differentiated: the options every derivative sweep shares (see the case table above)."""
 
-    model: str = "deep-ebm"
-    size: str | None = None  # None: "paper" on CUDA, else "cpu" (Res18_Quadratic at n_chan 8)
-    width: int | None = None  # n_chan override; None keeps the preset's
-    batch: int | None = None  # B points per call; None: 64 on CUDA (the paper's batch), else 2
-
-
-def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``ProblemConfig`` plus ``--checkpoint`` and ``--threads`` (dest = field name, default None)."""
-    g = parser.add_argument_group("problem")
-    g.add_argument("--model", help="registered model name (default: deep-ebm)")
-    g.add_argument("--size", choices=("paper", "cpu"), help="model preset (default: paper on CUDA, else cpu)")
-    g.add_argument("--width", type=int, help="the deep EBM's n_chan (default: the preset's)")
-    g.add_argument("--batch", type=int, help="points per call (default: 64 on CUDA, else 2)")
-    g.add_argument("--checkpoint", type=Path, help="a state_dict of the model (default: seeded random weights)")
-    g.add_argument("--threads", type=positive_int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
+    model: str = option("deep-ebm", "a registered model (fdsm-bench models lists them) or a user's factory, "
+                        "package.module:factory or path/file.py:factory (the contract: fdsm/models/user.py)")
+    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28",
+                                                 default_text="the model's event_shape attribute")
+    size: str | None = option(None, "model preset", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
+    n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem", aliases=("--width",),
+                                type=positive_int, default_text="the preset's")
+    batch: int | None = option(None, "points per call", type=positive_int, default_text="64 on CUDA, else 2")
+    checkpoint: Path | None = option(None, "a state_dict of the model", default_text="seeded random weights")
+    threads: int | None = option(None, "torch CPU threads", type=positive_int,
+                                 default_text="OMP_NUM_THREADS or torch's")
 
 
-def problem_columns(config: ProblemConfig, args: argparse.Namespace) -> dict[str, Any]:
-    """The PROBLEM_KEYS values of a sweep's cases."""
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
-    on_gpu = args.device.type == "cuda"
+def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
+    """The PROBLEM_KEYS values of a sweep's cases, and the non-key columns that say how to build the model
+    (``checkpoint``, ``event_shape``). A user's model is built and checked here, in the parent, before any case."""
+    if config.checkpoint is not None and not config.checkpoint.is_file():
+        raise UsageError(f"--checkpoint {config.checkpoint}: no such file")
+    on_gpu = shared.device.type == "cuda"
     batch = config.batch if config.batch is not None else (64 if on_gpu else 2)
-    if batch < 1:
-        raise UsageError(f"--batch {batch}: expected at least 1")
     size = config.size or ("paper" if on_gpu else "cpu")
-    return {"model": config.model, "size": size, "width": config.width,
-            "weights": weights_label(args.checkpoint), "seed": args.seed, "batch": batch,
-            "device": str(args.device)}
+    if is_user_model(config.model):
+        model = build_user_model(config.model, config.event_shape)
+        if model.interface == "score":
+            raise UsageError(f"--model {config.model}: a score model has no log-density to differentiate; the "
+                             "derivative sweeps need interface 'log-density' or 'energy' (train-steps takes score "
+                             "models)")
+        size = "user"
+    elif config.model not in MODELS:
+        raise UsageError(f"--model {config.model}: not a registered model; expected one of "
+                         f"{', '.join(MODELS.names())}, or a user's package.module:factory or file.py:factory")
+    return {"model": config.model, "size": size, "n_chan": config.n_chan,
+            "weights": weights_label(config.checkpoint), "seed": shared.seed, "batch": batch,
+            "device": str(shared.device), "checkpoint": "" if config.checkpoint is None else str(config.checkpoint),
+            "event_shape": ",".join(map(str, config.event_shape or ()))}
 
 
-def check_accuracies(option: str, accuracies: Iterable[int]) -> None:
+def check_accuracies(option_name: str, accuracies: Iterable[int]) -> None:
     """A UsageError unless every stencil accuracy p is even and at least 2 (central stencils, Theorem 1)."""
     bad = [p for p in accuracies if p < 2 or p % 2]
     if bad:
-        raise UsageError(f"{option}: {bad} are not central-stencil accuracies; expected even p >= 2, e.g. 2 or 4")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, d in DTYPES.items() if d == dtype)
+        raise UsageError(f"{option_name}: {bad} are not central-stencil accuracies; expected even p >= 2, e.g. 2 "
+                         "or 4")

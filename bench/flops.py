@@ -12,9 +12,9 @@ it ran its arithmetic at:
 .. math::
     \text{tflops} = \frac{\text{gflop}}{\text{time\_ms}} \quad (\text{GFLOP / ms} = \text{TFLOP/s}).
 
-An FD objective and its gradient counterpart can do much the same arithmetic (FD-DSM and DSM, FD-SSMVR and SSMVR:
-equal within 0.2%; FD-SSM 1.45x less than SSM on the deep EBM) and still be 1.4-2.8x faster (on the CPU): the
-speed-up is then the rate, not the FLOPs (README, "Where FD's speed-up comes from").
+An FD objective and its gradient counterpart can do much the same arithmetic and still differ in step time: the
+speed-up is then the rate, not the FLOPs. The counts and rates measured with this module are in
+results/cpu/README.md ("Where FD's speed-up comes from") and results/gpu-h200/README.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from fdsm.training import RECIPES, example_batch
+from fdsm.recipes import Recipe, example_batch
 
 
 class FlopCount(TorchDispatchMode):
@@ -45,10 +45,9 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def step_gflop(case: Mapping[str, Any]) -> float:
-    """The model FLOPs of one training step of a ``train-steps`` case (its ``model``, ``objective``, ``size`` and
-    ``batch``), in GFLOP: the loss and its backward, on the meta device. The optimizer step is elementwise (zero)."""
-    recipe = RECIPES.get(f"{case['model']}/{case['objective']}")
+def step_gflop(case: Mapping[str, Any], recipe: Recipe) -> float:
+    """The model FLOPs of one training step of a ``train-steps`` case (its ``recipe``, ``size`` and ``batch``), in
+    GFLOP: the loss and its backward, on the meta device. The optimizer step is elementwise (zero)."""
     with torch.device("meta"):
         model = recipe.build_model(case["size"])
     x = example_batch(model, int(case["batch"]), device="meta")
@@ -57,10 +56,10 @@ def step_gflop(case: Mapping[str, Any]) -> float:
     return count.total / 1e9
 
 
-def counted_gflop(case: Mapping[str, Any]) -> tuple[float, str]:
-    """``step_gflop(case)`` and "", or NaN and why it could not be counted: the FLOPs are an auxiliary column, so a
-    model that cannot run on the meta device keeps the rest of its row."""
+def counted_gflop(case: Mapping[str, Any], recipe: Recipe) -> tuple[float, str]:
+    """``step_gflop(case, recipe)`` and "", or NaN and why it could not be counted: the FLOPs are an auxiliary
+    column, so a model that cannot run on the meta device keeps the rest of its row."""
     try:
-        return step_gflop(case), ""
+        return step_gflop(case, recipe), ""
     except Exception as err:
         return float("nan"), f"FLOPs not counted on the meta device ({type(err).__name__}: {err})"

@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from bench.csvlog import as_key
+from bench.results import read_results
 
 STEP_SCALE = 500.0  # L of NOTE [default FD step], calibrated on the deep EBM with random weights
 
@@ -50,14 +50,14 @@ def default_step(order: int, accuracy: int, dtype: torch.dtype, scale: float = S
 
 # The columns of an eps-sweep row that name the function and points it measured (the seed draws random weights and
 # the batch): a step is only transferable to the same ones.
-FUNCTION_COLUMNS = ("model", "size", "width", "weights", "seed", "device")
+FUNCTION_COLUMNS = ("model", "size", "n_chan", "weights", "seed", "device")
 
 
 def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, accuracy: int) -> dict[int, float]:
     """{T: the step with the smallest median error} among the ``ok`` rows of an ``eps-sweep`` CSV measured on the
-    same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, width, weights, seed, device), in the same
+    same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, n_chan, weights, seed, device), in the same
     dtype, with the same stencil accuracy. Empty where the sweep has none."""
-    rows = pd.read_csv(eps_sweep_csv)
+    rows = read_results(eps_sweep_csv)  # an older sweep's width and checkpoint paths, as today's columns
     same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
     for column in FUNCTION_COLUMNS:
         same &= rows[column].map(as_key) == as_key(problem[column])

@@ -70,12 +70,19 @@ def kept_with_other_settings(cases: Sequence[Case], log: CsvLog, threads: int | 
 
 
 def exit_status(rows: pd.DataFrame, desc: str) -> int:
-    """A command's exit status after its sweep: 0 if any row is ``ok``, else 1 (with a line saying so), so that a
-    stage of ``all`` or a CI step whose every case failed is not reported as a success."""
-    if (rows["status"] == "ok").any():
-        return 0
-    print(f"{desc}: no row ran ok ({len(rows)} rows); the status and message columns say why")
-    return 1
+    """A command's exit status after its sweep, with a line saying why when it is 1: 1 if any row is an ``error``
+    (a case that raised, or a wrong answer), or if no row ran ``ok`` although some could have (not every row is
+    ``unsupported`` on this machine); else 0. ``timeout`` and ``oom`` rows are budgets the sweep was given, recorded
+    as outcomes. So a stage of ``all`` or a CI step whose cases failed is not reported as a success."""
+    status = rows["status"]
+    errors = int((status == "error").sum())
+    if errors:
+        print(f"{desc}: {errors} of {len(rows)} rows are errors; their message column says why")
+        return 1
+    if not (status == "ok").any() and not (status == "unsupported").all():
+        print(f"{desc}: no row ran ok ({len(rows)} rows); the status and message columns say why")
+        return 1
+    return 0
 
 
 def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,

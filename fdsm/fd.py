@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 import kernels
-from fdsm.constants import constant
 from fdsm.stencils import Stencil
+from kernels.constants import constant
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -41,8 +41,23 @@ def apply_stencil(outputs: Tensor, stencil: Stencil) -> Tensor:
     return torch.tensordot(w, outputs.to(acc), dims=1).to(outputs.dtype)  # (S,) . (S, B, *k) -> (B, *k)
 
 
+# NOTE [point-major stacked batch]
+# A batched FD forward evaluates the S stencil points of a batch x: (B, *event) as one stacked batch laid out
+# point-major: (S*B, *event), where row s*B + b is point s of sample b, x[b] + gamma_s v[b] (all B samples of point
+# 0, then all B of point 1, ...). Its outputs (S*B, *k) therefore unflatten to (S, B, *k), block s holding f at
+# point s, which is what ``apply_stencil`` and ``kernels.combine`` weigh; and a per-sample conditioning input cond:
+# (B, ...) given for the B original rows follows the stack as cond.repeat(S, 1, ...), the whole batch tiled S times
+# (not repeat_interleave), so that row s*B + b gets cond[b], as the paper's code does with cat([y, y]).
+# The layout is a contract shared by ``stencil_inputs`` / ``stencil_outputs`` here, ``kernels.perturb``,
+# ``fdsm.models.spec.match_batch`` (NCSN's sigma, the VAE score net's images) and
+# ``fdsm.objectives.noise_conditional`` (its conditioned score): change it in all of them or in none.
+
+
 def stencil_inputs(x: Tensor, v: Tensor, stencil: Stencil) -> Tensor:
-    r"""All points :math:`x + \gamma_i v`, stacked: x, v: (B, *event) -> (S*B, *event), point-major."""
+    r"""All points :math:`x + \gamma_i v`, stacked: x, v: (B, *event) -> (S*B, *event).
+
+    See NOTE [point-major stacked batch].
+    """
     gamma = constant(stencil.offsets, x.dtype, x.device)  # (S,)
     gamma = gamma.view(-1, *([1] * x.dim()))  # (S, 1, ..., 1)
     return (x.unsqueeze(0) + gamma * v.unsqueeze(0)).flatten(0, 1)  # (S, B, *event) -> (S*B, *event)

@@ -13,7 +13,6 @@ would round a float64 constant).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from kernels.backend import resolve_backend, tl
+from kernels.constants import constant
 
 # Flat indices in the kernels are int32: tensors up to 2**31 - 1 elements (8 GiB of float32).
 MAX_NUMEL = 2**31 - 1
@@ -98,15 +98,10 @@ def coefficients(caller: str, name: str, values: Tensor | Sequence[float], like:
     if isinstance(values, Tensor):
         c = values.to(dtype=dtype, device=like.device)
     else:  # a stencil's numbers: cached, since building a CUDA tensor from a list waits for the stream
-        c = _constant(tuple(float(value) for value in values), dtype, like.device)
+        c = constant(tuple(float(value) for value in values), dtype, like.device)
     if c.dim() != 1 or c.numel() == 0:
         raise ValueError(f"{caller}: expected {name} to be a non-empty 1-D sequence, got shape {tuple(c.shape)}")
     return c
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)  # never written to: shared by every call
 
 
 def check_numel(caller: str, numel: int) -> None:

@@ -12,7 +12,8 @@ The batched executor (paper appendix C.1, ``concatenate([data, data + v, data - 
 copies of a batch into one (S*B, n) batch, runs f once, and sums the S output blocks with the weights. The two
 memory-bound ends of that are the kernels here; f in between is the user's network.
 
-**perturb** (x, v: (B, n); gamma: (S,)) -> X: (S*B, n), with row s*B + b equal to x[b] + gamma_s v[b].
+**perturb** (x, v: (B, n); gamma: (S,)) -> X: (S*B, n), with row s*B + b equal to x[b] + gamma_s v[b]
+(See NOTE [point-major stacked batch] in fdsm.fd).
 Its vector-Jacobian product for an upstream G: (S*B, n), in blocks G_s: (B, n), is
 
 .. math::

@@ -7,7 +7,7 @@ NCHW ("contiguous") and NHWC ("channels_last") side by side, alternately in one 
 
 For each (model, objective) it writes the median step time in each layout and the median and quartiles of the
 per-round ratio contiguous / channels_last (above 1: channels_last is faster). This is the measurement behind
-``train_steps.MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.training``). On CUDA the models are the paper's
+``train_steps.MEMORY_FORMAT`` (NOTE [memory format] in ``fdsm.recipes``). On CUDA the models are the paper's
 size and batch, with cuDNN's algorithm search on (as ``train-steps``).
 """
 
@@ -20,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.commands.train_steps import DEFAULT, Stepper, cases
-from bench.config import comma_words
+from bench.config import Shared, comma_words
 from bench.environment import float32_math, use_ieee_float32
+from bench.experiments.train_steps import DEFAULT, cases
+from bench.step_case import Stepper
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
-from fdsm.training import RECIPES
+from fdsm.recipes import RECIPES
 
 LAYOUTS = ("contiguous", "channels_last")
 
@@ -34,7 +35,7 @@ def compare(model: str, *, batch: int | None, warmup: int, repeats: int, seed: i
     device = torch.device(device)
     config = dataclasses.replace(DEFAULT, models=(model,), batch=batch)  # train-steps' size, batch and cuDNN
     rows = []
-    for case in cases(config, dtype="float32", device=device, seed=seed):
+    for case in cases(config, Shared(device=device, seed=seed)):
         recipe = RECIPES.get(f"{model}/{case['objective']}")
         case = {k: v for k, v in case.items() if k not in ("memory_format", "warmup", "repeats")}
         steppers = [Stepper(recipe, {**case, "memory_format": layout}) for layout in LAYOUTS]

@@ -18,7 +18,8 @@ import torch
 
 from bench.commands.train import DEFAULT
 from fdsm.data import digits
-from fdsm.training import RECIPES, batches, make_optimizer, training_step
+from fdsm.recipes import RECIPES
+from fdsm.training import batches, make_optimizer, training_step
 
 PROBE_STEPS = (1, 51, 101)
 

@@ -34,13 +34,14 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-from bench.cli import UsageError
-from bench.commands.train_steps import DEFAULT, Stepper, cases
-from bench.config import comma_words
+from bench.config import Shared, UsageError, comma_words
 from bench.environment import float32_math, use_ieee_float32
+from bench.experiments.train_steps import DEFAULT, cases
 from bench.flops import step_gflop
+from bench.step_case import Stepper
 from bench.timing import fix_cpu_threads, measure_time
-from fdsm.training import PHASES, RECIPES
+from fdsm.recipes import RECIPES
+from fdsm.training import PHASES
 
 
 class PhaseRanges:
@@ -94,7 +95,7 @@ def profile_row(case: dict, *, steps: int, out: Path, trace: bool) -> dict:
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     (out / f"{name}.txt").write_text(f"{case['model']} {case['objective']}: {steps} profiled steps, totals over "
                                      f"all of them\n\n{events.table(sort_by=sort, row_limit=25)}\n")
-    gflop = step_gflop(case)
+    gflop = step_gflop(case, RECIPES.get(f"{case['model']}/{case['objective']}"))
     row = {**{k: v for k, v in case.items() if k != "repeats"}, "steps": steps, "time_ms": timing.median_ms,
            "time_ms_iqr": timing.iqr_ms, "gflop": gflop, "tflops": gflop / timing.median_ms,
            "aten_ops": sum(e.count for e in events if e.key.startswith("aten::")) / steps,
@@ -129,7 +130,7 @@ def main() -> None:
     config = dataclasses.replace(DEFAULT, models=args.models, objectives=args.objectives, batch=args.batch,
                                  warmup=args.warmup)
     try:
-        todo = cases(config, dtype="float32", device=torch.device(args.device), seed=args.seed)
+        todo = cases(config, Shared(device=torch.device(args.device), seed=args.seed))
     except UsageError as err:  # an unknown model or row label: one line, exit 2
         parser.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)

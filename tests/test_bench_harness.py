@@ -242,10 +242,11 @@ def test_best_steps_come_from_sweep_rows_of_the_same_function_only(tmp_path):
 
     pd.DataFrame([*rows("cpu", [(1.0, 0.1), (10.0, 0.01)]), *rows("paper", [(1.0, 0.001), (10.0, 0.1)]),
                   *rows("cpu", [(100.0, 1e-6)], width=2)]).to_csv(tmp_path / "eps_sweep.csv", index=False)
-    problem = {"model": "deep-ebm", "size": "cpu", "width": None, "weights": "random", "seed": 0, "device": "cpu"}
+    # the sweep is an older one, with the width column that is n_chan now
+    problem = {"model": "deep-ebm", "size": "cpu", "n_chan": None, "weights": "random", "seed": 0, "device": "cpu"}
     assert best_steps(tmp_path / "eps_sweep.csv", problem, dtype="float32", accuracy=2) == {1: 10.0}
     paper = {**problem, "size": "paper"}
     assert best_steps(tmp_path / "eps_sweep.csv", paper, dtype="float32", accuracy=2) == {1: 1.0}
-    assert best_steps(tmp_path / "eps_sweep.csv", {**problem, "width": 2}, dtype="float32", accuracy=2) == {1: 100.0}
+    assert best_steps(tmp_path / "eps_sweep.csv", {**problem, "n_chan": 2}, dtype="float32", accuracy=2) == {1: 100.0}
     assert best_steps(tmp_path / "eps_sweep.csv", problem, dtype="float64", accuracy=2) == {}
     assert best_steps(tmp_path / "eps_sweep.csv", {**problem, "seed": 1}, dtype="float32", accuracy=2) == {}

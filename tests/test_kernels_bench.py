@@ -9,18 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-import bench.cli
-from bench.commands import kernels as command
+from bench.cli import main
+from bench.experiments import kernels as command
 from kernels.backend import triton_unavailable_reason
-
-
-def main(argv: list[str]) -> int:
-    """``fdsm-bench`` with this command alone registered (the suite does not depend on the rest of COMMANDS)."""
-    commands, bench.cli.COMMANDS = bench.cli.COMMANDS, ("bench.commands.kernels",)
-    try:
-        return bench.cli.main(argv)
-    finally:
-        bench.cli.COMMANDS = commands
 
 
 def test_cpu_run_writes_unsupported_rows_without_numbers(tmp_path):
@@ -36,7 +27,7 @@ def test_cpu_run_writes_unsupported_rows_without_numbers(tmp_path):
 @pytest.mark.skipif(triton_unavailable_reason(torch.device("cpu")) is not None,
                     reason="needs the Triton interpreter (TRITON_INTERPRET=1)")
 def test_measurement_path_with_a_stand_in_timer(tmp_path, monkeypatch):
-    def fake_do_bench(fn, config, grad_to_none):
+    def fake_do_bench(fn, budget, grad_to_none):
         fn()  # the timed closure runs, backward included
         return [2.0, 1.5, 2.5]
 
@@ -57,7 +48,7 @@ def test_measurement_path_with_a_stand_in_timer(tmp_path, monkeypatch):
     perturb = rows[rows.kernel == "perturb"].set_index("pass")
     n = int(0.01 * 2**20) // (2 * command.N_EVENT * 8) or 1  # rows of x at 0.01 MiB of float64
     assert perturb.loc["fwd+bwd", "bytes_moved"].max() == 2 * 5 * n * command.N_EVENT * 8  # (2+S)N + (S+2)N, S=3
-    table = command.summary(rows)
+    table = command.bandwidth(rows)
     assert set(table.kernel) == {"perturb", "fd_ssmvr"} and (table.speedup == 1.0).all()
     assert command.targets(table) == ["targets: no size >= 64 MiB measured"]
 

@@ -4,8 +4,9 @@ has every figure and the headline tables (the CI-size version of the README's fi
 import pandas as pd
 
 from bench.cli import main
-from bench.commands.all import FIGURE2_RECIPE, STAGES
 from bench.commands.fit import checkpoint_path
+from bench.main_job import FIGURE2_RECIPE, STAGES
+from bench.results import weights_label
 
 
 def test_main_job_quick_writes_every_csv_figure_and_the_report(tmp_path, capsys):
@@ -20,7 +21,8 @@ def test_main_job_quick_writes_every_csv_figure_and_the_report(tmp_path, capsys)
     checkpoint = checkpoint_path(tmp_path, FIGURE2_RECIPE)
     assert checkpoint.is_file() and checkpoint.with_suffix(".json").is_file()
     derivatives = pd.read_csv(tmp_path / "derivatives.csv")
-    assert set(derivatives["weights"]) == {str(checkpoint)}  # Figure 2 measured the trained model
+    assert set(derivatives["weights"]) == {weights_label(checkpoint)}  # Figure 2 measured the trained model
+    assert set(derivatives["checkpoint"]) == {str(checkpoint)}
     assert set(derivatives["status"]) <= {"ok", "unsupported"}
 
     report = (tmp_path / "report.md").read_text()

@@ -222,14 +222,13 @@ def test_paper_size_forward(name):
 
 
 def test_models_command_writes_one_row_per_model_and_size(tmp_path, capsys):
-    import argparse
-
     import pandas as pd
 
     from bench.commands import models as command
+    from bench.config import Shared
 
     path = tmp_path / "models.csv"
-    assert command.run(argparse.Namespace(csv=path)) == 0
+    assert command.run(command.ModelsConfig(csv=path), Shared()) == 0
     table = pd.read_csv(path)
     assert len(table) == 2 * len(MODELS.names())
     paper = table[table["size"] == "paper"].set_index("model")

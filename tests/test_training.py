@@ -8,21 +8,18 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.config import Shared
+from bench.step_case import recipe_for
 from fdsm import objectives as obj
 from fdsm.models import build
-from fdsm.training import (
-    PHASES,
-    RECIPES,
-    NonFiniteLossError,
-    OptimConfig,
-    Recipe,
-    in_memory_format,
-    make_optimizer,
-    recipe_available,
-    train,
-    training_step,
-)
+from fdsm.recipes import RECIPES, Recipe, in_memory_format, recipe_available
+from fdsm.training import PHASES, NonFiniteLossError, OptimConfig, make_optimizer, train, training_step
 from tests.conftest import load_script
+
+
+def _shared(device: str) -> Shared:
+    """The shared options on ``device``, a torch.device so that a CUDA one is taken as it is (no GPU needed here)."""
+    return Shared(device=torch.device(device))
 
 
 def _gaussian_recipe(lr=0.05, clip=1.0):
@@ -56,13 +53,20 @@ def test_training_step_updates_and_lowers_the_loss():
     model = build("gaussian", size="cpu", dim=3)
     data = 0.5 * torch.randn(512, 3) + 1.0  # N(1, 0.25 I); the model starts at N(0, I)
     before = model.mean.detach().clone()
-    records = train(model, _gaussian_recipe(), data, steps=60, evaluate=lambda: obj.sm_loss(model.log_density,
-                                                                                            data).item(),
-                    eval_every=20)
+    records = train(model, _gaussian_recipe(), data, steps=60,
+                    evaluate=lambda: {"sm_loss": obj.sm_loss(model.log_density, data).item()}, eval_every=20)
     assert [r.step for r in records] == [20, 40, 60]
     assert not torch.equal(model.mean, before)
-    assert records[-1].metric < records[0].metric  # exact SM loss goes down
+    assert records[-1].metrics["sm_loss"] < records[0].metrics["sm_loss"]  # exact SM loss goes down
     assert all(r.wall_s > 0 for r in records)
+
+
+def test_train_records_the_loss_with_no_metrics_where_nothing_is_evaluated():
+    torch.manual_seed(0)
+    model = build("gaussian", size="cpu", dim=3)
+    records = train(model, _gaussian_recipe(), torch.randn(128, 3), steps=5, eval_every=2)
+    assert [(r.step, r.metrics) for r in records] == [(2, {}), (4, {}), (5, {})]
+    assert all(math.isfinite(r.loss) for r in records)
 
 
 def test_non_finite_loss_stops_with_the_step_and_no_update():
@@ -101,8 +105,7 @@ def test_cheap_recipes_take_a_finite_step(name):
     torch.manual_seed(0)
     model = recipe.build_model("cpu")
     x = torch.rand(8, *model.event_shape)
-    if hasattr(model, "init_inducing"):
-        model.init_inducing(torch.randn(2 * model.config.n_inducing, *model.event_shape))
+    recipe.prepare_model(model, x)
     optimizer, scheduler = make_optimizer(model, recipe.optim, 10)
     loss = training_step(model, lambda: recipe.loss(model, x), optimizer, clip=recipe.optim.clip,
                          scheduler=scheduler)
@@ -159,14 +162,13 @@ def test_flop_count_matches_the_closed_form_of_a_linear_map_through_nested_autog
 
 
 def test_fd_dsm_and_fd_ssmvr_do_their_counterparts_arithmetic_and_fd_ssm_less():
-    from bench.commands.train_steps import DEFAULT, cases
+    from bench.experiments.train_steps import DEFAULT, cases
     from bench.flops import step_gflop
 
     # Equal but for the first layer's input gradient, which only the gradient objectives take.
     pairs = dataclasses.replace(DEFAULT, models=("deep-ebm", "ncsn"),
                                 objectives=("DSM", "FD-DSM", "SSM", "FD-SSM", "SSMVR", "FD-SSMVR"))
-    gflop = {(c["model"], c["objective"]): step_gflop(c)
-             for c in cases(pairs, dtype="float32", device=torch.device("cpu"), seed=0)}
+    gflop = {(c["model"], c["objective"]): step_gflop(c, recipe_for(c)) for c in cases(pairs, _shared("cpu"))}
     assert gflop[("deep-ebm", "FD-DSM")] == pytest.approx(gflop[("deep-ebm", "DSM")], rel=5e-3)
     assert gflop[("ncsn", "FD-SSMVR")] == pytest.approx(gflop[("ncsn", "SSMVR")], rel=5e-3)
     assert 1.3 < gflop[("deep-ebm", "SSM")] / gflop[("deep-ebm", "FD-SSM")] < 1.6  # 1.45 at both sizes
@@ -185,7 +187,7 @@ def test_flops_command_counts_the_cases_and_the_rate_of_a_timed_run(tmp_path, ca
                   "time_ms": [4.0, float("nan")], "status": ["ok", "error"]}).to_csv(run, index=False)
     assert main(["flops", "--times", str(run), "--out", str(tmp_path / "rates")]) == 0
     rates = pd.read_csv(tmp_path / "rates" / "flops.csv")
-    gflop = step_gflop({"model": "nice", "objective": "SSM", "size": "cpu", "batch": 8})
+    gflop = step_gflop({"model": "nice", "objective": "SSM", "size": "cpu", "batch": 8}, RECIPES.get("nice/SSM"))
     assert list(rates.objective) == ["SSM"]
     assert rates.gflop[0] == pytest.approx(gflop) and rates.tflops[0] == pytest.approx(gflop / 4.0)
 
@@ -213,26 +215,25 @@ def test_command_quick_writes_its_csv(tmp_path, command, csv, columns):
 
 
 def test_train_steps_cases_take_the_layout_measured_fastest_per_model():
-    from bench.commands.train_steps import DEFAULT, cases
+    from bench.experiments.train_steps import DEFAULT, cases
 
     fastest = {(m, "channels_last" if m == "deep-ebm" else "contiguous") for m in DEFAULT.models}
     for device in ("cpu", "cuda"):  # building nothing on the GPU, so this runs without one
-        rows = cases(DEFAULT, dtype="float32", device=torch.device(device), seed=0)
+        rows = cases(DEFAULT, _shared(device))
         assert {(c["model"], c["memory_format"]) for c in rows} == fastest, device  # every model's rows, none lost
         assert {c["size"] for c in rows} == {"paper" if device == "cuda" else "cpu"}
     forced = dataclasses.replace(DEFAULT, memory_format="channels_last")
-    forced_rows = {(c["model"], c["memory_format"]) for c in cases(forced, dtype="float32",
-                                                                   device=torch.device("cpu"), seed=0)}
+    forced_rows = {(c["model"], c["memory_format"]) for c in cases(forced, _shared("cpu"))}
     image_models = {"deep-ebm", "ncsn"}  # flat batches stay contiguous whatever is asked
     assert forced_rows == {(m, "channels_last" if m in image_models else "contiguous") for m in DEFAULT.models}
 
 
 def test_cudnn_benchmark_is_on_for_cuda_rows_by_default_and_can_be_turned_off():
     from bench.cli import build_parser
-    from bench.commands.train_steps import DEFAULT, cases
+    from bench.experiments.train_steps import DEFAULT, cases
 
     def flags(config, device):
-        return {c["cudnn_benchmark"] for c in cases(config, dtype="float32", device=torch.device(device), seed=0)}
+        return {c["cudnn_benchmark"] for c in cases(config, _shared(device))}
 
     assert flags(DEFAULT, "cuda") == {True} and flags(DEFAULT, "cpu") == {False}  # a CPU row has no cuDNN
     args = build_parser().parse_args(["train-steps", "--device", "cuda", "--no-cudnn-benchmark"])
@@ -242,10 +243,10 @@ def test_cudnn_benchmark_is_on_for_cuda_rows_by_default_and_can_be_turned_off():
 
 def test_float32_math_is_ieee_by_default_tf32_on_request_and_always_ieee_on_the_cpu():
     from bench.cli import build_parser
-    from bench.commands.train_steps import DEFAULT, cases
+    from bench.experiments.train_steps import DEFAULT, cases
 
     def modes(config, device):
-        return {c["float32_math"] for c in cases(config, dtype="float32", device=torch.device(device), seed=0)}
+        return {c["float32_math"] for c in cases(config, _shared(device))}
 
     args = build_parser().parse_args(["train-steps", "--device", "cuda", "--float32-math", "tf32"])
     tf32 = dataclasses.replace(DEFAULT, float32_math=args.float32_math)
@@ -254,7 +255,7 @@ def test_float32_math_is_ieee_by_default_tf32_on_request_and_always_ieee_on_the_
 
 
 def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
-    from bench.commands import train_steps
+    from bench import step_case as train_steps
 
     monkeypatch.setitem(train_steps.COUNTERPART, "FD-SSM", "NO-SUCH-ROW")  # building the counterpart fails
     case = {"model": "nice", "objective": "FD-SSM", "size": "cpu", "batch": 8, "dtype": "float32", "device": "cpu",
@@ -266,9 +267,9 @@ def test_an_fd_row_whose_counterpart_cannot_run_is_timed_alone(monkeypatch):
 
 def test_a_row_whose_flops_cannot_be_counted_keeps_its_timings(monkeypatch):
     import bench.flops
-    from bench.commands import train_steps
+    from bench import step_case as train_steps
 
-    def no_meta(case):
+    def no_meta(case, recipe):
         raise NotImplementedError("no meta kernel")
 
     monkeypatch.setattr(bench.flops, "step_gflop", no_meta)
@@ -280,7 +281,7 @@ def test_a_row_whose_flops_cannot_be_counted_keeps_its_timings(monkeypatch):
 
 
 def test_an_fd_rows_speedup_is_its_counterparts_time_over_its_own(monkeypatch):
-    from bench.commands import train_steps
+    from bench import step_case as train_steps
     from bench.timing import Timing
 
     def fixed(fns, device, *, warmup, repeats):  # FD (first) 10 ms a round, SSM 30 ms, the Taylor SSM step 20 ms
@@ -298,7 +299,7 @@ def test_an_fd_rows_speedup_is_its_counterparts_time_over_its_own(monkeypatch):
 
 
 def test_speedups_take_the_flop_and_memory_ratios_from_the_counterparts_row():
-    from bench.commands.train_steps import speedups
+    from bench.experiments.train_steps import speedups
 
     rows = pd.DataFrame({"model": ["m", "m", "m"], "objective": ["SSM", "FD-SSM", "FD-DSM"],
                          "versus": [None, "SSM", "DSM"], "speedup": [None, 2.5, 1.5], "speedup_q1": [None, 2.4, 1.4],
@@ -310,11 +311,11 @@ def test_speedups_take_the_flop_and_memory_ratios_from_the_counterparts_row():
 
 
 def test_profile_script_writes_a_table_a_trace_and_a_row(tmp_path):
-    from bench.commands.train_steps import DEFAULT, cases
+    from bench.experiments.train_steps import DEFAULT, cases
 
     profile_step = load_script("profile_step")
     (case,) = cases(dataclasses.replace(DEFAULT, models=("nice",), objectives=("FD-SSM",), batch=8, warmup=0),
-                    dtype="float32", device=torch.device("cpu"), seed=0)
+                    _shared("cpu"))
     row = profile_step.profile_row(case, steps=1, out=tmp_path, trace=True)
     assert row["time_ms"] > 0 and row["gflop"] > 0 and row["aten_ops"] > 0 and "kernel_ms" not in row
     table = (tmp_path / "nice_FD-SSM.txt").read_text()
@@ -323,7 +324,7 @@ def test_profile_script_writes_a_table_a_trace_and_a_row(tmp_path):
 
 
 def test_layout_comparison_script_times_every_objective_in_both_layouts():
-    from bench.commands.train_steps import MEMORY_FORMAT
+    from bench.experiments.train_steps import MEMORY_FORMAT
 
     rows = load_script("compare_layouts").compare("deep-ebm", batch=2, warmup=0, repeats=1, seed=0)
     assert {r["objective"] for r in rows} == {r.value.objective for r in RECIPES if r.value.model == "deep-ebm"}
@@ -361,7 +362,7 @@ def test_each_deep_ebm_objective_in_train_sees_the_same_batches_however_far_the_
 
 
 def test_every_fd_and_taylor_row_is_paired_with_the_gradient_objective_of_its_own_name():
-    from bench.commands.train_steps import COUNTERPART, STRONGEST
+    from bench.step_case import COUNTERPART, STRONGEST
 
     assert COUNTERPART and all(versus == row.removeprefix("FD-").rstrip("*").removesuffix("-Taylor")
                                for row, versus in COUNTERPART.items())
@@ -370,7 +371,7 @@ def test_every_fd_and_taylor_row_is_paired_with_the_gradient_objective_of_its_ow
 
 
 def test_grad_agreement_measures_the_cosine_of_fd_at_eps_against_exact_as_computed_by_hand():
-    from bench.commands import grad_agreement
+    from bench.experiments import grad_agreement
 
     eps = 3.0  # large enough that FD's gradient visibly differs from the exact one
     row = grad_agreement.measure_cosine({"model": "nice", "pair": "fd-ssm/ssm", "eps": eps, "dtype": "float64",

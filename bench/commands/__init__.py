@@ -1,7 +1,8 @@
-"""One module per ``fdsm-bench`` subcommand.
-
-Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; ``bench.cli`` lists them
-in ``COMMANDS``. The shared options (``--device``, ``--dtype``, ``--out``, ``--quick``, ``--seed``, ``--repeats``)
-are added by ``bench.cli`` and arrive already resolved: ``args.device`` is a ``torch.device`` and ``args.dtype`` a
-``torch.dtype``.
+"""The tools of ``fdsm-bench`` that are not sweeps: one module per subcommand, each declaring ``COMMAND``
+(``bench.experiment.Command``: name, help, config dataclass, ``run(config, shared) -> int``). No command imports
+another. The sweeps are in ``bench.experiments``; the main job is ``bench.main_job``.
 """
+
+from bench.commands import compare, fit, flops, models, train
+
+COMMANDS = (compare.COMMAND, fit.COMMAND, models.COMMAND, flops.COMMAND, train.COMMAND)

@@ -1,110 +1,267 @@
 """``fdsm-bench compare OLD NEW``: the ratio NEW / OLD of one metric, row by row, and a regression gate.
 
-Every CSV that both result folders hold (``derivatives.csv``, ``train_steps.csv``, ...) is joined on its
-configuration columns (``KEYS``; for other files, every text or integer column that is not metadata). For each
-row of OLD it prints ``old``, ``new`` and ``ratio = new / old`` of ``--metric``, and marks a regression where the
-metric got worse by more than ``--threshold`` (for time, memory and error: ratio > 1 + threshold; for throughput:
+Every CSV that both result folders hold (``derivatives.csv``, ``train_steps.csv``, ...) is read with
+``bench.results.read_results`` (older column names and checkpoint paths brought up to date, so that one job run
+into two folders, or with its checkpoint elsewhere, matches row for row) and joined on its configuration columns:
+the registered experiment's ``compare_keys`` (``keys`` when None), or, for a CSV no experiment writes, every text
+or integer column that is not metadata (``keys_for``). For each row of OLD it prints ``old``, ``new`` and
+``ratio = new / old`` of ``--metric``, and marks a regression where the metric got worse by more than
+``--threshold`` (for time, memory and error: ratio > 1 + threshold; for throughput and speedups:
 ratio < 1 / (1 + threshold)), where a row that was ``ok`` is not ``ok`` any more, and where a row, a CSV or the
-metric's column of OLD is missing from NEW. A metric that no CSV of OLD has is a usage error (exit 2): a gate that
-compared nothing must not pass. The exit status is 1 when
-anything regressed, so CI can gate on it; pytest-benchmark's ``--benchmark-compare-fail`` plays the same role for
-its JSON.
+metric's column of OLD is missing from NEW.
 
-Ratios compare runs of one machine: a ratio between two machines says more about the machines than the code.
+Before the tables it lists the metadata (``bench.environment.METADATA_COLUMNS``, but the timestamp) whose values
+differ between OLD and NEW. A ratio between two machines says more about the machines than the code: where a row
+of NEW was measured on another machine than its row of OLD (``device_name``, ``torch`` or ``threads`` differ),
+its ratio is shown but does not count as a regression unless ``--across-machines`` is given; missing rows and
+rows no longer ``ok`` still do.
+
+A metric that no CSV of OLD has is a usage error (exit 2): a gate that compared nothing must not pass. The exit
+status is 1 when anything regressed, so CI can gate on it; pytest-benchmark's ``--benchmark-compare-fail`` plays
+the same role for its JSON.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from bench.cli import UsageError
-from bench.commands.train_steps import KEYS as TRAIN_STEPS_KEYS
-from bench.derivative_case import CASE_KEYS
+from bench.config import Shared, UsageError, option
+from bench.csvlog import as_key
 from bench.environment import METADATA_COLUMNS
+from bench.experiment import Command
+from bench.results import ALIASES, RANDOM_WEIGHTS, is_digest, read_results
 
 NAME = "compare"
 HELP = "compare two result folders row by row; exit 1 when a metric regressed past a threshold"
 
-KEYS = {
-    # a derivatives run's step may come from its eps-sweep, which can move between runs: not a key here
-    "derivatives": tuple(k for k in CASE_KEYS if k != "eps"),
-    "eps_sweep": CASE_KEYS,
-    # a step time does not depend on the seed of the synthetic batch: compare runs made with other seeds
-    "train_steps": tuple(k for k in TRAIN_STEPS_KEYS if k != "seed"),
-    "kernels": ("kernel", "impl", "pass", "size_mb", "dtype", "device"),
-}
 HIGHER_IS_BETTER = ("gb_per_s", "frac_of_copy", "speedup", "cosine")
 NOT_KEYS = (*METADATA_COLUMNS, "status", "message")
+# a row measured where any of these differ was measured on another machine: its times are not comparable
+MACHINE_COLUMNS = ("device_name", "torch", "threads")
+UNREPORTED_METADATA = ("timestamp",)  # differs between any two runs: says nothing
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("old", type=Path, help="the baseline result folder")
-    parser.add_argument("new", type=Path, help="the result folder to check")
-    parser.add_argument("--metric", default="time_ms", help="the column to compare (default: time_ms)")
-    parser.add_argument("--threshold", type=float, default=0.10,
-                        help="the relative change that counts as a regression (default: 0.10, i.e. 10%%)")
+def _positive(threshold: float) -> float:
+    if not threshold > 0:
+        raise UsageError(f"--threshold {threshold}: expected a positive fraction, e.g. 0.10")
+    return threshold
 
 
-def key_columns(stem: str, old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
-    """The configuration columns of a CSV: ``KEYS[stem]``, else its shared text/integer non-metadata columns."""
+@dataclass(frozen=True)
+class CompareConfig:
+    old: Path = option(None, "the baseline result folder", positional=True, type=Path)
+    new: Path = option(None, "the result folder to check", positional=True, type=Path)
+    metric: str = option("time_ms", "the column to compare")
+    threshold: float = option(0.10, "the relative change that counts as a regression, e.g. 0.10 for 10%",
+                              convert=_positive)
+    across_machines: bool = option(False, "count a worse metric as a regression also where OLD and NEW were "
+                                          "measured on different machines (device_name, torch or threads)")
+
+
+DEFAULT = CompareConfig()
+
+
+# ---- key columns ----------------------------------------------------------------------------------------------
+
+def registry() -> dict[str, Any]:
+    """CSV file name -> the registered ``bench.experiment.Experiment`` that writes it."""
+    from bench.experiments import EXPERIMENTS  # imported here: the registry imports every experiment's module
+
+    return {e.csv: e for e in EXPERIMENTS}
+
+
+def declared_keys(csv_name: str) -> tuple[str, ...] | None:
+    """The registered experiment's ``compare_keys`` (its ``keys`` when None), or None for an unregistered CSV."""
+    experiment = registry().get(csv_name)
+    if experiment is None:
+        return None
+    return tuple(experiment.keys if experiment.compare_keys is None else experiment.compare_keys)
+
+
+def aliases_for(csv_name: str) -> Mapping[str, str]:
+    """The column renames to apply when reading ``csv_name``: the suite's and its experiment's."""
+    experiment = registry().get(csv_name)
+    return {**ALIASES, **(dict(experiment.aliases) if experiment is not None else {})}
+
+
+def keys_for(csv_name: str, old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    """The columns that identify a row of ``csv_name`` in both frames: the declared keys that both have, or, for a
+    CSV no experiment declares, every column both have that is text, integer or boolean and not metadata."""
     shared = [c for c in old.columns if c in new.columns]
-    if stem in KEYS:
-        return [c for c in KEYS[stem] if c in shared]
+    declared = declared_keys(csv_name)
+    if declared is not None:
+        return [c for c in declared if c in shared]
+    types = pd.api.types
     return [c for c in shared if c not in NOT_KEYS
-            and (pd.api.types.is_object_dtype(old[c]) or pd.api.types.is_integer_dtype(old[c]))]
+            and any(f(old[c]) for f in (types.is_string_dtype, types.is_object_dtype, types.is_integer_dtype,
+                                       types.is_bool_dtype))]
 
 
-def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: list[str], metric: str,
-                   threshold: float) -> pd.DataFrame:
-    """One row per configuration of OLD: keys, old, new, ratio, status, regressed. A row that was ``ok`` in OLD
-    and is not ``ok`` in NEW, or is not in NEW at all (status ``missing``), counts as regressed."""
-    columns = [*keys, metric, "status"]
-    joined = old[columns].merge(new[columns], on=keys, how="left", suffixes=("_old", "_new"))
-    joined["status_new"] = joined["status_new"].fillna("missing")
+# ---- one CSV --------------------------------------------------------------------------------------------------
+
+def _text(column: pd.Series) -> pd.Series:
+    """Values as join keys: numbers normalized (``1`` == ``1.0``), empty cells as ""; robust to dtypes that a
+    CSV round trip chose differently in OLD and NEW (an empty column reads as float, a full one as text)."""
+    return column.map(as_key).astype(object)
+
+
+def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: Sequence[str], metric: str, threshold: float, *,
+                   across_machines: bool = False) -> pd.DataFrame:
+    """One row per configuration of OLD: keys, old, new, ratio, status, machine, regressed.
+
+    A row that was ``ok`` in OLD and is not ``ok`` in NEW, or is not in NEW at all (status ``missing``), counts as
+    regressed; so does a metric worse than the threshold, but only where both rows come from the same machine
+    (``machine`` is "" there, else the ``MACHINE_COLUMNS`` that differ) unless ``across_machines``. A key that
+    occurs more than once in a frame is compared by its last (newest) row."""
+    keys = list(keys)
+    machine = [c for c in MACHINE_COLUMNS if c in old.columns and c in new.columns and c not in keys]
+    on = [f"_k{i}" for i in range(len(keys))] or ["_k"]  # no keys: every row of OLD against NEW's last row
+
+    def side(frame: pd.DataFrame, suffix: str) -> pd.DataFrame:
+        part = pd.DataFrame({f"_k{i}": _text(frame[k]) for i, k in enumerate(keys)} or {"_k": ""},
+                            index=frame.index)
+        part[metric + suffix] = pd.to_numeric(frame[metric], errors="coerce")
+        part["status" + suffix] = frame["status"].astype(object) if "status" in frame.columns else "ok"
+        for c in machine:
+            part[c + suffix] = _text(frame[c])
+        if suffix == "_old":
+            for k in keys:
+                part[k] = frame[k]
+        part["found" + suffix] = True
+        return part.drop_duplicates(on, keep="last")
+
+    joined = side(old, "_old").merge(side(new, "_new"), on=on, how="left")
+    status_old = joined["status_old"].fillna("").astype(str)
+    found = joined["found_new"].notna()
+    status_new = joined["status_new"].where(found, "missing").fillna("").astype(str)
     ratio = joined[f"{metric}_new"] / joined[f"{metric}_old"]
-    worse = ratio < 1 / (1 + threshold) if metric in HIGHER_IS_BETTER else ratio > 1 + threshold
-    lost = (joined["status_old"] == "ok") & (joined["status_new"] != "ok")
+    worse = (ratio < 1 / (1 + threshold) if metric in HIGHER_IS_BETTER else ratio > 1 + threshold).fillna(False)
+    a = {c: joined[f"{c}_old"] for c in machine}
+    b = {c: joined[f"{c}_new"].fillna("") for c in machine}
+    differs = {c: (a[c] != "") & (b[c] != "") & (a[c] != b[c]) for c in machine}
+    other = pd.Series(["+".join(c for c in machine if differs[c].iloc[i]) for i in range(len(joined))],
+                      index=joined.index, dtype=object)
+    lost = (status_old == "ok") & (status_new != "ok")
+    gated = worse if across_machines else worse & (other == "")
     return pd.DataFrame({
         **{k: joined[k] for k in keys},
         "old": joined[f"{metric}_old"], "new": joined[f"{metric}_new"], "ratio": ratio,
-        "status": joined["status_old"] + " -> " + joined["status_new"],
-        "regressed": worse.fillna(False) | lost,
-    })
+        "status": status_old + " -> " + status_new, "machine": other, "regressed": gated | lost,
+    }).reset_index(drop=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    for folder in (args.old, args.new):
-        if not folder.is_dir():
-            raise UsageError(f"{folder}: expected a result folder holding CSV files")
-    if args.threshold <= 0:
-        raise UsageError(f"--threshold {args.threshold}: expected a positive fraction, e.g. 0.10")
-    olds = sorted(args.old.glob("*.csv"))
-    if not olds:
-        raise UsageError(f"{args.old} holds no CSV file")
-    regressions = compared = 0
-    for old_path in olds:
-        new_path = args.new / old_path.name
-        old = pd.read_csv(old_path)
-        if args.metric not in old.columns:  # e.g. time_ms in grad_agreement.csv: nothing of this metric to lose
-            print(f"{old_path.name}: no column {args.metric!r}, skipped")
+# ---- metadata -------------------------------------------------------------------------------------------------
+
+def _values(frames: Sequence[pd.DataFrame], column: str) -> list[str]:
+    seen = {as_key(v) for frame in frames if column in frame.columns for v in frame[column].dropna().unique()}
+    return sorted(seen - {""})
+
+
+def metadata_differences(olds: Sequence[pd.DataFrame], news: Sequence[pd.DataFrame]) -> dict[str, tuple]:
+    """Metadata column -> (OLD's values, NEW's values), for the columns whose sets of values differ."""
+    out = {}
+    for column in METADATA_COLUMNS:
+        if column in UNREPORTED_METADATA:
             continue
-        new = pd.read_csv(new_path) if new_path.exists() else None
-        if new is None or args.metric not in new.columns:
-            lost = "is missing" if new is None else f"has no column {args.metric!r}"
-            print(f"\n{old_path.name}: REGRESSED, {args.new / old_path.name} {lost} ({len(old)} rows of OLD)")
+        a, b = _values(olds, column), _values(news, column)
+        if a != b and (a or b):
+            out[column] = (a, b)
+    return out
+
+
+def _show(values: Sequence[str], most: int = 4) -> str:
+    if not values:
+        return "(none)"
+    shown = ", ".join(values[:most])
+    return shown + (f", ... ({len(values)} values)" if len(values) > most else "")
+
+
+# ---- the command ----------------------------------------------------------------------------------------------
+
+def run(config: CompareConfig, shared: Shared) -> int:
+    for name, folder in (("OLD", config.old), ("NEW", config.new)):
+        if folder is None or not Path(folder).is_dir():
+            raise UsageError(f"{folder}: expected a result folder holding CSV files ({name})")
+    old_folder, new_folder, metric = Path(config.old), Path(config.new), config.metric
+    _positive(config.threshold)
+    olds = sorted(old_folder.glob("*.csv"))
+    if not olds:
+        raise UsageError(f"{old_folder} holds no CSV file")
+
+    sections: list[str] = []  # printed after the metadata, in OLD's file order
+    read_olds: list[pd.DataFrame] = []
+    read_news: list[pd.DataFrame] = []
+    regressions = compared = ungated = 0
+    machines: set[str] = set()
+    for old_path in olds:
+        name = old_path.name
+        aliases = aliases_for(name)
+        old = read_results(old_path, aliases)
+        if metric not in old.columns:  # e.g. time_ms in grad_agreement.csv: nothing of this metric to lose
+            sections.append(f"{name}: no column {metric!r}, skipped")
+            continue
+        new_path = new_folder / name
+        new = read_results(new_path, aliases) if new_path.exists() else None
+        if new is None or metric not in new.columns:
+            lost = "is missing" if new is None else f"has no column {metric!r}"
+            sections.append(f"\n{name}: REGRESSED, {new_path} {lost} ({len(old)} rows of OLD)")
             compared, regressions = compared + len(old), regressions + len(old)
             continue
-        table = compare_frames(old, new, key_columns(old_path.stem, old, new), args.metric, args.threshold)
+        read_olds.append(old)
+        read_news.append(new)
+        keys = keys_for(name, old, new)
+        notes = []
+        one_sided = [k for k in (declared_keys(name) or ()) if (k in old.columns) != (k in new.columns)]
+        if one_sided:
+            notes.append(f"  key column(s) {one_sided} in only one of OLD and NEW: not joined on")
+        for label, frame in (("OLD", old), ("NEW", new)):
+            if "weights" in frame.columns:
+                paths = sorted({v for v in frame["weights"].dropna().unique()
+                                if isinstance(v, str) and v != RANDOM_WEIGHTS and not is_digest(v)})
+                if paths:
+                    notes.append(f"  weights of {label} named by a path that is not here, so not by content: "
+                                 f"{_show(paths)}")
+        table = compare_frames(old, new, keys, metric, config.threshold, across_machines=config.across_machines)
         compared += len(table)
         regressions += int(table["regressed"].sum())
-        print(f"\n{old_path.name}: {args.metric}, new / old ({len(table)} rows of OLD)")
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        across = table["machine"] != ""
+        machines.update(c for value in table.loc[across, "machine"] for c in value.split("+"))
+        if not config.across_machines:
+            ungated += int(across.sum())
+        if not across.any():
+            table = table.drop(columns="machine")
+        sections.append(f"\n{name}: {metric}, new / old ({len(table)} rows of OLD, joined on {', '.join(keys)})")
+        sections.extend(notes)
+        sections.append(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+    differences = metadata_differences(read_olds, read_news)
+    if differences:
+        print("metadata that differ between OLD and NEW:")
+        for column, (a, b) in differences.items():
+            print(f"  {column}: {_show(a)}  ->  {_show(b)}")
+    if machines:
+        what = ", ".join(c for c in MACHINE_COLUMNS if c in machines)
+        if config.across_machines:
+            print(f"OLD and NEW come from different machines ({what} differ): {metric} compared across machines "
+                  "as asked (--across-machines)")
+        else:
+            print(f"OLD and NEW come from different machines ({what} differ): time-like metrics are not compared "
+                  f"across machines, so {metric} is shown but only missing rows and status changes (ok -> not ok) "
+                  "count as regressions there; --across-machines compares it")
+    for section in sections:
+        print(section)
     if compared == 0:
-        raise UsageError(f"no CSV in {args.old} has a column {args.metric!r}: nothing was compared")
+        raise UsageError(f"no CSV in {old_folder} has a column {metric!r}: nothing was compared")
     verdict = "REGRESSED" if regressions else "ok"
-    print(f"\n{verdict}: {regressions} of {compared} rows worse than {1 + args.threshold:.2f}x on {args.metric}, "
-          "missing or no longer ok")
+    caveat = f"; {ungated} rows from other machines not gated on {metric}" if ungated else ""
+    print(f"\n{verdict}: {regressions} of {compared} rows worse than {1 + config.threshold:.2f}x on {metric}, "
+          f"missing or no longer ok{caveat}")
     return 1 if regressions else 0
+
+
+COMMAND = Command(NAME, HELP, DEFAULT, run)

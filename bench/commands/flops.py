@@ -18,30 +18,31 @@ as the H200's ``results/gpu-h200/train_steps.csv``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bench.cli import UsageError
-from bench.commands import train_steps
-from bench.config import comma_words
+from bench.config import Shared, UsageError, option, positive_int
+from bench.csvlog import write_atomic
+from bench.experiment import Command
+from bench.experiments import train_steps
 from bench.flops import counted_gflop
-
-NAME = "flops"
-HELP = "model FLOPs per training step of each train-steps case (meta device), and the rate of a train-steps run"
+from bench.step_case import recipe_for
 
 CASE_COLUMNS = ["model", "objective", "size", "batch"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("flops")
-    g.add_argument("--models", type=comma_words, help="models (default: train-steps' models)")
-    g.add_argument("--size", choices=("paper", "cpu"), default="paper", help="model size (default: paper)")
-    g.add_argument("--batch", type=int, help="batch for every row (default: train-steps' own at that size)")
-    g.add_argument("--times", type=Path, help="a train_steps.csv: count its ok rows and add their time_ms and rate")
+@dataclass(frozen=True)
+class FlopsConfig:
+    models: tuple[str, ...] = option(train_steps.DEFAULT.models, "models", convert=train_steps.check_models)
+    size: str = option("paper", "model size", choices=("paper", "cpu"))
+    batch: int | None = option(None, "batch for every row", type=positive_int,
+                               default_text="train-steps' own at that size")
+    times: Path | None = option(None, "a train_steps.csv: count its ok rows and add their time_ms and rate",
+                                default_text="none")
 
 
 def timed_cases(path: Path) -> pd.DataFrame:
@@ -52,23 +53,34 @@ def timed_cases(path: Path) -> pd.DataFrame:
     missing = {*CASE_COLUMNS, "time_ms", "status"} - set(rows)
     if missing:
         raise UsageError(f"--times {path}: not a train_steps.csv, it lacks the columns {sorted(missing)}")
-    return rows.loc[rows.status == "ok", [*CASE_COLUMNS, "time_ms"]].reset_index(drop=True)
+    user = [c for c in ("event_shape", "lr") if c in rows]  # how a user's model row was built
+    return rows.loc[rows.status == "ok", [*CASE_COLUMNS, "time_ms", *user]].reset_index(drop=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.times is not None:
-        rows = timed_cases(args.times)
+def _counted(case: dict) -> tuple[float, str]:
+    try:
+        recipe = recipe_for(case)
+    except KeyError:
+        return float("nan"), f"no recipe {case['model']}/{case['objective']} here"
+    return counted_gflop(case, recipe)
+
+
+def run(config: FlopsConfig, shared: Shared) -> int:
+    if config.times is not None:
+        rows = timed_cases(config.times)
     else:
-        config = dataclasses.replace(train_steps.DEFAULT, models=args.models or train_steps.DEFAULT.models,
-                                     size=args.size, batch=args.batch)
-        todo = train_steps.cases(config, dtype="float32", device=torch.device("cpu"), seed=args.seed)
-        rows = pd.DataFrame(todo, columns=CASE_COLUMNS)
-    rows["gflop"], rows["message"] = zip(*map(counted_gflop, rows.to_dict("records")), strict=True)
+        steps = dataclasses.replace(train_steps.DEFAULT, models=config.models, size=config.size, batch=config.batch)
+        todo = train_steps.cases(steps, dataclasses.replace(shared, device=torch.device("cpu"), dtype=torch.float32))
+        rows = pd.DataFrame(todo)
+    rows["gflop"], rows["message"] = zip(*map(_counted, rows.to_dict("records")), strict=True)
     if "time_ms" in rows:
         rows["tflops"] = rows.gflop / rows.time_ms
-    rows = rows[[c for c in rows if c != "message"] + ["message"]]  # the reason, if any, last
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(args.out / "flops.csv", index=False)
+    rows = rows[[*CASE_COLUMNS, *(c for c in ("time_ms", "gflop", "tflops") if c in rows), "message"]]
+    write_atomic(rows, shared.out / "flops.csv")
     print(rows.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    print(f"\nwrote {args.out / 'flops.csv'}")
+    print(f"\nwrote {shared.out / 'flops.csv'}")
     return 0
+
+
+COMMAND = Command("flops", "model FLOPs per training step of each train-steps case (meta device), and the rate of "
+                  "a train-steps run", FlopsConfig(), run)

@@ -5,20 +5,21 @@ Models are built on the meta device, so even the paper sizes are listed instantl
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from bench.config import Shared, option
+from bench.csvlog import write_atomic
+from bench.experiment import Command
 from fdsm.models import MODELS, SIZES, build, parameter_count
 
-NAME = "models"
-HELP = "list the models (name, size, input shape, parameter count); --csv writes them"
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
+@dataclass(frozen=True)
+class ModelsConfig:
+    csv: Path | None = option(None, "also write the table to this CSV file")
 
 
 def model_table() -> pd.DataFrame:
@@ -42,11 +43,14 @@ def model_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: ModelsConfig, shared: Shared) -> int:
     table = model_table()
     print(table.drop(columns="summary").to_string(index=False, formatters={"parameters": "{:,}".format}))
-    if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.csv, index=False)
-        print(f"wrote {args.csv}")
+    if config.csv is not None:
+        write_atomic(table, config.csv)
+        print(f"wrote {config.csv}")
     return 0
+
+
+COMMAND = Command("models", "list the models (name, size, input shape, parameter count); --csv writes them",
+                  ModelsConfig(), run)

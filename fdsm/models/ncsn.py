@@ -199,7 +199,7 @@ class NCSN(nn.Module):
         """The index i of each sigma in ``self.sigmas`` (relative tolerance 1e-4): a float, (1,) or (n,) with n
         dividing ``batch`` -> (batch,) long."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device).reshape(-1)
-        sigma = match_batch("NCSN.score(x, sigma)", sigma, batch)  # See NOTE [conditioning follows ...] in spec
+        sigma = match_batch("NCSN.score(x, sigma)", sigma, batch)  # See NOTE [point-major stacked batch] in fdsm.fd
         gap = (sigma[:, None] / self.sigmas[None, :] - 1).abs()  # (B, L)
         nearest = gap.min(1)
         if (nearest.values > 1e-4).any():

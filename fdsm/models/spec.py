@@ -92,11 +92,10 @@ def check_event(owner: str, x: torch.Tensor, event_shape: tuple[int, ...]) -> No
 
 
 def match_batch(owner: str, cond: torch.Tensor, batch: int) -> torch.Tensor:
-    """A conditioning input ``cond`` (n, ...) for a batch of ``batch`` rows, repeated when batch = k n.
+    """A conditioning input ``cond`` (n, ...) for a batch of ``batch`` rows, tiled k times when batch = k n: a
+    batched FD forward stacks k perturbed copies of the n rows (NCSN's sigma, the VAE score net's x).
 
-    NOTE [conditioning follows concatenated batches]: a batched finite-difference forward concatenates the
-    perturbed copies of x along the batch axis (k = 2 or 3 copies), so a conditioning input given for the original
-    B rows (NCSN's sigma, the VAE score net's x) is repeated k times, as the paper's code does with cat([y, y]).
+    See NOTE [point-major stacked batch] in fdsm.fd.
     """
     n = cond.shape[0]
     if n == batch:

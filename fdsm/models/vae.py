@@ -197,7 +197,8 @@ class LatentScoreNet(nn.Module):
             raise ValueError(f"LatentScoreNet.score(z, x): this score net {need}")
         if x is not None:
             check_event("LatentScoreNet.score(z, x)", x, self.config.data_shape)
-            x = match_batch("LatentScoreNet.score(z, x)", x, z.shape[0])  # See NOTE [conditioning follows ...]
+            # See NOTE [point-major stacked batch] in fdsm.fd
+            x = match_batch("LatentScoreNet.score(z, x)", x, z.shape[0])
         if self.config.dataset == "mnist":
             return self.net(z if x is None else torch.cat([x, z], dim=1))  # (B, [784 +] z_dim) -> (B, z_dim)
         return self.net(z, x)

@@ -6,8 +6,8 @@ Every sample b has its own noise level :math:`\sigma_b` (a (B,) tensor), :math:`
 
 NCSN (notes section 1.4; Song & Ermon 2019), weight :math:`\sigma_b^2` (``anneal_power`` 2), levels
 ``ncsn_sigmas()``: geometric from 1 to 0.01, L = 10, one level drawn per sample (``draw_levels``). The score network
-is called as ``score(x, cond)``, where ``cond`` (default: sigma itself) is repeated along the batch for the stacked
-FD forwards, so a network conditioned on a level index gets ``cond=labels``:
+is called as ``score(x, cond)``, where ``cond`` (default: sigma itself) follows the stacked FD forwards, so a
+network conditioned on a level index gets ``cond=labels`` (See NOTE [point-major stacked batch] in fdsm.fd):
 
 - ``annealed_dsm_loss``: :math:`\sigma^2 \|s(\tilde x) + (\tilde x - x)/\sigma^2\|^2 / d`.
 - ``annealed_ssmvr_loss``: :math:`\sigma^2 \cdot` SSMVR on :math:`\tilde x` (no denoising target), eq. (11).
@@ -58,7 +58,10 @@ def deep_ebm_sigmas(batch: int, low: float = 0.05, high: float = 1.2, *, dtype: 
 
 
 def _conditioned(score: CondScore, cond: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
-    """x -> score(x, cond), with cond (B, ...) repeated to match a stacked (S*B, *event) input, point-major."""
+    """x -> score(x, cond), with cond (B, ...) tiled to match a stacked (S*B, *event) input.
+
+    See NOTE [point-major stacked batch] in fdsm.fd.
+    """
 
     def f(inputs: Tensor) -> Tensor:
         repeats, rest = divmod(inputs.shape[0], batch)

@@ -37,7 +37,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from fdsm.constants import constant
+from kernels.constants import constant
 
 
 def horner(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:

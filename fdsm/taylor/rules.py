@@ -39,10 +39,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from fdsm.constants import constant
 from fdsm.registry import Registry
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in, primal_of
+from kernels.constants import constant
 
 aten = torch.ops.aten
 Rule = Callable[..., object]

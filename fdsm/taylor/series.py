@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fdsm import constants
+from kernels import constants
 
 
 def degree(u: Tensor) -> int:

@@ -12,47 +12,43 @@ dtype, with h*, the best measured step of each dtype, the 1% line and a slope-p 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench.cli import DTYPES, UsageError
-from bench.config import comma_ints, comma_words, configure
-from bench.csvlog import CsvLog
+from bench.config import DTYPES, Shared, UsageError, option, positive_int, some_of
 from bench.derivative_case import (
     CASE_KEYS,
     ERROR_COLUMNS,
     ProblemConfig,
-    add_problem_arguments,
     check_accuracies,
     measure_error,
     problem_columns,
 )
+from bench.experiment import Experiment
+from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
 from bench.plots import DTYPE_STYLE, failure_note, line_panel, save
 from bench.steps import default_step
-from bench.sweep import exit_status, run_sweep
-from bench.timing import fix_cpu_threads
-
-NAME = "eps-sweep"
-HELP = "FD error against the step |v|: T = 1..6, float64/float32/bfloat16, stencil accuracy 2 and 4"
 
 REQUIRED = ("model", "method", "order", "eps", "accuracy", "dtype", "rel_error", "status")  # DESIGN.md
-TRUSTWORTHY = 0.01  # the paper's "within 1%"
 
 
 @dataclass(frozen=True)
 class EpsSweepConfig(ProblemConfig):
-    batch: int = 8  # more points than the timing sweep: the median error is the product here
-    orders: tuple[int, ...] = (1, 2, 3, 4, 5, 6)  # all of Figure 2's, so that its steps can come from here
-    dtypes: tuple[str, ...] = ("float64", "float32", "bfloat16")
-    accuracies: tuple[int, ...] = (2, 4)  # p
-    eps_min: float = 1e-3
-    eps_max: float = 1e3
-    per_decade: int = 4  # grid points per factor of 10
+    # more points than the timing sweep: the median error is the product here
+    batch: int = option(8, "points per case", type=positive_int)
+    # all of Figure 2's orders, so that its steps can come from here
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T")
+    dtypes: tuple[str, ...] = option(("float64", "float32", "bfloat16"), "dtypes (the shared --dtype is not used)",
+                                     convert=some_of("--dtypes", DTYPES))
+    accuracies: tuple[int, ...] = option((2, 4), "stencil accuracies p")
+    eps_min: float = option(1e-3, "smallest step")
+    eps_max: float = option(1e3, "largest step")
+    per_decade: int = option(4, "grid points per factor of 10", type=positive_int)
     method: str = "fd-batched"
 
     def grid(self) -> list[float]:
@@ -63,29 +59,15 @@ class EpsSweepConfig(ProblemConfig):
 
 DEFAULT = EpsSweepConfig()
 # CI smoke test: a 2-channel deep EBM, two orders, two dtypes, one accuracy, one point per decade.
-QUICK = dataclasses.replace(DEFAULT, width=2, batch=2, orders=(1, 2), dtypes=("float64", "float32"),
+QUICK = dataclasses.replace(DEFAULT, n_chan=2, batch=2, orders=(1, 2), dtypes=("float64", "float32"),
                             accuracies=(2,), eps_min=1e-2, eps_max=1e2, per_decade=1)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_problem_arguments(parser)
-    g = parser.add_argument_group("sweep (the shared --dtype is not used: --dtypes lists the dtypes)")
-    g.add_argument("--orders", type=comma_ints, help="orders T (default: 1..6)")
-    g.add_argument("--dtypes", type=comma_words, help="dtypes (default: float64,float32,bfloat16)")
-    g.add_argument("--accuracies", type=comma_ints, help="stencil accuracies p (default: 2,4)")
-    g.add_argument("--eps-min", dest="eps_min", type=float, help="smallest step (default: 1e-3)")
-    g.add_argument("--eps-max", dest="eps_max", type=float, help="largest step (default: 1e3)")
-    g.add_argument("--per-decade", dest="per_decade", type=int, help="grid points per decade (default: 4)")
-
-
-def cases(config: EpsSweepConfig, args: argparse.Namespace) -> list[dict]:
-    unknown = sorted(set(config.dtypes) - set(DTYPES))
-    if unknown:
-        raise UsageError(f"--dtypes: unknown {unknown}; expected names from {sorted(DTYPES)}")
+def cases(config: EpsSweepConfig, shared: Shared) -> list[dict]:
     check_accuracies("--accuracies", config.accuracies)
     if not 0 < config.eps_min < config.eps_max:
         raise UsageError(f"--eps-min {config.eps_min} --eps-max {config.eps_max}: expected 0 < min < max")
-    problem = problem_columns(config, args)
+    problem = problem_columns(config, shared)
     return [{**problem, "method": config.method, "order": order, "accuracy": p, "eps": eps, "dtype": dtype}
             for order in config.orders for p in config.accuracies for dtype in config.dtypes
             for eps in config.grid()]
@@ -142,17 +124,40 @@ def eps_sweep_figure(rows: pd.DataFrame, title: str):
     return fig
 
 
-def run(args: argparse.Namespace) -> int:
-    config = configure(args, DEFAULT, QUICK)
-    threads = fix_cpu_threads(args.threads)
-    todo = cases(config, args)
-    log = CsvLog(args.out / "eps_sweep.csv", key_columns=CASE_KEYS, columns=(*REQUIRED, *ERROR_COLUMNS))
-    # No timing and no memory here, so the cases run in this process (errors still become rows).
-    rows = run_sweep(todo, measure_error, log, device=args.device, timeout_s=float("inf"), isolate=False,
-                     threads=threads, desc=NAME)
+def plot(rows: pd.DataFrame, path: Path) -> Path:
     first = rows.iloc[0]
-    title = (f"FD error vs step: {config.method} on {first.model} ({first['size']}, {first.weights} weights), "
+    title = (f"FD error vs step: {first.method} on {first.model} ({first['size']}, {first.weights} weights), "
              f"batch {first.batch}, median over the batch, {first.device_name}")
-    path = save(eps_sweep_figure(rows, title), args.out / "eps_sweep.png")
-    print(f"wrote {log.path} ({len(rows)} rows) and {path}")
-    return exit_status(rows, NAME)
+    return save(eps_sweep_figure(rows, title), path)
+
+
+def report(frame: pd.DataFrame, out: Path) -> str:
+    ok = ok_rows(frame).dropna(subset=["rel_error"])
+    best = ok.loc[ok.groupby(["dtype", "order", "accuracy"])["rel_error"].idxmin()]
+    best = best[["dtype", "order", "accuracy", "eps", "rel_error"]].rename(
+        columns={"eps": "best step eps", "rel_error": "smallest rel. error"})
+    return "\n".join([
+        "## Step size: where FD is trustworthy",
+        figure(out, "eps_sweep.png", "Relative error against the step |v|, per dtype and stencil accuracy; "
+                                     "the dashed lines mark the theoretical optimum step."),
+        "The step with the smallest error, per dtype, order and accuracy:\n",
+        table(best.sort_values(["dtype", "order", "accuracy"])),
+    ])
+
+
+EXPERIMENT = Experiment(
+    name="eps-sweep",
+    help="FD error against the step |v|: T = 1..6, float64/float32/bfloat16, stencil accuracy 2 and 4",
+    stem="eps_sweep",
+    keys=CASE_KEYS,
+    columns=(*REQUIRED, *ERROR_COLUMNS),
+    default=DEFAULT,
+    quick=QUICK,
+    cases=cases,
+    measure=measure_error,
+    plot=plot,
+    report=report,
+    axes=("dtype", "order", "accuracy", "eps"),
+    isolate=False,  # no timing and no memory: the cases run in this process (errors still become rows)
+    aliases={"width": "n_chan"},
+)

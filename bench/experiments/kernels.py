@@ -27,7 +27,6 @@ where the kernels cannot be timed (no CUDA device, or no Triton) every row is wr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
@@ -39,14 +38,8 @@ import torch
 from torch import Tensor
 
 import kernels
-from bench.cli import DTYPES, UsageError, dtype_name
-from bench.config import comma_words, configure
-from bench.csvlog import CsvLog
-from bench.isolation import CaseOutcome
-from bench.sweep import outcome_row, run_sweep
-
-NAME = "kernels"
-HELP = "Fused Triton kernels against their torch references: do_bench time and GB/s against a device copy"
+from bench.config import DTYPES, Shared, option, some_of
+from bench.experiment import Experiment
 
 KEYS = ("kernel", "impl", "pass", "size_mb", "dtype", "device", "seed")
 COLUMNS = ("time_ms", "time_ms_q20", "time_ms_q80", "gb_per_s", "copy_gb_per_s", "frac_of_copy", "bytes_moved",
@@ -136,31 +129,16 @@ PASSES = ("fwd", "fwd+bwd")
 
 @dataclass(frozen=True)
 class KernelsConfig:
-    kernels: tuple[str, ...] = tuple(BENCHES)
-    sizes_mb: tuple[float, ...] = (1, 4, 16, 64, 256)  # MiB of forward inputs; 64 and up exceed the L2
-    warmup_ms: float = 25.0  # do_bench's warm-up budget per measurement
-    rep_ms: float = 100.0  # do_bench's timed budget per measurement
+    kernels: tuple[str, ...] = option(tuple(BENCHES), "kernels", convert=some_of("--kernels", BENCHES))
+    # MiB of forward inputs; 64 and up exceed the L2
+    sizes_mb: tuple[float, ...] = option((1.0, 4.0, 16.0, 64.0, 256.0), "input sizes in MiB")
+    warmup_ms: float = option(25.0, "do_bench's warm-up budget per measurement")
+    rep_ms: float = option(100.0, "do_bench's timed budget per measurement (--repeats does not apply: do_bench "
+                           "repeats by time)")
 
 
 DEFAULT = KernelsConfig()
-QUICK = dataclasses.replace(DEFAULT, sizes_mb=(4, 64), rep_ms=50.0)
-
-
-def _comma_floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,64,256, got {text!r}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("kernels")
-    g.add_argument("--kernels", type=comma_words, help=f"kernels (default: {', '.join(DEFAULT.kernels)})")
-    g.add_argument("--sizes-mb", dest="sizes_mb", type=_comma_floats,
-                   help="input sizes in MiB (default: 1,4,16,64,256; --quick: 4,64)")
-    g.add_argument("--warmup-ms", dest="warmup_ms", type=float, help="do_bench warm-up budget (default: 25)")
-    g.add_argument("--rep-ms", dest="rep_ms", type=float,
-                   help="do_bench timed budget (default: 100); --repeats does not apply: do_bench repeats by time")
+QUICK = dataclasses.replace(DEFAULT, sizes_mb=(4.0, 64.0), rep_ms=50.0)
 
 
 # ---- one measurement ------------------------------------------------------------------------------------------
@@ -175,20 +153,21 @@ def unsupported_reason(device: torch.device) -> str | None:
     return None
 
 
-def _do_bench(fn: Callable[[], object], config: KernelsConfig, grad_to_none: list[Tensor] | None) -> list[float]:
-    """``triton.testing.do_bench`` quantiles (ms), in the order of ``QUANTILES``."""
+def _do_bench(fn: Callable[[], object], budget: tuple[float, float], grad_to_none: list[Tensor] | None
+              ) -> list[float]:
+    """``triton.testing.do_bench`` quantiles (ms), in the order of ``QUANTILES``; budget: (warm-up, timed) ms."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=config.warmup_ms, rep=config.rep_ms, grad_to_none=grad_to_none,
+    return triton.testing.do_bench(fn, warmup=budget[0], rep=budget[1], grad_to_none=grad_to_none,
                                    quantiles=list(QUANTILES))
 
 
 @functools.cache
-def _copy_timing(size: int, device: str, config: KernelsConfig) -> tuple[float, ...]:
+def _copy_timing(size: int, device: str, budget: tuple[float, float]) -> tuple[float, ...]:
     """do_bench quantiles of a device-to-device copy of ``size`` bytes (once per size, shared by its rows)."""
     src = torch.empty(size, dtype=torch.uint8, device=device).random_(0, 256)
     dst = torch.empty_like(src)
-    return tuple(_do_bench(lambda: dst.copy_(src), config, None))
+    return tuple(_do_bench(lambda: dst.copy_(src), budget, None))
 
 
 def _rel_error(actual: list[Tensor], expected: list[Tensor]) -> float:
@@ -204,11 +183,14 @@ def _outputs(bench: KernelBench, inputs: list[Tensor], kwargs: dict, impl: str, 
     return [out.detach(), *torch.autograd.grad(out, leaves[:bench.n_grad], upstream)]
 
 
-def measure(case: Mapping[str, Any], config: KernelsConfig) -> dict[str, Any]:
-    """One row: time, bandwidth and accuracy of one (kernel, impl, pass, size) on CUDA."""
+def measure(case: Mapping[str, Any]) -> dict[str, Any]:
+    """One row: time, bandwidth and accuracy of one (kernel, impl, pass, size) on CUDA, or why it cannot run."""
     device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
+    if (reason := unsupported_reason(device)) is not None:
+        return {"status": "unsupported", "message": reason}
     size = int(float(case["size_mb"]) * MIB)
-    copy = _copy_timing(size, str(device), config)
+    budget = (float(case["warmup_ms"]), float(case["rep_ms"]))
+    copy = _copy_timing(size, str(device), budget)
     copy_gb_per_s = 2 * size / (copy[0] * 1e6)
     if case["kernel"] == "copy":
         timing, moved, shape, rel_error = copy, 2 * size, f"({size},) uint8", 0.0
@@ -228,7 +210,7 @@ def measure(case: Mapping[str, Any], config: KernelsConfig) -> dict[str, Any]:
             if backward:
                 out.backward(upstream)
 
-        timing = _do_bench(fn, config, leaves[:bench.n_grad] if backward else None)
+        timing = _do_bench(fn, budget, leaves[:bench.n_grad] if backward else None)
         fwd_elems, bwd_elems = bench.traffic(inputs)
         moved = (fwd_elems + (bwd_elems if backward else 0)) * dtype.itemsize
         shape = " ".join(str(tuple(t.shape)) for t in inputs)
@@ -245,20 +227,18 @@ def measure(case: Mapping[str, Any], config: KernelsConfig) -> dict[str, Any]:
 
 # ---- the sweep and the summary ----------------------------------------------------------------------------------
 
-def cases(config: KernelsConfig, *, dtype: str, device: torch.device, seed: int) -> list[dict[str, Any]]:
-    unknown = sorted(set(config.kernels) - set(BENCHES))
-    if unknown:
-        raise UsageError(f"--kernels: unknown {unknown}; expected some of {list(BENCHES)}")
+def cases(config: KernelsConfig, shared: Shared) -> list[dict[str, Any]]:
     rows = []
     for size_mb in config.sizes_mb:
-        common = {"size_mb": size_mb, "dtype": dtype, "device": str(device), "seed": seed}
+        common = {"size_mb": size_mb, "dtype": shared.dtype_name, "device": str(shared.device), "seed": shared.seed,
+                  "warmup_ms": config.warmup_ms, "rep_ms": config.rep_ms}
         rows.append({"kernel": "copy", "impl": "torch", "pass": "fwd", **common})
         rows += [{"kernel": k, "impl": impl, "pass": p, **common}
                  for k in config.kernels for p in PASSES for impl in IMPLS]
     return rows
 
 
-def summary(rows: pd.DataFrame) -> pd.DataFrame:
+def bandwidth(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (kernel, pass, size, dtype, device): the fused GB/s and fraction of copy, and speed-up over torch."""
     ok = rows[(rows.status == "ok") & (rows.kernel != "copy")]
     wide = ok.pivot_table(index=["kernel", "pass", "size_mb", "dtype", "device"], columns="impl",
@@ -289,23 +269,25 @@ def targets(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    config = configure(args, DEFAULT, QUICK)
-    dtype = dtype_name(args.dtype)
-    todo = cases(config, dtype=dtype, device=args.device, seed=args.seed)
-    log = CsvLog(args.out / "kernels.csv", key_columns=KEYS, columns=COLUMNS)
-    reason = unsupported_reason(args.device)
-    if reason is not None:
-        for case in todo:
-            if not log.done(case):
-                log.append(outcome_row(case, CaseOutcome("unsupported", message=reason), args.device))
-        print(f"{NAME}: {len(todo)} rows unsupported here: {reason}")
-    else:
-        run_sweep(todo, functools.partial(measure, config=config), log, device=args.device, timeout_s=0,
-                  isolate=False, desc=NAME)
-        table = summary(log.frame)
-        if len(table):
-            print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-            print("\n".join(["", *targets(table)]))
-    print(f"\nwrote {log.path}")
-    return 0
+def summary(rows: pd.DataFrame) -> str:
+    table = bandwidth(rows)
+    if not len(table):
+        reasons = rows.loc[rows.status != "ok", "message"].dropna().unique()
+        return f"no kernel row ran ok{': ' + reasons[0] if len(reasons) else ''}"
+    return "\n".join([table.to_string(index=False, float_format=lambda v: f"{v:.3g}"), "", *targets(table)])
+
+
+EXPERIMENT = Experiment(
+    name="kernels",
+    help="Fused Triton kernels against their torch references: do_bench time and GB/s against a device copy",
+    stem="kernels",
+    keys=KEYS,
+    columns=COLUMNS,
+    default=DEFAULT,
+    quick=QUICK,
+    cases=cases,
+    measure=measure,
+    summary=summary,
+    isolate=False,  # do_bench times in this process, with CUDA events
+    in_main_job=False,  # it times nothing on a CPU; a GPU runner runs it beside the main job (tox -e gpu)
+)

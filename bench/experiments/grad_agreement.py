@@ -23,29 +23,25 @@ metadata) and ``grad_agreement.png`` (1 - cos against eps, log-log, a panel per 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from bench.cli import DTYPES
-from bench.config import comma_words, configure
-from bench.csvlog import CsvLog
+from bench.config import DTYPES, Shared, option, positive_int, some_of
+from bench.experiment import Experiment
+from bench.markdown import figure, ok_rows, table
 from bench.plots import finish
-from bench.sweep import run_sweep
-from bench.timing import fix_cpu_threads
 from fdsm import objectives as obj
 from fdsm.models import build
-
-NAME = "grad-agreement"
-HELP = "Lemma 2: cosine between FD and exact parameter gradients (FD-SSM vs SSM, FD-DSM vs DSM) against eps"
 
 KEYS = ("model", "pair", "eps", "dtype", "batch", "seed", "device")
 COLUMNS = ("cosine", "one_minus_cosine", "grad_norm_ratio", "status")
@@ -53,26 +49,21 @@ SIGMA = 0.1  # DSM noise level for the FD-DSM pair (NICE's sigma in table 3)
 MODEL_OVERRIDES = {"deep-ebm": {}, "nice": {}}
 
 
+PAIRS = ("fd-ssm/ssm", "fd-dsm/dsm")
+
+
 @dataclass(frozen=True)
 class GradAgreementConfig:
-    models: tuple[str, ...] = ("deep-ebm", "nice")
+    models: tuple[str, ...] = option(("deep-ebm", "nice"), "models", convert=some_of("--models", MODEL_OVERRIDES))
     eps_min_exp: float = -5.0  # eps grid: 10^min .. 10^max
     eps_max_exp: float = 0.0
-    eps_points: int = 11
-    dtypes: tuple[str, ...] = ("float32", "float64")
-    batch: int = 16
+    eps_points: int = option(11, "eps grid points, 10^-5 .. 1", type=positive_int)
+    dtypes: tuple[str, ...] = option(("float32", "float64"), "dtypes", convert=some_of("--dtypes", DTYPES))
+    batch: int = option(16, "points per batch", type=positive_int)
 
 
 DEFAULT = GradAgreementConfig()
 QUICK = dataclasses.replace(DEFAULT, models=("nice",), eps_min_exp=-3.0, eps_max_exp=-1.0, eps_points=3, batch=4)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("grad-agreement")
-    g.add_argument("--models", type=comma_words, help="models (default: deep-ebm, nice)")
-    g.add_argument("--dtypes", type=comma_words, help="dtypes (default: float32, float64)")
-    g.add_argument("--batch", type=int, help="batch (default: 16)")
-    g.add_argument("--eps-points", dest="eps_points", type=int, help="eps grid points, 1e-5 .. 1 (default: 11)")
 
 
 # ---- one measurement ------------------------------------------------------------------------------------------
@@ -127,7 +118,7 @@ def measure_cosine(case: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- the sweep and the figure ---------------------------------------------------------------------------------
 
-def plot(rows, path) -> None:
+def plot(rows: pd.DataFrame, path: Path) -> None:
     models = list(rows.model.drop_duplicates())
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False)
     styles = {"float64": "-", "float32": "--"}
@@ -149,17 +140,42 @@ def plot(rows, path) -> None:
     finish(fig, rows, ("model", "pair", "eps", "dtype"), path)
 
 
-def run(args: argparse.Namespace) -> int:
-    config = configure(args, DEFAULT, QUICK)
-    fix_cpu_threads()
+def cases(config: GradAgreementConfig, shared: Shared) -> list[dict[str, Any]]:
     grid = np.logspace(config.eps_min_exp, config.eps_max_exp, config.eps_points)
-    todo = [{"model": m, "pair": p, "eps": float(f"{e:.6g}"), "dtype": d, "batch": config.batch, "seed": args.seed,
-             "device": str(args.device)}
-            for m in config.models for p in ("fd-ssm/ssm", "fd-dsm/dsm") for d in config.dtypes for e in grid]
-    log = CsvLog(args.out / "grad_agreement.csv", key_columns=KEYS, columns=COLUMNS)
-    rows = run_sweep(todo, measure_cosine, log, device=args.device, timeout_s=600, isolate=False, desc=NAME)
-    plot(rows, args.out / "grad_agreement.png")
-    print(rows[["model", "pair", "dtype", "eps", "cosine", "grad_norm_ratio", "status"]]
-          .to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-    print(f"\nwrote {args.out / 'grad_agreement.csv'} and {args.out / 'grad_agreement.png'}")
-    return 0
+    return [{"model": m, "pair": p, "eps": float(f"{e:.6g}"), "dtype": d, "batch": config.batch, "seed": shared.seed,
+             "device": str(shared.device)}
+            for m in config.models for p in PAIRS for d in config.dtypes for e in grid]
+
+
+def summary(rows: pd.DataFrame) -> str:
+    return rows[["model", "pair", "dtype", "eps", "cosine", "grad_norm_ratio", "status"]].to_string(
+        index=False, float_format=lambda v: f"{v:.6g}")
+
+
+def report(frame: pd.DataFrame, out: Path) -> str:
+    ok = ok_rows(frame)
+    pivot = ok.pivot_table(index=["model", "pair", "dtype"], columns="eps", values="cosine").reset_index()
+    pivot.columns = [c if isinstance(c, str) else f"eps={c:g}" for c in pivot.columns]
+    return "\n".join([
+        "## Gradient agreement (Lemma 2): FD against exact parameter gradients",
+        figure(out, "grad_agreement.png", "Cosine between FD and exact parameter gradients against the step."),
+        table(pivot, floatfmt=".5f"),
+    ])
+
+
+EXPERIMENT = Experiment(
+    name="grad-agreement",
+    help="Lemma 2: cosine between FD and exact parameter gradients (FD-SSM vs SSM, FD-DSM vs DSM) against eps",
+    stem="grad_agreement",
+    keys=KEYS,
+    columns=COLUMNS,
+    default=DEFAULT,
+    quick=QUICK,
+    cases=cases,
+    measure=measure_cosine,
+    plot=plot,
+    summary=summary,
+    report=report,
+    axes=("model", "pair", "dtype", "eps"),
+    isolate=False,  # no timing and no memory: in this process
+)

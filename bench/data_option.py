@@ -1,0 +1,61 @@
+"""``--data NAME[:PATH]``: real training data on the command line, through ``fdsm.data``.
+
+``mnist:path/to/train-images-idx3-ubyte.gz`` reads that file with ``fdsm.data.load``; ``mnist`` alone (no path) is
+the embedded default of that kind. No option at all keeps each command's embedded default. A missing or corrupt
+file raises the loader's ``DataFormatError``, which the CLI prints as one line (exit status 2).
+
+Images are fitted to the model's input (C, H, W): resized by area averaging (bilinear when enlarging) and, between
+one and three channels, repeated or averaged. Tabular rows must already have the model's dimension.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.config import UsageError
+from fdsm.data import DATASETS, load
+
+
+def check_data(text: str | None) -> str | None:
+    """``convert`` hook of a ``--data`` option: the name must be a dataset and the path, if any, must exist."""
+    if text is None:
+        return None
+    name, _, path = text.partition(":")
+    if name not in DATASETS:
+        raise UsageError(f"--data {text}: unknown dataset {name!r}; expected NAME[:PATH] with NAME one of "
+                         f"{', '.join(DATASETS.names())}")
+    if path and not Path(path).is_file():
+        raise UsageError(f"--data {text}: no such file {path}")
+    return text
+
+
+def read_data(text: str) -> Tensor:
+    """The dataset of ``NAME[:PATH]``: (N, *event)."""
+    name, _, path = text.partition(":")
+    return load(name, path or None)
+
+
+def fit_to_event(data: Tensor, event_shape: tuple[int, ...], option: str = "--data") -> Tensor:
+    """``data`` (N, *shape) as the model's input (N, *event_shape); see the module docstring."""
+    if tuple(data.shape[1:]) == tuple(event_shape):
+        return data
+    if data.dim() == 4 and len(event_shape) == 3:
+        channels, height, width = event_shape
+        if data.shape[1] != channels:
+            if {data.shape[1], channels} != {1, 3}:
+                raise UsageError(f"{option}: images of {data.shape[1]} channels cannot feed a model of {channels}")
+            data = data.repeat(1, 3, 1, 1) if channels == 3 else data.mean(1, keepdim=True)  # (N, C, h, w)
+        shrink = height <= data.shape[2] and width <= data.shape[3]
+        return F.interpolate(data, size=(height, width), mode="area" if shrink else "bilinear")  # (N, C, H, W)
+    raise UsageError(f"{option}: rows of shape {tuple(data.shape[1:])} do not fit the model's input "
+                     f"{tuple(event_shape)}; tabular data must have the model's dimension")
+
+
+def sample_rows(data: Tensor, n: int, seed: int) -> Tensor:
+    """``n`` rows of ``data`` in a seeded order (all of them, shuffled, when it has fewer)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data[order[:n]]

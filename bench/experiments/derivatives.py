@@ -1,0 +1,221 @@
+r"""``fdsm-bench derivatives``: the Figure-2 experiment (paper section 3.3).
+
+For T = 1..6 and every derivative method this machine can run, the T-th directional derivative
+:math:`(v^\top\nabla_x)^T \log \tilde p_\theta(x)` of the deep EBM (Res18_Quadratic) is timed (median and IQR of
+``repeats`` calls after ``warmup``), its peak memory above the baseline is probed, and it is compared with the exact
+float64 reference. Each case runs in a worker process under a time budget (``bench.sweep``): exact methods grow
+exponentially with T, and a case past the budget gets a ``timeout`` row instead of stalling the sweep.
+
+Writes ``derivatives.csv`` (one row per method x order; re-running the same command skips the rows already there)
+and ``figure2.png`` (time, peak memory and relative error against T, one line per method, log y).
+
+The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
+best measured step of that sweep for the same model (size, n_chan), weights, dtype and accuracy
+(``bench.steps.best_steps``); else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``).
+The CSV records the step in ``eps`` and where it came from in ``eps_source``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+import fdsm
+from bench.config import Shared, UsageError, option
+from bench.derivative_case import (
+    CASE_KEYS,
+    ERROR_COLUMNS,
+    TIME_COLUMNS,
+    ProblemConfig,
+    check_accuracies,
+    derivative_call,
+    error_columns,
+    measure_derivative,
+    problem_columns,
+)
+from bench.experiment import Bench, Experiment
+from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
+from bench.memory import peak_memory
+from bench.plots import METHOD_STYLE, failure_note, line_panel, save
+from bench.steps import best_steps, default_step
+from fdsm.models import model_config
+
+# DESIGN.md's required columns of derivatives.csv; the case keys and the other measured columns follow them.
+REQUIRED = ("model", "method", "order", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb",
+            "rel_error", "status")
+FD_BASELINE = "fd-batched"  # the report's ratios: every exact method against the fastest general FD method
+
+
+def _methods(names: tuple[str, ...]) -> tuple[str, ...]:
+    for method in names:
+        try:
+            fdsm.METHODS.entry(method)  # an unknown name fails here, before any work
+        except ValueError as err:
+            raise UsageError(f"--methods: {err}") from err
+    return names
+
+
+@dataclass(frozen=True)
+class DerivativesConfig(ProblemConfig):
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3")
+    methods: tuple[str, ...] = option((), "derivative methods; one this machine cannot run gets an unsupported row",
+                                      convert=_methods, default_text=f"all of {', '.join(fdsm.METHODS.names())}")
+    accuracy: int = option(2, "FD stencil accuracy p")
+    eps: float | None = option(None, "FD step |v| for every order",
+                               default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps")
+    steps_from: Path | None = option(None, "an eps_sweep.csv of the same model and weights: its best step per order "
+                                     "(orders it lacks fall back to the default step)", default_text="none")
+    warmup: int = option(1, "untimed calls per case")
+    repeats: int = 7  # timed calls per case (the shared --repeats)
+    timeout_s: float = option(90.0, "seconds per case in the worker, reference and warm-up included",
+                              flag="--timeout")
+
+
+DEFAULT = DerivativesConfig()
+# CI smoke test: a 2-channel deep EBM, one point, three orders, two repeats.
+QUICK = dataclasses.replace(DEFAULT, n_chan=2, batch=1, orders=(1, 2, 3), repeats=2, timeout_s=60.0)
+
+
+def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
+    """Order-major, so that one order's reference serves all its methods while the worker holds it."""
+    # Every registered method: one this machine cannot run gets an `unsupported` row that says why.
+    methods = config.methods or tuple(fdsm.METHODS.names())
+    check_accuracies("--accuracy", [config.accuracy])
+    problem, dtype = problem_columns(config, shared), shared.dtype_name
+    steps = {order: (default_step(order, config.accuracy, shared.dtype), "default") for order in config.orders}
+    if config.steps_from is not None:
+        if not config.steps_from.is_file():
+            raise UsageError(f"--steps-from {config.steps_from}: no such file; run fdsm-bench eps-sweep first")
+        measured = best_steps(config.steps_from, problem, dtype=dtype, accuracy=config.accuracy)
+        steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if order in steps}
+    if config.eps is not None:
+        steps = {order: (config.eps, "--eps") for order in config.orders}
+    return [{**problem, "method": method, "order": order, "accuracy": config.accuracy, "eps": steps[order][0],
+             "eps_source": steps[order][1], "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
+            for order in config.orders for method in methods]
+
+
+def figure2(rows: pd.DataFrame, title: str):
+    """Three panels against T, one line per method, log y: time, peak memory, relative error."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    panels = (("time_ms", "time per call [ms]", "Time (median, bars: quartiles of repeats)", True),
+              ("peak_mem_mb", "peak memory above baseline [MiB]", "Peak memory", False),
+              ("rel_error", "relative error vs float64 exact", "Error (median over batch)", False))
+    for ax, (column, ylabel, name, quartiles) in zip(axes, panels, strict=True):
+        line_panel(ax, rows, x="order", y=column, line="method", styles=METHOD_STYLE, quartiles=quartiles)
+        ax.set(xlabel="order T", ylabel=ylabel, title=name, xticks=sorted(rows.order.unique()))
+    axes[2].axhline(0.01, color="grey", linestyle=":", linewidth=1)
+    axes[2].annotate("1% (the paper's bound)", (axes[2].get_xlim()[0], 0.01), xytext=(4, 3),
+                     textcoords="offset points", fontsize=8, color="grey")
+    axes[0].legend(title="method", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    note = failure_note(rows, ("method", "order"))
+    if note:
+        fig.text(0.01, -0.03, note, fontsize=8, color="#7f1d1d", wrap=True)
+    return fig
+
+
+def describe(rows: pd.DataFrame) -> str:
+    first = rows.iloc[0]
+    if first["size"] == "user":
+        model = f"{first.model} (a user's model)"
+    else:
+        n_chan = model_config(first.model, first["size"]).n_chan if pd.isna(first.n_chan) else int(first.n_chan)
+        model = f"{first.model} ({first['size']}, n_chan {n_chan}, {first.weights} weights)"
+    return (f"T-th directional derivative of log p, {model}, batch {first.batch}, {first['dtype']} on "
+            f"{first.device_name} ({first.threads} threads); FD step eps per row in the CSV")
+
+
+def plot(rows: pd.DataFrame, path: Path) -> Path:
+    return save(figure2(rows, describe(rows)), path)
+
+
+def report(frame: pd.DataFrame, out: Path) -> str:
+    ok = ok_rows(frame)
+    time = ok.pivot_table(index="order", columns="method", values="time_ms")
+    memory = ok.pivot_table(index="order", columns="method", values="peak_mem_mb")
+    error = ok.pivot_table(index="order", columns="method", values="rel_error")
+    rows = pd.DataFrame({"T": time.index})
+    for exact in ("exact-reverse", "exact-forward", "exact-taylor"):
+        if exact in time and FD_BASELINE in time:
+            rows[f"time {exact} / {FD_BASELINE}"] = (time[exact] / time[FD_BASELINE]).to_numpy()
+            rows[f"memory {exact} / {FD_BASELINE}"] = (memory[exact] / memory[FD_BASELINE]).to_numpy()
+    for method in error.columns:
+        if method.startswith("fd-") or method == "exact-taylor":  # FD's error beside the strongest exact method's
+            rows[f"rel. error {method}"] = error[method].to_numpy()
+    if "eps" in ok:
+        steps = ok[ok.method == FD_BASELINE].groupby("order")["eps"].first()
+        rows["FD step eps"] = steps.reindex(time.index).to_numpy()
+    inaccurate = [int(t) for t, e in error.get(FD_BASELINE, pd.Series(dtype=float)).items() if e > TRUSTWORTHY]
+    caveat = (f"\n**{FD_BASELINE} is more than {TRUSTWORTHY:.0%} off the exact value at T = "
+              f"{', '.join(map(str, inaccurate))}** in this dtype, even at the step used (see the step-size "
+              "section): FD is cheap there, but not accurate.\n" if inaccurate else "")
+    return "\n".join([
+        "## Figure 2: the T-th directional derivative, exact versus FD",
+        figure(out, "figure2.png", "Time, peak memory and error against the order T, one line per method (log y)."),
+        "Ratios of one run (above 1: FD is cheaper); error against the float64 exact reference. Taylor mode "
+        "(`exact-taylor`) is the strongest exact method: its ratio is FD's real advantage, at its error:\n",
+        table(rows),
+        caveat,
+        "\nTime per method [ms], median of repeats:\n",
+        table(time.reset_index()),
+    ])
+
+
+# The error each method must stay under in the pytest-benchmark suite (float32, its quick problem): "check what you
+# time", a fast wrong answer fails. Exact methods differ from the float64 reference by float32 rounding only; FD by
+# truncation + roundoff, which grows with T (see eps-sweep): at T >= 3 float32 FD is inherently inaccurate, so the
+# bound there only catches a wrong answer.
+EXACT_TOLERANCE = 1e-4
+
+
+def tolerance(method: str, order: int) -> float:
+    if not method.startswith("fd-"):
+        return EXACT_TOLERANCE
+    return 0.05 if order <= 2 else 0.5
+
+
+def benchmark(case: dict) -> Bench:
+    """One case as a pytest-benchmark target: the timed call, then memory, error and its check."""
+    if not (entry := fdsm.METHODS.entry(case["method"])).enabled:
+        raise NotImplementedError(f"{case['method']}: {entry.reason}")
+    call, d_ref = derivative_call(case)
+
+    def finish(d: torch.Tensor) -> dict:
+        memory = peak_memory(call, torch.device(case["device"]))
+        errors = error_columns(case, d, d_ref)
+        bound = tolerance(case["method"], int(case["order"]))
+        wrong = not errors["rel_error"] <= bound
+        outcome = ({"status": "error", "message": f"rel_error {errors['rel_error']:.3g} is above this method's "
+                                                  f"tolerance {bound:g} at T = {case['order']}: a wrong answer"}
+                   if wrong else {"status": "ok"})
+        return {"peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
+                "nvml_used_mb": memory.nvml_used_mb, **errors, **outcome}
+
+    return Bench(call=call, finish=finish)
+
+
+EXPERIMENT = Experiment(
+    name="derivatives",
+    help="Figure 2: time, peak memory and error of the T-th directional derivative, exact vs FD, T = 1..6",
+    stem="derivatives",
+    png="figure2.png",
+    keys=CASE_KEYS,
+    columns=(*REQUIRED, *TIME_COLUMNS, *ERROR_COLUMNS),
+    default=DEFAULT,
+    quick=QUICK,
+    cases=cases,
+    measure=measure_derivative,
+    plot=plot,
+    report=report,
+    axes=("method", "order", "eps"),  # the step is chosen per order (and per method with --steps-from)
+    # a derivatives run's step may come from its eps-sweep, which can move between runs: not a key to compare on
+    compare_keys=tuple(k for k in CASE_KEYS if k != "eps"),
+    benchmark=benchmark,
+    aliases={"width": "n_chan"},
+)

@@ -1,0 +1,163 @@
+"""The harness as declarations: every option comes from a config dataclass, the commands do not import each other,
+a user's own model and data run through the commands, and the committed results still load."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import gzip
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import build_parser, commands, main
+from bench.config import SHARED_OPTIONS, Shared, options_of
+from bench.csvlog import rows_from_pytest_benchmark
+from bench.experiments import EXPERIMENTS
+from bench.report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+USER_MODEL = f"{REPO / 'examples' / 'user_model.py'}:make_model"
+USER_SCORE = f"{REPO / 'examples' / 'user_model.py'}:make_score_model"
+
+
+def _subparsers() -> dict:
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", commands(), ids=lambda c: c.name)
+def test_every_option_of_a_command_is_a_field_of_its_config_or_a_shared_one(command):
+    parser = _subparsers()[command.name]
+    dests = {a.dest for a in parser._actions if a.dest not in ("help", "command_object")}
+    fields = {f.name for f in options_of(type(command.default))} | set(SHARED_OPTIONS)
+    assert dests == fields
+
+
+def test_a_default_is_written_once_and_shown_in_the_help():
+    help_text = _subparsers()["derivatives"].format_help()
+    assert "(default: 1,2,3,4,5,6; --quick: 1,2,3)" in " ".join(help_text.split())
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names
+
+
+def test_no_command_imports_another_and_only_the_entry_point_imports_the_cli():
+    command_modules = {f"bench.commands.{p.stem}" for p in (REPO / "bench" / "commands").glob("*.py")
+                       if p.stem != "__init__"}
+    for path in (REPO / "bench" / "commands").glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        others = _imports(path) & (command_modules - {f"bench.commands.{path.stem}"})
+        assert not others, f"{path.name} imports {others}"
+    importers = [p.relative_to(REPO).as_posix() for p in (REPO / "bench").rglob("*.py")
+                 if "bench.cli" in _imports(p)]
+    assert importers == ["bench/__main__.py"]
+
+
+def test_width_stays_an_alias_of_n_chan():
+    args = build_parser().parse_args(["derivatives", "--width", "3"])
+    assert args.n_chan == 3
+
+
+def test_a_users_model_from_a_file_runs_through_derivatives(tmp_path):
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path), "--model", USER_MODEL,
+                 "--methods", "exact-reverse,exact-taylor,fd-batched", "--orders", "1,2"]) == 0
+    rows = pd.read_csv(tmp_path / "derivatives.csv")
+    assert set(rows.model) == {USER_MODEL} and set(rows["size"]) == {"user"} and (rows.status == "ok").all()
+    exact = rows[rows.method == "exact-taylor"]
+    assert (exact.rel_error < 1e-4).all()  # Taylor mode through the user's network, against float64 reverse mode
+
+
+def test_a_users_model_and_score_model_run_through_train_steps(tmp_path):
+    for spec, objectives in ((USER_MODEL, "SSM,FD-SSM"), (USER_SCORE, "SSMVR,FD-SSMVR")):
+        assert main(["train-steps", "--quick", "--device", "cpu", "--out", str(tmp_path), "--models", spec,
+                     "--objectives", objectives, "--batch", "8"]) == 0
+    rows = pd.read_csv(tmp_path / "train_steps.csv")
+    assert len(rows) == 4 and (rows.status == "ok").all(), rows.message.tolist()
+    assert (rows.time_ms > 0).all() and (rows.lr == 1e-3).all() and set(rows.batch) == {8}
+    fd = rows[rows.objective.str.startswith("FD")]
+    assert fd.speedup.notna().all() and set(fd.versus) == {"SSM", "SSMVR"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["derivatives", "--model", "no/such/file.py:make"], "--model no/such/file.py:make: no such file"),
+    (["derivatives", "--model", USER_SCORE], "a score model has no log-density"),
+    (["derivatives", "--model", "resnet"], "--model resnet: not a registered model"),
+    (["fit", "--data", "mnist:no/such.gz"], "--data mnist:no/such.gz: no such file"),
+    (["fit", "--data", "imagenet"], "--data imagenet: unknown dataset 'imagenet'"),
+])
+def test_a_bad_model_or_data_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
+    assert main([*argv, "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def _idx_images(path: Path, images: np.ndarray) -> None:
+    """An IDX3 file of unsigned bytes (the MNIST format): magic 0x0803, three big-endian sizes, the pixels."""
+    with gzip.open(path, "wb") as handle:
+        handle.write(struct.pack(">IIII", 0x0803, *images.shape) + images.astype(np.uint8).tobytes())
+
+
+def test_fit_trains_on_an_idx_file_and_refuses_a_corrupt_one(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "train-images-idx3-ubyte.gz"
+    _idx_images(good, rng.integers(0, 256, size=(80, 28, 28)))
+    out = tmp_path / "out"
+    assert main(["fit", "--quick", "--device", "cpu", "--out", str(out), "--data", f"mnist:{good}",
+                 "--samples", "64"]) == 0
+    note = (out / "checkpoints" / "deep-ebm-DSM.json").read_text()
+    assert f"mnist:{good}, 64 rows fitted to (1, 32, 32)" in note
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as handle:
+        handle.write(b"not an idx file")
+    capsys.readouterr()
+    assert main(["fit", "--quick", "--device", "cpu", "--out", str(tmp_path / "bad"), "--data", f"mnist:{bad}"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_benchmark_json_holds_training_step_rows_as_well_as_derivative_rows(tmp_path):
+    json_path = tmp_path / "out.json"
+    subprocess.run([sys.executable, "-m", "pytest", "bench/test_experiments.py", "-q", "-p", "no:cacheprovider",
+                    "-k", "FD-SSM or (fd-batched and T1)", f"--benchmark-json={json_path}"], cwd=REPO, check=True,
+                   capture_output=True)
+    rows = pd.DataFrame(rows_from_pytest_benchmark(json_path))
+    assert set(rows.experiment) == {"derivatives", "train_steps"} and (rows.status == "ok").all()
+    steps = rows[rows.experiment == "train_steps"]
+    assert list(steps.objective) == ["FD-SSM"] and (steps.time_ms > 0).all() and steps.loss.notna().all()
+
+
+def test_the_committed_cpu_results_still_load_in_report(tmp_path):
+    for experiment in EXPERIMENTS:
+        if (REPO / "results" / "cpu" / experiment.csv).is_file():
+            shutil.copy(REPO / "results" / "cpu" / experiment.csv, tmp_path)
+    report = write_report(tmp_path, Shared().device, "test", {}, elapsed_s=0).read_text()
+    assert "Could not summarize" not in report
+    assert "time exact-reverse / fd-batched" in report and "speed-up (median)" in report
+
+
+def test_a_new_experiment_is_a_declaration_the_cli_picks_up(monkeypatch, tmp_path):
+    import bench.cli
+    from bench.experiments import derivatives
+
+    toy = dataclasses.replace(derivatives.EXPERIMENT, name="toy-derivatives", stem="toy")
+    monkeypatch.setattr(bench.cli, "EXPERIMENTS", (*EXPERIMENTS, toy))
+    assert main(["toy-derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path), "--methods", "fd-batched",
+                 "--orders", "1"]) == 0
+    assert (tmp_path / "toy.csv").is_file()

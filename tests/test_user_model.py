@@ -1,0 +1,383 @@
+"""Bring your own model: the contract (``fdsm.models.user``) and the command-line loader (``bench.user_model``).
+
+Closed forms: the standard Gaussian has log p(x) = -|x|^2 / 2 (+ const) and score s(x) = -x, whichever interface
+gives it (a log-density, the energy |x|^2 / 2, or the score itself). Values are compared in float64, where these
+are exact up to rounding, so the default float64 tolerances of ``assert_close`` apply.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench.config import UsageError
+from bench.user_model import build_user_model, is_user_model, load_factory, parse_event_shape
+from fdsm.models import INTERFACES, UserModel, UserModelError, check_user_model
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "user_model.py"
+EVENT = (2, 3)  # a rank-2 event, so that nothing assumes (B, d)
+
+
+# ---- toy modules -------------------------------------------------------------------------------------------------
+
+
+class GaussianLogDensity(nn.Module):
+    """log p(x) = -|x|^2 / 2, the default interface."""
+
+    event_shape = EVENT
+
+    def forward(self, x):  # (B, 2, 3) -> (B,)
+        return -0.5 * x.pow(2).flatten(1).sum(1)
+
+
+class GaussianEnergy(nn.Module):
+    interface = "energy"
+    event_shape = EVENT
+
+    def forward(self, x):  # E(x) = |x|^2 / 2
+        return 0.5 * x.pow(2).flatten(1).sum(1)
+
+
+class GaussianScore(nn.Module):
+    interface = "score"
+    event_shape = EVENT
+
+    def forward(self, x):  # s(x) = -x
+        return -x
+
+
+class Returns(nn.Module):
+    """forward returns ``make(x)``; event (3,), any interface."""
+
+    event_shape = (3,)
+
+    def __init__(self, make, interface="log-density"):
+        super().__init__()
+        self.make, self.interface = make, interface
+
+    def forward(self, x):
+        return self.make(x)
+
+
+def _x(*shape, requires_grad=False) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+                       requires_grad=requires_grad)
+
+
+# ---- the contract: interfaces against the closed forms -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [GaussianLogDensity(), GaussianEnergy(), GaussianScore()],
+                         ids=lambda m: type(m).__name__)
+def test_each_interface_gives_the_gaussian_score(module):
+    model = UserModel(module)
+    x = _x(5, *EVENT)
+    assert model.event_shape == EVENT and model.interface in INTERFACES
+    s = model.score(x)
+    assert s.shape == (5, *EVENT)
+    torch.testing.assert_close(s, -x)
+    if model.interface == "score":
+        torch.testing.assert_close(model(x), -x)
+    else:
+        torch.testing.assert_close(model.log_density(x), -0.5 * x.pow(2).flatten(1).sum(1))
+        torch.testing.assert_close(model(x), model.log_density(x))
+
+
+def test_score_of_a_log_density_keeps_the_graph_for_higher_derivatives():
+    """v . grad_x (v . s(x)) = v^T H v = -|v|^2 per sample for the standard Gaussian."""
+    model = UserModel(GaussianEnergy())
+    x, v = _x(4, *EVENT, requires_grad=True), _x(4, *EVENT).flip(0)
+    s = model.score(x)
+    assert s.requires_grad
+    (hv,) = torch.autograd.grad((s * v).sum(), x)
+    torch.testing.assert_close((hv * v).flatten(1).sum(1), -v.pow(2).flatten(1).sum(1))
+    with torch.no_grad():
+        assert not model.score(x).requires_grad  # detached under no_grad, as exact_reverse does
+
+
+def test_a_log_density_that_ignores_x_has_zero_score():
+    model = UserModel(Returns(lambda x: torch.zeros(len(x), dtype=x.dtype)))
+    torch.testing.assert_close(model.score(_x(2, 3)), torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_score_model_has_no_log_density():
+    with pytest.raises(UserModelError, match=r"UserModel\(GaussianScore\)\.log_density: a 'score' model .*score"):
+        UserModel(GaussianScore()).log_density(_x(2, *EVENT))
+
+
+def test_interface_spellings_and_unknown_interface():
+    assert UserModel(Returns(lambda x: -x.sum(1), interface="log_density")).interface == "log-density"
+    with pytest.raises(UserModelError, match=r"UserModel\(Returns\): interface must be one of .* got 'density'"):
+        UserModel(Returns(lambda x: x, interface="density"))
+
+
+def test_the_module_is_a_submodule():
+    linear = nn.Linear(3, 1)
+    net = nn.Sequential(linear, nn.Flatten(0))  # (B, 3) -> (B, 1) -> (B,)
+    net.event_shape = (3,)  # an instance attribute declares it too
+    model = UserModel(net)
+    assert [p is q for p, q in zip(model.parameters(), linear.parameters(), strict=True)] == [True, True]
+    assert set(model.state_dict()) == {"module.0.weight", "module.0.bias"}
+    assert model.to(torch.float64).module[0].weight.dtype == torch.float64
+    assert model.log_density(_x(4, 3)).shape == (4,)
+
+
+def test_checks_x_and_the_output_shape_on_every_call():
+    model = UserModel(Returns(lambda x: x.sum(1, keepdim=True)))
+    with pytest.raises(ValueError, match=r"UserModel\(Returns\)\.log_density: expected x of shape \(B, 3\), got"):
+        model.log_density(_x(4, 5))
+    with pytest.raises(UserModelError, match=r"expected forward\(x\) of shape \(4,\) .* got \(4, 1\)"):
+        model.log_density(_x(4, 3))
+
+
+# ---- the contract: event shape -----------------------------------------------------------------------------------
+
+
+class NoShape(nn.Module):
+    def forward(self, x):
+        return -x.pow(2).flatten(1).sum(1)
+
+
+class ShapeProperty(NoShape):
+    @property
+    def event_shape(self):  # as the built-in models declare it (config.event_shape)
+        return torch.Size([4])
+
+
+def test_event_shape_from_argument_attribute_or_property():
+    assert UserModel(NoShape(), event_shape=[1, 4, 4]).event_shape == (1, 4, 4)
+    assert UserModel(NoShape(), event_shape=7).event_shape == (7,)
+    assert UserModel(ShapeProperty()).event_shape == (4,)
+    assert UserModel(ShapeProperty(), event_shape=(4,)).event_shape == (4,)
+
+
+def test_missing_or_bad_event_shape_is_an_error():
+    with pytest.raises(UserModelError, match=r"UserModel\(NoShape\): the event shape is unknown; .*--event-shape"):
+        UserModel(NoShape())
+    with pytest.raises(UserModelError, match=r"declares event_shape \(4,\) but \(5,\) was passed"):
+        UserModel(ShapeProperty(), event_shape=(5,))
+    for bad in [(), (0,), (2.5,), "16", (True,)]:
+        with pytest.raises(UserModelError, match="event_shape must be a non-empty tuple of positive ints"):
+            UserModel(NoShape(), event_shape=bad)
+    with pytest.raises(TypeError, match=r"UserModel\(module\): expected a torch.nn.Module, got type function"):
+        UserModel(lambda x: x)
+
+
+# ---- check_user_model --------------------------------------------------------------------------------------------
+
+
+def _check_error(make, interface="log-density") -> str:
+    with pytest.raises(UserModelError) as info:
+        check_user_model(UserModel(Returns(make, interface)))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("check_user_model(Returns): ")
+    return message
+
+
+def _raise(x):
+    raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 8x32)\nsecond line")
+
+
+def test_check_user_model_errors_are_one_line():
+    assert _check_error(lambda x: x.sum(1, keepdim=True)) == (
+        "check_user_model(Returns): expected forward(x) of shape (2,) for interface 'log-density', got (2, 1); "
+        "a log-density model maps (B, *event) to (B,)")
+    assert "expected forward(x) of shape (2, 3) for interface 'score', got (2,); a score model maps" in _check_error(
+        lambda x: x.sum(1), "score")
+    assert "for interface 'energy'" in _check_error(lambda x: x, "energy")
+    assert "got a value of type tuple" in _check_error(lambda x: (x.sum(1),))
+    assert "forward(x) gave 2 non-finite value(s) (nan or inf) of 2" in _check_error(lambda x: x.sum(1) / 0)
+    assert ("forward(x) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 8x32) on x of "
+            "shape (2, 3)") in _check_error(_raise)
+    assert "not differentiable in x" in _check_error(lambda x: x.sum(1).detach())
+
+
+def test_check_user_model_passes_good_models_and_leaves_the_rng_alone():
+    models = [UserModel(GaussianLogDensity()), UserModel(GaussianEnergy()), UserModel(GaussianScore()),
+              UserModel(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), event_shape=(3,)),
+              UserModel(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)).double(), event_shape=(3,))]  # float64 probe
+    state = torch.get_rng_state()
+    for model in models:
+        check_user_model(model, batch=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(TypeError, match="expected a UserModel"):
+        check_user_model(GaussianEnergy())
+
+
+def test_user_model_error_pickles():
+    err = pickle.loads(pickle.dumps(UserModelError("owner(X)", "what is wrong")))
+    assert (str(err), err.detail, err.owner) == ("owner(X): what is wrong", "what is wrong", "owner(X)")
+
+
+# ---- the loader --------------------------------------------------------------------------------------------------
+
+GOOD_FILE = """
+    import torch
+    from torch import nn
+
+    SIZE = 3
+
+    class Quadratic(nn.Module):
+        interface = "energy"
+        event_shape = (SIZE,)
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return 0.5 * self.scale * x.pow(2).sum(1)
+
+    def make():
+        return Quadratic()
+
+    class Builder:
+        @staticmethod
+        def make():
+            return Quadratic()
+
+    def make_no_shape():
+        return nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+
+    def make_bad_shape():
+        return nn.Linear(3, 1)
+
+    def make_list():
+        return [Quadratic()]
+
+    def make_raises():
+        raise KeyError("no config")
+
+    def needs_argument(width):
+        return nn.Linear(width, 1)
+"""
+
+
+def _write(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def good_file(tmp_path) -> Path:
+    return _write(tmp_path, "my_models.py", GOOD_FILE)
+
+
+@pytest.fixture
+def good_module(tmp_path, monkeypatch) -> str:
+    """The name of an importable module (on sys.path for this test) holding GOOD_FILE."""
+    name = f"fdsm_test_user_{uuid.uuid4().hex[:8]}"
+    _write(tmp_path, f"{name}.py", GOOD_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_is_user_model():
+    assert is_user_model("pkg.mod:make") and is_user_model("path/file.py:make")
+    assert not is_user_model("mlp-ebm")
+
+
+def test_load_factory_by_module_path(good_module):
+    factory = load_factory(f"{good_module}:make")
+    assert factory.__module__ == good_module and factory() is not factory()
+    assert load_factory(f"{good_module}:make") is factory  # cached
+    assert isinstance(load_factory(f"{good_module}:Builder.make")(), nn.Module)
+
+
+def test_load_factory_by_file_path_derives_the_module_name_from_the_path(good_file):
+    spec = f"{good_file}:make"
+    factory = load_factory(spec)
+    assert factory.__module__.startswith("fdsm_user_my_models_") and sys.modules[factory.__module__].make is factory
+    load_factory.cache_clear()
+    assert load_factory(spec) is factory  # the same name again, as a spawned worker derives it
+    model = build_user_model(spec)
+    clone = pickle.loads(pickle.dumps(model))  # the class is importable by its derived module name
+    assert type(clone.module) is type(model.module) and clone.interface == "energy"
+
+
+def test_build_user_model(good_file):
+    model = build_user_model(f"{good_file}:make")
+    assert isinstance(model, UserModel) and (model.interface, model.event_shape) == ("energy", (3,))
+    assert [name for name, _ in model.named_parameters()] == ["module.scale"]
+    x = _x(4, 3)
+    torch.testing.assert_close(model.to(torch.float64).score(x), -x)
+    assert build_user_model(f"{good_file}:make") is not model  # fresh parameters on every build
+    assert build_user_model(f"{good_file}:make_no_shape", event_shape=(3,)).event_shape == (3,)
+
+
+def _usage_error(spec: str, event_shape=None) -> str:
+    with pytest.raises(UsageError) as info:
+        build_user_model(spec, event_shape)
+    message = str(info.value)
+    assert message.startswith(f"--model {spec}: ") and "\n" not in message
+    return message
+
+
+def test_loader_errors_are_one_line_usage_errors(tmp_path, good_file, good_module):
+    broken = _write(tmp_path, "broken.py", "raise ValueError('boom\\nmore')\n")
+    exits = _write(tmp_path, "exits.py", "import sys\nsys.exit(3)\n")
+    missing_dependency = _write(tmp_path, "needs_dep.py", "import fdsm_no_such_dependency\n")
+    not_python = _write(tmp_path, "model.txt", "")
+    cases = {
+        f"{good_file}:": "expected package.module:factory or path/to/file.py:factory",
+        ":make": "expected package.module:factory",
+        f"{tmp_path}/absent.py:make": "no such file",
+        f"{not_python}:make": "is not a Python file",
+        f"{broken}:make": "importing .*broken.py raised ValueError: boom$",
+        f"{exits}:make": "raised SystemExit: 3",
+        f"{missing_dependency}:make": "raised ModuleNotFoundError: No module named 'fdsm_no_such_dependency'",
+        "fdsm_no_such_module.sub:make": "no module named 'fdsm_no_such_module'; is it installed or on PYTHONPATH",
+        f"{good_module}:mkae": "has no attribute 'mkae'; its callables: Builder, Quadratic, make, make_bad_shape",
+        f"{good_file}:SIZE": "my_models.py's SIZE is not callable \\(type int\\)",
+        f"{good_file}:make_raises": "make_raises\\(\\) raised KeyError: 'no config'; the factory is called with no",
+        f"{good_file}:needs_argument": "needs_argument\\(\\) raised TypeError: .*width",
+        f"{good_file}:make_list": "make_list\\(\\) returned a value of type list, expected a torch.nn.Module",
+        f"{good_file}:make_no_shape": "the event shape is unknown; .*--event-shape",
+        f"{good_file}:make_bad_shape": "the event shape is unknown",
+    }
+    for spec, pattern in cases.items():
+        message = _usage_error(spec)
+        assert "--model" in message and spec in message
+        assert re.search(pattern, message), (spec, message)
+    assert _usage_error(f"{good_file}:make_bad_shape", (3,)) == (
+        f"--model {good_file}:make_bad_shape: expected forward(x) of shape (2,) for interface 'log-density', got "
+        "(2, 1); a log-density model maps (B, *event) to (B,)")
+
+
+def test_a_module_spec_naming_a_file_here_suggests_the_file_spec(tmp_path, monkeypatch):
+    name = f"fdsm_local_{uuid.uuid4().hex[:8]}"
+    _write(tmp_path, f"{name}.py", GOOD_FILE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert f"exists but the current directory is not on sys.path: pass --model {name}.py:make" in _usage_error(
+        f"{name}:make")
+
+
+def test_parse_event_shape():
+    assert parse_event_shape("1,28,28") == (1, 28, 28)
+    assert parse_event_shape(" 16 ") == (16,)
+    assert parse_event_shape("(3, 4)") == (3, 4) and parse_event_shape("16,") == (16,)
+    for bad in ["", "a", "1,,2", "0", "1,-2", "1.5"]:
+        with pytest.raises(UsageError, match=f"--event-shape {bad}: expected positive integers separated by"):
+            parse_event_shape(bad)
+
+
+# ---- the example file --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("factory", "interface"), [("make_model", "energy"), ("make_score_model", "score")])
+def test_example_factories_pass_the_check(factory, interface):
+    model = build_user_model(f"{EXAMPLE}:{factory}")
+    assert (model.interface, model.event_shape) == (interface, (16,))
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    assert model.score(x).shape == (3, 16) and sum(p.numel() for p in model.parameters()) < 2000
