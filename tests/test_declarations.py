@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import gzip
+import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -161,3 +163,35 @@ def test_a_new_experiment_is_a_declaration_the_cli_picks_up(monkeypatch, tmp_pat
     assert main(["toy-derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path), "--methods", "fd-batched",
                  "--orders", "1"]) == 0
     assert (tmp_path / "toy.csv").is_file()
+
+
+def _recorded_command_lines() -> list[tuple[str, list[str]]]:
+    """Every ``fdsm-bench ...`` / ``python -m bench ...`` command line of the scripts and the results' notes, as
+    argv after the program (continuation lines joined, up to a redirection or pipe; options set from shell
+    variables left out)."""
+    sources = [*(REPO / "scripts").glob("*.sh"), *(REPO / "results").rglob("*.sh"),
+               *(REPO / "results").rglob("*.md"), REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    lines = []
+    for path in sources:
+        text = path.read_text().replace("\\\n", " ")
+        names = "|".join(c.name for c in commands())
+        for match in re.finditer(rf"(?:fdsm-bench|-m bench) ((?:{names})\b[^\n`|>;)]*)", text):
+            words = []
+            command = match.group(1)
+            if text[match.end():match.end() + 1] == ">":  # the 2 of a 2>&1
+                command = re.sub(r"\s\d$", "", command)
+            for word in shlex.split(command.replace('"', "").replace("'", ""), comments=True):
+                if "$" in word:  # a shell variable's value is unknown here: leave its option out
+                    words = words[:-1] if words and words[-1].startswith("--") else words
+                else:
+                    words.append(word)
+            lines.append((f"{path.relative_to(REPO)}: {match.group(0)[:80]}", words))
+    return lines
+
+
+@pytest.mark.parametrize("where, argv", _recorded_command_lines(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_recorded_command_line_still_parses(where, argv):
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as stop:
+        pytest.fail(f"{where}: argparse refused it (exit {stop.code})")
