@@ -24,13 +24,21 @@ def commands() -> list[Command]:
     return [main_job.COMMAND, *(e.command() for e in EXPERIMENTS), *COMMANDS]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (the option, the value and what is allowed) and exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fdsm-bench",
         description="The cost of T-th order derivatives, exact versus finite differences, and of score-matching "
         "training steps (Pang et al., NeurIPS 2020).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in commands():
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         add_options(p, type(command.default), quick=command.quick, title=command.name, skip=SHARED_OPTIONS)
@@ -46,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shared = configure(args, Shared())
         config = configure(args, command.default, command.quick)
+        if shared.dry_run:
+            print(command.plan(config, shared))
+            return 0
         return int(command.run(config, shared) or 0)
     except (UsageError, DataFormatError) as err:
         print(f"fdsm-bench {command.name}: error: {err}", file=sys.stderr)

@@ -188,14 +188,62 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def positive(option_name: str) -> Callable[[float], float]:
-    """A ``convert`` hook: the value must be a positive number (not NaN, not infinite)."""
-    def check(value: float) -> float:
-        if not 0 < value < float("inf"):
+# ---- convert hooks: each kind of value is checked in one place ---------------------------------------------------
+
+def positive(option_name: str) -> Callable[[float | None], float | None]:
+    """A ``convert`` hook: the value must be a positive finite number (not NaN); None (unset) passes."""
+    def check(value: float | None) -> float | None:
+        if value is not None and not 0 < value < float("inf"):
             raise UsageError(f"{option_name} {value}: expected a positive finite number")
         return value
 
     return check
+
+
+def positives(option_name: str) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
+    """A ``convert`` hook for a list: at least one value, every one a positive finite number (orders, sizes)."""
+    def check(values: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [v for v in values if not 0 < v < float("inf")]
+        if not values or bad:
+            shown = ",".join(map(str, values)) or "(empty)"
+            raise UsageError(f"{option_name} {shown}: expected positive values, e.g. 1,2,3"
+                             + (f"; {bad} are not" if bad else ""))
+        return values
+
+    return check
+
+
+def at_least(option_name: str, low: int) -> Callable[[int], int]:
+    """A ``convert`` hook: an integer of at least ``low`` (e.g. untimed warm-up calls: 0 or more)."""
+    def check(value: int) -> int:
+        if value < low:
+            raise UsageError(f"{option_name} {value}: expected an integer >= {low}")
+        return value
+
+    return check
+
+
+def central_accuracies(option_name: str) -> Callable[[Any], Any]:
+    """A ``convert`` hook: stencil accuracies p (one or a list) must be even and at least 2 (central stencils,
+    Theorem 1)."""
+    def check(value: Any) -> Any:
+        values = value if isinstance(value, tuple) else (value,)
+        bad = [p for p in values if p < 2 or p % 2]
+        if not values or bad:
+            raise UsageError(f"{option_name}: {bad} are not central-stencil accuracies; expected even p >= 2, e.g. "
+                             "2 or 4")
+        return value
+
+    return check
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.manual_seed takes
+
+
+def _seed(value: int) -> int:
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise UsageError(f"--seed {value}: expected an integer that fits in 64 bits")
+    return value
 
 
 def some_of(option_name: str, allowed: Iterable[str]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
@@ -229,9 +277,11 @@ class Shared:
     dtype: torch.dtype = option("float32", f"one of {', '.join(DTYPES)}", type=str, convert=resolve_dtype)
     out: Path = option(Path("results/local"), "output folder")
     quick: bool = option(False, "CI size: tiny models, few orders, few repeats")
-    seed: int = option(0, "random seed")
+    seed: int = option(0, "random seed", convert=_seed)
     repeats: int | None = option(None, "timed repeats per measurement", default_text="per command",
                                  convert=_at_least_one("--repeats"))
+    dry_run: bool = option(False, "check the options and list what would run (the cases, and which are already "
+                           "in the CSV), then stop")
 
     def __post_init__(self):  # resolved however it is made: by the CLI, by a test, by the main job
         object.__setattr__(self, "device", resolve_device(self.device))

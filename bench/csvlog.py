@@ -15,6 +15,12 @@ renamed column (``aliases``, e.g. ``width`` -> ``n_chan``) gets its current name
 its content digest, so that its rows match the cases of today's commands; the file is rewritten in that form only
 when a row is appended.
 
+A file the suite cannot take as its own is refused, never rewritten, with ``ResultsFileError`` (a ``UsageError``:
+one line naming the file and what to do, exit status 2): one that is not a text CSV or does not parse, one whose
+header lacks the key columns (another command's or version's), and one whose rows do not all have the header's
+number of fields (see NOTE [a torn last row]). ``check_writable(folder)`` makes an output folder and proves it
+writable before any case runs, so that a bad ``--out`` costs one line rather than a traceback.
+
 pytest-benchmark JSON (``pytest bench/ --benchmark-json=out.json``) converts to the same rows with
 ``rows_from_pytest_benchmark``, so one writer serves both paths::
 
@@ -25,6 +31,8 @@ pytest-benchmark JSON (``pytest bench/ --benchmark-json=out.json``) converts to 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -35,7 +43,41 @@ from typing import Any
 
 import pandas as pd
 
+from bench.config import UsageError
 from bench.results import normalize
+
+REMEDY = "move it aside or use another --out"
+
+
+class ResultsFileError(UsageError):
+    """A results file or output folder that the suite cannot use as its own; the message names it and the remedy."""
+
+
+def _one_line(err: BaseException) -> str:
+    """``err`` as ``Type: message`` on one line (pandas' parser messages end in a newline)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make ``folder`` (and its parents) and create and delete a temporary file in it; a folder that cannot be made
+    or written (a path under a regular file, a read-only place) is a ``ResultsFileError`` naming it.
+
+    >>> import tempfile
+    >>> file = Path(tempfile.mkdtemp()) / "a-file"
+    >>> _ = file.write_text("")
+    >>> check_writable(file / "out")
+    Traceback (most recent call last):
+    ...
+    bench.csvlog.ResultsFileError: --out .../a-file/out: cannot write there (NotADirectoryError: ...); choose ...
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fdsm-bench-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ResultsFileError(f"--out {folder}: cannot write there ({_one_line(err)}); choose another --out") from err
 
 
 def as_key(value: Any) -> str:
@@ -58,10 +100,10 @@ class CsvLog:
         self.columns = tuple(dict.fromkeys([*self.key_columns, *columns]))  # always present, first, in this order
         self.frame = read_rows(self.path, aliases)
         self.frame = pd.DataFrame() if self.frame is None else self.frame
-        missing = [c for c in self.key_columns if len(self.frame) and c not in self.frame.columns]
+        missing = [c for c in self.key_columns if len(self.frame.columns) and c not in self.frame.columns]
         if missing:
-            raise ValueError(f"CsvLog({str(self.path)!r}): the existing file lacks the key column(s) {missing}; "
-                             f"it was written by another command or version: move it away or use another --out")
+            raise ResultsFileError(f"{self.path}: the existing file lacks the key column(s) {missing}; it was "
+                                   f"written by another command or version, not this one's: {REMEDY}")
         # key -> the newest row with that key, as read from the file (``done``, ``stored``); appends add to it
         self._rows = {self._key(row): row for row in self.frame.to_dict("records")}
 
@@ -108,8 +150,11 @@ def write_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     ``os.replace``): a crash leaves the old file or the new one, never half of one. For a whole table at once,
     such as a summary derived from a ``CsvLog``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ResultsFileError(f"{path}: cannot write it ({_one_line(err)}); choose another --out") from err
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             frame.to_csv(handle, index=False)
@@ -123,13 +168,74 @@ def write_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+# NOTE [a torn last row]
+# ``CsvLog`` rewrites its file atomically, so a file it wrote ends with a whole row. A last row with fewer fields
+# than the header was broken off by another writer (one that crashed, a copy cut short); pandas would read it with
+# the missing cells as NaN, a row that looks measured and is not, and appending would write it back as one. So the
+# rows are first split with the csv module on the raw text (which keeps quoted newlines inside their field) and any
+# row whose field count differs from the header's refuses the file; only then does pandas parse it.
+
+
+def _text(path: Path) -> str:
+    """The text of a results CSV; a file that cannot be read or is not UTF-8 text is a ``ResultsFileError``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ResultsFileError(f"{path}: cannot read it ({_one_line(err)}); {REMEDY}") from err
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ResultsFileError(f"{path}: not a text CSV (not UTF-8 at byte {err.start}); {REMEDY}") from err
+    if "\0" in text:
+        raise ResultsFileError(f"{path}: not a text CSV (a NUL byte at character {text.index(chr(0))}); {REMEDY}")
+    return text
+
+
+def _check_rows(path: Path, text: str) -> bool:
+    """Whether ``text`` holds a header; a row with another number of fields than the header (NOTE [a torn last
+    row]) or text the csv module cannot split is a ``ResultsFileError``."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records = [(reader.line_num, fields) for fields in reader if fields]  # blank lines carry no row
+    except csv.Error as err:
+        raise ResultsFileError(f"{path}: cannot be parsed as CSV (line {reader.line_num}: {err}); {REMEDY}") from err
+    if not records:
+        return False
+    width = len(records[0][1])
+    for i, (line, fields) in enumerate(records[1:], start=2):
+        if len(fields) != width:
+            torn = i == len(records) and len(fields) < width
+            what = "its last row, broken off by a writer that crashed" if torn else "a row"
+            raise ResultsFileError(f"{path}: line {line} has {len(fields)} fields where the header has {width} "
+                                   f"({what}; this suite writes whole files atomically); {REMEDY}")
+    return True
+
+
 def read_rows(path: str | os.PathLike, aliases: Mapping[str, str] | None = None) -> pd.DataFrame | None:
     """The rows of a results CSV in today's form (``bench.results.normalize``), or None when there is no file or it
-    is empty."""
+    holds no header. A file that is not a well-formed CSV is a ``ResultsFileError`` (see the module docstring),
+    and is left as it is.
+
+    >>> import tempfile
+    >>> csv_path = Path(tempfile.mkdtemp()) / "rows.csv"
+    >>> _ = csv_path.write_text("method,order,time_ms\\na,1,1.5\\na,2")
+    >>> read_rows(csv_path)
+    Traceback (most recent call last):
+    ...
+    bench.csvlog.ResultsFileError: .../rows.csv: line 3 has 2 fields where the header has 3 (its last row, ...
+    """
     path = Path(path)
-    if not path.exists() or not path.stat().st_size:
+    if not path.exists():
         return None
-    frame = pd.read_csv(path)
+    if path.is_dir():
+        raise ResultsFileError(f"{path}: a folder where a results CSV belongs; {REMEDY}")
+    text = _text(path)
+    if not _check_rows(path, text):
+        return None
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ResultsFileError(f"{path}: cannot be parsed as CSV ({_one_line(err)}); {REMEDY}") from err
     return normalize(frame, aliases) if aliases is not None else normalize(frame)
 
 

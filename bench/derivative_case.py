@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,11 +236,3 @@ def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
             "weights": weights_label(config.checkpoint), "seed": shared.seed, "batch": batch,
             "device": str(shared.device), "checkpoint": "" if config.checkpoint is None else str(config.checkpoint),
             "event_shape": ",".join(map(str, config.event_shape or ()))}
-
-
-def check_accuracies(option_name: str, accuracies: Iterable[int]) -> None:
-    """A UsageError unless every stencil accuracy p is even and at least 2 (central stencils, Theorem 1)."""
-    bad = [p for p in accuracies if p < 2 or p % 2]
-    if bad:
-        raise UsageError(f"{option_name}: {bad} are not central-stencil accuracies; expected even p >= 2, e.g. 2 "
-                         "or 4")

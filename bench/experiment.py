@@ -15,7 +15,8 @@ everything about a sweep:
 - ``benchmark(case)``: optional, the pytest-benchmark view of one case (``Bench``), which
   ``bench/test_experiments.py`` generates a suite from;
 - ``isolate`` (each case in a worker process, the default), ``aliases`` (old column names of older CSVs),
-  ``png`` (another figure name) and ``in_main_job`` (``fdsm-bench all`` runs it).
+  ``png`` (another figure name), ``in_main_job`` (``fdsm-bench all`` runs it) and ``numbers`` (the measured
+  columns without which an ``ok`` row would be dishonest: ``run_sweep`` makes such a row an ``error``).
 
 ``Experiment.run(config, shared)`` is the one runner: cases, the resumable ``CsvLog``, ``run_sweep`` (a progress
 bar, one row per case, failures as rows), the figure, the summary and the exit status. ``bench.experiments`` holds
@@ -41,15 +42,21 @@ from bench.timing import fix_cpu_threads
 Case = Mapping[str, Any]
 
 
+def _describe(config: Any, shared: Shared) -> str:
+    return f"would run with {config} and {shared}"
+
+
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its name and help, its config (``default``, ``quick``) and ``run(config, shared) -> int``."""
+    """A subcommand: its name and help, its config (``default``, ``quick``), ``run(config, shared) -> int`` and
+    ``plan(config, shared) -> str``, what ``--dry-run`` prints instead of running (after every check)."""
 
     name: str
     help: str
     default: Any
     run: Callable[[Any, Shared], int]
     quick: Any = None
+    plan: Callable[[Any, Shared], str] = _describe
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class Experiment:
     aliases: Mapping[str, str] = field(default_factory=dict)  # old column name -> current, for older CSVs
     png: str | None = None  # the figure's file name; None: ``<stem>.png``
     in_main_job: bool = True  # ``fdsm-bench all`` runs it, in the registry's order
+    numbers: tuple[str, ...] = ()  # the measured columns an ``ok`` row must carry, finite (else it is an error row)
 
     @property
     def csv(self) -> str:
@@ -97,7 +105,19 @@ class Experiment:
         return CsvLog(folder / self.csv, key_columns=self.keys, columns=self.columns, aliases=self.aliases)
 
     def command(self) -> Command:
-        return Command(self.name, self.help, self.default, self.run, self.quick)
+        return Command(self.name, self.help, self.default, self.run, self.quick, self.plan)
+
+    def plan(self, config: Any, shared: Shared) -> str:
+        """What ``run`` would measure: the cases (every check done, the CSV read), and which are already there."""
+        todo = self.cases(config, shared)
+        log = self.log(shared.out)
+        new = [case for case in todo if not log.done(case)]
+        lines = [f"{self.name}: {len(todo)} cases, {len(todo) - len(new)} already in {log.path}, {len(new)} to run"]
+        if new:
+            frame = pd.DataFrame(new)
+            varying = [k for k in self.keys if k in frame and frame[k].astype(str).nunique() > 1]
+            lines.append(frame[varying or list(frame)[:4]].to_string(index=False, max_rows=40))
+        return "\n".join(lines)
 
     def run(self, config: Any, shared: Shared) -> int:
         """Measure every case not yet in the folder's CSV, then plot and summarize the run's rows."""
@@ -106,7 +126,7 @@ class Experiment:
         log = self.log(shared.out)
         timeout_s = getattr(config, "timeout_s", math.inf) if self.isolate else math.inf
         rows = run_sweep(todo, self.measure, log, device=shared.device, timeout_s=timeout_s, isolate=self.isolate,
-                         threads=threads, desc=self.name)
+                         threads=threads, desc=self.name, numbers=self.numbers)
         written = [str(log.path)]
         if self.plot is not None and len(rows):
             self.plot(rows, shared.out / self.figure)

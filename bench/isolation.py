@@ -6,35 +6,57 @@ outcome is one of the ``status`` values of DESIGN.md:
 ========= ==========================================================================================
 ok        the case returned; ``result`` holds what it returned (a picklable row, usually a dict)
 timeout   it ran past ``timeout_s``: the worker is killed, and the next case starts a fresh one
-oom       it raised an out-of-memory error (CUDA or CPU allocator, ``MemoryError``), or the worker was
-          killed by a signal while running it (the Linux OOM killer sends SIGKILL)
-error     any other exception; ``message`` is ``"TypeName: text"``
+oom       it raised an out-of-memory error (CUDA or CPU allocator, ``MemoryError``): the worker is killed,
+          and the next case starts a fresh one (NOTE [a worker that ran out of memory is replaced])
+error     any other exception; ``message`` is ``"TypeName: text"``. Also a worker that died while running
+          the case (replaced like the others): killed by a signal, the message names it (SIGSEGV, ...); for
+          SIGKILL it says that the kernel's OOM killer sends it, so the case *may* have run out of memory,
+          which is no evidence that it did (a person or a supervisor sends it too)
 ========= ==========================================================================================
 
 Why a process: a slow exact derivative at high order cannot be interrupted inside a torch op, but a process can be
 killed; and the CPU peak-memory probe (``bench.memory``) reads the whole process's resident set, so nothing else
-may run in that process. The worker starts with a fixed torch thread count.
+may run in that process. The worker starts with a fixed torch thread count. It ignores SIGINT, so that a Ctrl-C at
+the terminal (which reaches the whole process group) is the parent's to handle: ``close()`` kills a worker that is
+busy, wherever it is blocked, and on Linux a worker dies with its parent (``PR_SET_PDEATHSIG``).
 
 The case function must be importable by name (a module-level function), since the worker is spawned:
 
 >>> with Worker(threads=1) as worker:                                      # doctest: +SKIP
 ...     worker.run(math.factorial, 5, timeout_s=10)
 CaseOutcome(status='ok', result=120, message='', wall_s=...)
+
+Test-only: the environment variable ``FDSM_WORKER_RLIMIT_AS_MB`` (MiB) caps a worker's address space
+(``RLIMIT_AS``, what ``ulimit -v`` sets) from its start, before it imports torch, so that a test can make a case
+run out of memory for real. Workers inherit the environment; a benchmark run must not set it.
+
+NOTE [a worker that ran out of memory is replaced]: under an address-space cap, an ``exact-reverse`` case at T = 5
+raised out-of-memory, as it should, and the next case in the same worker (``fd-batched``, which runs ``ok`` alone
+under the same cap) failed with oneDNN's "could not create a primitive": a failed allocation deep in torch can
+leave allocator or library state behind. So after an ``oom`` the worker is killed, like after a ``timeout``, and
+the next case pays a fresh start (about a second) instead of inheriting that state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
+import os
+import pickle
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
 
 STATUSES = ("ok", "oom", "timeout", "unsupported", "error")
 STARTUP_TIMEOUT_S = 120.0  # spawning a worker imports torch; generous for a loaded 2-core machine
+RLIMIT_ENV = "FDSM_WORKER_RLIMIT_AS_MB"  # test-only: the worker's address-space cap in MiB (module docstring)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -57,8 +79,48 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _serve(conn: Connection, threads: int | None) -> None:
+def death_message(exitcode: int | None, doing: str) -> str:
+    """Why a worker died while ``doing`` (e.g. "running measure_derivative"): the signal that killed it, or its
+    exit code. SIGKILL is not called out of memory: it only may have been (the module docstring)."""
+    if exitcode is None or exitcode >= 0:
+        return f"worker exited with code {exitcode} while {doing}"
+    try:
+        signame = signal.Signals(-exitcode).name
+    except ValueError:
+        signame = f"signal {-exitcode}"
+    message = f"worker killed by {signame} while {doing}"
+    if -exitcode == signal.SIGKILL:
+        message += "; the kernel's OOM killer sends SIGKILL, so it may have run out of memory"
+    return message
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills this process when its parent dies, even by SIGKILL, so that no worker is orphaned.
+    (Strictly, when the parent's thread that started it ends: start workers from the main thread.)"""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before the call
+            os._exit(1)
+
+
+def _cap_address_space() -> None:
+    """Test-only (module docstring): ``RLIMIT_AS`` from ``FDSM_WORKER_RLIMIT_AS_MB``, if set."""
+    mb = os.environ.get(RLIMIT_ENV)
+    if mb:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (int(mb) * 2**20, hard))
+
+
+def _serve(conn: Connection, threads: int | None, parent_pid: int) -> None:
     """The worker's loop: receive ``(fn, args)``, send back ``(status, result, message, wall_s)``; None stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal Ctrl-C is the parent's (module docstring)
+    if hasattr(signal, "pthread_sigmask"):  # the parent started this process with SIGINT, SIGTERM blocked
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _die_with_parent(parent_pid)
+    _cap_address_space()
     import torch
 
     from bench.environment import use_ieee_float32
@@ -74,7 +136,25 @@ def _serve(conn: Connection, threads: int | None) -> None:
             reply = ("ok", fn(*args), "")
         except Exception as err:  # every failure becomes a row; the sweep goes on
             reply = ("oom" if is_out_of_memory(err) else "error", None, f"{type(err).__name__}: {err}")
-        conn.send((*reply, time.perf_counter() - t0))
+        wall_s = time.perf_counter() - t0
+        try:
+            conn.send((*reply, wall_s))
+        except (TypeError, AttributeError, RecursionError, ValueError, pickle.PicklingError) as err:  # pickling
+            conn.send(("error", None, f"the result of {getattr(fn, '__name__', fn)} could not be sent back "
+                       f"({type(err).__name__}: {err}); a case must return a picklable row", wall_s))
+
+
+@contextlib.contextmanager
+def signals_blocked(*signums: int) -> Iterator[None]:
+    """Defer ``signums`` (delivered when the block ends) where the platform can; else do nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Worker:
@@ -84,19 +164,41 @@ class Worker:
         self.threads = threads
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._idle = False  # started, and no case in flight: the worker waits for a job
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id, or None when none is running (the next ``run`` starts one)."""
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
 
     def _start(self) -> Connection:
         if self._process is None or not self._process.is_alive():
+            self._kill()
             context = multiprocessing.get_context("spawn")
             parent, child = context.Pipe()
-            self._process = context.Process(target=_serve, args=(child, self.threads), daemon=True,
+            self._process = context.Process(target=_serve, args=(child, self.threads, os.getpid()), daemon=True,
                                             name="fdsm-bench-worker")
-            self._process.start()
-            child.close()  # so that the parent sees EOF when the worker dies
             self._conn = parent
-            if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != "ready":
+            # A Ctrl-C while the child starts would kill it with a traceback before it can ignore SIGINT: it
+            # inherits this signal mask, and unblocks once it ignores SIGINT. Here they are delivered after.
+            # (Starting the resource tracker, which spawn needs, unblocks both: so it is started first.)
+            resource_tracker.ensure_running()
+            with signals_blocked(signal.SIGINT, signal.SIGTERM):
+                self._process.start()
+            child.close()  # so that the parent sees EOF when the worker dies
+            if not parent.poll(STARTUP_TIMEOUT_S):
                 self._kill()
                 raise RuntimeError(f"Worker: the worker process did not start within {STARTUP_TIMEOUT_S} s")
+            try:
+                ready = parent.recv()
+            except EOFError:
+                ready = None
+            if ready != "ready":
+                self._process.join(timeout=5)
+                why = death_message(self._process.exitcode, "starting")
+                self._kill()
+                raise RuntimeError(f"Worker: the worker process did not start: {why} (its stderr says more)")
+            self._idle = True
         return self._conn
 
     def _kill(self) -> None:
@@ -104,11 +206,13 @@ class Worker:
             self._process.kill()
             self._process.join()
             self._conn.close()
-        self._process, self._conn = None, None
+        self._process, self._conn, self._idle = None, None, False
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout_s: float) -> CaseOutcome:
-        """Run ``fn(*args)`` in the worker and wait at most ``timeout_s`` seconds (start-up not included)."""
+        """Run ``fn(*args)`` in the worker and wait at most ``timeout_s`` seconds (start-up not included).
+        After a ``timeout``, an ``oom`` or a death the worker is gone, and the next call starts a fresh one."""
         conn = self._start()
+        self._idle = False
         conn.send((fn, args))
         if not conn.poll(timeout_s):
             self._kill()
@@ -117,17 +221,17 @@ class Worker:
             status, result, message, wall_s = conn.recv()
         except EOFError:  # the worker died while running the case
             self._process.join()
-            code = self._process.exitcode
+            message = death_message(self._process.exitcode, f"running {getattr(fn, '__name__', fn)}")
             self._kill()
-            killed = code is not None and code < 0
-            status = "oom" if killed and -code == signal.SIGKILL else "error"
-            name = signal.Signals(-code).name if killed else f"exit code {code}"
-            return CaseOutcome(status, message=f"worker died ({name}) while running {getattr(fn, '__name__', fn)}")
+            return CaseOutcome("error", message=message)
+        self._idle = True
+        if status == "oom":  # NOTE [a worker that ran out of memory is replaced]
+            self._kill()
         return CaseOutcome(status, result, message, wall_s)
 
     def close(self) -> None:
-        """Stop the worker (politely if it is idle)."""
-        if self._process is not None and self._process.is_alive():
+        """Stop the worker: politely if it is idle, else (a case in flight, or starting) kill it at once."""
+        if self._idle and self._process is not None and self._process.is_alive():
             with contextlib.suppress(OSError):
                 self._conn.send(None)
             self._process.join(timeout=5)

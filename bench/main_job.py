@@ -82,9 +82,12 @@ def run(config: AllConfig, shared: Shared) -> int:
         try:
             code = int(stage_command(stage).run(stage_config(stage, shared), shared) or 0)
             outcomes[stage] = "ok" if code == 0 else f"exit status {code}"
-        except Exception as err:  # one broken stage must not cost the others their results
-            traceback.print_exc()
-            outcomes[stage] = f"failed: {type(err).__name__}: {err}"
+        except Exception as err:  # one broken stage must not cost the others their results: one line, and its log
+            log = shared.out / "logs" / f"{stage}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            outcomes[stage] = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} " \
+                              f"(traceback in {log})"
         print(f"=== {stage}: {outcomes[stage]} in {time.perf_counter() - t0:.0f} s", flush=True)
     report = write_report(shared.out, shared.device, command_line(shared, config.skip), outcomes,
                           elapsed_s=time.perf_counter() - start)
@@ -92,5 +95,12 @@ def run(config: AllConfig, shared: Shared) -> int:
     return 0 if all(v == "ok" for v in outcomes.values()) else 1
 
 
+def plan(config: AllConfig, shared: Shared) -> str:
+    """The stages in order, each with its own plan (before fit has run: the sweeps' weights show as random)."""
+    stages = [s for s in STAGES if s not in config.skip]
+    return "\n".join([f"all: {', '.join(stages)}, then report.md",
+                      *(stage_command(s).plan(stage_config(s, shared), shared).splitlines()[0] for s in stages)])
+
+
 COMMAND = Command("all", "the main job: fit, eps-sweep, derivatives, train-steps and grad-agreement, then report.md",
-                  AllConfig(), run)
+                  AllConfig(), run, plan=plan)

@@ -15,12 +15,28 @@ a case that times out, runs out of memory or raises gets a ``timeout``, ``oom`` 
 and the sweep goes on. ``isolate=False`` runs in this process (no time budget; errors still become rows), for
 sweeps that measure no memory.
 
+``numbers`` (an ``Experiment``'s) are the measured columns an ``ok`` row must carry, finite: an ``ok`` row where one
+is missing or not finite would be a dishonest row, so it becomes an ``error`` row whose message names the columns
+and their values, e.g. ``"time_ms is nan: an ok row must carry it"``. The one allowed gap is a ``rel_error`` that
+is NaN while the row's message says why (``"no rel_error: the float64 reference failed (...)"``).
+
+Ctrl-C (SIGINT) or SIGTERM stops a sweep cleanly: the worker is killed wherever it is blocked, the rows so far are
+kept (``CsvLog`` writes each one atomically, and a signal waits until a row is written), one line says how many
+rows the file keeps and that re-running the same command resumes, and the process exits with 128 + the signal's
+number (130, 143) through ``SystemExit``, without a traceback.
+
 ``measure`` must be a module-level function (the worker is spawned and imports it by name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from numbers import Real
 from typing import Any
 
 import pandas as pd
@@ -29,7 +45,7 @@ from tqdm.auto import tqdm
 
 from bench.csvlog import CsvLog, as_key
 from bench.environment import metadata
-from bench.isolation import CaseOutcome, Worker, is_out_of_memory
+from bench.isolation import CaseOutcome, Worker, is_out_of_memory, signals_blocked
 
 Case = Mapping[str, Any]
 Measure = Callable[[Case], dict[str, Any]]
@@ -42,13 +58,38 @@ def _in_process(measure: Measure, case: Case) -> CaseOutcome:
         return CaseOutcome("oom" if is_out_of_memory(err) else "error", message=f"{type(err).__name__}: {err}")
 
 
-def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device) -> dict[str, Any]:
+# The one number an ok row may lack, NaN, when its message says why (the float64 reference failed).
+EXPLAINED_GAPS = ("rel_error",)
+
+
+def missing_numbers(row: Mapping[str, Any], numbers: Sequence[str]) -> list[str]:
+    """What is wrong with ``row``'s ``numbers`` columns ("time_ms is nan", "peak_mem_mb is missing"): each must be
+    a finite number, but for a NaN in ``EXPLAINED_GAPS`` when the row has a message."""
+    wrong = []
+    for column in numbers:
+        value = row.get(column)
+        if value is None:
+            wrong.append(f"{column} is missing")
+        elif not isinstance(value, Real) or isinstance(value, bool):
+            wrong.append(f"{column} is {value!r}, not a number")
+        elif not math.isfinite(value) and not (column in EXPLAINED_GAPS and math.isnan(value) and row.get("message")):
+            wrong.append(f"{column} is {value}")
+    return wrong
+
+
+def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device,
+                numbers: Sequence[str] = ()) -> dict[str, Any]:
     """The CSV row for one case: configuration, measured columns (if ok), status, message and metadata (the
-    metadata columns the case or the measurement does not set itself)."""
+    metadata columns the case or the measurement does not set itself). An ``ok`` row without one of its
+    ``numbers`` is an ``error`` row (the module docstring)."""
     measured = dict(outcome.result or {})
     status = measured.pop("status", outcome.status)
     message = measured.pop("message", outcome.message)
     row = {**case, **measured, "status": status, "message": message}
+    if status == "ok" and (wrong := missing_numbers(row, numbers)):
+        them = "it" if len(wrong) == 1 else "them"
+        row["status"] = "error"
+        row["message"] = f"{', '.join(wrong)}: an ok row must carry {them}" + (f" ({message})" if message else "")
     return {**row, **{k: v for k, v in metadata(device).items() if k not in row}}
 
 
@@ -85,9 +126,61 @@ def exit_status(rows: pd.DataFrame, desc: str) -> int:
     return 0
 
 
+class SweepInterrupted(BaseException):
+    """SIGTERM arrived during ``run_sweep`` (a BaseException, like the KeyboardInterrupt of SIGINT, so that no
+    ``except Exception`` of a measurement swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise SweepInterrupted(signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``SweepInterrupted`` while the block runs; the old handler is back after (main thread only,
+    where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM are ignored while the block runs (main thread only); the old handlers are back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
+def _stop(err: BaseException, cases: Sequence[Case], measured: int, log: CsvLog, desc: str) -> SystemExit:
+    """The one line of an interrupted sweep, and the exit it ends with: 128 + the signal's number."""
+    signum = err.signum if isinstance(err, SweepInterrupted) else signal.SIGINT
+    kept = len(log.rows_for(cases))
+    print(f"{desc}: stopped by {signal.Signals(signum).name}; {kept} of {len(cases)} rows are kept in {log.path} "
+          f"({measured} measured by this run); run the same command again to resume", file=sys.stderr, flush=True)
+    return SystemExit(128 + signum)
+
+
 def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: torch.device, timeout_s: float,
-              isolate: bool = True, threads: int | None = None, desc: str = "sweep") -> pd.DataFrame:
-    """Measure every case not yet in ``log`` (see the module docstring); returns the rows of ``cases``."""
+              isolate: bool = True, threads: int | None = None, desc: str = "sweep",
+              numbers: Sequence[str] = ()) -> pd.DataFrame:
+    """Measure every case not yet in ``log`` (see the module docstring); returns the rows of ``cases``. Ctrl-C or
+    SIGTERM ends it with ``SystemExit(130)`` or ``SystemExit(143)`` once the worker is killed."""
     todo = [case for case in cases if not log.done(case)]
     if len(todo) < len(cases):
         tqdm.write(f"{desc}: {len(cases) - len(todo)} of {len(cases)} rows already in {log.path}, skipped")
@@ -97,17 +190,26 @@ def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: t
             tqdm.write(f"{desc}: some rows kept were measured with other settings ({what}); to measure them "
                        f"again with this run's, move {log.path} away or use another --out")
     worker = Worker(threads=threads) if isolate and todo else None
+    measured = 0
     try:
-        with tqdm(todo, desc=desc, unit="case", dynamic_ncols=True) as bar:
+        with _sigterm_raises(), tqdm(todo, desc=desc, unit="case", dynamic_ncols=True) as bar:
             for case in bar:
                 bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in case.items() if k in ("method", "order",
                                                                                             "eps", "dtype")))
                 outcome = (worker.run(measure, case, timeout_s=timeout_s) if worker is not None
                            else _in_process(measure, case))
-                row = outcome_row(case, outcome, device)
+                row = outcome_row(case, outcome, device, numbers)
                 if row["status"] != "ok":
                     tqdm.write(f"{desc}: {dict(case)} -> {row['status']}: {row['message']}")
-                log.append(row)
+                with signals_blocked(signal.SIGINT, signal.SIGTERM):  # a row is written whole, and counted
+                    log.append(row)
+                    measured += 1
+    except (KeyboardInterrupt, SweepInterrupted) as err:
+        with _signals_ignored():  # a second Ctrl-C does not cut the clean-up short
+            if worker is not None:
+                worker.close()  # a case in flight: killed at once
+            stop = _stop(err, cases, measured, log, desc)
+        raise stop from None
     finally:
         if worker is not None:
             worker.close()

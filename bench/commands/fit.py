@@ -76,8 +76,19 @@ def kept_settings(path: Path, asked: dict) -> str:
     return ", ".join(f"{k} {note[k]} (asked: {v})" for k, v in asked.items() if k in note and note[k] != v)
 
 
+def _size(config: FitConfig, shared: Shared) -> str:
+    return config.size or ("paper" if shared.device.type == "cuda" else "cpu")
+
+
+def plan(config: FitConfig, shared: Shared) -> str:
+    path = config.save or checkpoint_path(shared.out, config.recipe)
+    state = "exists: kept if trained with these settings" if path.exists() and not config.overwrite else "new"
+    return (f"fit: would train {config.recipe} (size {_size(config, shared)}) for {config.steps} steps or "
+            f"{config.budget_s:g} s on {config.data or 'the embedded data'}, into {path} ({state})")
+
+
 def run(config: FitConfig, shared: Shared) -> int:
-    size = config.size or ("paper" if shared.device.type == "cuda" else "cpu")
+    size = _size(config, shared)
     asked = {"recipe": config.recipe, "size": size, "width": config.n_chan, "lr": config.lr,
              "steps_asked": config.steps, "samples": config.samples, "seed": shared.seed,
              **({"data": config.data} if config.data else {})}
@@ -124,4 +135,4 @@ def run(config: FitConfig, shared: Shared) -> int:
 
 
 COMMAND = Command("fit", "train one model with one recipe (default deep-ebm/DSM) on the embedded data or --data, "
-                  "and save its weights", DEFAULT, run, QUICK)
+                  "and save its weights", DEFAULT, run, QUICK, plan)

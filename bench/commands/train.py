@@ -182,10 +182,14 @@ def plot(rows: pd.DataFrame, path) -> None:
     save(fig, path)
 
 
-def run(config: TrainConfig, shared: Shared) -> int:
+def _check_dtype(shared: Shared) -> None:
     if shared.dtype not in (torch.float32, torch.float64):
         raise UsageError(f"--dtype {shared.dtype_name}: train runs in float32 or float64 (the exact held-out "
                          "metrics need the precision)")
+
+
+def run(config: TrainConfig, shared: Shared) -> int:
+    _check_dtype(shared)
     data = read_data(config.data) if config.data is not None else None  # a bad file: one line, before training
     images = data if data is not None and data.dim() == 4 else None
     table = data if data is not None and data.dim() == 2 else None
@@ -233,5 +237,12 @@ def run(config: TrainConfig, shared: Shared) -> int:
     return exit_status(rows, "train") if len(rows) else 1
 
 
+def plan(config: TrainConfig, shared: Shared) -> str:
+    _check_dtype(shared)
+    runs = [f"dkef {o}" for o in config.dkef_objectives] + [f"deep-ebm {o}" for o in config.ebm_objectives]
+    return (f"train: would run {', '.join(runs)} ({config.budget_s:g} s each at most) on "
+            f"{config.data or 'the embedded data'} in {shared.dtype_name}, into {shared.out / 'train.csv'}")
+
+
 COMMAND = Command("train", "Short training runs (DKEF on wine, deep EBM on digits, or --data): held-out SM loss and "
-                  "NLL against wall-clock", DEFAULT, run, QUICK)
+                  "NLL against wall-clock", DEFAULT, run, QUICK, plan)

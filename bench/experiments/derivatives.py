@@ -26,13 +26,12 @@ import pandas as pd
 import torch
 
 import fdsm
-from bench.config import Shared, UsageError, option
+from bench.config import Shared, UsageError, at_least, central_accuracies, option, positive, positives
 from bench.derivative_case import (
     CASE_KEYS,
     ERROR_COLUMNS,
     TIME_COLUMNS,
     ProblemConfig,
-    check_accuracies,
     derivative_call,
     error_columns,
     measure_derivative,
@@ -62,18 +61,18 @@ def _methods(names: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class DerivativesConfig(ProblemConfig):
-    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3")
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=positives("--orders"))
     methods: tuple[str, ...] = option((), "derivative methods; one this machine cannot run gets an unsupported row",
                                       convert=_methods, default_text=f"all of {', '.join(fdsm.METHODS.names())}")
-    accuracy: int = option(2, "FD stencil accuracy p")
-    eps: float | None = option(None, "FD step |v| for every order",
+    accuracy: int = option(2, "FD stencil accuracy p", convert=central_accuracies("--accuracy"))
+    eps: float | None = option(None, "FD step |v| for every order", convert=positive("--eps"),
                                default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps")
     steps_from: Path | None = option(None, "an eps_sweep.csv of the same model and weights: its best step per order "
                                      "(orders it lacks fall back to the default step)", default_text="none")
-    warmup: int = option(1, "untimed calls per case")
+    warmup: int = option(1, "untimed calls per case", convert=at_least("--warmup", 0))
     repeats: int = 7  # timed calls per case (the shared --repeats)
     timeout_s: float = option(90.0, "seconds per case in the worker, reference and warm-up included",
-                              flag="--timeout")
+                              flag="--timeout", convert=positive("--timeout"))
 
 
 DEFAULT = DerivativesConfig()
@@ -85,7 +84,6 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
     """Order-major, so that one order's reference serves all its methods while the worker holds it."""
     # Every registered method: one this machine cannot run gets an `unsupported` row that says why.
     methods = config.methods or tuple(fdsm.METHODS.names())
-    check_accuracies("--accuracy", [config.accuracy])
     problem, dtype = problem_columns(config, shared), shared.dtype_name
     steps = {order: (default_step(order, config.accuracy, shared.dtype), "default") for order in config.orders}
     if config.steps_from is not None:
@@ -218,4 +216,5 @@ EXPERIMENT = Experiment(
     compare_keys=tuple(k for k in CASE_KEYS if k != "eps"),
     benchmark=benchmark,
     aliases={"width": "n_chan"},
+    numbers=("time_ms", "peak_mem_mb", "rel_error"),
 )

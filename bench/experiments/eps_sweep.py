@@ -20,12 +20,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench.config import DTYPES, Shared, UsageError, option, positive_int, some_of
+from bench.config import (
+    DTYPES,
+    Shared,
+    UsageError,
+    central_accuracies,
+    option,
+    positive,
+    positive_int,
+    positives,
+    some_of,
+)
 from bench.derivative_case import (
     CASE_KEYS,
     ERROR_COLUMNS,
     ProblemConfig,
-    check_accuracies,
     measure_error,
     problem_columns,
 )
@@ -42,12 +51,12 @@ class EpsSweepConfig(ProblemConfig):
     # more points than the timing sweep: the median error is the product here
     batch: int = option(8, "points per case", type=positive_int)
     # all of Figure 2's orders, so that its steps can come from here
-    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T")
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T", convert=positives("--orders"))
     dtypes: tuple[str, ...] = option(("float64", "float32", "bfloat16"), "dtypes (the shared --dtype is not used)",
                                      convert=some_of("--dtypes", DTYPES))
-    accuracies: tuple[int, ...] = option((2, 4), "stencil accuracies p")
-    eps_min: float = option(1e-3, "smallest step")
-    eps_max: float = option(1e3, "largest step")
+    accuracies: tuple[int, ...] = option((2, 4), "stencil accuracies p", convert=central_accuracies("--accuracies"))
+    eps_min: float = option(1e-3, "smallest step", convert=positive("--eps-min"))
+    eps_max: float = option(1e3, "largest step", convert=positive("--eps-max"))
     per_decade: int = option(4, "grid points per factor of 10", type=positive_int)
     method: str = "fd-batched"
 
@@ -64,7 +73,6 @@ QUICK = dataclasses.replace(DEFAULT, n_chan=2, batch=2, orders=(1, 2), dtypes=("
 
 
 def cases(config: EpsSweepConfig, shared: Shared) -> list[dict]:
-    check_accuracies("--accuracies", config.accuracies)
     if not 0 < config.eps_min < config.eps_max:
         raise UsageError(f"--eps-min {config.eps_min} --eps-max {config.eps_max}: expected 0 < min < max")
     problem = problem_columns(config, shared)
@@ -160,4 +168,5 @@ EXPERIMENT = Experiment(
     axes=("dtype", "order", "accuracy", "eps"),
     isolate=False,  # no timing and no memory: the cases run in this process (errors still become rows)
     aliases={"width": "n_chan"},
+    numbers=("rel_error",),
 )

@@ -178,4 +178,5 @@ EXPERIMENT = Experiment(
     report=report,
     axes=("model", "pair", "dtype", "eps"),
     isolate=False,  # no timing and no memory: in this process
+    numbers=("cosine", "grad_norm_ratio"),
 )

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 import kernels
-from bench.config import DTYPES, Shared, option, some_of
+from bench.config import DTYPES, Shared, option, positive, positives, some_of
 from bench.experiment import Experiment
 
 KEYS = ("kernel", "impl", "pass", "size_mb", "dtype", "device", "seed")
@@ -131,10 +131,11 @@ PASSES = ("fwd", "fwd+bwd")
 class KernelsConfig:
     kernels: tuple[str, ...] = option(tuple(BENCHES), "kernels", convert=some_of("--kernels", BENCHES))
     # MiB of forward inputs; 64 and up exceed the L2
-    sizes_mb: tuple[float, ...] = option((1.0, 4.0, 16.0, 64.0, 256.0), "input sizes in MiB")
-    warmup_ms: float = option(25.0, "do_bench's warm-up budget per measurement")
+    sizes_mb: tuple[float, ...] = option((1.0, 4.0, 16.0, 64.0, 256.0), "input sizes in MiB",
+                                         convert=positives("--sizes-mb"))
+    warmup_ms: float = option(25.0, "do_bench's warm-up budget per measurement", convert=positive("--warmup-ms"))
     rep_ms: float = option(100.0, "do_bench's timed budget per measurement (--repeats does not apply: do_bench "
-                           "repeats by time)")
+                           "repeats by time)", convert=positive("--rep-ms"))
 
 
 DEFAULT = KernelsConfig()
@@ -290,4 +291,5 @@ EXPERIMENT = Experiment(
     summary=summary,
     isolate=False,  # do_bench times in this process, with CUDA events
     in_main_job=False,  # it times nothing on a CPU; a GPU runner runs it beside the main job (tox -e gpu)
+    numbers=("time_ms", "gb_per_s", "rel_error"),
 )

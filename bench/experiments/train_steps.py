@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from matplotlib.patches import Patch
 
-from bench.config import Shared, UsageError, option, positive, positive_int
+from bench.config import Shared, UsageError, at_least, option, positive, positive_int
 from bench.environment import FLOAT32_MATH
 from bench.experiment import Bench, Experiment
 from bench.markdown import figure, table
@@ -85,7 +85,7 @@ class TrainStepsConfig:
     float32_math: str = option("ieee", "on CUDA, how float32 convolutions compute: ieee (as on the paper's 1080 Ti, "
                                "which has no TF32) or tf32 (PyTorch's default on Ampere and later; matmuls stay ieee)",
                                choices=FLOAT32_MATH)
-    warmup: int = option(2, "untimed steps per row")
+    warmup: int = option(2, "untimed steps per row", convert=at_least("--warmup", 0))
     repeats: int = 7  # timed steps per row (the shared --repeats)
     timeout_s: float = option(600.0, "seconds per row", flag="--timeout", convert=positive("--timeout"))
 
@@ -319,4 +319,5 @@ EXPERIMENT = Experiment(
     # a step time does not depend on the seed of the synthetic batch: compare runs made with other seeds
     compare_keys=tuple(k for k in KEYS if k != "seed"),
     benchmark=benchmark,
+    numbers=("time_ms", "peak_mem_mb", "loss"),
 )

@@ -4,6 +4,7 @@ expected, never a silent misread. Nothing is ever downloaded; a missing file say
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 
@@ -19,10 +20,13 @@ def read_bytes(path: str | Path, expected: str) -> bytes:
             f"{path}: no such file; expected {expected}. fdsm never downloads data: place the file there, or "
             "give no path to use the embedded default data"
         )
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataFormatError(f"{path}: cannot read it ({type(err).__name__}: {err}); expected {expected}") from err
     if path.suffix != ".gz":
         return raw
     try:
         return gzip.decompress(raw)
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # a bad header, a cut-off stream, corrupt deflate data
         raise DataFormatError(f"{path}: not a complete gzip file ({err}); expected gzipped {expected}") from err

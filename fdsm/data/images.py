@@ -34,6 +34,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     if raw[2] != 0x08:
         raise DataFormatError(f"{path}: IDX type byte 0x{raw[2]:02x}; expected 0x08 (unsigned byte)")
     ndim = raw[3]
+    if ndim == 0:
+        raise DataFormatError(f"{path}: IDX with 0 dimensions; expected {IDX_EXPECTED}")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataFormatError(f"{path}: truncated header ({len(raw)} bytes); expected {header} for {ndim} dims")
@@ -91,11 +93,14 @@ def load_cifar10(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataFormatError(f"{path}: cannot unpickle ({err}); expected {CIFAR_EXPECTED}") from err
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataFormatError(f"{path}: missing b'data' or b'labels'; expected {CIFAR_EXPECTED}")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataFormatError(
-            f"{path}: data {data.dtype} {data.shape} with {len(labels)} labels; expected {CIFAR_EXPECTED}"
-        )
+    try:
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except ValueError as err:  # ragged lists: no array
+        raise DataFormatError(f"{path}: b'data' or b'labels' is no array ({err}); expected {CIFAR_EXPECTED}") from err
+    if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1
+            or labels.dtype.kind not in "iu" or len(labels) != len(data)):
+        raise DataFormatError(f"{path}: data {data.dtype} {data.shape} with labels {labels.dtype} {labels.shape}; "
+                              f"expected {CIFAR_EXPECTED}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)  # rows are R, G, B planes
     return images, torch.from_numpy(labels.astype(np.int64))
 

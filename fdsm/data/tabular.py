@@ -48,15 +48,18 @@ def _read_csv(path: str | Path, expected: str, sep: str, min_columns: int) -> np
     if frame.shape[1] < min_columns or len(frame) < 2:
         raise DataFormatError(f"{path}: {frame.shape[1]} columns, {len(frame)} rows; expected {expected}")
     values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(values).any():
-        row, col = np.argwhere(np.isnan(values))[0]
-        raise DataFormatError(
-            f"{path}: non-numeric or missing value in row {row + 2}, column {frame.columns[col]!r}; expected {expected}"
-        )
+    if not np.isfinite(values).all():
+        row, col = np.argwhere(~np.isfinite(values))[0]
+        what = "infinite" if np.isinf(values[row, col]) else "non-numeric or missing"
+        raise DataFormatError(f"{path}: {what} value in row {row + 2}, column {frame.columns[col]!r}; "
+                              f"expected {expected}")
     return values
 
 
-def whiten(x: np.ndarray, fit_rows: int = 10_000) -> np.ndarray:
+FIT_ROWS = 10_000  # whitening is fitted on at most this many rows, as released
+
+
+def whiten(x: np.ndarray, fit_rows: int = FIT_ROWS) -> np.ndarray:
     """PCA whitening (module docstring), fitted on the first ``fit_rows`` rows: (N, D) -> (N, D)."""
     fit = x[:fit_rows]
     mean = fit.mean(0)
@@ -68,12 +71,24 @@ def drop_correlated(x: np.ndarray, threshold: float = 0.98) -> np.ndarray:
     """While some column's |correlation| with another column exceeds ``threshold``, drop the first such column
     (module docstring): of each near-duplicate pair the later column stays. (N, D) -> (N, D')."""
     kept = list(range(x.shape[1]))
-    while True:
+    while len(kept) > 1:  # one column left has no partner (and np.corrcoef of it is a scalar)
         corr = np.abs(np.corrcoef(x[:, kept], rowvar=False))
         has_partner = (corr > threshold).sum(1) > 1  # every column exceeds it with itself
         if not has_partner.any():
             return x[:, kept]
         del kept[int(np.argmax(has_partner))]
+    return x[:, kept]
+
+
+def _whitened(path: str | Path, x: np.ndarray, expected: str) -> np.ndarray:
+    """``whiten(x)`` of a file's table, refusing one it cannot whiten: fewer fitted rows than columns, or a constant
+    or duplicated column (a zero singular value), which would give fewer columns or infinities, not an error."""
+    fit = x[:FIT_ROWS]
+    s = np.linalg.svd(fit - fit.mean(0), compute_uv=False)
+    if len(s) < x.shape[1] or not s.min() > s.max() * 1e-10:
+        raise DataFormatError(f"{path}: {len(fit)} rows of {x.shape[1]} feature columns cannot be whitened (too few "
+                              f"rows, or a constant or duplicated column); expected {expected}")
+    return whiten(x)
 
 
 def dequantize_columns(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -90,7 +105,7 @@ def load_parkinsons(path: str | Path, seed: int = 0) -> torch.Tensor:
     """Whitened Parkinsons features: (N, D) float32 (D = 15 in the DKEF paper)."""
     del seed  # no dequantization for Parkinsons; the argument keeps one loader signature
     values = _read_csv(path, PARKINSONS_EXPECTED, ",", min_columns=5)
-    return torch.from_numpy(whiten(drop_correlated(values[:, 3:]))).float()
+    return torch.from_numpy(_whitened(path, drop_correlated(values[:, 3:]), PARKINSONS_EXPECTED)).float()
 
 
 def load_wine_quality(path: str | Path, seed: int = 0) -> torch.Tensor:
@@ -99,7 +114,7 @@ def load_wine_quality(path: str | Path, seed: int = 0) -> torch.Tensor:
     if values.shape[1] != 12:
         raise DataFormatError(f"{path}: {values.shape[1]} columns; expected {WINE_EXPECTED}")
     features = dequantize_columns(values[:, :11], np.random.default_rng(seed))
-    return torch.from_numpy(whiten(features)).float()
+    return torch.from_numpy(_whitened(path, features, WINE_EXPECTED)).float()
 
 
 def dkef_split(x: torch.Tensor, seed: int = 0, noise: float = 0.05) -> dict[str, torch.Tensor]:
