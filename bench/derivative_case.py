@@ -150,13 +150,22 @@ def _unsupported(method: str) -> dict[str, Any] | None:
     return None if entry.enabled else {"status": "unsupported", "message": entry.reason}
 
 
+NARROW = ("bfloat16", "float16")  # FD's roundoff u / eps^T there: a few percent at T = 1, worse with T
+
+
 def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str, Any]:
     err = relative_error(d, d_ref)
     backend = "n/a"
     if case["method"] == "fd-streams":  # one stream or worker thread per stencil point: say how many ran at once
         points = len(fdsm.central_stencil(int(case["order"]), int(case["accuracy"])))
         backend = f"{fdsm.streams_backend(case['device'])} x{points}"
-    return {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
+    columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
+    if case["method"] in FD_METHODS and case["dtype"] in NARROW and not err.median <= 0.01:
+        unit = torch.finfo(DTYPES[case["dtype"]]).eps
+        columns["message"] = (f"FD in {case['dtype']} is numerically out of range here: its roundoff, about "
+                              f"u / eps^T with u = {unit:.1e}, swamps the T = {case['order']} derivative "
+                              f"(rel_error {err.median:.2g})")
+    return columns
 
 
 def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:

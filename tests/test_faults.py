@@ -1,0 +1,72 @@
+"""The faults a new user hit, each refused before any work in one line (exit 2), or reported in one line:
+bad option values, an unknown model, a stage of the main job that breaks, FD out of its dtype's range. The worker
+and file faults are in tests/test_faults_workers.py and tests/test_faults_files.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["derivatives", "--orders", "0"], "--orders 0: expected positive values"),
+    (["derivatives", "--orders=-2,3"], "--orders -2,3: expected positive values, e.g. 1,2,3; [-2] are not"),
+    (["derivatives", "--eps", "nan"], "--eps nan: expected a positive finite number"),
+    (["derivatives", "--eps", "-1"], "--eps -1.0: expected a positive finite number"),
+    (["derivatives", "--timeout", "inf"], "--timeout inf: expected a positive finite number"),
+    (["derivatives", "--warmup", "-1"], "--warmup -1: expected an integer >= 0"),
+    (["derivatives", "--model", "resnet"], "--model resnet: not a registered model; expected one of"),
+    (["derivatives", "--batch", "0"], "argument --batch: expected a positive integer, got '0'"),
+    (["derivatives", "--repeats", "0"], "--repeats 0: expected at least 1"),
+    (["derivatives", "--dtype", "float8"], "--dtype float8: expected one of float32"),
+    (["derivatives", "--steps-from", "no/such.csv"], "--steps-from no/such.csv: no such file"),
+    (["derivatives", "--checkpoint", "no/such.pt"], "--checkpoint no/such.pt: no such file"),
+    (["eps-sweep", "--eps-min", "10", "--eps-max", "1"], "expected 0 < min < max"),
+    (["kernels", "--sizes-mb", "0"], "--sizes-mb 0.0: expected positive values"),
+    (["train-steps", "--lr", "nan"], "--lr nan: expected a positive finite number"),
+    (["fit", "--budget", "0"], "--budget 0.0: expected a positive finite number"),
+    (["fit", "--samples", "8"], "--samples 8: fewer than the batch of deep-ebm/DSM"),
+    (["train", "--dtype", "bfloat16"], "--dtype bfloat16: train runs in float32 or float64"),
+    (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
+])
+def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsys, argv, message):
+    try:
+        code = main([*argv, "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob("*.pt"))  # nothing ran
+
+
+def test_a_stage_of_the_main_job_that_breaks_is_one_line_with_its_log(tmp_path, capsys, monkeypatch):
+    import bench.main_job as job
+
+    def broken(config, shared):
+        raise RuntimeError("a bug in a stage\nwith a second line")
+
+    real = job.stage_command
+    monkeypatch.setattr(job, "stage_command", lambda stage: dataclasses.replace(real(stage), run=broken))
+    assert main(["all", "--quick", "--device", "cpu", "--out", str(tmp_path), "--skip",
+                 "eps-sweep,derivatives,train-steps,grad-agreement"]) == 1
+    captured = capsys.readouterr()
+    log = tmp_path / "logs" / "fit.log"
+    assert f"=== fit: failed: RuntimeError: a bug in a stage (traceback in {log})" in captured.out
+    assert "Traceback" not in captured.out + captured.err and "Traceback" in log.read_text()
+    assert "failed: RuntimeError" in (tmp_path / "report.md").read_text()
+
+
+def test_fd_in_bfloat16_says_it_is_out_of_range_and_stays_a_row_with_its_numbers(tmp_path):
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path), "--dtype", "bfloat16",
+                 "--methods", "fd-batched", "--orders", "3"]) == 0
+    (row,) = pd.read_csv(tmp_path / "derivatives.csv").to_dict("records")
+    unit = torch.finfo(torch.bfloat16).eps
+    assert row["status"] == "ok" and row["time_ms"] > 0 and row["rel_error"] > 0.01
+    assert row["message"].startswith(f"FD in bfloat16 is numerically out of range here: its roundoff, about "
+                                     f"u / eps^T with u = {unit:.1e}")
