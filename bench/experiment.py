@@ -35,7 +35,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bench.config import Shared
-from bench.csvlog import CsvLog
+from bench.csvlog import CsvLog, check_writable
 from bench.sweep import exit_status, run_sweep
 from bench.timing import fix_cpu_threads
 
@@ -123,6 +123,7 @@ class Experiment:
         """Measure every case not yet in the folder's CSV, then plot and summarize the run's rows."""
         threads = fix_cpu_threads(getattr(config, "threads", None))
         todo = self.cases(config, shared)
+        check_writable(shared.out)  # after the options' checks, before any case
         log = self.log(shared.out)
         timeout_s = getattr(config, "timeout_s", math.inf) if self.isolate else math.inf
         rows = run_sweep(todo, self.measure, log, device=shared.device, timeout_s=timeout_s, isolate=self.isolate,

@@ -10,7 +10,7 @@ Two things in a CSV's key columns used to depend on where a run happened rather 
 
 ``normalize(frame)`` brings an older frame up to date: it renames the alias columns and rewrites a ``weights``
 cell that is a path to an existing file into that file's digest (a path that no longer exists stays as it is).
-``read_results(path)`` is ``pd.read_csv`` and ``normalize``.
+``bench.csvlog.read_rows(path)`` reads a CSV, checked, through ``normalize``.
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -154,16 +154,3 @@ def normalize(frame: pd.DataFrame, aliases: Mapping[str, str] = ALIASES) -> pd.D
         if any(labels[value] != value for value in labels):
             frame["weights"] = frame["weights"].map(lambda value: labels.get(value, value))
     return frame
-
-
-def read_results(path: str | os.PathLike, aliases: Mapping[str, str] = ALIASES) -> pd.DataFrame:
-    """``pd.read_csv(path)``, then ``normalize``: a result CSV of any version of the suite, in current terms.
-
-    >>> import tempfile
-    >>> csv = Path(tempfile.mkdtemp()) / "derivatives.csv"
-    >>> _ = csv.write_text("model,width,weights,time_ms\\ndeep-ebm,32,random,1.5\\n")
-    >>> read_results(csv)
-          model  n_chan weights  time_ms
-    0  deep-ebm      32  random      1.5
-    """
-    return normalize(pd.read_csv(path), aliases)

@@ -29,8 +29,7 @@ from typing import Any
 
 import torch
 
-from bench.csvlog import as_key
-from bench.results import read_results
+from bench.csvlog import as_key, read_rows
 
 STEP_SCALE = 500.0  # L of NOTE [default FD step], calibrated on the deep EBM with random weights
 
@@ -57,7 +56,9 @@ def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, a
     """{T: the step with the smallest median error} among the ``ok`` rows of an ``eps-sweep`` CSV measured on the
     same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, n_chan, weights, seed, device), in the same
     dtype, with the same stencil accuracy. Empty where the sweep has none."""
-    rows = read_results(eps_sweep_csv)  # an older sweep's width and checkpoint paths, as today's columns
+    rows = read_rows(eps_sweep_csv)  # checked; an older sweep's width and checkpoint paths in today's terms
+    if rows is None:
+        return {}
     same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
     for column in FUNCTION_COLUMNS:
         same &= rows[column].map(as_key) == as_key(problem[column])

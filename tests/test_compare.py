@@ -12,7 +12,8 @@ import torch
 from bench.commands import compare
 from bench.commands.compare import COMMAND, CompareConfig, keys_for, run
 from bench.config import Shared, UsageError, add_options, configure
-from bench.results import normalize, read_results, weights_digest, weights_label
+from bench.csvlog import read_rows
+from bench.results import normalize, weights_digest, weights_label
 
 DERIVATIVE_KEYS = ("model", "size", "n_chan", "weights", "seed", "batch", "device", "method", "order", "accuracy",
                    "eps", "dtype")
@@ -180,7 +181,7 @@ def test_an_old_csv_with_width_and_a_checkpoint_path_matches_a_new_one(tmp_path,
     torch.save({"w": torch.arange(6.0).reshape(2, 3)}, tmp_path / "deep-ebm.pt")
     old = write(tmp_path / "old", [10.0, 2.0], width=[32, 64], weights=str(tmp_path / "deep-ebm.pt"))
     new = write(tmp_path / "new", [10.0, 2.0], n_chan=[32, 64], weights=weights_digest(tmp_path / "deep-ebm.pt"))
-    frame = read_results(old / "derivatives.csv")
+    frame = read_rows(old / "derivatives.csv")
     assert "width" not in frame.columns and list(frame["n_chan"]) == [32, 64]
     assert set(frame["weights"]) == {weights_digest(tmp_path / "deep-ebm.pt")}
     assert compare_folders(old, new) == 0

@@ -1,8 +1,9 @@
 """``fdsm-bench compare OLD NEW``: the ratio NEW / OLD of one metric, row by row, and a regression gate.
 
 Every CSV that both result folders hold (``derivatives.csv``, ``train_steps.csv``, ...) is read with
-``bench.results.read_results`` (older column names and checkpoint paths brought up to date, so that one job run
-into two folders, or with its checkpoint elsewhere, matches row for row) and joined on its configuration columns:
+``bench.csvlog.read_rows`` (a CSV that is not well formed is refused in one line; older column names and
+checkpoint paths are brought up to date, so that one job run into two folders, or with its checkpoint elsewhere,
+matches row for row) and joined on its configuration columns:
 the registered experiment's ``compare_keys`` (``keys`` when None), or, for a CSV no experiment writes, every text
 or integer column that is not metadata (``keys_for``). For each row of OLD it prints ``old``, ``new`` and
 ``ratio = new / old`` of ``--metric``, and marks a regression where the metric got worse by more than
@@ -31,10 +32,10 @@ from typing import Any
 import pandas as pd
 
 from bench.config import Shared, UsageError, option
-from bench.csvlog import as_key
+from bench.csvlog import as_key, read_rows
 from bench.environment import METADATA_COLUMNS
 from bench.experiment import Command
-from bench.results import ALIASES, RANDOM_WEIGHTS, is_digest, read_results
+from bench.results import ALIASES, RANDOM_WEIGHTS, is_digest
 
 NAME = "compare"
 HELP = "compare two result folders row by row; exit 1 when a metric regressed past a threshold"
@@ -183,6 +184,12 @@ def _show(values: Sequence[str], most: int = 4) -> str:
 
 # ---- the command ----------------------------------------------------------------------------------------------
 
+
+def _read(path: Path, aliases) -> pd.DataFrame:
+    """The rows of a results CSV in today's terms (an empty file: no rows); a malformed one is a one-line error."""
+    frame = read_rows(path, aliases)
+    return pd.DataFrame() if frame is None else frame
+
 def run(config: CompareConfig, shared: Shared) -> int:
     for name, folder in (("OLD", config.old), ("NEW", config.new)):
         if folder is None or not Path(folder).is_dir():
@@ -201,12 +208,12 @@ def run(config: CompareConfig, shared: Shared) -> int:
     for old_path in olds:
         name = old_path.name
         aliases = aliases_for(name)
-        old = read_results(old_path, aliases)
+        old = _read(old_path, aliases)
         if metric not in old.columns:  # e.g. time_ms in grad_agreement.csv: nothing of this metric to lose
             sections.append(f"{name}: no column {metric!r}, skipped")
             continue
         new_path = new_folder / name
-        new = read_results(new_path, aliases) if new_path.exists() else None
+        new = _read(new_path, aliases) if new_path.exists() else None
         if new is None or metric not in new.columns:
             lost = "is missing" if new is None else f"has no column {metric!r}"
             sections.append(f"\n{name}: REGRESSED, {new_path} {lost} ({len(old)} rows of OLD)")

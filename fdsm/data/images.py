@@ -10,6 +10,7 @@ preprocessing each model uses (paper-code-notes section 2.6).
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise DataFormatError(f"{path}: truncated header ({len(raw)} bytes); expected {header} for {ndim} dims")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    size = int(np.prod(shape)) if shape else 0
+    size = math.prod(shape)  # Python ints: np.prod of uint32 sizes can wrap around to the data's length
     if len(raw) - header != size:
         raise DataFormatError(
             f"{path}: {len(raw) - header} data bytes; expected {size} for shape {shape} (truncated or corrupted)"

@@ -72,7 +72,8 @@ def drop_correlated(x: np.ndarray, threshold: float = 0.98) -> np.ndarray:
     (module docstring): of each near-duplicate pair the later column stays. (N, D) -> (N, D')."""
     kept = list(range(x.shape[1]))
     while len(kept) > 1:  # one column left has no partner (and np.corrcoef of it is a scalar)
-        corr = np.abs(np.corrcoef(x[:, kept], rowvar=False))
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant column's NaNs: no partner; refused later
+            corr = np.abs(np.corrcoef(x[:, kept], rowvar=False))
         has_partner = (corr > threshold).sum(1) > 1  # every column exceeds it with itself
         if not has_partner.any():
             return x[:, kept]
@@ -80,14 +81,22 @@ def drop_correlated(x: np.ndarray, threshold: float = 0.98) -> np.ndarray:
     return x[:, kept]
 
 
+def _enough_rows(path: str | Path, x: np.ndarray, expected: str) -> None:
+    """More (fitted) rows than feature columns, without which correlations and whitening mean nothing."""
+    if min(len(x), FIT_ROWS) <= x.shape[1]:
+        raise DataFormatError(f"{path}: {len(x)} rows of {x.shape[1]} feature columns are too few to whiten (it "
+                              f"needs more rows than columns); expected {expected}")
+
+
 def _whitened(path: str | Path, x: np.ndarray, expected: str) -> np.ndarray:
-    """``whiten(x)`` of a file's table, refusing one it cannot whiten: fewer fitted rows than columns, or a constant
-    or duplicated column (a zero singular value), which would give fewer columns or infinities, not an error."""
+    """``whiten(x)`` of a file's table, refusing one it cannot whiten (too few rows, or a constant or duplicated
+    column: a zero singular value), which would give fewer columns or infinities rather than an error."""
+    _enough_rows(path, x, expected)
     fit = x[:FIT_ROWS]
     s = np.linalg.svd(fit - fit.mean(0), compute_uv=False)
-    if len(s) < x.shape[1] or not s.min() > s.max() * 1e-10:
-        raise DataFormatError(f"{path}: {len(fit)} rows of {x.shape[1]} feature columns cannot be whitened (too few "
-                              f"rows, or a constant or duplicated column); expected {expected}")
+    if not s.min() > s.max() * 1e-10:
+        raise DataFormatError(f"{path}: a constant or duplicated feature column, which cannot be whitened; "
+                              f"expected {expected}")
     return whiten(x)
 
 
@@ -105,6 +114,7 @@ def load_parkinsons(path: str | Path, seed: int = 0) -> torch.Tensor:
     """Whitened Parkinsons features: (N, D) float32 (D = 15 in the DKEF paper)."""
     del seed  # no dequantization for Parkinsons; the argument keeps one loader signature
     values = _read_csv(path, PARKINSONS_EXPECTED, ",", min_columns=5)
+    _enough_rows(path, values[:, 3:], PARKINSONS_EXPECTED)  # before the correlations, which few rows make +-1
     return torch.from_numpy(_whitened(path, drop_correlated(values[:, 3:]), PARKINSONS_EXPECTED)).float()
 
 
