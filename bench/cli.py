@@ -61,3 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataFormatError) as err:
         print(f"fdsm-bench {command.name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a sweep (which says how much it kept): every finished row is on disk
+        print(f"fdsm-bench {command.name}: interrupted; the rows written so far are kept, and running the same "
+              "command again resumes", file=sys.stderr)
+        return 130

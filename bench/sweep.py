@@ -11,8 +11,9 @@ where a metadata column the case or the measurement already sets keeps their val
 ``measure`` returns the measured columns (``time_ms``, ``peak_mem_mb``, ``rel_error``, ...) and may set its own
 ``status`` (``"unsupported"`` for a method this machine cannot run). With ``isolate=True`` every case runs in a
 ``bench.isolation.Worker`` process under the ``timeout_s`` budget, which is what the CPU peak-memory probe needs;
-a case that times out, runs out of memory or raises gets a ``timeout``, ``oom`` or ``error`` row with the message,
-and the sweep goes on. ``isolate=False`` runs in this process (no time budget; errors still become rows), for
+a case that times out, runs out of memory or raises gets a ``timeout``, ``oom`` or ``error`` row with the message
+(a worker killed by a signal: an ``error`` row that names the signal), the next case gets a fresh worker, and the
+sweep goes on. ``isolate=False`` runs in this process (no time budget; errors still become rows), for
 sweeps that measure no memory.
 
 ``numbers`` (an ``Experiment``'s) are the measured columns an ``ok`` row must carry, finite: an ``ok`` row where one

@@ -15,7 +15,7 @@ import torch
 
 import bench.timing
 from bench.accuracy import relative_error
-from bench.csvlog import CsvLog, rows_from_pytest_benchmark
+from bench.csvlog import CsvLog, ResultsFileError, rows_from_pytest_benchmark
 from bench.environment import METADATA_COLUMNS, float32_math, metadata, set_float32_math, use_ieee_float32
 from bench.isolation import CaseOutcome, Worker
 from bench.memory import cpu_peak_supported, peak_memory
@@ -185,7 +185,7 @@ def test_csv_log_appends_atomically_and_resumes(tmp_path):
 
 def test_csv_log_refuses_a_file_of_another_schema(tmp_path):
     pd.DataFrame({"x": [1]}).to_csv(tmp_path / "rows.csv", index=False)
-    with pytest.raises(ValueError, match="lacks the key column"):
+    with pytest.raises(ResultsFileError, match="lacks the key column"):  # a UsageError: one line, exit status 2
         CsvLog(tmp_path / "rows.csv", key_columns=("method",))
 
 
