@@ -17,6 +17,7 @@ from bench.environment import use_ieee_float32
 from bench.experiment import Command
 from bench.experiments import EXPERIMENTS
 from fdsm.data import DataFormatError
+from fdsm.training import NonFiniteLossError
 
 
 def commands() -> list[Command]:
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataFormatError) as err:
         print(f"fdsm-bench {command.name}: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:  # a run that diverged: what happened and what to try, in one line
+        print(f"fdsm-bench {command.name}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # outside a sweep (which says how much it kept): every finished row is on disk
         print(f"fdsm-bench {command.name}: interrupted; the rows written so far are kept, and running the same "
               "command again resumes", file=sys.stderr)

@@ -70,3 +70,11 @@ def test_fd_in_bfloat16_says_it_is_out_of_range_and_stays_a_row_with_its_numbers
     assert row["status"] == "ok" and row["time_ms"] > 0 and row["rel_error"] > 0.01
     assert row["message"].startswith(f"FD in bfloat16 is numerically out of range here: its roundoff, about "
                                      f"u / eps^T with u = {unit:.1e}")
+
+
+def test_a_fit_whose_loss_diverges_says_so_in_one_line_and_saves_nothing(tmp_path, capsys):
+    assert main(["fit", "--quick", "--device", "cpu", "--out", str(tmp_path), "--lr", "1e30", "--steps", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "fdsm-bench fit: failed: training step 2: the loss is nan, not finite" in err and "lower the learning" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.pt"))
