@@ -9,10 +9,12 @@ n_chan      the deep EBM's ``n_chan`` (channels after the stem), or None for the
 weights     ``random`` (seeded initialization) or the content digest of a state_dict checkpoint
 seed        seeds the weights (when random), the points x and the directions
 batch       B, the number of points
-method      a name in ``fdsm.METHODS``
+method      a name in ``fdsm.METHODS``; an FD method with ``+richardson`` evaluates the Richardson stencil of its
+            own (``fdsm.fd_estimate.richardson_stencil``, accuracy p -> p + 2)
 order       T
 accuracy    p of ``fdsm.central_stencil(T, p)`` (FD methods; exact methods ignore it)
-eps         the step \|v\| (every direction has this norm)
+eps         the step \|v\| (every direction has this norm); with ``eps_source`` ``auto``, the batch median of the
+            steps the automatic step chose (``auto_step``), the call itself choosing them again, timed
 dtype       ``float32`` | ``float64`` | ``bfloat16`` | ``float16``
 device      ``cpu`` | ``cuda`` | ``cuda:N``
 =========== ==========================================================================================
@@ -26,7 +28,11 @@ since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
 ``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns (for
 ``exact-taylor`` also ``trace_ms``, the one-off time of tracing f to its aten graph, which the untimed warm-up call
 pays and the timed calls reuse from the cache);
-``measure_error(case)`` only computes the error (the eps-sweep). ``derivative_closure(case)``,
+``measure_error(case)`` only computes the error (the eps-sweep). FD rows also carry FD's own estimate of its error
+(``fdsm.fd_estimate``): ``err_estimate``, the batch median of the per-sample estimated *relative* error beside
+``rel_error``, the median of the measured one, and ``flagged`` where it is above 1%; rows of the automatic step
+add its cost, ``probe_forwards`` and ``probe_points`` (f evaluations per sample spent probing), and the spread of
+its per-sample steps (``step_min``, ``step_max``). ``derivative_closure(case)``,
 ``reference_for(case)`` and ``error_columns(case, d, d_ref)`` are the pieces they share with the pytest-benchmark
 suite (``derivative_call`` gives the first two at once). The measure
 functions are module-level, so that a spawned ``bench.isolation.Worker`` can run them; the worker keeps built
@@ -54,6 +60,7 @@ from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import measure_time, timing_columns
 from bench.user_model import build_user_model, is_user_model
 from fdsm.derivatives import FD_METHODS
+from fdsm.fd_estimate import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
 from fdsm.models import MODELS, build
 
 REFERENCE_CHUNK = 8  # samples per float64 reference call
@@ -64,7 +71,9 @@ BUILD_COLUMNS = (*PROBLEM_KEYS, "checkpoint", "event_shape")  # the keys, and ho
 CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
                 "nvml_used_mb", "trace_ms")
-ERROR_COLUMNS = ("rel_error", "rel_error_max", "backend")
+ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backend")
+AUTO_COLUMNS = ("probe_forwards", "probe_points", "step_min", "step_max")  # rows of the automatic step
+RICHARDSON = "+richardson"  # an FD method with this suffix evaluates its stencil's Richardson stencil
 
 
 def build_model(case: Mapping[str, Any]) -> nn.Module:
@@ -120,14 +129,57 @@ def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
-def derivative_closure(case: Mapping[str, Any]) -> Callable[[], Tensor]:
-    """The call to measure: ``directional_derivative`` on inputs already in the case's dtype, v = eps u."""
-    key, order, method = _problem_key(case), int(case["order"]), case["method"]
-    dtype = DTYPES[case["dtype"]]
+def fd_variant(method: str) -> tuple[str, bool]:
+    """``"fd-batched+richardson"`` -> ("fd-batched", True); a plain name -> (name, False)."""
+    base = method.removesuffix(RICHARDSON)
+    return base, base != method
+
+
+def case_stencil(case: Mapping[str, Any]) -> fdsm.Stencil | None:
+    """The stencil an FD case evaluates (its Richardson stencil for a ``+richardson`` method); None for exact."""
+    base, richardson = fd_variant(case["method"])
+    if base not in FD_METHODS:
+        return None
+    s = fdsm.central_stencil(int(case["order"]), int(case["accuracy"]))
+    return richardson_stencil(s) if richardson else s
+
+
+def is_auto(case: Mapping[str, Any]) -> bool:
+    return case.get("eps_source") == "auto"
+
+
+def _inputs(case: Mapping[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
+    """(model, x, v) in the case's dtype: v = eps u, or u itself for the automatic step (which picks its own step
+    along u; the result is along the v given either way, eq. S1 of fdsm.fd_estimate)."""
+    key, dtype = _problem_key(case), DTYPES[case["dtype"]]
     _, x, u = _problem(key)
-    model = _model_in(key, dtype)
-    x_d, v_d = x.to(dtype), (float(case["eps"]) * u).to(dtype)
-    stencil = fdsm.central_stencil(order, int(case["accuracy"])) if method in FD_METHODS else None
+    scale = 1.0 if is_auto(case) else float(case["eps"])
+    return _model_in(key, dtype), x.to(dtype), (scale * u).to(dtype)
+
+
+def estimate_call(case: Mapping[str, Any]) -> Callable[[], FDEstimate]:
+    """An FD case's call through ``fdsm.fd_estimate``: its automatic step, or its fixed step with the error
+    estimated (one probe forward more than the plain call)."""
+    model, x_d, v_d = _inputs(case)
+    base, _ = fd_variant(case["method"])
+    s, step = case_stencil(case), "auto" if is_auto(case) else None
+
+    def call() -> FDEstimate:
+        return fd_estimate(model.log_density, x_d, v_d, int(case["order"]), method=base, stencil=s, step=step,
+                           warn=False)
+
+    return call
+
+
+def derivative_closure(case: Mapping[str, Any]) -> Callable[[], Tensor]:
+    """The call to measure: ``directional_derivative`` on inputs already in the case's dtype, v = eps u; for the
+    automatic step, ``fd_estimate``'s whole call (probes and result), which is what using it costs."""
+    if is_auto(case):
+        estimate = estimate_call(case)
+        return lambda: estimate().derivative
+    order, (method, _) = int(case["order"]), fd_variant(case["method"])
+    model, x_d, v_d = _inputs(case)
+    stencil = case_stencil(case)
 
     def call() -> Tensor:
         return fdsm.directional_derivative(model.log_density, x_d, v_d, order, method=method, stencil=stencil)
@@ -136,8 +188,10 @@ def derivative_closure(case: Mapping[str, Any]) -> Callable[[], Tensor]:
 
 
 def reference_for(case: Mapping[str, Any]) -> Tensor:
-    """D_ref for v = eps u: (u . grad)^T log p in float64, times eps^T (exact, since D^T is homogeneous in v)."""
-    return _unit_reference(_problem_key(case), int(case["order"])) * float(case["eps"]) ** int(case["order"])
+    """D_ref for v = eps u: (u . grad)^T log p in float64, times eps^T (exact, since D^T is homogeneous in v); for
+    the automatic step, whose v is u, the unit reference."""
+    scale = 1.0 if is_auto(case) else float(case["eps"])
+    return _unit_reference(_problem_key(case), int(case["order"])) * scale ** int(case["order"])
 
 
 def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
@@ -145,22 +199,50 @@ def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tens
     return derivative_closure(case), reference_for(case)
 
 
+@functools.cache
+def _auto_step(key: tuple, method: str, order: int, accuracy: int, dtype: str) -> float:
+    case = dict(zip(BUILD_COLUMNS, key, strict=True)) | {"method": method, "order": order, "accuracy": accuracy,
+                                                         "dtype": dtype, "eps_source": "auto", "eps": "auto"}
+    with torch.no_grad():
+        return float(estimate_call(case)().step.median())
+
+
+def auto_step(problem: Mapping[str, Any], method: str, order: int, accuracy: int, dtype: str) -> float:
+    """The batch median of the steps the automatic step picks for this problem: a case's ``eps`` (its key) for
+    ``eps_source`` ``auto``. Computed before the sweep, in the calling process, by the same deterministic probes
+    as the measured call, which picks them again (``measure_derivative`` reports a mismatch)."""
+    return _auto_step(_problem_key(problem), method, order, accuracy, dtype)
+
+
 def _unsupported(method: str) -> dict[str, Any] | None:
-    entry = fdsm.METHODS.entry(method)
+    entry = fdsm.METHODS.entry(fd_variant(method)[0])
     return None if entry.enabled else {"status": "unsupported", "message": entry.reason}
 
 
 NARROW = ("bfloat16", "float16")  # FD's roundoff u / eps^T there: a few percent at T = 1, worse with T
 
 
-def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor) -> dict[str, Any]:
+def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
+                  estimate: FDEstimate | None = None) -> dict[str, Any]:
+    """rel_error (median and max over the batch) of d against d_ref; for FD, ``estimate``'s ``err_estimate`` and
+    ``flagged`` beside it, and for the automatic step its cost and steps (``AUTO_COLUMNS``)."""
     err = relative_error(d, d_ref)
     backend = "n/a"
     if case["method"] == "fd-streams":  # one stream or worker thread per stencil point: say how many ran at once
         points = len(fdsm.central_stencil(int(case["order"]), int(case["accuracy"])))
         backend = f"{fdsm.streams_backend(case['device'])} x{points}"
     columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
-    if case["method"] in FD_METHODS and case["dtype"] in NARROW and not err.median <= 0.01:
+    if estimate is not None:
+        median = float(estimate.rel_error.median())
+        columns |= {"err_estimate": median, "flagged": not median <= TOLERANCE}
+        if is_auto(case):
+            steps = estimate.step
+            columns |= {"probe_forwards": estimate.probe_forwards, "probe_points": estimate.probe_points,
+                        "step_min": float(steps.min()), "step_max": float(steps.max())}
+            if not math.isclose(float(steps.median()), float(case["eps"]), rel_tol=1e-6):
+                columns["message"] = (f"the timed call's automatic step, median {float(steps.median()):.6g}, differs "
+                                      f"from the case's eps {float(case['eps']):.6g} chosen before the sweep")
+    if fd_variant(case["method"])[0] in FD_METHODS and case["dtype"] in NARROW and not err.median <= 0.01:
         unit = torch.finfo(DTYPES[case["dtype"]]).eps
         columns["message"] = (f"FD in {case['dtype']} is numerically out of range here: its roundoff, about "
                               f"u / eps^T with u = {unit:.1e}, swamps the T = {case['order']} derivative "
@@ -173,8 +255,11 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
     error of one case; the measured columns of its row.
 
     The same call is timed and probed: ``directional_derivative`` with the graph kept (its result is
-    differentiable in the parameters, as a training step needs). The memory probe is a separate call after the
-    timed ones, whose output is the one compared with the reference.
+    differentiable in the parameters, as a training step needs), or for the automatic step ``fd_estimate``'s whole
+    call, probes included. The memory probe is a separate call after the timed ones, whose output is the one
+    compared with the reference. FD's error estimate comes from one more call, untimed: at a fixed step,
+    ``fd_estimate`` at that step (the result is the same; the estimate costs one probe forward); for the automatic
+    step, the same call again, whose result is the one compared.
     """
     if (skip := _unsupported(case["method"])) is not None:
         return skip
@@ -187,6 +272,11 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
     memory = peak_memory(lambda: outputs.append(call()), device)
     measured = {**timing_columns(timing), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
                 "nvml_used_mb": memory.nvml_used_mb, "trace_ms": trace_ms}
+    estimate = None
+    if case_stencil(case) is not None:
+        with torch.no_grad():
+            estimate = estimate_call(case)()
+    d = estimate.derivative if estimate is not None and is_auto(case) else outputs[0]
     # The reference comes last: the float64 exact method at high T can itself run out of memory (paper size on a
     # GPU), and that must cost this row its error column, not its time and memory.
     try:
@@ -194,16 +284,19 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
     except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
         return {**measured, "rel_error": math.nan, "rel_error_max": math.nan,
                 "message": f"no rel_error: the float64 reference failed ({type(err).__name__}: {err})"}
-    return {**measured, **error_columns(case, outputs[0], d_ref)}
+    return {**measured, **error_columns(case, d, d_ref, estimate)}
 
 
 def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:
-    """The error columns of one case, without timing (no graph is kept)."""
+    """The error columns of one case, without timing (no graph is kept): for FD, through ``fd_estimate`` at the
+    case's step, which also gives ``err_estimate``."""
     if (skip := _unsupported(case["method"])) is not None:
         return skip
     with torch.no_grad():
-        d = derivative_closure(case)()
-    return error_columns(case, d, reference_for(case))
+        if case_stencil(case) is None:
+            return error_columns(case, derivative_closure(case)(), reference_for(case))
+        estimate = estimate_call(case)()
+    return error_columns(case, estimate.derivative, reference_for(case), estimate)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ backward -> clip -> step), probes the peak memory of one more step above the pro
 loss. An FD or Taylor row's steps alternate, round by round, with steps of its nested-autograd counterpart
 (``COUNTERPART``) and, for an FD row, of the strongest exact step (``STRONGEST``, Taylor mode), all in this one
 worker; each ``speedup`` is the median (and quartiles) of the per-round time ratios rival / row.
+
+This is one process's step (``world_size`` 1, ``backend`` and ``scaling`` none). The data-parallel step of the same
+recipes, each rank on its slice of the batch ``build_row`` builds, is ``bench.distributed_case``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,24 @@ def _seeded_batch(model_key: tuple, batch: int, dtype: str, device: str, seed: i
                          generator=torch.Generator().manual_seed(seed))
 
 
+def build_row(recipe: Recipe, case: Mapping[str, Any], *, device: torch.device | str | None = None
+              ) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A row's freshly built model and its whole seeded batch x: (batch, *event), in the case's dtype, layout and on
+    ``device`` (default: the case's). Every process that builds the same case gets the same model and batch: the
+    ranks of a data-parallel step (``bench.distributed_case``) each take their slice of this x."""
+    device = torch.device(case["device"] if device is None else device)
+    dtype = DTYPES[case["dtype"]]
+    if device.type == "cuda":  # process-wide, so every CUDA row sets them; the warm-up steps do the tuning
+        torch.backends.cudnn.benchmark = bool(case["cudnn_benchmark"])
+        set_float32_math(case["float32_math"])
+    torch.manual_seed(int(case["seed"]))
+    model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
+    model_key = tuple((k, case.get(k, "")) for k in ("model", "size", "batch", "event_shape", "lr"))
+    x = _seeded_batch(model_key, int(case["batch"]), case["dtype"], str(device), int(case["seed"]))
+    recipe.prepare_model(model, x)  # e.g. DKEF's inducing points from data-like rows
+    return in_memory_format(model, x, case["memory_format"])
+
+
 @dataclass
 class Stepper:
     """One row's model, optimizer and batch, ready to take complete training steps: ``stepper()`` takes one, and
@@ -89,19 +110,9 @@ class Stepper:
     losses: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        case, recipe = self.case, self.recipe
-        device, dtype = torch.device(case["device"]), DTYPES[case["dtype"]]
-        if device.type == "cuda":  # process-wide, so every CUDA row sets them; the warm-up steps do the tuning
-            torch.backends.cudnn.benchmark = bool(case["cudnn_benchmark"])
-            set_float32_math(case["float32_math"])
-        torch.manual_seed(int(case["seed"]))
-        model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
-        model_key = tuple((k, case.get(k, "")) for k in ("model", "size", "batch", "event_shape", "lr"))
-        x = _seeded_batch(model_key, int(case["batch"]), case["dtype"], case["device"], int(case["seed"]))
-        recipe.prepare_model(model, x)  # e.g. DKEF's inducing points from data-like rows
-        self.model, self.x = in_memory_format(model, x, case["memory_format"])
-        self.optimizer, self.scheduler = make_optimizer(self.model, recipe.optim, total_steps=10**6)
-        self.clock = PhaseClock(device)
+        self.model, self.x = build_row(self.recipe, self.case)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.recipe.optim, total_steps=10**6)
+        self.clock = PhaseClock(torch.device(self.case["device"]))
 
     def __call__(self) -> None:
         self.clock.start()

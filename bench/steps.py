@@ -52,14 +52,18 @@ def default_step(order: int, accuracy: int, dtype: torch.dtype, scale: float = S
 FUNCTION_COLUMNS = ("model", "size", "n_chan", "weights", "seed", "device")
 
 
-def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, accuracy: int) -> dict[int, float]:
+def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, accuracy: int,
+               method: str | None = None) -> dict[int, float]:
     """{T: the step with the smallest median error} among the ``ok`` rows of an ``eps-sweep`` CSV measured on the
     same function as ``problem`` (its ``FUNCTION_COLUMNS``: model, size, n_chan, weights, seed, device), in the same
-    dtype, with the same stencil accuracy. Empty where the sweep has none."""
+    dtype, with the same stencil accuracy (and, where given, the same ``method``: ``fd-batched+richardson`` rows
+    evaluate another stencil). Empty where the sweep has none."""
     rows = read_rows(eps_sweep_csv)  # checked; an older sweep's width and checkpoint paths in today's terms
     if rows is None:
         return {}
     same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
+    if method is not None:
+        same &= rows["method"] == method
     for column in FUNCTION_COLUMNS:
         same &= rows[column].map(as_key) == as_key(problem[column])
     rows = rows[same].dropna(subset=["rel_error"])

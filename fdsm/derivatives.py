@@ -25,7 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from fdsm import exact, fd, taylor
+from fdsm import distributed, exact, fd, taylor
+
+# From the module itself: the package's name fdsm.fd_estimate is the function (fdsm/__init__.py exports it).
+from fdsm.fd_estimate import TOLERANCE, check_fd_options, checked_estimate, richardson_stencil
 from fdsm.registry import Registry
 from fdsm.stencils import Stencil, central_stencil, check_order
 from kernels.backend import triton_unavailable_reason
@@ -41,55 +44,57 @@ METHODS.register("fd-streams", fd.fd_streams)
 # the Triton interpreter on the CPU (kernels/backend.py, NOTE [the Triton interpreter]).
 _NO_FUSED = triton_unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 METHODS.register("fd-fused", fd.fd_fused, enabled=_NO_FUSED is None, reason=f"{_NO_FUSED}; use 'fd-batched'")
+METHODS.register("fd-distributed", distributed.fd_distributed, enabled=distributed.ProcessGroupReady(),
+                 reason=distributed.NO_PROCESS_GROUP)  # NOTE [an entry enabled while a process group exists]
 
 EXACT_METHODS = ("exact-reverse", "exact-forward", "exact-taylor")
-FD_METHODS = ("fd-serial", "fd-batched", "fd-streams", "fd-fused")
+FD_METHODS = ("fd-serial", "fd-batched", "fd-streams", "fd-fused", "fd-distributed")
 
 _WHO = "directional_derivative(f, x, v, order)"
 
 
-def _check_inputs(f: object, x: object, v: object) -> None:
+def _check_inputs(f: object, x: object, v: object, who: str = _WHO) -> None:
     if not callable(f):
-        raise TypeError(f"{_WHO}: expected f to be callable, got {type(f).__name__}")
+        raise TypeError(f"{who}: expected f to be callable, got {type(f).__name__}")
     for name, t in (("x", x), ("v", v)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{_WHO}: expected {name} to be a Tensor, got {type(t).__name__}")
+            raise TypeError(f"{who}: expected {name} to be a Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
-            raise TypeError(f"{_WHO}: expected {name} to be floating point, got {t.dtype}")
+            raise TypeError(f"{who}: expected {name} to be floating point, got {t.dtype}")
     if x.dim() < 1:
-        raise ValueError(f"{_WHO}: expected x of shape (B, *event), got a 0-d tensor")
+        raise ValueError(f"{who}: expected x of shape (B, *event), got a 0-d tensor")
     if v.shape != x.shape:
-        raise ValueError(f"{_WHO}: expected v of the same shape as x {tuple(x.shape)}, got {tuple(v.shape)}")
+        raise ValueError(f"{who}: expected v of the same shape as x {tuple(x.shape)}, got {tuple(v.shape)}")
     if v.dtype != x.dtype or v.device != x.device:
-        raise ValueError(f"{_WHO}: expected v on x's dtype and device ({x.dtype}, {x.device}), "
+        raise ValueError(f"{who}: expected v on x's dtype and device ({x.dtype}, {x.device}), "
                          f"got ({v.dtype}, {v.device})")
 
 
-def _check_stencil(stencil: object, order: int, method: str) -> Stencil | None:
+def _check_stencil(stencil: object, order: int, method: str, who: str = _WHO) -> Stencil | None:
     if stencil is None:
         return central_stencil(order) if method in FD_METHODS else None
     if not isinstance(stencil, Stencil):
-        raise TypeError(f"{_WHO}: expected stencil to be a fdsm.Stencil, got {type(stencil).__name__}")
+        raise TypeError(f"{who}: expected stencil to be a fdsm.Stencil, got {type(stencil).__name__}")
     if stencil.order != order:
-        raise ValueError(f"{_WHO}: expected a stencil of order {order}, got one of order {stencil.order}; "
+        raise ValueError(f"{who}: expected a stencil of order {order}, got one of order {stencil.order}; "
                          f"build it with central_stencil({order})")
     if method not in FD_METHODS:
-        raise ValueError(f"{_WHO}: method {method!r} is exact and takes no stencil; pass stencil=None")
+        raise ValueError(f"{who}: method {method!r} is exact and takes no stencil; pass stencil=None")
     return stencil
 
 
-def _checked(f: Callable[[Tensor], Tensor], batch: int) -> Callable[[Tensor], Tensor]:
+def _checked(f: Callable[[Tensor], Tensor], batch: int, who: str = _WHO) -> Callable[[Tensor], Tensor]:
     """f, with its output checked: (N, *event) -> (N,) or (N, k), the same N as its input. ``batch`` is the
     user's B: where N differs (the batched FD methods stack their points), an error says so."""
 
     def wrapped(inputs: Tensor) -> Tensor:
         out = f(inputs)
         if not isinstance(out, Tensor):
-            raise TypeError(f"{_WHO}: expected f to return a Tensor, got {type(out).__name__}")
+            raise TypeError(f"{who}: expected f to return a Tensor, got {type(out).__name__}")
         if out.dim() not in (1, 2) or out.shape[0] != inputs.shape[0]:
             stacked = (f" (the {inputs.shape[0] // batch} stencil points of the batch of {batch}, stacked into one"
                        " call)" if inputs.shape[0] != batch else "")
-            raise ValueError(f"{_WHO}: expected f to map a batch of {inputs.shape[0]}{stacked} to shape "
+            raise ValueError(f"{who}: expected f to map a batch of {inputs.shape[0]}{stacked} to shape "
                              f"({inputs.shape[0]},) or ({inputs.shape[0]}, k), got {tuple(out.shape)}")
         return out
 
@@ -97,7 +102,8 @@ def _checked(f: Callable[[Tensor], Tensor], batch: int) -> Callable[[Tensor], Te
 
 
 def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *,
-                           method: str = "fd-batched", stencil: Stencil | None = None) -> Tensor:
+                           method: str = "fd-batched", stencil: Stencil | None = None, step: str | None = None,
+                           richardson: bool = False) -> Tensor:
     r"""The T-th directional derivative :math:`(v^\top\nabla_x)^T f(x)`, exactly or by finite differences.
 
     Args:
@@ -106,7 +112,14 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
         v: (B, *event), the directions; :math:`\|v\|` is the FD step (the stencil offsets scale it).
         order: T >= 1.
         method: one of ``METHODS.names()`` (see the module docstring).
-        stencil: FD methods only; default ``central_stencil(order)`` (Theorem 1, error O(|v|^2)).
+        stencil: FD methods only; default ``central_stencil(order)`` (Theorem 1, error O(|v|^2)); with
+            ``step="auto"``, the accuracy of ``default_accuracy`` (module ``fdsm/fd_estimate.py``).
+        step: FD methods only. ``None`` (default): |v| is the step. ``"auto"``: the step is chosen per sample from
+            probes of f (``fdsm/fd_estimate.py``), and the result is still the derivative along v: the stencil runs
+            at step h along v/|v|, rescaled by (|v|/h)^T. ``fdsm.fd_estimate(...)`` also returns the step and
+            the estimated error.
+        richardson: FD methods only: Richardson extrapolation of the stencil at the step and at half of it
+            (``fdsm.richardson_stencil``, accuracy p -> p + 2), in the same forward.
 
     Returns:
         (B,) or (B, k), like ``f(x)``; differentiable with respect to the parameters inside ``f``.
@@ -121,7 +134,13 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
     check_order(order, _WHO)
     _check_inputs(f, x, v)
     run = METHODS.get(method)
+    if step is not None:  # the automatic step (fdsm.fd_estimate), which checks its own options
+        return checked_estimate(f, x, v, order, method=method, stencil=stencil, step=step, richardson=richardson,
+                                tolerance=TOLERANCE, warn=True, who=_WHO).derivative
     checked_stencil = _check_stencil(stencil, order, method)
+    if richardson is not False:
+        check_fd_options(method, step, richardson, _WHO)
+        checked_stencil = richardson_stencil(checked_stencil)
     return run(_checked(f, len(x)), x, v, order, stencil=checked_stencil)
 
 

@@ -53,12 +53,14 @@ def apply_stencil(outputs: Tensor, stencil: Stencil) -> Tensor:
 # ``fdsm.objectives.noise_conditional`` (its conditioned score): change it in all of them or in none.
 
 
-def stencil_inputs(x: Tensor, v: Tensor, stencil: Stencil) -> Tensor:
-    r"""All points :math:`x + \gamma_i v`, stacked: x, v: (B, *event) -> (S*B, *event).
+def stencil_inputs(x: Tensor, v: Tensor, stencil: Stencil | tuple[float, ...]) -> Tensor:
+    r"""All points :math:`x + \gamma_i v`, stacked: x, v: (B, *event) -> (S*B, *event). ``stencil`` may also be
+    the offsets alone (the probes of ``fdsm.fd_estimate`` stack a ladder of them).
 
     See NOTE [point-major stacked batch].
     """
-    gamma = constant(stencil.offsets, x.dtype, x.device)  # (S,)
+    offsets = stencil.offsets if isinstance(stencil, Stencil) else tuple(stencil)
+    gamma = constant(offsets, x.dtype, x.device)  # (S,)
     gamma = gamma.view(-1, *([1] * x.dim()))  # (S, 1, ..., 1)
     return (x.unsqueeze(0) + gamma * v.unsqueeze(0)).flatten(0, 1)  # (S, B, *event) -> (S*B, *event)
 

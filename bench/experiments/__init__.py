@@ -6,7 +6,7 @@ has a section of each that declares one, ``compare`` joins each CSV on its ``com
 experiment is one new module here and one line below (docs/extending.md).
 """
 
-from bench.experiments import derivatives, eps_sweep, grad_agreement, kernels, train_steps
+from bench.experiments import derivatives, eps_sweep, grad_agreement, kernels, scaling, train_steps
 
 # In the order ``fdsm-bench all`` runs them and ``report.md`` shows them: the eps-sweep finds the FD steps that
 # the derivatives sweep then times.
@@ -16,6 +16,7 @@ EXPERIMENTS = (
     train_steps.EXPERIMENT,
     grad_agreement.EXPERIMENT,
     kernels.EXPERIMENT,
+    scaling.EXPERIMENT, scaling.STENCIL_EXPERIMENT,  # torchrun launches: not in the main job
 )
 
 

@@ -12,11 +12,17 @@ and ``figure2.png`` (time, peak memory and relative error against T, one line pe
 The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
 best measured step of that sweep for the same model (size, n_chan), weights, dtype and accuracy
 (``bench.steps.best_steps``); else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``).
-The CSV records the step in ``eps`` and where it came from in ``eps_source``.
+``--eps auto`` is the automatic step of ``fdsm.fd_estimate``, chosen per sample from probes of the model, and
+timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_estimate.default_accuracy``.
+``--richardson`` evaluates each FD method's Richardson stencil (accuracy p -> p + 2) instead; its rows name the
+method ``<method>+richardson``. The CSV records the step in ``eps`` (for the automatic step, the batch median of
+the per-sample steps) and where it came from in ``eps_source``; FD rows carry ``err_estimate``, FD's own estimate of
+its relative error, beside ``rel_error`` (``bench.derivative_case``).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +34,16 @@ import torch
 import fdsm
 from bench.config import Shared, UsageError, at_least, central_accuracies, option, positive, positives
 from bench.derivative_case import (
+    AUTO_COLUMNS,
     CASE_KEYS,
     ERROR_COLUMNS,
+    RICHARDSON,
     TIME_COLUMNS,
     ProblemConfig,
+    auto_step,
     derivative_call,
     error_columns,
+    fd_variant,
     measure_derivative,
     problem_columns,
 )
@@ -42,12 +52,18 @@ from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
 from bench.memory import peak_memory
 from bench.plots import METHOD_STYLE, failure_note, line_panel, save
 from bench.steps import best_steps, default_step
+from fdsm.derivatives import FD_METHODS
+from fdsm.fd_estimate import default_accuracy
 from fdsm.models import model_config
 
 # DESIGN.md's required columns of derivatives.csv; the case keys and the other measured columns follow them.
 REQUIRED = ("model", "method", "order", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb",
             "rel_error", "status")
 FD_BASELINE = "fd-batched"  # the report's ratios: every exact method against the fastest general FD method
+
+
+def _accuracy(value: int | None) -> int | None:
+    return value if value is None else central_accuracies("--accuracy")(value)
 
 
 def _methods(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -59,14 +75,45 @@ def _methods(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
+AUTO = "auto"
+
+
+def step_or_auto(text: str) -> float | str:
+    """argparse ``type=`` of ``--eps``: a number, or the word ``auto`` (the automatic step)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
+
+
+def positive_or_auto(option_name: str):
+    """A ``convert`` hook: a positive finite number, or ``"auto"``; None (unset) passes."""
+    def check(value: float | str | None) -> float | str | None:
+        if value is None or value == AUTO:
+            return value
+        if isinstance(value, str) or not 0 < value < float("inf"):
+            raise UsageError(f"{option_name} {value}: expected a positive finite number, or 'auto'")
+        return value
+
+    return check
+
+
 @dataclass(frozen=True)
 class DerivativesConfig(ProblemConfig):
     orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=positives("--orders"))
     methods: tuple[str, ...] = option((), "derivative methods; one this machine cannot run gets an unsupported row",
                                       convert=_methods, default_text=f"all of {', '.join(fdsm.METHODS.names())}")
-    accuracy: int = option(2, "FD stencil accuracy p", convert=central_accuracies("--accuracy"))
-    eps: float | None = option(None, "FD step |v| for every order", convert=positive("--eps"),
-                               default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps")
+    accuracy: int | None = option(None, "FD stencil accuracy p", type=int, convert=_accuracy,
+                                  default_text="2, the paper's; with --eps auto, per order and dtype "
+                                               "(fdsm.fd_estimate.default_accuracy)")
+    eps: float | str | None = option(None, "FD step |v| for every order, or 'auto': chosen per sample from probes "
+                                     "of the model (fdsm.fd_estimate), probes timed", type=step_or_auto,
+                                     convert=positive_or_auto("--eps"),
+                                     default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps")
+    richardson: bool = option(False, "FD methods evaluate their stencil's Richardson extrapolation (accuracy "
+                              "p -> p + 2, its points in the same forward); rows name the method <method>+richardson")
     steps_from: Path | None = option(None, "an eps_sweep.csv of the same model and weights: its best step per order "
                                      "(orders it lacks fall back to the default step)", default_text="none")
     warmup: int = option(1, "untimed calls per case", convert=at_least("--warmup", 0))
@@ -85,17 +132,30 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
     # Every registered method: one this machine cannot run gets an `unsupported` row that says why.
     methods = config.methods or tuple(fdsm.METHODS.names())
     problem, dtype = problem_columns(config, shared), shared.dtype_name
-    steps = {order: (default_step(order, config.accuracy, shared.dtype), "default") for order in config.orders}
-    if config.steps_from is not None:
+    auto = config.eps == AUTO
+    accuracy = {order: config.accuracy or (default_accuracy(order, shared.dtype) if auto else 2)
+                for order in config.orders}
+    steps = {order: (default_step(order, accuracy[order], shared.dtype), "default") for order in config.orders}
+    if config.steps_from is not None and not auto:
         if not config.steps_from.is_file():
             raise UsageError(f"--steps-from {config.steps_from}: no such file; run fdsm-bench eps-sweep first")
-        measured = best_steps(config.steps_from, problem, dtype=dtype, accuracy=config.accuracy)
-        steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if order in steps}
-    if config.eps is not None:
+        for p in set(accuracy.values()):
+            measured = best_steps(config.steps_from, problem, dtype=dtype, accuracy=p,
+                                  method=FD_BASELINE + (RICHARDSON if config.richardson else ""))
+            steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if accuracy.get(order) == p}
+    if config.eps is not None and not auto:
         steps = {order: (config.eps, "--eps") for order in config.orders}
-    return [{**problem, "method": method, "order": order, "accuracy": config.accuracy, "eps": steps[order][0],
-             "eps_source": steps[order][1], "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
-            for order in config.orders for method in methods]
+    rows = []
+    for order in config.orders:
+        for method in methods:
+            fd = method in FD_METHODS
+            name = method + (RICHARDSON if config.richardson and fd else "")
+            eps, source = steps[order]
+            if auto and fd and fdsm.METHODS.entry(method).enabled:
+                eps, source = auto_step(problem, name, order, accuracy[order], dtype), AUTO
+            rows.append({**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
+                         "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats})
+    return rows
 
 
 def figure2(rows: pd.DataFrame, title: str):
@@ -149,6 +209,10 @@ def report(frame: pd.DataFrame, out: Path) -> str:
     if "eps" in ok:
         steps = ok[ok.method == FD_BASELINE].groupby("order")["eps"].first()
         rows["FD step eps"] = steps.reindex(time.index).to_numpy()
+    if "err_estimate" in ok and ok.err_estimate.notna().any():  # FD's own estimate beside its measured error
+        estimate = ok.pivot_table(index="order", columns="method", values="err_estimate")
+        for method in estimate.columns:
+            rows[f"err. estimate {method}"] = estimate[method].reindex(time.index).to_numpy()
     inaccurate = [int(t) for t, e in error.get(FD_BASELINE, pd.Series(dtype=float)).items() if e > TRUSTWORTHY]
     caveat = (f"\n**{FD_BASELINE} is more than {TRUSTWORTHY:.0%} off the exact value at T = "
               f"{', '.join(map(str, inaccurate))}** in this dtype, even at the step used (see the step-size "
@@ -180,7 +244,7 @@ def tolerance(method: str, order: int) -> float:
 
 def benchmark(case: dict) -> Bench:
     """One case as a pytest-benchmark target: the timed call, then memory, error and its check."""
-    if not (entry := fdsm.METHODS.entry(case["method"])).enabled:
+    if not (entry := fdsm.METHODS.entry(fd_variant(case["method"])[0])).enabled:
         raise NotImplementedError(f"{case['method']}: {entry.reason}")
     call, d_ref = derivative_call(case)
 
@@ -204,7 +268,7 @@ EXPERIMENT = Experiment(
     stem="derivatives",
     png="figure2.png",
     keys=CASE_KEYS,
-    columns=(*REQUIRED, *TIME_COLUMNS, *ERROR_COLUMNS),
+    columns=(*REQUIRED, *TIME_COLUMNS, *ERROR_COLUMNS, "eps_source", *AUTO_COLUMNS),
     default=DEFAULT,
     quick=QUICK,
     cases=cases,

@@ -6,8 +6,14 @@ float64 reference (``bench.derivative_case``). The error is the sum of truncatio
 :math:`\varepsilon^p` as the step shrinks, and roundoff, growing like :math:`u/\varepsilon^T`; the curve is a U
 whose bottom sits near :math:`h^* = L u^{1/(T+p)}` (NOTE [default FD step] in ``bench.steps``), marked on the plot.
 
+Every row also carries ``err_estimate``, FD's own estimate of its relative error at that step (``fdsm.fd_estimate``
+with ``step=None``: truncation from the same stencil at h and h/2, roundoff from u |f|, one probe forward), which the
+figure draws against the measured error. ``--richardson`` sweeps the Richardson stencil instead (accuracy p -> p + 2,
+method ``fd-batched+richardson``), the step-size picture of ``derivatives --richardson``.
+
 Writes ``eps_sweep.csv`` (one row per case, resumable) and ``eps_sweep.png`` (one panel per (p, T), one line per
-dtype, with h*, the best measured step of each dtype, the 1% line and a slope-p guide).
+dtype, with h*, the best measured step of each dtype, the 1% line and a slope-p guide; thin dotted lines: the
+estimate of each dtype).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from bench.config import (
 from bench.derivative_case import (
     CASE_KEYS,
     ERROR_COLUMNS,
+    RICHARDSON,
     ProblemConfig,
     measure_error,
     problem_columns,
@@ -58,6 +65,8 @@ class EpsSweepConfig(ProblemConfig):
     eps_min: float = option(1e-3, "smallest step", convert=positive("--eps-min"))
     eps_max: float = option(1e3, "largest step", convert=positive("--eps-max"))
     per_decade: int = option(4, "grid points per factor of 10", type=positive_int)
+    richardson: bool = option(False, "sweep the Richardson stencil of each accuracy (p -> p + 2), as "
+                              "derivatives --richardson evaluates it")
     method: str = "fd-batched"
 
     def grid(self) -> list[float]:
@@ -76,7 +85,8 @@ def cases(config: EpsSweepConfig, shared: Shared) -> list[dict]:
     if not 0 < config.eps_min < config.eps_max:
         raise UsageError(f"--eps-min {config.eps_min} --eps-max {config.eps_max}: expected 0 < min < max")
     problem = problem_columns(config, shared)
-    return [{**problem, "method": config.method, "order": order, "accuracy": p, "eps": eps, "dtype": dtype}
+    method = config.method + (RICHARDSON if config.richardson else "")
+    return [{**problem, "method": method, "order": order, "accuracy": p, "eps": eps, "dtype": dtype}
             for order in config.orders for p in config.accuracies for dtype in config.dtypes
             for eps in config.grid()]
 
@@ -106,7 +116,14 @@ def _panel(ax, rows: pd.DataFrame, order: int, p: int) -> None:
                     linestyle="none")
             ax.annotate(f"{best.rel_error:.1e}\n@ {best.eps:.2g}", (best.eps, best.rel_error), xytext=(6, -18),
                         textcoords="offset points", fontsize=7, color=color)
-    _slope_guide(ax, rows[rows.dtype == "float64"], p)
+    if "err_estimate" in rows:  # FD's own estimate, beside the error it estimates
+        for dtype in rows.dtype.drop_duplicates():
+            mine = rows[(rows.dtype == dtype) & (rows.status == "ok") & (rows.err_estimate > 0)].sort_values("eps")
+            if len(mine):
+                ax.plot(mine.eps, mine.err_estimate, color=DTYPE_STYLE.get(dtype, {}).get("color", "black"),
+                        linestyle=":", linewidth=1.4, marker=".", markersize=3, label=f"{dtype} estimate")
+    richardson = "method" in rows and rows.method.astype(str).str.endswith(RICHARDSON).any()  # accuracy p + 2
+    _slope_guide(ax, rows[rows.dtype == "float64"], p + 2 if richardson else p)
     positive = rows.rel_error[rows.rel_error > 0]
     if len(positive):  # a panel whose every case failed has no error to scale to
         ax.set_ylim(max(positive.min() / 5, 1e-14), 10)
@@ -125,7 +142,8 @@ def eps_sweep_figure(rows: pd.DataFrame, title: str):
     if axes[0][0].get_legend_handles_labels()[0]:  # nothing to label where every case failed
         axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"{title}\ndashed verticals: theoretical optimum h* = L u^(1/(T+p)) per dtype;  stars: best "
-                 f"measured step;  green band: error <= {TRUSTWORTHY:.0%}", fontsize=10)
+                 f"measured step;  dotted: FD's own error estimate;  green band: error <= {TRUSTWORTHY:.0%}",
+                 fontsize=10)
     note = failure_note(rows, ("dtype", "order", "accuracy", "eps"))
     if note:
         fig.text(0.01, -0.02, note[:600], fontsize=7, color="#7f1d1d", wrap=True)
@@ -142,8 +160,9 @@ def plot(rows: pd.DataFrame, path: Path) -> Path:
 def report(frame: pd.DataFrame, out: Path) -> str:
     ok = ok_rows(frame).dropna(subset=["rel_error"])
     best = ok.loc[ok.groupby(["dtype", "order", "accuracy"])["rel_error"].idxmin()]
-    best = best[["dtype", "order", "accuracy", "eps", "rel_error"]].rename(
-        columns={"eps": "best step eps", "rel_error": "smallest rel. error"})
+    keep = ["dtype", "order", "accuracy", "eps", "rel_error"] + (["err_estimate"] if "err_estimate" in best else [])
+    best = best[keep].rename(columns={"eps": "best step eps", "rel_error": "smallest rel. error",
+                                      "err_estimate": "its estimate"})
     return "\n".join([
         "## Step size: where FD is trustworthy",
         figure(out, "eps_sweep.png", "Relative error against the step |v|, per dtype and stencil accuracy; "

@@ -16,7 +16,8 @@ the step's model FLOPs (``gflop``, ``bench.flops``) with the rate it ran them at
 The measurement itself runs in the worker: ``bench.step_case``. A user's model (``--models file.py:factory``, the
 contract in ``fdsm.models.user``) gets the objectives of ``fdsm.recipes.user_recipes`` at ``--batch`` and ``--lr``.
 
-Writes ``train_steps.csv`` (resumable; one row per (model, objective); a model that is not registered here gets an
+Writes ``train_steps.csv`` (resumable; one row per (model, objective), with ``world_size`` 1, ``backend`` none and
+``scaling`` none: the data-parallel steps are ``fdsm-bench scaling``'s; a model that is not registered here gets an
 ``unsupported`` row) and ``train_steps.png``: time and peak memory per objective, one panel per model, each FD bar
 labelled with its speed-up over the gradient-based objective it replaces (FD-SSM over SSM, FD-DSM over DSM,
 FD-SSMVR over SSMVR; the paired ratios above, with their quartiles).
@@ -51,6 +52,10 @@ REQUIRED = ("model", "objective", "batch", "dtype", "device", "time_ms", "time_m
 KEYS = ("model", "objective", "size", "batch", "dtype", "device", "memory_format", "cudnn_benchmark", "float32_math",
         "seed")
 REGISTERED = tuple(dict.fromkeys(r.value.model for r in RECIPES))
+# The distributed columns of a row measured in one process: ``fdsm-bench scaling`` (bench.experiments.scaling)
+# writes the data-parallel rows, where world_size, backend and scaling are key columns. Here they are plain
+# columns, so that a train_steps.csv written before them still resumes (CsvLog refuses a file without a key column).
+SINGLE_PROCESS = {"world_size": 1, "backend": "none", "scaling": "none"}
 
 
 def check_models(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -146,6 +151,7 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
             rows.append({"model": model, "objective": objective, "size": "user" if is_user_model(model) else size,
                          "batch": batch, "dtype": shared.dtype_name, "device": str(device), "memory_format": layout,
                          "seed": shared.seed, "warmup": config.warmup, "repeats": config.repeats,
+                         **SINGLE_PROCESS,
                          "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda",
                          "float32_math": config.float32_math if device.type == "cuda" else "ieee",  # no TF32 on CPUs
                          **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr}

@@ -23,6 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fdsm.fd_estimate import auto_step
+from fdsm.stencils import central_stencil
+
 NOISES = ("sphere", "gaussian", "rademacher")
 REDUCTIONS = ("mean", "none")
 
@@ -99,6 +102,21 @@ def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: 
         check_positive(who, "||v|| (the scale of the given v)", eps2)
         return v, eps2
     return v, float(eps) ** 2
+
+
+def auto_directions(who: str, f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor | None, order: int
+                    ) -> tuple[Tensor, Tensor]:
+    """``eps="auto"`` of the FD objectives: v's direction (default uniform on the unit sphere) at the step
+    ``fdsm.fd_estimate.auto_step`` chooses per sample for the objective's own central stencil of ``order`` (p = 2),
+    detached; returns v = h u: (B, *event) and eps^2 = h^2: (B,). Its probes are forwards of f, so a timed training
+    step counts them."""
+    u = draw_directions(x, 1.0, "sphere") if v is None else v.detach().to(x.dtype)
+    if not isinstance(u, Tensor) or u.shape != x.shape:
+        raise ValueError(f"{who}: expected v of x's shape {tuple(x.shape)}, "
+                         f"got {tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
+    h = auto_step(f, x, u, order, stencil=central_stencil(order), who=who).to(x.dtype)  # (B,), detached
+    u = u / u.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    return h.view(-1, *([1] * (x.dim() - 1))) * u, h.square()
 
 
 # Said when a callable gets the wrong shape inside an FD objective, whose inputs the user never sees.

@@ -131,7 +131,7 @@ def multiscale_dsm_loss(log_density: Callable[[Tensor], Tensor], x: Tensor, sigm
 
 
 def multiscale_fd_dsm_loss(log_density: Callable[[Tensor], Tensor], x: Tensor, sigma: Tensor, *,
-                           sigma0: float = 0.1, eps: float | None = None, v: Tensor | None = None,
+                           sigma0: float = 0.1, eps: float | str | None = None, v: Tensor | None = None,
                            xi: Tensor | None = None, serial: bool = False, backend: str = "auto",
                            reduction: str = "mean") -> Tensor:
     r"""The deep EBM's multi-scale FD-DSM: :math:`(\sigma_0/\sigma)^2 (L_+ - L_- + 2v^\top(\tilde x - x)/

@@ -52,6 +52,7 @@ from torch import Tensor
 import kernels
 from fdsm import fd, taylor
 from fdsm.objectives.checks import (
+    auto_directions,
     check_batch,
     check_reduction,
     checked_log_density,
@@ -279,22 +280,35 @@ def sliced_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: f
 
 # ---- finite-difference objectives -----------------------------------------------------------------------------
 
-def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+def _directions(who: str, f: Fn, x: Tensor, eps: float | str | None, v: Tensor | None, order: int
+                ) -> tuple[Tensor, float | Tensor]:
+    """v and eps^2 of an FD objective: ``directions``, or with ``eps="auto"`` the automatic step per sample for
+    its central stencil of ``order`` (``auto_directions``: eps^2 is then a (B,) tensor, and the fused heads,
+    which take one scale, give way to the torch path)."""
+    if isinstance(eps, str):
+        if eps != "auto":
+            raise ValueError(f"{who}: expected eps to be a positive number or 'auto', got {eps!r}")
+        return auto_directions(who, f, x, v, order)
+    return directions(who, x, eps, v, "sphere", default_eps=0.1)
+
+
+def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | str | None = None, v: Tensor | None = None,
                 serial: bool = False, backend: str = "auto", reduction: str = "mean") -> Tensor:
     r"""FD-SSM, eq. (9): :math:`[L_+ + L_- - 2L_0 + \tfrac18 (L_+ - L_-)^2] / \varepsilon^2`, with
     :math:`L_\pm = \log p(x \pm v)`, :math:`L_0 = \log p(x)`, v uniform on the eps-sphere (default eps = 0.1).
 
     These are the central stencils of orders 2 and 1 (Theorem 1) on the same three points, evaluated in one
     forward of the stacked (3B, *event) batch. Expectation :math:`J_{SM}/d + o(\varepsilon)`; exact for a
-    quadratic log p.
+    quadratic log p. ``eps="auto"``: each sample's step is the automatic one of its second difference
+    (``fdsm.fd_estimate``, detached; its probe forwards come first), and each divides by its own eps^2.
     """
     who = "fd_ssm_loss(log_density, x)"
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
-    v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+    v, eps2 = _directions(who, log_density, x, eps, v, order=2)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x, v, THREE_POINT,
                             serial=serial)  # (3, B)
-    head = fused_head("fd_ssm_head", backend)
+    head = fused_head("fd_ssm_head", backend) if not isinstance(eps2, Tensor) else None
     if head is not None:
         per_sample = head(lp[_PLUS], lp[_MINUS], lp[_ZERO], scale=1.0 / eps2)
     else:
@@ -303,25 +317,28 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tens
     return reduce(who, per_sample, reduction)
 
 
-def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None,
+def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | str | None,
                       v: Tensor | None, xi: Tensor | None, serial: bool, backend: str,
                       target_sigma: float | Tensor | None = None) -> Tensor:
     r"""Per-sample FD-DSM, eq. (10), with the target :math:`(\tilde x - x)/\sigma_t^2`; (B,)."""
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
     target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
-    v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+    if not isinstance(eps, str):  # drawn before the noise, as always (the same seeded draws)
+        v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
     x_noisy = noisy(x, sig, xi)
+    if isinstance(eps, str):  # eps="auto": the step of the points the stencil runs at
+        v, eps2 = _directions(who, log_density, x_noisy, eps, v, order=1)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x_noisy, v, TWO_POINT,
                             serial=serial)  # (2, B)
     v_dot_delta = _dot(v, x_noisy - x)
-    head = fused_head("fd_dsm_head", backend)
+    head = fused_head("fd_dsm_head", backend) if not isinstance(eps2, Tensor) else None
     if head is not None:
         return head(lp[_P], lp[_M], v_dot_delta, target2.sqrt(), scale=0.25 / eps2)
     return _sliced_dsm_integrand(fd.apply_stencil(lp, TWO_POINT), v_dot_delta, target2, eps2)
 
 
-def fd_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None = None,
+def fd_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | str | None = None,
                 v: Tensor | None = None, xi: Tensor | None = None, serial: bool = False, backend: str = "auto",
                 reduction: str = "mean") -> Tensor:
     r"""FD-DSM, eq. (10): :math:`(L_+ - L_- + 2 v^\top(\tilde x - x)/\sigma^2)^2 / (4\varepsilon^2)`, with
@@ -336,7 +353,7 @@ def fd_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float
     return reduce(who, per_sample, reduction)
 
 
-def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
+def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | str | None = None, v: Tensor | None = None,
                   serial: bool = False, backend: str = "auto", reduction: str = "mean") -> Tensor:
     r"""FD-SSMVR (section 4): :math:`\|s_+ + s_-\|^2/(8d) + v^\top(s_+ - s_-)/(2\varepsilon^2)`, with
     :math:`s_\pm = s(x \pm v)`, v uniform on the eps-sphere (default eps = 0.1).
@@ -346,10 +363,10 @@ def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor |
     who = "fd_ssmvr_loss(score, x)"
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
-    v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+    v, eps2 = _directions(who, lambda z: score(z).flatten(1), x, eps, v, order=1)
     s = fd.stencil_outputs(checked_score(who, score, stacked=not serial), x, v, TWO_POINT,
                            serial=serial)  # (2, B, *event)
-    head = fused_head("fd_ssmvr_head", backend)
+    head = fused_head("fd_ssmvr_head", backend) if not isinstance(eps2, Tensor) else None
     if head is not None:
         per_sample = head(s[_P].flatten(1), s[_M].flatten(1), v.flatten(1), eps2 ** 0.5)
     else:

@@ -1,0 +1,250 @@
+"""Data-parallel steps and stencil-parallel FD on 2 gloo ranks of this CPU, spawned by the tests themselves.
+
+One spawn of two ranks (``_ranks``) runs, in float64 and at tiny sizes:
+
+- a DDP step of the deep EBM's FD-SSM and SSM (``bench.distributed_case.DataParallelStepper``, the batch split over
+  the ranks, v and the noise drawn for the global batch, NOTE [global-batch draws]): its loss, gradient and
+  parameter update against one process's step on the whole batch (``bench.step_case.Stepper``);
+- ``fd-distributed`` against ``fd-batched`` for T = 1..4 (odd and even stencils, split unevenly over the ranks), at
+  the roundoff scale of the stencil sum, sum_i |w_i f_i|, and its parameter gradients (NOTE [the gradient contract
+  of fd-distributed]): the ranks' gradients sum to the single-process gradient, ``sum_gradients`` gives it to every
+  rank, and a naive differentiable all-reduce would have doubled it;
+- then rank 1 raises, and rank 0's next collective fails with a clear message within the group's timeout.
+
+A second test launches ``bench.distributed_case`` under torchrun with rank 1 hanging: the launch fails with rank 0's
+timeout message, not a hang. Tolerances, float64 throughout: the DDP step sums the same per-sample terms in another
+order, and a gradient through FD amplifies that rounding (``GRAD_RTOL``); fd-distributed adds its points' terms in
+another order and evaluates f on other batch sizes, so D agrees with fd-batched to ``D_RTOL`` of sum_i |w_i f_i|
+(not of |D|, which FD's cancellation makes far smaller than the terms' rounding).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from bench.distributed_case import FAULT_ENV, LaunchFailed, launch
+from bench.step_case import Stepper, recipe_for
+
+WORLD = 2
+GROUP_TIMEOUT_S = 6.0  # the process group's timeout in these tests (gloo's default is 30 minutes)
+ORDERS = (1, 2, 3, 4)
+EPS = 0.5
+# Gradients through FD are differences of nearby forwards, which amplify float64 rounding: the DDP step's FD-SSM
+# gradient (the recipe's eps 0.05 on a near-constant initial energy) agreed to 6e-9 of its norm, fd-distributed's
+# (``_tiny_ebm``) to 5e-15. A wrong world-size factor would be an error of 0.5 or 1.
+GRAD_RTOL = 1e-7  # the DDP step
+STENCIL_GRAD_RTOL = 1e-12  # fd-distributed
+D_RTOL = 1e-13  # |D_distributed - D_batched| / sum_i |w_i f_i| (measured: up to 1.3e-15, a few ulps)
+
+
+def _step_case(objective: str) -> dict:
+    return {"model": "deep-ebm", "objective": objective, "size": "cpu", "batch": 4, "dtype": "float64",
+            "device": "cpu", "memory_format": "contiguous", "cudnn_benchmark": False, "float32_math": "ieee",
+            "seed": 0}
+
+
+def _grads(params) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+
+
+def _tiny_ebm():
+    """A 2-channel deep EBM on 8x8 images, its weights 4x the initialization's: a sharper energy, so that D (down
+    to 8e-4 of sum_i |w_i f_i| here, at T = 4) stands well above the roundoff of its stencil sum."""
+    from fdsm.models import build
+
+    torch.manual_seed(3)
+    model = build("deep-ebm", size="cpu", n_chan=2, image_size=8).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model
+
+
+def _stencil_inputs():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64)  # B = 3: an odd batch
+    u = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    return x, EPS * u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def _ranks(rank: int, store: str, out: str) -> None:
+    """One rank of the spawned test (module docstring); writes its results to out/rank<r>.pt."""
+    torch.set_num_threads(1)
+    from bench.distributed_case import DataParallelStepper
+    from fdsm import Stencil, central_stencil, directional_derivative
+    from fdsm.distributed import fd_distributed, points_of, sum_gradients
+    from fdsm.fd import stencil_inputs
+
+    result: dict = {}
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
+                                timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S))
+        for objective in ("FD-SSM", "SSM"):
+            step = DataParallelStepper(recipe_for(_step_case(objective)), _step_case(objective), torch.device("cpu"))
+            torch.manual_seed(1234)
+            loss = step.ddp(step.x)
+            loss.backward()  # DDP: the gradient averaged over the ranks
+            result[objective] = {"loss": loss.item(), "grad": _grads(step.model.parameters())}
+            step.optimizer.zero_grad(set_to_none=True)
+            torch.manual_seed(1234)
+            step()
+            result[objective]["params"] = [p.detach().clone() for p in step.model.parameters()]
+        model = _tiny_ebm()
+        x, v = _stencil_inputs()
+        for order in ORDERS:
+            model.zero_grad(set_to_none=True)
+            d = directional_derivative(model.log_density, x, v, order, method="fd-distributed")
+            (d ** 2).sum().backward()  # the same loss on every rank
+            mine = _grads(model.parameters())
+            sum_gradients(model)
+            result[order] = {"d": d.detach(), "grad": mine, "summed": _grads(model.parameters())}
+            # the naive all-reduce: autograd's adjoint of a sum is a sum, so the replicated loss counts N times
+            model.zero_grad(set_to_none=True)
+            stencil = central_stencil(order)
+            points = points_of(rank, WORLD, len(stencil))
+            share = Stencil(order, tuple(stencil.offsets[i] for i in points), tuple(stencil.weights[i] for i in points),
+                            stencil.accuracy)  # this rank's points
+            outputs = model.log_density(stencil_inputs(x, v, share)).unflatten(0, (len(points), len(x)))  # (|I_r|, B)
+            partial = torch.tensordot(torch.tensor(share.weights, dtype=torch.float64), outputs, dims=1)  # (B,)
+            (torch.distributed.nn.functional.all_reduce(partial) ** 2).sum().backward()
+            sum_gradients(model)
+            result[order]["naive"] = _grads(model.parameters())
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+        # a rank that raises: the other gets a clear error within the group's timeout
+        if rank == 1:
+            raise RuntimeError("rank 1 raises on purpose")
+        start = time.perf_counter()
+        try:
+            fd_distributed(model.log_density, x, v, 2)
+            failure = {"message": "", "seconds": time.perf_counter() - start}
+        except RuntimeError as err:
+            failure = {"message": str(err), "seconds": time.perf_counter() - start}
+        torch.save(failure, Path(out) / "failure.pt")
+    except Exception:
+        (Path(out) / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Spawn the two ranks once; their results by rank, and rank 0's failure record."""
+    folder = tmp_path_factory.mktemp("ranks")
+    context = mp.get_context("spawn")
+    processes = [context.Process(target=_ranks, args=(r, str(folder / "store"), str(folder)), daemon=True)
+                 for r in range(WORLD)]
+    for p in processes:
+        p.start()
+    deadline = time.monotonic() + 150
+    for p in processes:
+        p.join(max(deadline - time.monotonic(), 0.1))
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+    results = {r: torch.load(folder / f"rank{r}.pt") for r in range(WORLD) if (folder / f"rank{r}.pt").exists()}
+    errors = {path.name: path.read_text() for path in folder.glob("rank*.error")}
+    assert len(results) == WORLD, f"a rank did not finish its checks: {errors}"
+    failure = torch.load(folder / "failure.pt") if (folder / "failure.pt").exists() else None
+    return results, failure
+
+
+def _reference_step(objective: str) -> dict:
+    """One process, the whole batch: loss, gradient, then the parameters after one step from the same seed."""
+    case = _step_case(objective)
+    step = Stepper(recipe_for(case), case)
+    torch.manual_seed(1234)
+    loss = step.recipe.loss(step.model, step.x)
+    loss.backward()
+    grad = _grads(step.model.parameters())
+    step.optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(1234)
+    step()
+    return {"loss": loss.item(), "grad": grad, "params": [p.detach().clone() for p in step.model.parameters()]}
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+def _norm(a: list[torch.Tensor]) -> float:
+    return torch.cat([t.flatten() for t in a]).norm().item()
+
+
+@pytest.mark.parametrize("objective", ["FD-SSM", "SSM"])
+def test_a_ddp_step_over_two_ranks_is_the_single_process_step_on_the_whole_batch(ranks, objective):
+    results, _ = ranks
+    reference = _reference_step(objective)
+    mean_loss = sum(results[r][objective]["loss"] for r in range(WORLD)) / WORLD
+    assert mean_loss == pytest.approx(reference["loss"], rel=1e-10)
+    for r in range(WORLD):
+        # DDP averages the ranks' gradients: every rank holds the gradient of the whole batch's mean loss
+        assert _max_diff(results[r][objective]["grad"], reference["grad"]) <= GRAD_RTOL * _norm(reference["grad"])
+        assert _max_diff(results[r][objective]["params"], reference["params"]) <= 1e-6  # the issue's bound
+
+
+def test_fd_distributed_is_fd_batched_at_the_roundoff_of_the_stencil_sum_and_so_are_its_gradients(ranks):
+    from fdsm import central_stencil, directional_derivative
+    from fdsm.fd import stencil_outputs
+
+    results, _ = ranks
+    model = _tiny_ebm()
+    x, v = _stencil_inputs()
+    for order in ORDERS:
+        stencil = central_stencil(order)
+        model.zero_grad(set_to_none=True)
+        d = directional_derivative(model.log_density, x, v, order, method="fd-batched")
+        (d ** 2).sum().backward()
+        grad = _grads(model.parameters())
+        with torch.no_grad():
+            f = stencil_outputs(model.log_density, x, v, stencil)  # (S, B)
+            scale = (torch.tensor(stencil.weights, dtype=torch.float64).view(-1, 1) * f).abs().sum(0)  # (B,)
+        for r in range(WORLD):
+            ratio = ((results[r][order]["d"] - d.detach()).abs() / scale).max().item()
+            assert ratio <= D_RTOL, f"T = {order}: |D - D_batched| is {ratio:.2g} of sum_i |w_i f_i|"
+            bound = STENCIL_GRAD_RTOL * _norm(grad)
+            assert _max_diff(results[r][order]["summed"], grad) <= bound, f"T = {order}"  # sum_gradients: everyone
+            assert _max_diff([2 * g for g in grad], results[r][order]["naive"]) <= 2 * bound  # the naive: N times
+        summed = [a + b for a, b in zip(results[0][order]["grad"], results[1][order]["grad"], strict=True)]
+        worst = _max_diff(summed, grad) / _norm(grad)
+        assert worst <= STENCIL_GRAD_RTOL, f"T = {order}: the ranks' gradients sum to it, up to {worst:.2g} of its norm"
+        assert _max_diff(results[0][order]["grad"], grad) > 1e-3 * _norm(grad)  # a share, not the whole
+
+
+def test_a_rank_that_raises_gives_the_others_a_clear_error_within_the_timeout(ranks):
+    _, failure = ranks
+    assert failure is not None, "rank 0 did not record its collective's outcome"
+    assert "fd-distributed: the all-reduce of the partial stencil sums (3,) failed on rank 0 of 2" in failure["message"]
+    assert "another rank died, raised or hung" in failure["message"]
+    assert failure["seconds"] < GROUP_TIMEOUT_S + 3
+
+
+def test_fd_distributed_refuses_without_a_process_group():
+    from fdsm import METHODS, directional_derivative
+
+    assert "fd-distributed" not in METHODS.names(enabled_only=True)
+    x = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="needs an initialized torch.distributed process group"):
+        directional_derivative(lambda z: z.sum(1), x, x, 1, method="fd-distributed")
+
+
+def test_a_hung_rank_under_torchrun_is_a_timeout_error_naming_the_rank_not_a_hung_sweep(monkeypatch):
+    case = {**_step_case("FD-SSM"), "dtype": "float32", "warmup": 0, "repeats": 1}
+    spec = {"kind": "steps", "device": "cpu", "threads": 1, "collective_timeout_s": 3.0, "cases": [case]}
+    monkeypatch.setenv(FAULT_ENV, "hang:1")
+    start = time.perf_counter()
+    with pytest.raises(LaunchFailed) as failed:
+        launch(spec, WORLD, timeout_s=90)
+    assert time.perf_counter() - start < 60
+    message = str(failed.value)
+    assert failed.value.status == "error" and "exited with status" in message
+    assert "rank 0 of 2, while building the DDP models of deep-ebm (FD-SSM)" in message  # its first collective
+    assert "Timed out" in message and "another rank died, raised or hung" in message
+    assert "the process-group timeout is 3 s" in message and os.environ[FAULT_ENV] == "hang:1"
