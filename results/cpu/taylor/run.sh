@@ -17,10 +17,11 @@ python -m bench train-steps --device cpu --models deep-ebm,nice,dkef \
 python - <<'PY'
 from pathlib import Path
 import pandas as pd
-from bench.report import derivatives_section, train_steps_section
+from bench.experiments import experiment
 out = Path("results/cpu/taylor")
+derivatives, train_steps = experiment("derivatives"), experiment("train-steps")
 for batch in (2, 64):
     folder = out / f"batch{batch}"
-    (folder / "summary.md").write_text(derivatives_section(pd.read_csv(folder / "derivatives.csv"), folder))
-(out / "train_steps_summary.md").write_text(train_steps_section(pd.read_csv(out / "train_steps.csv"), out))
+    (folder / "summary.md").write_text(derivatives.report(pd.read_csv(folder / "derivatives.csv"), folder))
+(out / "train_steps_summary.md").write_text(train_steps.report(pd.read_csv(out / "train_steps.csv"), out))
 PY
