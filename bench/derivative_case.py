@@ -10,7 +10,7 @@ weights     ``random`` (seeded initialization) or the content digest of a state_
 seed        seeds the weights (when random), the points x and the directions
 batch       B, the number of points
 method      a name in ``fdsm.METHODS``; an FD method with ``+richardson`` evaluates the Richardson stencil of its
-            own (``fdsm.fd_estimate.richardson_stencil``, accuracy p -> p + 2)
+            own (``fdsm.fd_error.richardson_stencil``, accuracy p -> p + 2)
 order       T
 accuracy    p of ``fdsm.central_stencil(T, p)`` (FD methods; exact methods ignore it)
 eps         the step \|v\| (every direction has this norm); with ``eps_source`` ``auto``, the batch median of the
@@ -60,7 +60,7 @@ from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import measure_time, timing_columns
 from bench.user_model import build_user_model, is_user_model
 from fdsm.derivatives import FD_METHODS
-from fdsm.fd_estimate import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
+from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
 from fdsm.models import MODELS, build
 
 REFERENCE_CHUNK = 8  # samples per float64 reference call
@@ -150,7 +150,7 @@ def is_auto(case: Mapping[str, Any]) -> bool:
 
 def _inputs(case: Mapping[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
     """(model, x, v) in the case's dtype: v = eps u, or u itself for the automatic step (which picks its own step
-    along u; the result is along the v given either way, eq. S1 of fdsm.fd_estimate)."""
+    along u; the result is along the v given either way, eq. S1 of fdsm.fd_error)."""
     key, dtype = _problem_key(case), DTYPES[case["dtype"]]
     _, x, u = _problem(key)
     scale = 1.0 if is_auto(case) else float(case["eps"])

@@ -26,9 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fdsm import distributed, exact, fd, taylor
-
-# From the module itself: the package's name fdsm.fd_estimate is the function (fdsm/__init__.py exports it).
-from fdsm.fd_estimate import TOLERANCE, check_fd_options, checked_estimate, richardson_stencil
+from fdsm.fd_error import TOLERANCE, check_fd_options, checked_estimate, richardson_stencil
 from fdsm.registry import Registry
 from fdsm.stencils import Stencil, central_stencil, check_order
 from kernels.backend import triton_unavailable_reason
@@ -113,9 +111,9 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
         order: T >= 1.
         method: one of ``METHODS.names()`` (see the module docstring).
         stencil: FD methods only; default ``central_stencil(order)`` (Theorem 1, error O(|v|^2)); with
-            ``step="auto"``, the accuracy of ``default_accuracy`` (module ``fdsm/fd_estimate.py``).
+            ``step="auto"``, the accuracy of ``default_accuracy`` (module ``fdsm/fd_error.py``).
         step: FD methods only. ``None`` (default): |v| is the step. ``"auto"``: the step is chosen per sample from
-            probes of f (``fdsm/fd_estimate.py``), and the result is still the derivative along v: the stencil runs
+            probes of f (``fdsm/fd_error.py``), and the result is still the derivative along v: the stencil runs
             at step h along v/|v|, rescaled by (|v|/h)^T. ``fdsm.fd_estimate(...)`` also returns the step and
             the estimated error.
         richardson: FD methods only: Richardson extrapolation of the stencil at the step and at half of it

@@ -55,7 +55,7 @@ def apply_stencil(outputs: Tensor, stencil: Stencil) -> Tensor:
 
 def stencil_inputs(x: Tensor, v: Tensor, stencil: Stencil | tuple[float, ...]) -> Tensor:
     r"""All points :math:`x + \gamma_i v`, stacked: x, v: (B, *event) -> (S*B, *event). ``stencil`` may also be
-    the offsets alone (the probes of ``fdsm.fd_estimate`` stack a ladder of them).
+    the offsets alone (the probes of ``fdsm.fd_error`` stack a ladder of them).
 
     See NOTE [point-major stacked batch].
     """

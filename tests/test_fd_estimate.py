@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fdsm import central_stencil, directional_derivative, stencil
-from fdsm.fd_estimate import FDAccuracyWarning, default_accuracy, fd_estimate, richardson_stencil
+from fdsm.fd_error import FDAccuracyWarning, default_accuracy, fd_estimate, richardson_stencil
 from tests.test_derivatives import FUNCTIONS, points, rel_error, sigmoid_derivative_polys
 
 F64 = torch.float64

@@ -13,7 +13,7 @@ The FD step is, in this order of precedence: ``--eps`` for every order; with ``-
 best measured step of that sweep for the same model (size, n_chan), weights, dtype and accuracy
 (``bench.steps.best_steps``); else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``).
 ``--eps auto`` is the automatic step of ``fdsm.fd_estimate``, chosen per sample from probes of the model, and
-timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_estimate.default_accuracy``.
+timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_error.default_accuracy``.
 ``--richardson`` evaluates each FD method's Richardson stencil (accuracy p -> p + 2) instead; its rows name the
 method ``<method>+richardson``. The CSV records the step in ``eps`` (for the automatic step, the batch median of
 the per-sample steps) and where it came from in ``eps_source``; FD rows carry ``err_estimate``, FD's own estimate of
@@ -53,7 +53,7 @@ from bench.memory import peak_memory
 from bench.plots import METHOD_STYLE, failure_note, line_panel, save
 from bench.steps import best_steps, default_step
 from fdsm.derivatives import FD_METHODS
-from fdsm.fd_estimate import default_accuracy
+from fdsm.fd_error import default_accuracy
 from fdsm.models import model_config
 
 # DESIGN.md's required columns of derivatives.csv; the case keys and the other measured columns follow them.
@@ -107,7 +107,7 @@ class DerivativesConfig(ProblemConfig):
                                       convert=_methods, default_text=f"all of {', '.join(fdsm.METHODS.names())}")
     accuracy: int | None = option(None, "FD stencil accuracy p", type=int, convert=_accuracy,
                                   default_text="2, the paper's; with --eps auto, per order and dtype "
-                                               "(fdsm.fd_estimate.default_accuracy)")
+                                               "(fdsm.fd_error.default_accuracy)")
     eps: float | str | None = option(None, "FD step |v| for every order, or 'auto': chosen per sample from probes "
                                      "of the model (fdsm.fd_estimate), probes timed", type=step_or_auto,
                                      convert=positive_or_auto("--eps"),

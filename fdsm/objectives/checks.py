@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fdsm.fd_estimate import auto_step
+from fdsm.fd_error import auto_step
 from fdsm.stencils import central_stencil
 
 NOISES = ("sphere", "gaussian", "rademacher")
@@ -107,7 +107,7 @@ def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: 
 def auto_directions(who: str, f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor | None, order: int
                     ) -> tuple[Tensor, Tensor]:
     """``eps="auto"`` of the FD objectives: v's direction (default uniform on the unit sphere) at the step
-    ``fdsm.fd_estimate.auto_step`` chooses per sample for the objective's own central stencil of ``order`` (p = 2),
+    ``fdsm.fd_error.auto_step`` chooses per sample for the objective's own central stencil of ``order`` (p = 2),
     detached; returns v = h u: (B, *event) and eps^2 = h^2: (B,). Its probes are forwards of f, so a timed training
     step counts them."""
     u = draw_directions(x, 1.0, "sphere") if v is None else v.detach().to(x.dtype)

@@ -300,7 +300,7 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | str | None = None, v
     These are the central stencils of orders 2 and 1 (Theorem 1) on the same three points, evaluated in one
     forward of the stacked (3B, *event) batch. Expectation :math:`J_{SM}/d + o(\varepsilon)`; exact for a
     quadratic log p. ``eps="auto"``: each sample's step is the automatic one of its second difference
-    (``fdsm.fd_estimate``, detached; its probe forwards come first), and each divides by its own eps^2.
+    (``fdsm.fd_error``, detached; its probe forwards come first), and each divides by its own eps^2.
     """
     who = "fd_ssm_loss(log_density, x)"
     check_reduction(who, reduction)
