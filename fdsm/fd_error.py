@@ -67,7 +67,7 @@ import torch
 from torch import Tensor
 
 from fdsm import fd
-from fdsm.stencils import Stencil, _build, _solve_exact, central_stencil, check_order
+from fdsm.stencils import Stencil, _build, central_stencil, check_order, exact_weights
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -126,9 +126,7 @@ def richardson_stencil(s: Stencil) -> Stencil:
         raise TypeError(f"{who}: expected a fdsm.Stencil, got {type(s).__name__}")
     T, p = s.order, s.accuracy
     gammas = [Fraction(g) for g in s.offsets]  # exact: a float converts to the rational it stores
-    n = len(gammas)
-    exact = _solve_exact([[g**t for g in gammas] for t in range(n)],  # Lemma 1: sum_i w_i g_i^t = T! delta_tT
-                         [Fraction(math.factorial(T)) if t == T else Fraction(0) for t in range(n)])
+    exact = exact_weights(T, gammas)  # Lemma 1: sum_i w_i g_i^t = T! delta_tT
     if any(abs(float(e) - w) > 1e-12 * max(map(abs, s.weights)) for e, w in zip(exact, s.weights, strict=True)):
         raise ValueError(f"{who}: expected the stencil of its offsets {s.offsets} (built by fdsm.stencil or "
                          f"fdsm.central_stencil), got other weights {s.weights}")

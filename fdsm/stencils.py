@@ -93,6 +93,15 @@ def _build(order: int, offsets: Sequence[Fraction], weights: Sequence[Fraction])
     return Stencil(order, tuple(float(g) for g in gammas), tuple(float(w) for w in ws), t - order)
 
 
+def exact_weights(order: int, gammas: Sequence[Fraction]) -> list[Fraction]:
+    r"""The exact weights of Lemma 1 on the offsets ``gammas``: :math:`\sum_i w_i \gamma_i^t = T!\,\delta_{tT}`,
+    t = 0..n-1 (Fornberg), solved in rationals."""
+    n = len(gammas)
+    vandermonde = [[g**t for g in gammas] for t in range(n)]  # row t: gamma_i^t
+    rhs = [Fraction(math.factorial(order)) if t == order else Fraction(0) for t in range(n)]
+    return _solve_exact(vandermonde, rhs)
+
+
 def stencil(order: int, offsets: Sequence[float]) -> Stencil:
     r"""The stencil for :math:`(v^\top\nabla)^T` on any n >= T+1 distinct offsets (Lemma 1, eq. 6; Fornberg).
 
@@ -111,10 +120,7 @@ def stencil(order: int, offsets: Sequence[float]) -> Stencil:
         raise ValueError(f"{who}: expected distinct offsets, got {list(offsets)}")
     if len(gammas) < T + 1:
         raise ValueError(f"{who}: order {T} needs at least {T + 1} offsets, got {len(gammas)}")
-    n = len(gammas)
-    vandermonde = [[g**t for g in gammas] for t in range(n)]  # row t: gamma_i^t
-    rhs = [Fraction(math.factorial(T)) if t == T else Fraction(0) for t in range(n)]
-    return _build(T, gammas, _solve_exact(vandermonde, rhs))
+    return _build(T, gammas, exact_weights(T, gammas))
 
 
 def central_stencil(order: int, accuracy: int = 2, alphas: Sequence[float] | None = None) -> Stencil:
