@@ -10,7 +10,9 @@ weights     ``random`` (seeded initialization) or the content digest of a state_
 seed        seeds the weights (when random), the points x and the directions
 batch       B, the number of points
 method      a name in ``fdsm.METHODS``; an FD method with ``+richardson`` evaluates the Richardson stencil of its
-            own (``fdsm.fd_error.richardson_stencil``, accuracy p -> p + 2)
+            own (``fdsm.fd_error.richardson_stencil``, accuracy p -> p + 2); any method with ``+compiled`` runs
+            under ``torch.compile`` and ``torch.no_grad`` (``fdsm.compiled``), its first call timed apart
+            (``compile_ms``)
 order       T
 accuracy    p of ``fdsm.central_stencil(T, p)`` (FD methods; exact methods ignore it)
 eps         the step \|v\| (every direction has this norm); with ``eps_source`` ``auto``, the batch median of the
@@ -57,8 +59,9 @@ from bench.accuracy import relative_error
 from bench.config import DTYPES, Shared, UsageError, option, positive_int
 from bench.memory import peak_memory
 from bench.results import RANDOM_WEIGHTS, weights_label
-from bench.timing import measure_time, timing_columns
+from bench.timing import first_call_ms, measure_time, timing_columns
 from bench.user_model import build_user_model, is_user_model
+from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
 from fdsm.models import MODELS, build
@@ -70,10 +73,11 @@ PROBLEM_KEYS = ("model", "size", "n_chan", "weights", "seed", "batch", "device")
 BUILD_COLUMNS = (*PROBLEM_KEYS, "checkpoint", "event_shape")  # the keys, and how to build the model
 CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
-                "nvml_used_mb", "trace_ms")
+                "nvml_used_mb", "trace_ms", "compile_ms")
 ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backend")
 AUTO_COLUMNS = ("probe_forwards", "probe_points", "step_min", "step_max")  # rows of the automatic step
 RICHARDSON = "+richardson"  # an FD method with this suffix evaluates its stencil's Richardson stencil
+COMPILED = "+compiled"  # a method with this suffix runs under torch.compile, as an evaluation (fdsm.compiled)
 
 
 def build_model(case: Mapping[str, Any]) -> nn.Module:
@@ -130,9 +134,14 @@ def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
 
 
 def fd_variant(method: str) -> tuple[str, bool]:
-    """``"fd-batched+richardson"`` -> ("fd-batched", True); a plain name -> (name, False)."""
-    base = method.removesuffix(RICHARDSON)
-    return base, base != method
+    """``"fd-batched+richardson"`` -> ("fd-batched", True); a plain name -> (name, False); a ``+compiled`` suffix
+    is dropped first."""
+    base = method.removesuffix(COMPILED).removesuffix(RICHARDSON)
+    return base, base != method.removesuffix(COMPILED)
+
+
+def is_compiled(case: Mapping[str, Any]) -> bool:
+    return case["method"].endswith(COMPILED)
 
 
 def case_stencil(case: Mapping[str, Any]) -> fdsm.Stencil | None:
@@ -180,6 +189,9 @@ def derivative_closure(case: Mapping[str, Any]) -> Callable[[], Tensor]:
     order, (method, _) = int(case["order"]), fd_variant(case["method"])
     model, x_d, v_d = _inputs(case)
     stencil = case_stencil(case)
+    if is_compiled(case):
+        compiled = compiled_derivative(model.log_density, order, method=method, stencil=stencil)
+        return lambda: compiled(x_d, v_d)
 
     def call() -> Tensor:
         return fdsm.directional_derivative(model.log_density, x_d, v_d, order, method=method, stencil=stencil)
@@ -215,8 +227,13 @@ def auto_step(problem: Mapping[str, Any], method: str, order: int, accuracy: int
 
 
 def _unsupported(method: str) -> dict[str, Any] | None:
-    entry = fdsm.METHODS.entry(fd_variant(method)[0])
-    return None if entry.enabled else {"status": "unsupported", "message": entry.reason}
+    base = fd_variant(method)[0]
+    entry = fdsm.METHODS.entry(base)
+    if not entry.enabled:
+        return {"status": "unsupported", "message": entry.reason}
+    if method.endswith(COMPILED) and (reason := why_not(base)) is not None:
+        return {"status": "unsupported", "message": f"{base} has no compiled form: {reason}"}
+    return None
 
 
 NARROW = ("bfloat16", "float16")  # FD's roundoff u / eps^T there: a few percent at T = 1, worse with T
@@ -265,13 +282,14 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
         return skip
     call = derivative_closure(case)
     device = torch.device(case["device"])
+    compile_ms = first_call_ms(call, device) if is_compiled(case) else math.nan  # the compile, timed apart
     # exact-taylor traces f in the untimed warm-up
     timing = measure_time(call, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
     trace_ms = fdsm.taylor.STATS.last_trace_ms if case["method"] == "exact-taylor" else math.nan
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
     measured = {**timing_columns(timing), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
-                "nvml_used_mb": memory.nvml_used_mb, "trace_ms": trace_ms}
+                "nvml_used_mb": memory.nvml_used_mb, "trace_ms": trace_ms, "compile_ms": compile_ms}
     estimate = None
     if case_stencil(case) is not None:
         with torch.no_grad():

@@ -37,6 +37,11 @@ DTYPE_STYLE: Mapping[str, dict] = {
 
 
 def style(name: str, table: Mapping[str, dict]) -> dict:
+    """A line's style: its own; for a variant ``<base>+<suffix>`` (``fd-batched+compiled``), its base's colour and
+    marker, hollow, on a dotted line."""
+    base = name.split("+")[0]
+    if name not in table and base in table:
+        return {**table[base], "linestyle": ":", "markerfacecolor": "none"}
     return dict(table.get(name, {"marker": "x", "linestyle": ":"}))
 
 

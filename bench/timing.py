@@ -74,6 +74,19 @@ def _time_cpu(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3  # ms
 
 
+def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """The wall time of one call, the device synchronized before and after: the first call of a compiled
+    function, whose compile runs on the host."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3  # ms
+
+
 def measure_time(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones.
 

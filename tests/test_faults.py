@@ -33,6 +33,7 @@ from bench.cli import main
     (["fit", "--samples", "8"], "--samples 8: fewer than the batch of deep-ebm/DSM"),
     (["train", "--dtype", "bfloat16"], "--dtype bfloat16: train runs in float32 or float64"),
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
+    (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
 ])
 def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsys, argv, message):
     try:

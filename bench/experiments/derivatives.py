@@ -17,7 +17,9 @@ timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_
 ``--richardson`` evaluates each FD method's Richardson stencil (accuracy p -> p + 2) instead; its rows name the
 method ``<method>+richardson``. The CSV records the step in ``eps`` (for the automatic step, the batch median of
 the per-sample steps) and where it came from in ``eps_source``; FD rows carry ``err_estimate``, FD's own estimate of
-its relative error, beside ``rel_error`` (``bench.derivative_case``).
+its relative error, beside ``rel_error`` (``bench.derivative_case``). ``--compiled`` adds a ``<method>+compiled``
+row beside each, the same call under ``torch.compile`` as an evaluation (``fdsm.compiled``); the report sets
+compiled Taylor mode against compiled FD, since a compiler fuses both.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bench.config import Shared, UsageError, at_least, central_accuracies, optio
 from bench.derivative_case import (
     AUTO_COLUMNS,
     CASE_KEYS,
+    COMPILED,
     ERROR_COLUMNS,
     RICHARDSON,
     TIME_COLUMNS,
@@ -114,6 +117,9 @@ class DerivativesConfig(ProblemConfig):
                                      default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps")
     richardson: bool = option(False, "FD methods evaluate their stencil's Richardson extrapolation (accuracy "
                               "p -> p + 2, its points in the same forward); rows name the method <method>+richardson")
+    compiled: bool = option(False, "also time every method under torch.compile, as an evaluation (no autograd graph "
+                            "kept; fdsm.compiled): rows name the method <method>+compiled, and their first call, "
+                            "the compile, is compile_ms; a method with no compiled form gets an unsupported row")
     steps_from: Path | None = option(None, "an eps_sweep.csv of the same model and weights: its best step per order "
                                      "(orders it lacks fall back to the default step)", default_text="none")
     warmup: int = option(1, "untimed calls per case", convert=at_least("--warmup", 0))
@@ -133,6 +139,8 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
     methods = config.methods or tuple(fdsm.METHODS.names())
     problem, dtype = problem_columns(config, shared), shared.dtype_name
     auto = config.eps == AUTO
+    if auto and config.compiled:
+        raise UsageError("--compiled with --eps auto: the automatic step's probes are not compiled; drop one")
     accuracy = {order: config.accuracy or (default_accuracy(order, shared.dtype) if auto else 2)
                 for order in config.orders}
     steps = {order: (default_step(order, accuracy[order], shared.dtype), "default") for order in config.orders}
@@ -153,8 +161,9 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
             eps, source = steps[order]
             if auto and fd and fdsm.METHODS.entry(method).enabled:
                 eps, source = auto_step(problem, name, order, accuracy[order], dtype), AUTO
-            rows.append({**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
-                         "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats})
+            row = {**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
+                   "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
+            rows += [row, {**row, "method": name + COMPILED}] if config.compiled else [row]
     return rows
 
 
@@ -199,12 +208,14 @@ def report(frame: pd.DataFrame, out: Path) -> str:
     memory = ok.pivot_table(index="order", columns="method", values="peak_mem_mb")
     error = ok.pivot_table(index="order", columns="method", values="rel_error")
     rows = pd.DataFrame({"T": time.index})
-    for exact in ("exact-reverse", "exact-forward", "exact-taylor"):
-        if exact in time and FD_BASELINE in time:
-            rows[f"time {exact} / {FD_BASELINE}"] = (time[exact] / time[FD_BASELINE]).to_numpy()
-            rows[f"memory {exact} / {FD_BASELINE}"] = (memory[exact] / memory[FD_BASELINE]).to_numpy()
+    pairs = [(exact + compiled, FD_BASELINE + compiled) for compiled in ("", COMPILED)
+             for exact in ("exact-reverse", "exact-forward", "exact-taylor")]  # compiled against compiled
+    for exact, fd in pairs:
+        if exact in time and fd in time:
+            rows[f"time {exact} / {fd}"] = (time[exact] / time[fd]).to_numpy()
+            rows[f"memory {exact} / {fd}"] = (memory[exact] / memory[fd]).to_numpy()
     for method in error.columns:
-        if method.startswith("fd-") or method == "exact-taylor":  # FD's error beside the strongest exact method's
+        if method.startswith("fd-") or fd_variant(method)[0] == "exact-taylor":  # FD's error beside the exact one's
             rows[f"rel. error {method}"] = error[method].to_numpy()
     if "eps" in ok:
         steps = ok[ok.method == FD_BASELINE].groupby("order")["eps"].first()

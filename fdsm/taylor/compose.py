@@ -97,10 +97,13 @@ class Composed(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, coefficients) -> Tensor:  # noqa: D102
-        ctx.coefficients = coefficients
-        ctx.save_for_backward(z)
+    def forward(z: Tensor, coefficients) -> Tensor:  # noqa: D102
         return horner(coefficients(z[0], z.shape[0] - 1), z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: D102  (separate, so torch.func transforms can take it)
+        z, ctx.coefficients = inputs
+        ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
@@ -112,6 +115,15 @@ class Composed(torch.autograd.Function):
         for i in range(1, order + 1):
             out[:order + 1 - i].addcmul_(grad[i:], g[i])  # + ybar_{j+i} g_i for j = 0..K-i
         return out, None
+
+
+def compose(z: Tensor, coefficients) -> Tensor:
+    """φ(z(t)) for the φ of ``coefficients(z_0, K)``: through ``Composed`` where autograd records it, else
+    ``horner`` directly (no autograd node to make; and a plain composition of torch ops, which
+    ``torch.func.functionalize`` and ``make_fx`` can trace)."""
+    if torch.is_grad_enabled() and z.requires_grad:
+        return Composed.apply(z, coefficients)
+    return horner(coefficients(z[0], z.shape[0] - 1), z)
 
 
 # ---- the coefficients c_m = φ^(m)(z_0) / m! -------------------------------------------------------------------

@@ -11,12 +11,14 @@ after its last use, so the jets of the whole graph are never held at once.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from fdsm.taylor import series
 from fdsm.taylor.jet import Jet, jets_in
@@ -98,6 +100,37 @@ def run_jets(graph: fx.GraphModule, inputs: list[object]) -> object:
     raise AssertionError("the traced graph has no output node")
 
 
+def _derivatives(graph: fx.GraphModule, x: Tensor, v: Tensor, order: int, leaves: list[Tensor]) -> Tensor:
+    """D^0..D^T of the traced f at x along v: (T+1, B) or (T+1, B, k)."""
+    x_series = torch.cat([x.unsqueeze(0), v.unsqueeze(0), x.new_zeros((order - 1, *x.shape))])  # (T+1, B, *event)
+    out = run_jets(graph, [Jet(x_series), *leaves])
+    if not isinstance(out, Jet):  # f does not depend on x: its derivatives are zero
+        return series.constant(out, order)
+    scale = series.factorials(order, out.dtype, out.series.device)
+    return out.series * scale.view(-1, *([1] * out.ndim))  # D^k = k! y_k
+
+
+def taylor_graph(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int
+                 ) -> tuple[fx.GraphModule, list[Tensor]]:
+    """The whole Taylor pass as one flat aten graph, ``(x, v, *leaves) -> D^0..D^T``, and f's current leaves:
+    ``taylor_coefficients``' computation with every rule inlined, for ``torch.compile`` (``fdsm.compiled``).
+
+    It is ``make_fx`` over the pass, under ``torch.no_grad`` (an evaluation: the elementwise rules compose
+    directly, without their autograd node), made once per traced f and order and kept in the trace's ``meta``;
+    the leaves stay graph inputs, so new parameter values are never stale.
+    """
+    graph, leaves = traced(f, x)
+    key = ("taylor_graph", order)
+    if key not in graph.meta:
+        with torch.no_grad():
+            graph.meta[key] = make_fx(functools.partial(_flat_pass, graph, order))(x, v, *leaves)
+    return graph.meta[key], leaves
+
+
+def _flat_pass(graph: fx.GraphModule, order: int, x: Tensor, v: Tensor, *leaves: Tensor) -> Tensor:
+    return _derivatives(graph, x, v, order, list(leaves))
+
+
 def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int) -> Tensor:
     r"""Every directional derivative :math:`D^0 f(x), D^1_v f(x), \dots, D^T_v f(x)` from one Taylor-mode pass.
 
@@ -119,12 +152,7 @@ def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, ord
     [2401.0, -3430.0, 3675.0, -2625.0, 937.5]
     """
     graph, leaves = traced(f, x)
-    x_series = torch.cat([x.unsqueeze(0), v.unsqueeze(0), x.new_zeros((order - 1, *x.shape))])  # (T+1, B, *event)
-    out = run_jets(graph, [Jet(x_series), *leaves])
-    if not isinstance(out, Jet):  # f does not depend on x: its derivatives are zero
-        return series.constant(out, order)
-    scale = series.factorials(order, out.dtype, out.series.device)
-    return out.series * scale.view(-1, *([1] * out.ndim))  # D^k = k! y_k
+    return _derivatives(graph, x, v, order, leaves)
 
 
 def exact_taylor(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *, stencil=None) -> Tensor:

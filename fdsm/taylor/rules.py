@@ -355,8 +355,8 @@ def _elementwise(coefficients: Callable[[Tensor, int], Tensor | Sequence[Tensor]
     r"""The rule of an elementwise φ from its Taylor coefficients at z_0, ``coefficients(z_0, K)`` -> c_0 .. c_K
     (a (K+1, *s) tensor or K+1 tensors of shape (*s)):
     :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule, as one autograd node with a closed-form
-    backward (``compose.Composed``)."""
-    return lambda z: Jet(compose.Composed.apply(z.series, coefficients))
+    backward (``compose.Composed``) where autograd records it."""
+    return lambda z: Jet(compose.compose(z.series, coefficients))
 
 
 def _replace_first(c: Tensor, first: Tensor) -> Tensor:

@@ -1,0 +1,129 @@
+"""The compiled evaluations of ``fdsm.compiled``: the flat graph of a Taylor pass, the refusals, and the bench's
+``--compiled`` rows.
+
+CI keeps ``torch.compile`` out (its compiles take seconds to a minute each on 2 cores): what it runs here is the
+flat graph that ``torch.compile`` is given, without compiling it, and every refusal. The compiled numbers
+themselves are checked where they are measured, against the float64 reference, in every ``+compiled`` row of a
+``fdsm-bench derivatives --compiled`` run; ``FDSM_COMPILE_TESTS=1`` also runs them here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from bench.config import Shared
+from bench.derivative_case import measure_derivative
+from bench.experiments import derivatives
+from bench.plots import METHOD_STYLE, style
+from fdsm import central_stencil, directional_derivative
+from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
+from fdsm.taylor import series
+from fdsm.taylor.compose import Composed, compose
+from fdsm.taylor.propagate import taylor_graph
+from tests.test_taylor import family, rand, uniform
+
+F64 = torch.float64
+compiles = pytest.mark.skipif(os.environ.get("FDSM_COMPILE_TESTS") != "1",
+                              reason="torch.compile is kept out of CI; FDSM_COMPILE_TESTS=1 runs it")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def deep_ebm():
+    model = family("deep-ebm", n_chan=2)
+    return model, uniform(2, 1, 32, 32, seed=1), rand(2, 1, 32, 32, seed=2, scale=0.1)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_the_flat_graph_of_a_taylor_pass_is_the_pass(order):
+    model, x, v = deep_ebm()
+    graph, leaves = taylor_graph(model.log_density, x, v, order)
+    expected = directional_derivative(model.log_density, x, v, order, method="exact-taylor")
+    torch.testing.assert_close(graph(x, v, *leaves)[order], expected, rtol=1e-12, atol=0)
+    ops = {node.target for node in graph.graph.nodes if node.op == "call_function"}
+    assert all(isinstance(op, torch._ops.OpOverload) for op in ops), ops  # aten ops only: the rules are inlined
+    assert taylor_graph(model.log_density, x, v, order)[0] is graph  # made once per trace and order
+
+
+def test_the_flat_graph_takes_the_current_parameters():
+    model, x, v = deep_ebm()
+    graph, leaves = taylor_graph(model.log_density, x, v, 2)
+    before = graph(x, v, *leaves)[2]
+    with torch.no_grad():
+        model.stem.weight.mul_(1.5)
+    graph_again, leaves = taylor_graph(model.log_density, x, v, 2)
+    after = graph_again(x, v, *leaves)[2]
+    assert graph_again is graph and not torch.allclose(before, after)
+    torch.testing.assert_close(after, directional_derivative(model.log_density, x, v, 2, method="exact-taylor"),
+                               rtol=1e-12, atol=0)
+
+
+def test_an_elementwise_rule_composes_without_its_autograd_node_only_where_no_gradient_is_recorded():
+    z = rand(4, 3, seed=3, dtype=F64).requires_grad_()
+    coefficients = lambda z0, k: [torch.tanh(z0), *[z0 * 0 + 1.0 / (m + 1) for m in range(k)]]  # noqa: E731
+    recorded = compose(z, coefficients)
+    with torch.no_grad():
+        plain = compose(z, coefficients)
+    assert type(recorded.grad_fn).__name__ == Composed.__name__ + "Backward" and plain.grad_fn is None
+    torch.testing.assert_close(plain, recorded.detach(), rtol=0, atol=0)
+    assert series.degree(plain) == 3
+
+
+@pytest.mark.parametrize("method, reason", [
+    ("exact-reverse", "does not take the double backward"),
+    ("fd-streams", "threads or CUDA streams"),
+    ("fd-fused", "already fused"),
+])
+def test_a_method_with_no_compiled_form_is_refused_with_its_reason(method, reason):
+    assert reason in why_not(method)
+    with pytest.raises(ValueError, match=f"method '{method}' is not compiled here: .*{reason}"):
+        compiled_derivative(lambda x: x.sum(1), 2, method=method)
+
+
+def test_compiled_derivative_checks_its_arguments_before_compiling():
+    with pytest.raises(ValueError, match="expected one of"):
+        why_not("fd-magic")
+    with pytest.raises(ValueError, match="order"):
+        compiled_derivative(lambda x: x.sum(1), 0, method="fd-batched")
+    with pytest.raises(ValueError, match="a stencil of order 2"):
+        compiled_derivative(lambda x: x.sum(1), 2, method="fd-batched", stencil=central_stencil(3))
+    call = compiled_derivative(lambda x: x.sum(1), 2, method="exact-taylor")  # nothing compiles until a call
+    with pytest.raises(ValueError, match="expected v of the same shape"):
+        call(torch.zeros(2, 3), torch.zeros(2, 4))
+    assert set(COMPILABLE) == {"exact-taylor", "fd-serial", "fd-batched"}
+
+
+@compiles
+@pytest.mark.parametrize("method", COMPILABLE)
+def test_a_compiled_derivative_equals_the_eager_one_in_float64(method):
+    model, x, v = deep_ebm()
+    got = compiled_derivative(model.log_density, 3, method=method)(x, v)
+    expected = directional_derivative(model.log_density, x, v, 3, method=method)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, expected, rtol=1e-6 if method.startswith("fd-") else 1e-10, atol=0)
+
+
+def test_compiled_rows_are_twins_of_the_eager_ones_and_a_method_with_no_compiled_form_says_why():
+    config = derivatives.DerivativesConfig(methods=("exact-taylor", "exact-reverse"), orders=(2,), compiled=True,
+                                           n_chan=2, batch=1)
+    rows = derivatives.cases(config, Shared(device=torch.device("cpu")))
+    assert [r["method"] for r in rows] == ["exact-taylor", "exact-taylor+compiled", "exact-reverse",
+                                           "exact-reverse+compiled"]
+    assert {k: v for k, v in rows[1].items() if k != "method"} == {k: v for k, v in rows[0].items() if k != "method"}
+    skipped = measure_derivative(rows[3])
+    assert skipped["status"] == "unsupported" and "does not take the double backward" in skipped["message"]
+
+
+def test_a_compiled_line_is_drawn_in_its_method_s_colour_dotted_and_hollow():
+    line = style("fd-batched+compiled", METHOD_STYLE)
+    assert line["color"] == METHOD_STYLE["fd-batched"]["color"] and line["linestyle"] == ":"
+    assert line["markerfacecolor"] == "none" and style("fd-batched", METHOD_STYLE) == METHOD_STYLE["fd-batched"]
