@@ -21,7 +21,7 @@ from bench.plots import METHOD_STYLE, style
 from fdsm import central_stencil, directional_derivative
 from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
 from fdsm.taylor import series
-from fdsm.taylor.compose import Composed, compose
+from fdsm.taylor.compose import Composed, compose, horner, horner_rows
 from fdsm.taylor.propagate import taylor_graph
 from tests.test_taylor import family, rand, uniform
 
@@ -76,6 +76,12 @@ def test_an_elementwise_rule_composes_without_its_autograd_node_only_where_no_gr
     assert type(recorded.grad_fn).__name__ == Composed.__name__ + "Backward" and plain.grad_fn is None
     torch.testing.assert_close(plain, recorded.detach(), rtol=0, atol=0)
     assert series.degree(plain) == 3
+
+
+@pytest.mark.parametrize("order", range(1, 8))
+def test_the_row_form_a_compiler_fuses_is_horner_s_sum(order):
+    z, c = rand(order + 1, 5, seed=order), rand(order + 1, 5, seed=order + 10)
+    torch.testing.assert_close(horner_rows(list(c), z), horner(list(c), z), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("method, reason", [

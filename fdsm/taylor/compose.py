@@ -29,6 +29,8 @@ recurrences are the slow, obvious reference that the tests hold these rules to.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Sequence
@@ -117,13 +119,49 @@ class Composed(torch.autograd.Function):
         return out, None
 
 
+def horner_rows(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:
+    r"""The sum of ``horner``, written for a compiler: coefficient by coefficient, with no in-place op and no slice
+    of a stacked tensor,
+
+    .. math::
+        y_0 = c_0, \qquad y_k = \sum_{m=1}^{k} c_m\, (\delta^m)_k, \qquad
+        (\delta^m)_k = \sum_{j=1}^{k-m+1} \delta_j\, (\delta^{m-1})_{k-j},
+
+    so that every row is one expression of the rows of z and the c_m: about K^3/6 multiply-adds, each its own op
+    when run eagerly (more launches than ``horner``), one loop nest once ``torch.compile`` fuses them.
+    c: c_0 .. c_K, each (*s); z: (K+1, *s) -> (K+1, *s).
+    """
+    order = z.shape[0] - 1
+    delta = [None, *(z[k] for k in range(1, order + 1))]  # δ_1 .. δ_K
+    power = delta  # (δ^m)_k for the current m, k >= m
+    rows = [c[0], *(c[1] * delta[k] for k in range(1, order + 1))]
+    for m in range(2, order + 1):
+        power = [None] * m + [sum(delta[j] * power[k - j] for j in range(1, k - m + 2)) for k in range(m, order + 1)]
+        rows[m:] = [rows[k] + c[m] * power[k] for k in range(m, order + 1)]
+    return torch.stack(rows)
+
+
+_FUSABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("fusable", default=False)
+
+
+@contextlib.contextmanager
+def fusable():
+    """Within it, the elementwise rules compose by ``horner_rows``: for a trace that a compiler will fuse."""
+    token = _FUSABLE.set(True)
+    try:
+        yield
+    finally:
+        _FUSABLE.reset(token)
+
+
 def compose(z: Tensor, coefficients) -> Tensor:
     """φ(z(t)) for the φ of ``coefficients(z_0, K)``: through ``Composed`` where autograd records it, else
-    ``horner`` directly (no autograd node to make; and a plain composition of torch ops, which
-    ``torch.func.functionalize`` and ``make_fx`` can trace)."""
+    ``horner`` directly (no autograd node to make; and a plain composition of torch ops, which ``make_fx`` can
+    trace), or ``horner_rows`` within ``fusable()``."""
     if torch.is_grad_enabled() and z.requires_grad:
         return Composed.apply(z, coefficients)
-    return horner(coefficients(z[0], z.shape[0] - 1), z)
+    c = coefficients(z[0], z.shape[0] - 1)
+    return horner_rows(c, z) if _FUSABLE.get() else horner(c, z)
 
 
 # ---- the coefficients c_m = φ^(m)(z_0) / m! -------------------------------------------------------------------

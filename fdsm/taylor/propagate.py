@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from fdsm.taylor import series
+from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
 from fdsm.taylor.rules import rule_for
 from fdsm.taylor.trace import traced
@@ -116,13 +116,14 @@ def taylor_graph(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int
     ``taylor_coefficients``' computation with every rule inlined, for ``torch.compile`` (``fdsm.compiled``).
 
     It is ``make_fx`` over the pass, under ``torch.no_grad`` (an evaluation: the elementwise rules compose
-    directly, without their autograd node), made once per traced f and order and kept in the trace's ``meta``;
-    the leaves stay graph inputs, so new parameter values are never stale.
+    directly, without their autograd node, in the row form a compiler fuses, ``compose.horner_rows``), made once
+    per traced f and order and kept in the trace's ``meta``; the leaves stay graph inputs, so new parameter values
+    are never stale.
     """
     graph, leaves = traced(f, x)
     key = ("taylor_graph", order)
     if key not in graph.meta:
-        with torch.no_grad():
+        with torch.no_grad(), compose.fusable():
             graph.meta[key] = make_fx(functools.partial(_flat_pass, graph, order))(x, v, *leaves)
     return graph.meta[key], leaves
 
