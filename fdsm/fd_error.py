@@ -79,27 +79,35 @@ _WHO = "fd_estimate(f, x, v, order)"
 
 
 # NOTE [default accuracy of the automatic step]
-# With step="auto" and no stencil, the accuracy p is the one whose best step had the smaller error in the eps-sweeps
-# of the trained deep EBM: results/cpu/eps_sweep.csv (batch 8, float64, float32, bfloat16) and
-# results/cpu/auto-step/eps-sweep/ (batch 64, float32); the two agree on every choice below.
-# - float64: p = 4 at every T; its best error is 26-70x below p = 2's at T <= 4, and 40x at T = 5, 6.
-# - float32: p = 4 at T <= 5: 0.064% vs 0.15% at T = 1, 0.011% vs 0.029% at T = 2, 2.1% vs 3.9% at T = 3,
-#   0.59% vs 6.2% at T = 4, 27% vs 43% at T = 5 (batch 64). At T = 6, p = 2: 2.9% vs 4.5% (1.2% vs 3.4% at batch
-#   8). There the optimum sits at the end of the asymptotic range (the stencil's outer points near 40-60 from x
-#   on this model), and p = 2's outer points are at 3h where p = 4's are at 4h: p = 2 gets the longer step and
-#   the smaller roundoff.
-# - bfloat16 and float16: p = 2; nothing reaches 1% past T = 2, and more points only add roundoff.
+# With step="auto" and no stencil, the accuracy p is the one whose automatic step had the smallest measured error on
+# the trained deep EBM, among the stencils whose error estimate holds on the closed forms of
+# tests/test_fd_estimate.py: results/cpu/auto-step/summary.md, section "The automatic step's error by stencil"
+# (float32, p = 4, 6, 8, p = 2 at T = 6, and the Richardson stencils, against the float64 exact value), and
+# README.md there.
+# - float32: p = 4 at T = 1, 3, 4, 5; p = 6 at T = 2; p = 2 at T = 6. At T = 1, p = 6 and 8 are only slightly
+#   better, at up to twice the points and the probe time. A higher p lowers the error at T = 3..6 on the deep
+#   EBM, but its estimate does not hold there: on the softplus networks of the tests, p = 6 at T = 3
+#   over-reads its error on the roundoff side of a fixed step, and p = 6, 8 at T = 4..6 under-read it at the
+#   automatic step, where their optimum lies past the range in which the pair (h, h/2) sees h^p (NOTE [reading the
+#   probe ladder]). An under-read is a silently bad number, so such a stencil stays the caller's explicit choice.
+#   Orders above 6 were not measured; they get p = 2, the choice of T = 6.
+# - float64: p = 4 at every T (results/cpu/eps_sweep.csv: its best grid step beats p = 2's by a wide margin).
+# - bfloat16 and float16: p = 2; nothing reaches 1% past T = 2 (results/cpu/eps_sweep.csv, and the bfloat16 rows of
+#   results/cpu/auto-step/summary.md), and more points only add roundoff.
 # The plain methods keep the paper's stencil (p = 2, Theorem 1) as their default: Figure 2 compares against it.
+_FLOAT32_ACCURACY = {1: 4, 2: 6, 3: 4, 4: 4, 5: 4}  # T -> p in float32; higher T: p = 2
+
+
 def default_accuracy(order: int, dtype: torch.dtype) -> int:
     """The stencil accuracy p of ``step="auto"`` without a stencil (NOTE [default accuracy of the automatic step]).
 
-    >>> default_accuracy(3, torch.float32), default_accuracy(6, torch.float32), default_accuracy(6, torch.float64)
-    (4, 2, 4)
+    >>> [default_accuracy(t, torch.float32) for t in range(1, 7)], default_accuracy(6, torch.float64)
+    ([4, 6, 4, 4, 4, 2], 4)
     """
     if dtype == torch.float64:
         return 4
     if dtype == torch.float32:
-        return 4 if order <= 5 else 2
+        return _FLOAT32_ACCURACY.get(order, 2)
     return 2
 
 
@@ -249,6 +257,11 @@ def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str) -> _La
 # - The roundoff pair under the run bounds C as well, and the smaller of the two is used. That catches a run that
 #   starts past the asymptotic range: on the trained deep EBM at T = 6 in float32 the difference is roundoff up to
 #   h = 16 and jumps 7000-fold by h = 32, where h^p predicts 16-fold; the pair at 16 bounds C there.
+# - R is read at the larger step of the pair C comes from, so that both describe the same steps. Read at the run's
+#   pair while C comes from the pair under it, a run whose larger step reaches a far field (f orders of magnitude
+#   larger there, so its roundoff too) would pair that roundoff with the near field's C and push h* into the far
+#   field, where D_h settles on the far field's value with a small relative estimate: a silently bad number (the
+#   deep EBM in bfloat16 at T = 2 did this; tests/test_fd_estimate.py has a closed form of it).
 # - Pairs that differ by more than D itself, while their roundoff is well under D, lie past the asymptotic range:
 #   from the first one up no pair is usable (the differences saturate there and C_j would fall again).
 # - Eq. (S2) assumes a rounding error of u|f_i| at each point. A network's arithmetic adds to that (the trained deep
@@ -326,13 +339,13 @@ def _fit(ladder: _Ladder, s: Stencil, pool: list[Tensor]) -> _Fit:
         usable = torch.isfinite(bound)
         start, last = _run_start(measuring & usable, usable, diff)  # (B,) each
         j = torch.where(start < P, start, last.clamp(min=0))  # no run: the last usable pair's roundoff bound
-        c = torch.where(last >= 0, bound[j, rows], math.inf)
         under = (j - 1).clamp(min=0)  # the roundoff pair under the run bounds C too
-        c = torch.where((start < P) & (start > 0) & usable[under, rows], torch.minimum(c, bound[under, rows]), c)
-        return c, j, start, diff, noise, measuring, past, usable
+        lower = (start < P) & (start > 0) & usable[under, rows] & (bound[under, rows] < bound[j, rows])
+        at = torch.where(lower, under, j)  # the pair C is read from: R is read there too
+        return bound[at, rows].where(last >= 0, math.inf), j, at, start, diff, noise, measuring, past, usable
 
     kappa = _kappa(pool)
-    c, j, start, diff, noise, measuring, _, usable = read(kappa)
+    c, _, _, start, diff, noise, measuring, _, usable = read(kappa)
     model = torch.nan_to_num(c, posinf=0.0) * ladder.step[1:].pow(p) * (1 - 2.0**-p)  # (P, B): C's share of diff
     roundoff = (pairs < start - 1) & usable & (3 * model < diff)  # (P, B)
     ratios = diff / (noise / kappa)  # against eq. (S2) with kappa = 1
@@ -341,10 +354,9 @@ def _fit(ladder: _Ladder, s: Stencil, pool: list[Tensor]) -> _Fit:
     # A sample whose own roundoff pairs say its roundoff is well above the batch's (f cancels there) keeps its own.
     own = torch.where(roundoff, ratios, math.nan).nanmedian(0).values / _HALF_NORMAL_MEDIAN  # (B,)
     own_kappa = torch.where((roundoff.sum(0) >= 2) & (own > 3 * kappa), own, kappa)
-    c, j, start, diff, noise, measuring, past, usable = read(own_kappa)
-    kappa = own_kappa
-    h = ladder.step[j + 1, rows]
-    r = kappa * ladder.rho[j + 1, rows] * h.pow(T)
+    c, j, at, start, diff, noise, measuring, past, usable = read(own_kappa)
+    h = ladder.step[at + 1, rows]  # the larger step of C's pair: its f values set the roundoff beside that C
+    r = own_kappa * ladder.rho[at + 1, rows] * h.pow(T)
     centre = P // 2 - 1  # the pair (h_0, h_0/2): levels J and J - 1 of the P = 2J pairs
     tau = (diff[centre].square() - noise[centre].square()).clamp(min=0).sqrt() / (1 - 2.0**-p)
     return _Fit(c=c, r=r, h_star=(T * r / (p * c)).pow(1.0 / (T + p)), measured=start < P,

@@ -182,6 +182,20 @@ def test_where_no_step_reaches_1_percent_it_warns_and_flags():
         assert not fd_estimate(NET, *batch(F64, size=8), 2).flagged.any()
 
 
+def test_a_far_field_past_the_roundoff_is_no_plateau_to_settle_on():
+    """A parabola inside |x| < 40 and a steep wall beyond: in bfloat16 the stencil is roundoff until its larger steps
+    reach the wall, where D_h settles on the wall's curvature. The roundoff beside the roundoff bound of C is the
+    one at that bound's own step, not the wall's, so the step stays inside and the estimate follows the error."""
+    def f(x):  # (B, 1) -> (B,): D^2 = 2 inside the wall
+        return 1e3 + x[:, 0] ** 2 + 1e4 * torch.nn.functional.softplus(x[:, 0].abs() - 40) ** 2
+
+    x = torch.linspace(0.1, 0.9, 16, dtype=torch.bfloat16).view(16, 1)
+    est = fd_estimate(f, x, torch.ones_like(x), 2, warn=False)
+    true = (est.derivative.double() - 2).abs() / 2
+    assert (est.step < 40).all(), est.step
+    assert true.median() < 0.05 and true.median() < 3 * est.rel_error.median(), (true.median(), est.rel_error)
+
+
 def ok_f(x):
     return NET(x.double()).to(x.dtype)
 
