@@ -1,9 +1,13 @@
-"""Why fdsm.compiled runs under torch.no_grad: inductor's training-mode compile of the flat Taylor graph.
+"""Inductor's training-mode compile of the flat Taylor graph, against the eager pass.
 
 The same flat aten graph of one Taylor pass (fdsm.taylor.propagate.taylor_graph: the trained deep EBM, cpu preset,
 batch 2, T = 5, float32) is run four ways, and D^5 compared with the eager pass: as it is; compiled by inductor
 under no_grad; compiled by inductor with the parameters requiring grad (AOTAutograd's joint graph); and with
-backend "aot_eager" (the same joint graph, no inductor). Run from the repository root:
+backend "aot_eager" (the same joint graph, no inductor). At commit 03fcc94, whose flat graph composed the
+elementwise rules by horner's in-place updates of slices, inductor with the parameters requiring grad returned D^5
+off by 1.1e5 (relative) and aot_eager was exact; since the row form (compose.horner_rows, 00977e9) it agrees. The
+compiled rows stay evaluations under no_grad all the same (fdsm/compiled.py): the gradients of a compiled pass
+are not checked anywhere in this project. Run from the repository root:
     PYTHONPATH=. python results/cpu/taylor/compiled/inductor_grad.py > results/cpu/taylor/compiled/inductor_grad.log
 """
 
