@@ -6,7 +6,8 @@ compiler fuses those ops into a few kernels, and FD's too. So the fair question,
 compiled FD", needs both compiled the same way:
 
 - ``exact-taylor``: the whole pass as one flat aten graph (``fdsm.taylor.propagate.taylor_graph``: every rule
-  inlined, f's parameters and closed-over tensors graph inputs), given to ``torch.compile``;
+  inlined, in the row form a compiler fuses; f's parameters and closed-over tensors graph inputs), given to
+  ``torch.compile``;
 - ``fd-serial`` and ``fd-batched``: the method itself under ``torch.compile`` (dynamo traces the stencil's
   inputs, the forwards and the weighted sum).
 
@@ -15,9 +16,8 @@ not a training step.
 
 Not compiled here, each for its reason (``why_not(method)``): nested reverse mode needs a double backward, which
 ``torch.compile`` does not take (``create_graph=True`` through AOTAutograd; pytorch#181581); nested
-``torch.func.jvp`` compiles (forward-mode AD inside dynamo) only as T nested transforms of the whole network;
-``fd-streams`` runs its points on threads or CUDA streams; ``fd-fused`` is already fused by its own Triton kernels;
-``fd-distributed`` all-reduces across processes.
+``torch.func.jvp`` (``exact-forward``) has not been tried; ``fd-streams`` runs its points on threads or CUDA
+streams; ``fd-fused`` is already fused by its own Triton kernels; ``fd-distributed`` all-reduces across processes.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functool
 _WHY_NOT = {
     "exact-reverse": "torch.compile does not take the double backward of nested reverse mode (create_graph=True "
                      "through AOTAutograd, pytorch#181581)",
-    "exact-forward": "T nested torch.func.jvp transforms of the whole network are not compiled here",
+    "exact-forward": "T nested torch.func.jvp transforms under torch.compile have not been tried here",
     "fd-streams": "its stencil points run on threads or CUDA streams, which one compiled graph does not express",
     "fd-fused": "it is already fused, by its own Triton kernels",
     "fd-distributed": "it all-reduces its partial sums across processes",
