@@ -133,3 +133,26 @@ def test_a_compiled_line_is_drawn_in_its_method_s_colour_dotted_and_hollow():
     line = style("fd-batched+compiled", METHOD_STYLE)
     assert line["color"] == METHOD_STYLE["fd-batched"]["color"] and line["linestyle"] == ":"
     assert line["markerfacecolor"] == "none" and style("fd-batched", METHOD_STYLE) == METHOD_STYLE["fd-batched"]
+
+
+def test_every_compiled_fd_function_has_a_code_object_of_its_own():
+    """Dynamo stops compiling a code object after 8 entries and runs the rest eagerly: a sweep of orders and
+    shapes through one shared function would time eager FD under a compiled name."""
+    from fdsm.compiled import _fd_pass, _own_code
+
+    first, second = _own_code(_fd_pass, order=1), _own_code(_fd_pass, order=2)
+    assert first.__code__ is not second.__code__ and first.__code__ is not _fd_pass.__code__
+    assert first.__kwdefaults__ == {"order": 1} and second.__kwdefaults__ == {"order": 2}
+
+
+@compiles
+def test_more_compiled_fd_functions_than_dynamo_s_recompile_limit_all_compile():
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    f = lambda x: torch.nn.functional.softplus(x).sum(1)  # noqa: E731
+    for order in range(1, 7):
+        for batch in (3, 5):
+            compiled_derivative(f, order, method="fd-batched", backend="eager")(
+                torch.randn(batch, 4, dtype=F64), 0.1 * torch.randn(batch, 4, dtype=F64))
+    assert counters["stats"]["unique_graphs"] - before == 12
