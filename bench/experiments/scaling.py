@@ -110,12 +110,21 @@ def _check_scalings(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class ScalingConfig:
+class LaunchOptions:
+    """The options of a torchrun launch that both scaling sweeps take."""
+
+    world_sizes: tuple[int, ...] = option((1, 2), "ranks N per launch (one node)", convert=_check_world_sizes)
+    collective_timeout_s: float = option(120.0, "seconds a rank waits in a collective (process-group timeout)",
+                                         flag="--collective-timeout", convert=positive("--collective-timeout"))
+    launcher: str = option("", LAUNCHER_HELP, default_text="torchrun --standalone on this node")
+
+
+@dataclass(frozen=True)
+class ScalingConfig(LaunchOptions):
     models: tuple[str, ...] = option(("deep-ebm", "ncsn"), "models whose FD pairs are run", convert=_check_models)
     objectives: tuple[str, ...] = option((), "objectives to run, e.g. FD-SSM,SSM",
                                          default_text="every objective of the pairs FD-SSM/SSM, FD-DSM/DSM, "
                                                       "FD-SSMVR/SSMVR, SSM-Taylor/SSM that the model has")
-    world_sizes: tuple[int, ...] = option((1, 2), "ranks N per launch (one node)", convert=_check_world_sizes)
     scalings: tuple[str, ...] = option(SCALINGS, "strong: global batch B, B/N per rank; weak: B per rank",
                                        convert=_check_scalings)
     size: str | None = option(None, "model size", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
@@ -127,9 +136,6 @@ class ScalingConfig:
     repeats: int = 7  # timed rounds (the shared --repeats)
     timeout_s: float = option(600.0, "seconds per launch (one model at one N and scaling)", flag="--timeout",
                               convert=positive("--timeout"))
-    collective_timeout_s: float = option(120.0, "seconds a rank waits in a collective (process-group timeout)",
-                                         flag="--collective-timeout", convert=positive("--collective-timeout"))
-    launcher: str = option("", LAUNCHER_HELP, default_text="torchrun --standalone on this node")
 
 
 DEFAULT = ScalingConfig()
@@ -319,18 +325,14 @@ STENCIL_REQUIRED = ("model", "method", "order", "batch", "dtype", "device", "wor
 
 
 @dataclass(frozen=True)
-class StencilScalingConfig(ProblemConfig):
+class StencilScalingConfig(ProblemConfig, LaunchOptions):
     batch: int | None = option(None, "points per call", type=positive_int, default_text="64 on CUDA, else 8")
     orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=positives("--orders"))
-    world_sizes: tuple[int, ...] = option((1, 2), "ranks N per launch (one node)", convert=_check_world_sizes)
     threads: int | None = option(1, "torch threads per rank on the CPU", type=positive_int)
     warmup: int = option(2, "untimed calls per method and order", convert=at_least("--warmup", 0))
     repeats: int = 15  # timed rounds (the shared --repeats)
     timeout_s: float = option(300.0, "seconds per launch (every order at one N)", flag="--timeout",
                               convert=positive("--timeout"))
-    collective_timeout_s: float = option(120.0, "seconds a rank waits in a collective (process-group timeout)",
-                                         flag="--collective-timeout", convert=positive("--collective-timeout"))
-    launcher: str = option("", LAUNCHER_HELP, default_text="torchrun --standalone on this node")
 
 
 STENCIL_DEFAULT = StencilScalingConfig()
