@@ -154,6 +154,11 @@ def fusable():
         _FUSABLE.reset(token)
 
 
+def fusing() -> bool:
+    """Whether the rules run within ``fusable()``."""
+    return _FUSABLE.get()
+
+
 def compose(z: Tensor, coefficients) -> Tensor:
     """φ(z(t)) for the φ of ``coefficients(z_0, K)``: through ``Composed`` where autograd records it, else
     ``horner`` directly (no autograd node to make; and a plain composition of torch ops, which ``make_fx`` can
@@ -161,7 +166,7 @@ def compose(z: Tensor, coefficients) -> Tensor:
     if torch.is_grad_enabled() and z.requires_grad:
         return Composed.apply(z, coefficients)
     c = coefficients(z[0], z.shape[0] - 1)
-    return horner_rows(c, z) if _FUSABLE.get() else horner(c, z)
+    return horner_rows(c, z) if fusing() else horner(c, z)
 
 
 # ---- the coefficients c_m = φ^(m)(z_0) / m! -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
-from fdsm.taylor.rules import rule_for
+from fdsm.taylor.rules import IN_PLACE_RULES, rule_for
 from fdsm.taylor.trace import traced
 
 
@@ -57,14 +57,27 @@ class _Step:
     frees: tuple[fx.Node, ...]
 
 
+def _sole_user(node: fx.Node) -> bool:
+    """Whether ``node`` takes (value, number) and is the only user of that value: then the rule of an add or sub
+    (``IN_PLACE_RULES``) may update the value in place where it is a fresh Jet, since nothing else reads it."""
+    first = node.args[0] if node.args else None
+    return (isinstance(first, fx.Node) and len(first.users) == 1 and len(node.args) == 2
+            and isinstance(node.args[1], (int, float)))
+
+
+def _rule(node: fx.Node) -> Callable[..., object] | None:
+    if node.op != "call_function":
+        return None
+    rule = rule_for(node.target)
+    return functools.partial(rule, in_place=True) if rule in IN_PLACE_RULES and _sole_user(node) else rule
+
+
 def _plan(graph: fx.GraphModule) -> list[_Step]:
     """The graph's steps, made on its first run and kept in its ``meta``."""
     if "taylor_plan" not in graph.meta:
         frees = _last_uses(graph.graph)
-        graph.meta["taylor_plan"] = [
-            _Step(node, tuple(node.all_input_nodes),
-                  rule_for(node.target) if node.op == "call_function" else None, tuple(frees.get(node, ())))
-            for node in graph.graph.nodes]
+        graph.meta["taylor_plan"] = [_Step(node, tuple(node.all_input_nodes), _rule(node), tuple(frees.get(node, ())))
+                                     for node in graph.graph.nodes]
     return graph.meta["taylor_plan"]
 
 

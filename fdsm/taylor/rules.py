@@ -117,11 +117,17 @@ def _no_jet(who: str, *values: object) -> None:
                                   "fdsm.taylor.register_rule")
 
 
-def _add_primal(z: Jet, c: object) -> Jet:
-    """z + c for a constant c: c enters the primal only. A finite Python number takes one pass over the series,
-    z + c e_0 with e_0 = (1, 0, ..., 0) along the coefficient axis (c · 0 = 0 leaves the higher coefficients as they
-    are); a tensor (or an infinite number) goes to the primal, and the higher coefficients expand with its broadcast."""
+def _add_primal(z: Jet, c: object, *, in_place: bool = False) -> Jet:
+    """z + c for a constant c: c enters the primal only. A finite Python number is added to the primal row in place
+    where the interpreter allows it (``in_place``: this node is the only user of z) and z's series is ``fresh``,
+    outside a trace for the compiler (``compose.fusable``, whose graphs stay free of in-place updates); else in one
+    pass over the series, z + c e_0 with e_0 = (1, 0, ..., 0) along the coefficient axis (c · 0 = 0 leaves the
+    higher coefficients as they are). A tensor (or an infinite number) goes to the primal, and the higher
+    coefficients expand with its broadcast."""
     if isinstance(c, (int, float)) and math.isfinite(c):
+        if in_place and z.fresh and not compose.fusing():
+            z.series[0].add_(c)  # one row of K+1: the higher coefficients of a constant shift are zero
+            return z
         e0 = compose.along(constant((1.0,) + (0.0,) * z.order, z.dtype, z.series.device), z.primal)
         return Jet(torch.add(z.series, e0, alpha=float(c)))
     primal = z.primal + c
@@ -262,17 +268,22 @@ register_rule(aten.convolution, _convolution)
 
 # ---- affine and bilinear --------------------------------------------------------------------------------------
 
-def _add(a: object, b: object, *, alpha: float = 1) -> object:
+def _add(a: object, b: object, *, alpha: float = 1, in_place: bool = False) -> object:
     if alpha != 1:
         b = _mul(b, alpha) if isinstance(b, Jet) else b * alpha
     if isinstance(a, Jet) and isinstance(b, Jet):
         ndim = max(a.ndim, b.ndim)
         return Jet(a.aligned(ndim) + b.aligned(ndim))
-    return _add_primal(a, b) if isinstance(a, Jet) else _add_primal(b, a)
+    return _add_primal(a, b, in_place=in_place) if isinstance(a, Jet) else _add_primal(b, a, in_place=in_place)
 
 
-def _sub(a: object, b: object, *, alpha: float = 1) -> object:
-    return _add(a, _neg(b) if isinstance(b, Jet) else -b, alpha=alpha)
+def _sub(a: object, b: object, *, alpha: float = 1, in_place: bool = False) -> object:
+    return _add(a, _neg(b) if isinstance(b, Jet) else -b, alpha=alpha, in_place=in_place)
+
+
+# The rules that take ``in_place=True`` where the interpreter knows the node to be the only user of its Jet (a
+# constant shift of an activation, as the deep EBM's softplus(z) - log 2: one row updated, not K+1 copied).
+IN_PLACE_RULES = (_add, _sub)
 
 
 def _neg(z: Jet) -> Jet:
@@ -356,7 +367,7 @@ def _elementwise(coefficients: Callable[[Tensor, int], Tensor | Sequence[Tensor]
     (a (K+1, *s) tensor or K+1 tensors of shape (*s)):
     :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule, as one autograd node with a closed-form
     backward (``compose.Composed``) where autograd records it."""
-    return lambda z: Jet(compose.compose(z.series, coefficients))
+    return lambda z: Jet(compose.compose(z.series, coefficients), fresh=True)
 
 
 def _replace_first(c: Tensor, first: Tensor) -> Tensor:
