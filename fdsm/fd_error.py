@@ -406,13 +406,30 @@ def _auto_step(f: Fn, x: Tensor, u: Tensor, s: Stencil, who: str) -> tuple[Tenso
     return step, err, forwards, int(math.ceil(points))
 
 
+# NOTE [the truncation at a fixed step]
+# At a fixed step h the truncation is read from the pair (h, h/2) where that pair measures it (tau, eq. S2). Where it
+# does not, its difference is roundoff, and the roundoff it carries is that of D_{h/2}, 2^T times D_h's own (eq. S2:
+# rho ~ h^-T). So the pair cannot see a truncation at h up to about DOMINANT 2^T / (1 - 2^-p) times the roundoff at
+# h, which is then larger than that roundoff: a window just above the optimum, widest at high T (2^6 = 64 at T = 6).
+# tau of such a pair, sqrt(diff^2 - noise^2), is a draw of the noise around 0, no reading of the truncation, and
+# taking it there under-read the error by the factor of that window (the deep EBM at T = 6 in float32, step 13.3:
+# 2.9% measured, 0.5% estimated; float64 at T = 6, step 1.78: 12x under). There the truncation is the ladder's
+# C h^p instead, the error model E(h) of eq. (S3) that the automatic step uses: C comes from the lowest measuring
+# pairs above (or is the bound of the roundoff pair under them, NOTE [reading the probe ladder]), so in the
+# asymptotic range it is the c h^p that tau would read without roundoff, and past it an upper bound: where the
+# stencil leaves the asymptotic range between h and 2h, the estimate over-reads (a conservative flag), it does not
+# under-read: on the deep EBM in float32 at step 13.3, whose 2h = 26.7 lies where its derivatives blow up, 3-10x at
+# T = 2, 4, 5, 6. The octave ladder cannot tell those rows from T = 6's there: the truncation at h is known only to
+# lie under C h^p. On the roundoff side of the optimum C h^p is well under the roundoff and changes nothing.
+
+
 def _fixed_step_error(f: Fn, x: Tensor, u: Tensor, h: Tensor, s: Stencil, who: str) -> tuple[Tensor, int]:
     """E(h) along u at the given steps h (B,): the truncation the pair (h, h/2) measures where it does, else the
-    smaller of that pair's and the ladder's C h^p; plus the roundoff R / h^T. One probe forward, centred on h;
-    returns E and the probe points per sample."""
+    ladder's C h^p (NOTE [the truncation at a fixed step]); plus the roundoff R / h^T. One probe forward, centred
+    on h; returns E and the probe points per sample."""
     T, p = s.order, s.accuracy
     fit = _fit(_probe(f, x, u, h, s, who), s, [])
-    truncation = torch.where(fit.centre_measures, fit.tau, torch.minimum(fit.tau, fit.c * h.pow(p)))
+    truncation = torch.where(fit.centre_measures, fit.tau, fit.c * h.pow(p))
     return _rms(truncation, fit.r / h.pow(T)), len(_ladder_offsets(s, LADDER)[0])
 
 
