@@ -12,7 +12,8 @@ batch       B, the number of points
 method      a name in ``fdsm.METHODS``; an FD method with ``+richardson`` evaluates the Richardson stencil of its
             own (``fdsm.fd_error.richardson_stencil``, accuracy p -> p + 2); any method with ``+compiled`` runs
             under ``torch.compile`` and ``torch.no_grad`` (``fdsm.compiled``), its first call timed apart
-            (``compile_ms``)
+            (``compile_ms``); ``exact-taylor+fused`` is eager Taylor mode, its graph kept, with each elementwise
+            rule one compiled kernel (``fdsm.taylor.fused``), its first call (the compiles) timed apart too
 order       T
 accuracy    p of ``fdsm.central_stencil(T, p)`` (FD methods; exact methods ignore it)
 eps         the step \|v\| (every direction has this norm); with ``eps_source`` ``auto``, the batch median of the
@@ -43,6 +44,7 @@ models and references between cases.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -65,6 +67,7 @@ from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
 from fdsm.models import MODELS, build
+from fdsm.taylor.fused import fused_rules
 
 REFERENCE_CHUNK = 8  # samples per float64 reference call
 
@@ -78,6 +81,7 @@ ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backe
 AUTO_COLUMNS = ("probe_forwards", "probe_points", "step_min", "step_max")  # rows of the automatic step
 RICHARDSON = "+richardson"  # an FD method with this suffix evaluates its stencil's Richardson stencil
 COMPILED = "+compiled"  # a method with this suffix runs under torch.compile, as an evaluation (fdsm.compiled)
+FUSED = "+fused"  # exact-taylor with this suffix composes each elementwise rule by a compiled kernel
 
 
 def build_model(case: Mapping[str, Any]) -> nn.Module:
@@ -134,14 +138,20 @@ def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
 
 
 def fd_variant(method: str) -> tuple[str, bool]:
-    """``"fd-batched+richardson"`` -> ("fd-batched", True); a plain name -> (name, False); a ``+compiled`` suffix
-    is dropped first."""
-    base = method.removesuffix(COMPILED).removesuffix(RICHARDSON)
-    return base, base != method.removesuffix(COMPILED)
+    """``"fd-batched+richardson"`` -> ("fd-batched", True); a plain name -> (name, False); a ``+compiled`` or
+    ``+fused`` suffix is dropped first."""
+    plain = method.removesuffix(COMPILED).removesuffix(FUSED)
+    base = plain.removesuffix(RICHARDSON)
+    return base, base != plain
 
 
 def is_compiled(case: Mapping[str, Any]) -> bool:
     return case["method"].endswith(COMPILED)
+
+
+def compiles(case: Mapping[str, Any]) -> bool:
+    """Whether the case's first call compiles (``+compiled``, ``+fused``): timed apart, as ``compile_ms``."""
+    return case["method"].endswith((COMPILED, FUSED))
 
 
 def case_stencil(case: Mapping[str, Any]) -> fdsm.Stencil | None:
@@ -192,9 +202,11 @@ def derivative_closure(case: Mapping[str, Any]) -> Callable[[], Tensor]:
     if is_compiled(case):
         compiled = compiled_derivative(model.log_density, order, method=method, stencil=stencil)
         return lambda: compiled(x_d, v_d)
+    rules = fused_rules if case["method"].endswith(FUSED) else contextlib.nullcontext
 
     def call() -> Tensor:
-        return fdsm.directional_derivative(model.log_density, x_d, v_d, order, method=method, stencil=stencil)
+        with rules():
+            return fdsm.directional_derivative(model.log_density, x_d, v_d, order, method=method, stencil=stencil)
 
     return call
 
@@ -233,6 +245,9 @@ def _unsupported(method: str) -> dict[str, Any] | None:
         return {"status": "unsupported", "message": entry.reason}
     if method.endswith(COMPILED) and (reason := why_not(base)) is not None:
         return {"status": "unsupported", "message": f"{base} has no compiled form: {reason}"}
+    if method.endswith(FUSED) and base != "exact-taylor":
+        return {"status": "unsupported", "message": f"{base} has no fused rules: only exact-taylor has them "
+                                                    "(fdsm.taylor.fused)"}
     return None
 
 
@@ -282,10 +297,11 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
         return skip
     call = derivative_closure(case)
     device = torch.device(case["device"])
-    compile_ms = first_call_ms(call, device) if is_compiled(case) else math.nan  # the compile, timed apart
+    compile_ms = first_call_ms(call, device) if compiles(case) else math.nan  # the compile, timed apart
     # exact-taylor traces f in the untimed warm-up
     timing = measure_time(call, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
-    trace_ms = fdsm.taylor.STATS.last_trace_ms if case["method"] == "exact-taylor" else math.nan
+    eager_taylor = case["method"] in ("exact-taylor", "exact-taylor" + FUSED)
+    trace_ms = fdsm.taylor.STATS.last_trace_ms if eager_taylor else math.nan
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
     measured = {**timing_columns(timing), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,

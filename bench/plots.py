@@ -36,12 +36,15 @@ DTYPE_STYLE: Mapping[str, dict] = {
 }
 
 
+VARIANT_LINES = {"fused": "--"}  # a variant's line; every other variant (``compiled``, ``richardson``) is dotted
+
+
 def style(name: str, table: Mapping[str, dict]) -> dict:
     """A line's style: its own; for a variant ``<base>+<suffix>`` (``fd-batched+compiled``), its base's colour and
-    marker, hollow, on a dotted line."""
-    base = name.split("+")[0]
+    marker, hollow, on a dotted line (dashed for ``+fused``)."""
+    base, _, suffix = name.partition("+")
     if name not in table and base in table:
-        return {**table[base], "linestyle": ":", "markerfacecolor": "none"}
+        return {**table[base], "linestyle": VARIANT_LINES.get(suffix, ":"), "markerfacecolor": "none"}
     return dict(table.get(name, {"marker": "x", "linestyle": ":"}))
 
 

@@ -22,7 +22,6 @@ streams; ``fd-fused`` is already fused by its own Triton kernels; ``fd-distribut
 
 from __future__ import annotations
 
-import types
 import warnings
 from collections.abc import Callable
 
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from fdsm import derivatives
 from fdsm.derivatives import METHODS
+from fdsm.own_code import own_code
 from fdsm.stencils import Stencil, check_order
 from fdsm.taylor.propagate import taylor_graph
 
@@ -79,7 +79,7 @@ def compiled_derivative(f: Callable[[Tensor], Tensor], order: int, *, method: st
     check_order(order, who)
     points = derivatives._check_stencil(stencil, order, method, who)  # the central stencil by default (FD)
     run = _compiled_taylor(f, order, compile_options) if method == "exact-taylor" else torch.compile(
-        _own_code(_fd_pass, f=f, method=method, order=order, stencil=points), **compile_options)
+        own_code(_fd_pass, f=f, method=method, order=order, stencil=points), **compile_options)
 
     def call(x: Tensor, v: Tensor) -> Tensor:
         derivatives._check_inputs(f, x, v, who)
@@ -92,17 +92,6 @@ def compiled_derivative(f: Callable[[Tensor], Tensor], order: int, *, method: st
 def _fd_pass(x: Tensor, v: Tensor, *, f: Callable[[Tensor], Tensor], method: str, order: int,
              stencil: Stencil) -> Tensor:
     return METHODS.get(method)(f, x, v, order, stencil=stencil)
-
-
-def _own_code(function: Callable, **keywords) -> Callable:
-    """A copy of ``function`` with a code object of its own and ``keywords`` as its keyword defaults. Dynamo keeps
-    its compiled entries on the code object and stops compiling one after ``recompile_limit`` (8) entries, running
-    the rest eagerly with only a warning: every ``compiled_derivative`` of one shared function (a lambda, or a
-    ``functools.partial``, which ``torch.compile`` calls through one wrapper) would share those 8, the orders,
-    models and shapes of one sweep."""
-    copy = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__)
-    copy.__kwdefaults__ = keywords
-    return copy
 
 
 def _compiled_taylor(f: Callable[[Tensor], Tensor], order: int, compile_options: dict

@@ -8,11 +8,12 @@ machine did between them; on shared cores that is as large as the effect. Here t
 timed alternately, round by round, in one process (``bench.timing.measure_interleaved``), and each ratio is taken
 per round (``paired_ratio``): a slow phase lands on all of them alike. The cases are ``derivatives``' own (its
 ``cases``, the same steps from ``--steps-from``, the same calls of ``bench.derivative_case``): ``exact-taylor``,
-``fd-batched`` and, with ``--compiled`` (on by default), both under ``torch.compile`` (``fdsm.compiled``);
+``fd-batched`` and, with ``--compiled`` (on by default), both under ``torch.compile`` (``fdsm.compiled``) and
+``exact-taylor+fused`` (eager Taylor mode with each elementwise rule one compiled kernel, ``fdsm.taylor.fused``);
 ``exact-reverse`` up to ``--reverse-max-order`` (its time and memory grow exponentially: 2.7 s and 15 GiB a call
 at batch 64, T = 6). Every call is warmed up (traced, compiled) before the timed rounds and compared with the
 float64 reference once. One row per (batch, T): each method's median, the paired ratios taylor / fd (eager and
-compiled) and reverse / taylor with their quartiles, and each method's error.
+compiled, fused) and reverse / taylor (eager, fused) with their quartiles, and each method's error.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import torch
 
 from bench.accuracy import relative_error
 from bench.config import Shared, comma_ints
-from bench.derivative_case import COMPILED, derivative_closure, reference_for
+from bench.derivative_case import COMPILED, FUSED, derivative_closure, reference_for
 from bench.environment import metadata, use_ieee_float32
 from bench.experiments.derivatives import DerivativesConfig, cases
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 
 RATIOS = {  # column stem -> (numerator, denominator)
     "taylor_over_fd": ("exact-taylor", "fd-batched"),
+    "fused_taylor_over_fd": ("exact-taylor" + FUSED, "fd-batched"),
     "compiled_taylor_over_fd": ("exact-taylor" + COMPILED, "fd-batched" + COMPILED),
     "reverse_over_taylor": ("exact-reverse", "exact-taylor"),
+    "reverse_over_fused_taylor": ("exact-reverse", "exact-taylor" + FUSED),
 }
 
 

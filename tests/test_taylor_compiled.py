@@ -9,6 +9,7 @@ themselves are checked where they are measured, against the float64 reference, i
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -20,7 +21,7 @@ from bench.experiments import derivatives
 from bench.plots import METHOD_STYLE, style
 from fdsm import central_stencil, directional_derivative
 from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
-from fdsm.taylor import series
+from fdsm.taylor import fused, series
 from fdsm.taylor.compose import Composed, compose, horner, horner_rows
 from fdsm.taylor.propagate import taylor_graph
 from tests.test_taylor import family, rand, uniform
@@ -122,25 +123,68 @@ def test_compiled_rows_are_twins_of_the_eager_ones_and_a_method_with_no_compiled
     config = derivatives.DerivativesConfig(methods=("exact-taylor", "exact-reverse"), orders=(2,), compiled=True,
                                            n_chan=2, batch=1)
     rows = derivatives.cases(config, Shared(device=torch.device("cpu")))
-    assert [r["method"] for r in rows] == ["exact-taylor", "exact-taylor+compiled", "exact-reverse",
-                                           "exact-reverse+compiled"]
-    assert {k: v for k, v in rows[1].items() if k != "method"} == {k: v for k, v in rows[0].items() if k != "method"}
-    skipped = measure_derivative(rows[3])
+    assert [r["method"] for r in rows] == ["exact-taylor", "exact-taylor+fused", "exact-taylor+compiled",
+                                           "exact-reverse", "exact-reverse+compiled"]
+    for twin in rows[1:3]:
+        assert {k: v for k, v in twin.items() if k != "method"} == {k: v for k, v in rows[0].items() if k != "method"}
+    skipped = measure_derivative(rows[4])
     assert skipped["status"] == "unsupported" and "does not take the double backward" in skipped["message"]
 
 
-def test_a_compiled_line_is_drawn_in_its_method_s_colour_dotted_and_hollow():
+def test_a_compiled_line_is_drawn_in_its_method_s_colour_dotted_and_hollow_and_a_fused_one_dashed():
     line = style("fd-batched+compiled", METHOD_STYLE)
     assert line["color"] == METHOD_STYLE["fd-batched"]["color"] and line["linestyle"] == ":"
     assert line["markerfacecolor"] == "none" and style("fd-batched", METHOD_STYLE) == METHOD_STYLE["fd-batched"]
+    fused = style("exact-taylor+fused", METHOD_STYLE)
+    assert fused["color"] == METHOD_STYLE["exact-taylor"]["color"] and fused["linestyle"] == "--"
+
+
+def test_a_fused_row_of_a_method_other_than_taylor_mode_says_why_not():
+    case = {"method": "fd-batched+fused"}
+    skipped = measure_derivative(case)
+    assert skipped["status"] == "unsupported" and "only exact-taylor" in skipped["message"]
+
+
+# ---- fused rules (fdsm.taylor.fused): dynamo's eager backend in CI, inductor with FDSM_COMPILE_TESTS=1 ----------
+
+def parameter_gradient(model, x, v, order):
+    d = directional_derivative(model.log_density, x, v, order, method="exact-taylor")
+    return d, torch.cat([g.flatten() for g in torch.autograd.grad(d.sum(), list(model.parameters()))])
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=compiles)])
+def test_fused_rules_give_taylor_mode_s_values_and_parameter_gradients(backend):
+    model = family("mlp-ebm", hidden=(6, 5))
+    x, v = rand(3, 2, seed=1), rand(3, 2, seed=2)
+    d, grad = parameter_gradient(model, x, v, 3)
+    before = fused.kernels()
+    with fused.fused_rules(backend=backend):
+        d_fused, grad_fused = parameter_gradient(model, x, v, 3)
+        parameter_gradient(model, rand(5, 2, seed=3), rand(5, 2, seed=4), 3)  # a new batch: the same kernel
+    torch.testing.assert_close(d_fused, d, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad_fused, grad, rtol=1e-12, atol=0)
+    assert fused.kernels() - before == 1  # one activation kind at one order: one kernel, for both layers
+
+
+def test_a_coefficient_function_is_told_apart_by_value():
+    from fdsm.taylor.rules import _power_coefficients
+
+    def power(p):
+        return lambda z0, k: _power_coefficients(z0, k, p)
+
+    assert fused._value_key(power(1.5)) == fused._value_key(power(1.5)) != fused._value_key(power(2.5))
+    assert fused._value_key(functools.partial(max, 1)) is None  # a builtin: no code to key it by
+    unhashable = [1.0]
+    assert fused._value_key(lambda z0, k: z0 * unhashable[0]) is None  # runs eagerly
 
 
 def test_every_compiled_fd_function_has_a_code_object_of_its_own():
     """Dynamo stops compiling a code object after 8 entries and runs the rest eagerly: a sweep of orders and
     shapes through one shared function would time eager FD under a compiled name."""
-    from fdsm.compiled import _fd_pass, _own_code
+    from fdsm.compiled import _fd_pass
+    from fdsm.own_code import own_code
 
-    first, second = _own_code(_fd_pass, order=1), _own_code(_fd_pass, order=2)
+    first, second = own_code(_fd_pass, order=1), own_code(_fd_pass, order=2)
     assert first.__code__ is not second.__code__ and first.__code__ is not _fd_pass.__code__
     assert first.__kwdefaults__ == {"order": 1} and second.__kwdefaults__ == {"order": 2}
 

@@ -18,8 +18,10 @@ timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_
 method ``<method>+richardson``. The CSV records the step in ``eps`` (for the automatic step, the batch median of
 the per-sample steps) and where it came from in ``eps_source``; FD rows carry ``err_estimate``, FD's own estimate of
 its relative error, beside ``rel_error`` (``bench.derivative_case``). ``--compiled`` adds a ``<method>+compiled``
-row beside each, the same call under ``torch.compile`` as an evaluation (``fdsm.compiled``); the report sets
-compiled Taylor mode against compiled FD, since a compiler fuses both.
+row beside each, the same call under ``torch.compile`` as an evaluation (``fdsm.compiled``), and an
+``exact-taylor+fused`` row: eager Taylor mode, its graph kept, each elementwise rule one compiled kernel
+(``fdsm.taylor.fused``). The report sets compiled Taylor mode against compiled FD, since a compiler fuses both,
+and the fused rules against eager FD, whose activations are one kernel each already.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from bench.derivative_case import (
     CASE_KEYS,
     COMPILED,
     ERROR_COLUMNS,
+    FUSED,
     RICHARDSON,
     TIME_COLUMNS,
     ProblemConfig,
@@ -119,7 +122,9 @@ class DerivativesConfig(ProblemConfig):
                               "p -> p + 2, its points in the same forward); rows name the method <method>+richardson")
     compiled: bool = option(False, "also time every method under torch.compile, as an evaluation (no autograd graph "
                             "kept; fdsm.compiled): rows name the method <method>+compiled, and their first call, "
-                            "the compile, is compile_ms; a method with no compiled form gets an unsupported row")
+                            "the compile, is compile_ms; a method with no compiled form gets an unsupported row; "
+                            "and exact-taylor with each elementwise rule one compiled kernel, its graph kept "
+                            "(exact-taylor+fused, fdsm.taylor.fused)")
     steps_from: Path | None = option(None, "an eps_sweep.csv of the same model and weights: its best step per order "
                                      "(orders it lacks fall back to the default step)", default_text="none")
     warmup: int = option(1, "untimed calls per case", convert=at_least("--warmup", 0))
@@ -163,7 +168,10 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
                 eps, source = auto_step(problem, name, order, accuracy[order], dtype), AUTO
             row = {**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
                    "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
-            rows += [row, {**row, "method": name + COMPILED}] if config.compiled else [row]
+            rows.append(row)
+            if config.compiled:  # the compiled variants: the whole call, and Taylor mode's rules alone (eager net)
+                rows += [{**row, "method": name + suffix} for suffix in (FUSED, COMPILED)
+                         if suffix == COMPILED or method == "exact-taylor"]
     return rows
 
 
@@ -210,6 +218,7 @@ def report(frame: pd.DataFrame, out: Path) -> str:
     rows = pd.DataFrame({"T": time.index})
     pairs = [(exact + compiled, FD_BASELINE + compiled) for compiled in ("", COMPILED)
              for exact in ("exact-reverse", "exact-forward", "exact-taylor")]  # compiled against compiled
+    pairs.insert(3, ("exact-taylor" + FUSED, FD_BASELINE))  # fused rules in an eager net against eager FD
     for exact, fd in pairs:
         if exact in time and fd in time:
             rows[f"time {exact} / {fd}"] = (time[exact] / time[fd]).to_numpy()

@@ -19,6 +19,8 @@ Pieces, each in its own module:
 ``rules``      the rule table, one rule per aten op; ``register_rule`` adds one for a user's op
 ``series``     the recurrences on stacked coefficients (Cauchy product, exp, log, power, tanh, sigmoid, ...)
 ``propagate``  the pass itself: ``taylor_coefficients(f, x, v, order)`` and the method ``exact_taylor``
+``compose``    the elementwise rules' composition :math:`\sum_m c_m \delta(t)^m` by Horner's rule
+``fused``      ``fused_rules()``: each elementwise rule's composition as one compiled kernel
 ============== ===============================================================================================
 
 >>> import torch
@@ -28,9 +30,11 @@ Pieces, each in its own module:
 torch.Size([4, 1])
 """
 
+from fdsm.taylor.fused import fused_rules
 from fdsm.taylor.jet import Jet
 from fdsm.taylor.propagate import exact_taylor, taylor_coefficients
 from fdsm.taylor.rules import RULES, register_rule
 from fdsm.taylor.trace import STATS, clear_cache
 
-__all__ = ["RULES", "STATS", "Jet", "clear_cache", "exact_taylor", "register_rule", "taylor_coefficients"]
+__all__ = ["RULES", "STATS", "Jet", "clear_cache", "exact_taylor", "fused_rules", "register_rule",
+           "taylor_coefficients"]

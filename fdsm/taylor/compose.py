@@ -39,6 +39,7 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from fdsm.taylor import fused
 from kernels.constants import constant
 
 
@@ -100,7 +101,7 @@ class Composed(torch.autograd.Function):
 
     @staticmethod
     def forward(z: Tensor, coefficients) -> Tensor:  # noqa: D102
-        return horner(coefficients(z[0], z.shape[0] - 1), z)
+        return _composition(z, coefficients)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: D102  (separate, so torch.func transforms can take it)
@@ -161,12 +162,24 @@ def fusing() -> bool:
 
 def compose(z: Tensor, coefficients) -> Tensor:
     """φ(z(t)) for the φ of ``coefficients(z_0, K)``: through ``Composed`` where autograd records it, else
-    ``horner`` directly (no autograd node to make; and a plain composition of torch ops, which ``make_fx`` can
-    trace), or ``horner_rows`` within ``fusable()``."""
+    directly (no autograd node to make; and a plain composition of torch ops, which ``make_fx`` can trace): by
+    ``horner_rows`` within ``fusable()``, else as ``_composition``."""
     if torch.is_grad_enabled() and z.requires_grad:
         return Composed.apply(z, coefficients)
-    c = coefficients(z[0], z.shape[0] - 1)
-    return horner_rows(c, z) if fusing() else horner(c, z)
+    return _rows(z, coefficients=coefficients) if fusing() else _composition(z, coefficients)
+
+
+def _rows(z: Tensor, *, coefficients) -> Tensor:
+    """``horner_rows`` of φ's coefficients at z_0: the composition in the form a compiler fuses."""
+    return horner_rows(coefficients(z[0], z.shape[0] - 1), z)
+
+
+def _composition(z: Tensor, coefficients) -> Tensor:
+    """The eager composition: ``horner``, or within ``fdsm.taylor.fused.fused_rules()`` ``_rows`` as one compiled
+    kernel."""
+    if fused.enabled() and (kernel := fused.kernel(_rows, coefficients, z)) is not None:
+        return kernel(z)
+    return horner(coefficients(z[0], z.shape[0] - 1), z)
 
 
 # ---- the coefficients c_m = φ^(m)(z_0) / m! -------------------------------------------------------------------
