@@ -176,6 +176,8 @@ def test_a_coefficient_function_is_told_apart_by_value():
     assert fused._value_key(functools.partial(max, 1)) is None  # a builtin: no code to key it by
     unhashable = [1.0]
     assert fused._value_key(lambda z0, k: z0 * unhashable[0]) is None  # runs eagerly
+    scale = torch.tensor(2.0)
+    assert fused._value_key(lambda z0, k: z0 * scale) is None  # a tensor: a new one per call would compile anew
 
 
 def test_every_compiled_fd_function_has_a_code_object_of_its_own():

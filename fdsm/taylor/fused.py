@@ -64,14 +64,18 @@ def enabled() -> bool:
 
 def _value_key(coefficients: Callable) -> tuple | None:
     """What tells a coefficient function apart: a function by its code and the values it closes over, a
-    ``functools.partial`` by its function and arguments; None where one of those values is not hashable."""
+    ``functools.partial`` by its function and arguments; None where one of those values is not hashable, or is a
+    tensor (hashed by identity: a new one per call would compile a new kernel per call)."""
     if isinstance(coefficients, functools.partial):
         inner = _value_key(coefficients.func)
+        values = (*coefficients.args, *coefficients.keywords.values())
         key = inner and (inner, coefficients.args, tuple(sorted(coefficients.keywords.items())))
     elif isinstance(coefficients, types.FunctionType):
-        key = (coefficients.__code__, tuple(cell.cell_contents for cell in coefficients.__closure__ or ()),
-               coefficients.__defaults__)
+        values = (*(cell.cell_contents for cell in coefficients.__closure__ or ()), *(coefficients.__defaults__ or ()))
+        key = (coefficients.__code__, values)
     else:
+        return None
+    if any(isinstance(value, Tensor) for value in values):
         return None
     try:
         hash(key)
