@@ -6,7 +6,8 @@ out=results/cpu/taylor
 ckpt=results/cpu/checkpoints/deep-ebm-DSM.pt
 export OMP_NUM_THREADS=2 PYTHONPATH=.
 rm -f $out/batch2/derivatives.csv $out/batch64/derivatives.csv $out/train_steps.csv  # one run: nothing resumed
-# --compiled: each method again under torch.compile, compiled Taylor mode against compiled FD (fdsm/compiled.py)
+# --compiled: each method again under torch.compile, compiled Taylor mode against compiled FD (fdsm/compiled.py),
+# and exact-taylor+fused: eager Taylor mode with each elementwise rule one compiled kernel (fdsm/taylor/fused.py)
 for batch in 2 64; do
   python -m bench derivatives --device cpu --checkpoint $ckpt --batch $batch \
       --methods exact-reverse,exact-taylor,fd-batched --compiled --steps-from results/cpu/eps_sweep.csv --timeout 150 \
