@@ -76,14 +76,20 @@ def line_panel(ax: Axes, rows: pd.DataFrame, *, x: str, y: str, line: str, style
 
 
 def failure_note(rows: pd.DataFrame, columns: tuple[str, ...]) -> str:
-    """One line per (status, row identity) of the rows that are not ``ok``; empty when all are."""
+    """The rows that are not ``ok``, per status, named by ``columns``; rows that differ only in the last column
+    share one name with its values listed (``unsupported: exact-reverse+compiled (order 1, 2, 3)``). Empty when
+    all are ok."""
     bad = rows[rows.status != "ok"]
     if bad.empty:
         return ""
-    groups = bad.groupby("status", sort=False)
+    *head, last = columns
     parts = []
-    for status, part in groups:
-        who = ", ".join(" ".join(str(r[c]) for c in columns) for _, r in part.iterrows())
+    for status, part in bad.groupby("status", sort=False):
+        names = {}  # the head columns' values -> the last column's, in first-seen order
+        for _, r in part.iterrows():
+            names.setdefault(" ".join(str(r[c]) for c in head), []).append(str(r[last]))
+        who = ", ".join(f"{name} ({last} {', '.join(values)})" if name else f"{last} {', '.join(values)}"
+                        for name, values in names.items())
         parts.append(f"{status}: {who}")
     return "not plotted (see the CSV):  " + ";  ".join(parts)
 

@@ -161,6 +161,17 @@ def test_the_eps_sweep_figure_draws_a_panel_whose_every_case_failed():
     plt.close(figure)
 
 
+def test_the_note_of_rows_not_plotted_names_a_method_once_with_its_orders():
+    from bench.plots import failure_note
+
+    rows = pd.DataFrame({"status": ["ok", "unsupported", "unsupported", "error"],
+                         "method": ["fd-batched", "exact-reverse+compiled", "exact-reverse+compiled", "fd-fused"],
+                         "order": [1, 1, 2, 3]})
+    expected = "unsupported: exact-reverse+compiled (order 1, 2);  error: fd-fused (order 3)"
+    assert failure_note(rows, ("method", "order")) == "not plotted (see the CSV):  " + expected
+    assert failure_note(rows[:1], ("method", "order")) == ""
+
+
 def test_train_steps_refuses_a_row_label_its_models_do_not_have(tmp_path, capsys):
     assert main(["train-steps", "--device", "cpu", "--models", "nice", "--objectives", "FD-SMM",
                  "--out", str(tmp_path)]) == 2
