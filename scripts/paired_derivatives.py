@@ -6,7 +6,11 @@ r"""Figure 2's ratios timed in pairs: exact-taylor against fd-batched, eager and
 ``fdsm-bench derivatives`` times one case after another, so a ratio of two of its rows also holds whatever the
 machine did between them; on shared cores that is as large as the effect. Here the calls of one (batch, T) are
 timed alternately, round by round, in one process (``bench.timing.measure_interleaved``), and each ratio is taken
-per round (``paired_ratio``): a slow phase lands on all of them alike. The cases are ``derivatives``' own (its
+per round (``paired_ratio``): a slow phase lands on all of them alike. The eager calls (``exact-taylor``, its fused
+rules, ``fd-batched``, ``exact-reverse``) alternate among themselves, and the compiled ones among themselves: at
+batch 2 a compiled pass run right after an eager one (which leaves the caches full of its own data) is slower than
+after another compiled one, the Taylor pass more than FD's, so mixing the groups skewed compiled against compiled
+(results/cpu/taylor/README.md has the numbers). The cases are ``derivatives``' own (its
 ``cases``, the same steps from ``--steps-from``, the same calls of ``bench.derivative_case``): ``exact-taylor``,
 ``fd-batched`` and, with ``--compiled`` (on by default), both under ``torch.compile`` (``fdsm.compiled``) and
 ``exact-taylor+fused`` (eager Taylor mode with each elementwise rule one compiled kernel, ``fdsm.taylor.fused``);
@@ -51,8 +55,11 @@ def paired(batch: int, order: int, args: argparse.Namespace) -> dict:
            "eps": problem[0]["eps"]}
     for case in problem:  # the error once, which also warms each call up (trace, compile)
         row[f"rel_error_{case['method']}"] = relative_error(calls[case["method"]](), reference_for(case)).median
-    timings = dict(zip(calls, measure_interleaved(list(calls.values()), torch.device("cpu"), warmup=1,
-                                                  repeats=args.repeats), strict=True))
+    timings = {}
+    for group in ([m for m in calls if not m.endswith(COMPILED)], [m for m in calls if m.endswith(COMPILED)]):
+        if group:  # eager calls alternate with eager ones, compiled with compiled (see the docstring)
+            timings |= dict(zip(group, measure_interleaved([calls[m] for m in group], torch.device("cpu"), warmup=1,
+                                                           repeats=args.repeats), strict=True))
     for method, timing in timings.items():
         row[f"time_ms_{method}"] = timing.median_ms
     for stem, (numerator, denominator) in RATIOS.items():
