@@ -97,7 +97,7 @@ def _fd_pass(x: Tensor, v: Tensor, *, f: Callable[[Tensor], Tensor], method: str
 def _compiled_taylor(f: Callable[[Tensor], Tensor], order: int, compile_options: dict
                      ) -> Callable[[Tensor, Tensor], Tensor]:
     """D^T from the compiled flat graph of the pass, compiled once per traced f and order."""
-    key = ("compiled", order, tuple(sorted(compile_options.items())))
+    key = ("compiled", order, repr(sorted(compile_options.items())))  # repr: an options dict is unhashable
 
     def run(x: Tensor, v: Tensor) -> Tensor:
         graph, leaves = taylor_graph(f, x, v, order)

@@ -119,6 +119,15 @@ def test_a_compiled_derivative_equals_the_eager_one_in_float64(method):
     torch.testing.assert_close(got, expected, rtol=1e-6 if method.startswith("fd-") else 1e-10, atol=0)
 
 
+@compiles
+def test_compile_options_that_hold_a_dict_are_taken():
+    f = lambda x: torch.nn.functional.softplus(x).sum(1)  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    got = compiled_derivative(f, 2, method="exact-taylor", options={"layout_optimization": False})(x, v)
+    torch.testing.assert_close(got, directional_derivative(f, x, v, 2, method="exact-taylor").detach(), rtol=1e-12,
+                               atol=0)
+
+
 def test_compiled_rows_are_twins_of_the_eager_ones_and_a_method_with_no_compiled_form_says_why():
     config = derivatives.DerivativesConfig(methods=("exact-taylor", "exact-reverse"), orders=(2,), compiled=True,
                                            n_chan=2, batch=1)
