@@ -117,17 +117,28 @@ def _no_jet(who: str, *values: object) -> None:
                                   "fdsm.taylor.register_rule")
 
 
+def add_to_primal(series: Tensor, value: Tensor | float) -> Tensor:
+    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, for a series that nothing else holds (a
+    rule's fresh result). Where autograd records it, one out-of-place add. Otherwise ``series[0] += value`` in place,
+    one row of K+1. In place under autograd, the update of a slice (``CopySlices``) made the deep EBM's Taylor SSM
+    step slower, by more than this add costs the forward (results/cpu/taylor/README.md)."""
+    if torch.is_grad_enabled() and (series.requires_grad or isinstance(value, Tensor) and value.requires_grad):
+        e0 = compose.along(constant((1.0,) + (0.0,) * (series.shape[0] - 1), series.dtype, series.device), series[0])
+        return series + e0 * value if isinstance(value, Tensor) else torch.add(series, e0, alpha=value)
+    series[0].add_(value)
+    return series
+
+
 def _add_primal(z: Jet, c: object, *, in_place: bool = False) -> Jet:
-    """z + c for a constant c: c enters the primal only. A finite Python number is added to the primal row in place
-    where the interpreter allows it (``in_place``: this node is the only user of z) and z's series is ``fresh``,
-    outside a trace for the compiler (``compose.fusable``, whose graphs stay free of in-place updates); else in one
-    pass over the series, z + c e_0 with e_0 = (1, 0, ..., 0) along the coefficient axis (c · 0 = 0 leaves the
-    higher coefficients as they are). A tensor (or an infinite number) goes to the primal, and the higher
-    coefficients expand with its broadcast."""
+    """z + c for a constant c: c enters the primal only. A finite Python number is added by ``add_to_primal`` (in
+    place where autograd does not record it) where the interpreter allows it (``in_place``: this node is the only
+    user of z) and z's series is ``fresh``, outside a trace for the compiler (``compose.fusable``, whose graphs
+    stay free of in-place updates); else in one pass over the series, z + c e_0 with e_0 = (1, 0, ..., 0) along the
+    coefficient axis (c · 0 = 0 leaves the higher coefficients as they are). A tensor (or an infinite number) goes
+    to the primal, and the higher coefficients expand with its broadcast."""
     if isinstance(c, (int, float)) and math.isfinite(c):
         if in_place and z.fresh and not compose.fusing():
-            z.series[0].add_(c)  # one row of K+1: the higher coefficients of a constant shift are zero
-            return z
+            return Jet(add_to_primal(z.series, c), fresh=True)
         e0 = compose.along(constant((1.0,) + (0.0,) * z.order, z.dtype, z.series.device), z.primal)
         return Jet(torch.add(z.series, e0, alpha=float(c)))
     primal = z.primal + c
@@ -259,7 +270,7 @@ def _convolution(z: object, weight: object, bias: Tensor | None, *args) -> Jet:
     if isinstance(bias, Jet):
         return _add(Jet(out), Jet(bias.series.view(bias.order + 1, -1, *([1] * (out.dim() - 3)))))
     if bias is not None:
-        out[0].add_(bias.view(-1, *([1] * (out.dim() - 3))))  # in place on the fresh output: the primal only
+        out = add_to_primal(out, bias.view(-1, *([1] * (out.dim() - 3))))  # the fresh output's primal only
     return Jet(out)
 
 
@@ -353,7 +364,7 @@ def _addmm(bias: object, a: object, b: object, *, beta: float = 1, alpha: float 
         product = product * alpha
     if isinstance(bias, Jet):
         return _add(Jet(product), _mul(bias, beta))
-    product[0].add_(bias if beta == 1 else beta * bias)  # in place on the fresh product: the primal only
+    product = add_to_primal(product, bias if beta == 1 else beta * bias)  # the fresh product's primal only
     return Jet(product)
 
 
