@@ -18,7 +18,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-# Exact methods are warm colours with solid lines, FD methods cool colours with dashed ones.
+# Exact methods are warm colours with solid lines, FD methods cool colours with dashed ones; a variant of either
+# (``+compiled``, ``+fused``, ...) takes its base's colour with a hollow marker (``style``).
 METHOD_STYLE: Mapping[str, dict] = {
     "exact-reverse": {"color": "#c0392b", "marker": "o", "linestyle": "-"},
     "exact-forward": {"color": "#e67e22", "marker": "s", "linestyle": "-"},
@@ -87,7 +88,7 @@ def failure_note(rows: pd.DataFrame, columns: tuple[str, ...]) -> str:
     for status, part in bad.groupby("status", sort=False):
         names = {}  # the head columns' values -> the last column's, in first-seen order
         for _, r in part.iterrows():
-            names.setdefault(" ".join(str(r[c]) for c in head), []).append(str(r[last]))
+            names.setdefault(" ".join(str(r[c]) for c in head), {})[str(r[last])] = None  # each value once
         who = ", ".join(f"{name} ({last} {', '.join(values)})" if name else f"{last} {', '.join(values)}"
                         for name, values in names.items())
         parts.append(f"{status}: {who}")

@@ -10,10 +10,13 @@ themselves are checked where they are measured, against the float64 reference, i
 from __future__ import annotations
 
 import functools
+import math
 import os
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bench.config import Shared
 from bench.derivative_case import measure_derivative
@@ -22,7 +25,7 @@ from bench.plots import METHOD_STYLE, style
 from fdsm import central_stencil, directional_derivative
 from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
 from fdsm.taylor import fused, series
-from fdsm.taylor.compose import Composed, compose, horner, horner_rows
+from fdsm.taylor.compose import Composed, _rows, compose, horner, horner_rows
 from fdsm.taylor.propagate import taylor_graph
 from tests.test_taylor import family, rand, uniform
 
@@ -162,7 +165,8 @@ def parameter_gradient(model, x, v, order):
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=compiles)])
-def test_fused_rules_give_taylor_mode_s_values_and_parameter_gradients(backend):
+def test_fused_rules_give_taylor_mode_s_values_and_parameter_gradients(backend, monkeypatch):
+    monkeypatch.setattr(fused, "_KERNELS", {})  # count this test's kernels only
     model = family("mlp-ebm", hidden=(6, 5))
     x, v = rand(3, 2, seed=1), rand(3, 2, seed=2)
     d, grad = parameter_gradient(model, x, v, 3)
@@ -187,6 +191,54 @@ def test_a_coefficient_function_is_told_apart_by_value():
     assert fused._value_key(lambda z0, k: z0 * unhashable[0]) is None  # runs eagerly
     scale = torch.tensor(2.0)
     assert fused._value_key(lambda z0, k: z0 * scale) is None  # a tensor: a new one per call would compile anew
+    assert fused._value_key(lambda z0, k, s=(scale,): z0) is None  # inside a tuple too
+
+    def keyword(z0, k, *, rate=1.0):
+        return z0 * rate
+
+    other = types.FunctionType(keyword.__code__, keyword.__globals__)
+    other.__kwdefaults__ = {"rate": 2.0}
+    assert fused._value_key(keyword) != fused._value_key(other)  # same code, other keyword default
+
+
+def test_fused_rules_take_compile_options_holding_a_dict_and_refuse_cuda_graph_modes(monkeypatch):
+    monkeypatch.setattr(fused, "_KERNELS", {})
+    z = rand(3, 4, seed=1)
+    with fused.fused_rules(options={"layout_optimization": False}):  # the kernel's key holds the dict
+        assert callable(fused.kernel(_rows, lambda z0, k: [z0] * (k + 1), z))  # compiled on its first call only
+    with pytest.raises(ValueError, match="mode='reduce-overhead'.*CUDA graphs"):
+        with fused.fused_rules(mode="reduce-overhead"):
+            pass
+
+
+def test_a_shift_after_a_rule_that_passes_its_jet_through_leaves_the_activation_for_its_other_reader():
+    """t() of a 1-d value is the value itself: the shift is the only user of t's node, not of the softplus node
+    that its jet came from, which the product still reads."""
+    f = lambda x: ((F.softplus(x.sum(-1)).t() - math.log(2.0)) * F.softplus(x.sum(-1)))  # noqa: E731
+    g = lambda x: (lambda h: (h.t() - math.log(2.0)) * h)(F.softplus(x.sum(-1)))  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    for fn in (f, g):
+        with torch.no_grad():
+            got = directional_derivative(fn, x, v, 2, method="exact-taylor")
+        torch.testing.assert_close(got, directional_derivative(fn, x, v, 2, method="exact-reverse").detach(),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_a_user_rule_that_returns_its_jet_unchanged_does_not_hand_on_its_freshness(monkeypatch):
+    """The interpreter, not each rule, keeps a passed-through jet from being updated in place."""
+    from fdsm.taylor import RULES, clear_cache, register_rule
+
+    monkeypatch.setattr(RULES, "_entries", dict(RULES._entries))  # registration is global: undone after the test
+    del RULES._entries[str(torch.ops.aten.abs)]
+    register_rule(torch.ops.aten.abs.default, lambda z: z)  # right where the values stay positive, as here
+    clear_cache()
+    f = lambda x: (lambda h: (h.abs() - math.log(2.0)) * h)(F.softplus(x.sum(-1)))  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    with torch.no_grad():
+        got = directional_derivative(f, x, v, 2, method="exact-taylor")
+    torch.testing.assert_close(got, directional_derivative(f, x, v, 2, method="exact-reverse").detach(),
+                               rtol=1e-12, atol=1e-12)
+    clear_cache()
 
 
 def test_every_compiled_fd_function_has_a_code_object_of_its_own():

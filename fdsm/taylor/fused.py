@@ -9,7 +9,7 @@ expression per output coefficient) are compiled together, so one kernel reads th
 the K+1 output rows once: as ``fd-batched``'s activation is one kernel over its stacked points. The rule's backward
 (``compose.Composed``) is unchanged, so the result keeps its autograd graph, as a training step needs.
 
-One kernel per (φ, K, dims, dtype, device, options), each a function with a code object of its own
+One kernel per (φ, K, dims, dtype, device type, options), each a function with a code object of its own
 (``fdsm.own_code``), compiled with dynamic shapes: the first call of each pays the compile (seconds on a CPU;
 inductor keeps its kernels on disk). A φ whose coefficient function cannot be told apart by value (a closure over
 an unhashable object) runs eagerly, as outside ``fused_rules()``.
@@ -31,7 +31,8 @@ from fdsm.own_code import own_code
 
 Composition = Callable[..., Tensor]  # (z, *, coefficients) -> φ(z(t))
 
-_OPTIONS: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("fused_rules", default=None)
+_OPTIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("fused_rules", default=None)
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 _KERNELS: dict[tuple, Callable[[Tensor], Tensor]] = {}
 
 # The coefficient functions call functools.lru_cache'd builders of constant tables (compose.derivative_tables,
@@ -50,7 +51,11 @@ def fused_rules(**compile_options) -> Iterator[None]:
     ...     enabled()
     True
     """
-    token = _OPTIONS.set(tuple(sorted(({"dynamic": True} | compile_options).items())))
+    if compile_options.get("mode") in CUDAGRAPH_MODES:
+        raise ValueError(f"fused_rules(mode={compile_options['mode']!r}): a mode with CUDA graphs hands out outputs "
+                         "that its next replay overwrites, and a rule's output is updated in place; use the default "
+                         "mode or 'max-autotune-no-cudagraphs'")
+    token = _OPTIONS.set({"dynamic": True} | compile_options)
     try:
         yield
     finally:
@@ -62,26 +67,37 @@ def enabled() -> bool:
     return _OPTIONS.get() is not None
 
 
+_UNKEYED = object()  # what _plain_key gives a value that is not plain
+
+
 def _value_key(coefficients: Callable) -> tuple | None:
-    """What tells a coefficient function apart: a function by its code and the values it closes over, a
-    ``functools.partial`` by its function and arguments; None where one of those values is not hashable, or is a
-    tensor (hashed by identity: a new one per call would compile a new kernel per call)."""
+    """What tells a coefficient function apart by value: a function by its module, code, and the values it closes
+    over and takes as defaults; a ``functools.partial`` by its function and arguments. None (it then runs eagerly)
+    where one of those values is not a plain value (a number, string, flag, dtype, None, a tuple of them, or such a
+    function): a tensor or a module hashes by identity, so a new one per call would compile a new kernel per call."""
     if isinstance(coefficients, functools.partial):
-        inner = _value_key(coefficients.func)
-        values = (*coefficients.args, *coefficients.keywords.values())
-        key = inner and (inner, coefficients.args, tuple(sorted(coefficients.keywords.items())))
+        values = (coefficients.func, *coefficients.args, *coefficients.keywords.values())
+        tail = tuple(coefficients.keywords)
     elif isinstance(coefficients, types.FunctionType):
-        values = (*(cell.cell_contents for cell in coefficients.__closure__ or ()), *(coefficients.__defaults__ or ()))
-        key = (coefficients.__code__, values)
+        values = (*(cell.cell_contents for cell in coefficients.__closure__ or ()), *(coefficients.__defaults__ or ()),
+                  *(coefficients.__kwdefaults__ or {}).values())
+        tail = (coefficients.__module__, coefficients.__code__, tuple(coefficients.__kwdefaults__ or ()))
     else:
         return None
-    if any(isinstance(value, Tensor) for value in values):
-        return None
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    keys = tuple(_plain_key(v) for v in values)
+    return None if any(k is _UNKEYED for k in keys) else (keys, tail)
+
+
+def _plain_key(value: object) -> object:
+    """A plain value as itself (a function or partial by its value key, a tuple item by item); ``_UNKEYED`` for
+    anything else."""
+    if isinstance(value, (functools.partial, types.FunctionType)):
+        key = _value_key(value)
+        return _UNKEYED if key is None else key
+    if isinstance(value, tuple):
+        keys = tuple(_plain_key(v) for v in value)
+        return _UNKEYED if any(k is _UNKEYED for k in keys) else ("tuple", keys)
+    return value if isinstance(value, (int, float, bool, str, type(None), torch.dtype)) else _UNKEYED
 
 
 def kernel(composition: Composition, coefficients: Callable, z: Tensor) -> Callable[[Tensor], Tensor] | None:
@@ -91,9 +107,9 @@ def kernel(composition: Composition, coefficients: Callable, z: Tensor) -> Calla
     if value is None:
         return None
     options = _OPTIONS.get()
-    key = (composition, value, z.shape[0], z.dim(), z.dtype, z.device.type, options)
+    key = (composition, value, z.shape[0], z.dim(), z.dtype, z.device.type, repr(sorted(options.items())))
     if key not in _KERNELS:  # the first function of this key stands for all: equal by value
-        _KERNELS[key] = torch.compile(own_code(composition, coefficients=coefficients), **dict(options))
+        _KERNELS[key] = torch.compile(own_code(composition, coefficients=coefficients), **options)
     return _KERNELS[key]
 
 

@@ -101,7 +101,10 @@ def run_jets(graph: fx.GraphModule, inputs: list[object]) -> object:
                 rule = step.rule or rule_for(node.target)  # a rule registered after the plan was made counts
                 if rule is None:
                     raise _no_rule(node)
-                env[node] = rule(*args, **kwargs)
+                out = rule(*args, **kwargs)
+                if isinstance(out, Jet) and out.fresh and any(out is env[n] for n in step.inputs):
+                    out = Jet(out.series)  # a rule passed its input through: another node may still read it
+                env[node] = out
             else:
                 env[node] = node.target(*args, **kwargs)
         elif node.op == "output":

@@ -153,7 +153,7 @@ def _reshape(z: Jet, shape: Sequence[int]) -> Jet:
 
 
 _register_all([aten.view, aten._unsafe_view, aten.reshape], _reshape)
-register_rule(aten.t, lambda z: Jet(z.series.transpose(1, 2)) if z.ndim == 2 else z)
+register_rule(aten.t, lambda z: Jet(z.series.transpose(1, 2)) if z.ndim == 2 else Jet(z.series))
 register_rule(aten.transpose.int, lambda z, d0, d1: Jet(z.series.transpose(_dim(d0, z.ndim), _dim(d1, z.ndim))))
 register_rule(aten.permute, lambda z, dims: Jet(z.series.permute(0, *(_dim(d, z.ndim) for d in dims))))
 register_rule(aten.unsqueeze, lambda z, d: Jet(z.series.unsqueeze(_dim(d, z.ndim + 1))))
