@@ -176,7 +176,7 @@ def test_fused_rules_give_taylor_mode_s_values_and_parameter_gradients(backend, 
         parameter_gradient(model, rand(5, 2, seed=3), rand(5, 2, seed=4), 3)  # a new batch: the same kernel
     torch.testing.assert_close(d_fused, d, rtol=1e-12, atol=0)
     torch.testing.assert_close(grad_fused, grad, rtol=1e-12, atol=0)
-    assert fused.kernels() - before == 1  # one activation kind at one order: one kernel, for both layers
+    assert fused.kernels() - before == 2  # one activation kind at one order: its forward and its backward kernel
 
 
 def test_a_coefficient_function_is_told_apart_by_value():

@@ -106,11 +106,15 @@ class Composed(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: D102  (separate, so torch.func transforms can take it)
         z, ctx.coefficients = inputs
+        ctx.fused = fused.options()  # the backward may run outside the fused_rules() block
         ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
         (z,) = ctx.saved_tensors
+        if ctx.fused is not None and not torch.is_grad_enabled() and (
+                kernel := fused.kernel(_backward_rows, ctx.coefficients, z, ctx.fused)) is not None:
+            return kernel(z, grad), None
         order = z.shape[0] - 1
         c = ctx.coefficients(z[0], order + 1)  # c_0 .. c_{K+1}
         g = horner([(m + 1) * c[m + 1] for m in range(order + 1)], z)  # the series of φ'(z(t)), (K+1, *s)
@@ -118,6 +122,15 @@ class Composed(torch.autograd.Function):
         for i in range(1, order + 1):
             out[:order + 1 - i].addcmul_(grad[i:], g[i])  # + ybar_{j+i} g_i for j = 0..K-i
         return out, None
+
+
+def _backward_rows(z: Tensor, grad: Tensor, *, coefficients) -> Tensor:
+    r"""``Composed.backward`` in row form, for a compiler: :math:`\bar z_j = \sum_{i=0}^{K-j} \bar y_{j+i}\, g_i`
+    with g = φ'(z(t)) by ``horner_rows``."""
+    order = z.shape[0] - 1
+    c = coefficients(z[0], order + 1)
+    g = horner_rows([(m + 1) * c[m + 1] for m in range(order + 1)], z)
+    return torch.stack([sum(grad[j + i] * g[i] for i in range(order + 1 - j)) for j in range(order + 1)])
 
 
 def horner_rows(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:

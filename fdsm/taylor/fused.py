@@ -6,8 +6,9 @@ Eagerly, the composition :math:`\varphi(z(t)) = \sum_m c_m\, \delta(t)^m` of an 
 cost more than their arithmetic, and on a large one each pass over the (K+1)-row stack goes through memory again.
 Here the coefficients :math:`c_m(z_0)` and the row form of the composition (``compose.horner_rows``, one
 expression per output coefficient) are compiled together, so one kernel reads the K+1 input rows once and writes
-the K+1 output rows once: as ``fd-batched``'s activation is one kernel over its stacked points. The rule's backward
-(``compose.Composed``) is unchanged, so the result keeps its autograd graph, as a training step needs.
+the K+1 output rows once: as ``fd-batched``'s activation is one kernel over its stacked points. The result keeps its
+autograd graph, as a training step needs: the rule's closed-form backward (``compose.Composed``) is one compiled
+kernel too, where no graph of the backward itself is recorded (a double backward runs it eagerly).
 
 One kernel per (φ, K, dims, dtype, device type, options), each a function with a code object of its own
 (``fdsm.own_code``), compiled with dynamic shapes: the first call of each pays the compile (seconds on a CPU;
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from fdsm.own_code import own_code
 
-Composition = Callable[..., Tensor]  # (z, *, coefficients) -> φ(z(t))
+Composition = Callable[..., Tensor]  # (z, [grad,] *, coefficients) -> φ(z(t)) or its backward
 
 _OPTIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("fused_rules", default=None)
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -67,6 +68,12 @@ def enabled() -> bool:
     return _OPTIONS.get() is not None
 
 
+def options() -> dict | None:
+    """The compile options of the enclosing ``fused_rules()``; None outside one. A rule's backward runs where
+    ``backward()`` is called, perhaps outside the block: its forward keeps these for it."""
+    return _OPTIONS.get()
+
+
 _UNKEYED = object()  # what _plain_key gives a value that is not plain
 
 
@@ -100,16 +107,18 @@ def _plain_key(value: object) -> object:
     return value if isinstance(value, (int, float, bool, str, type(None), torch.dtype)) else _UNKEYED
 
 
-def kernel(composition: Composition, coefficients: Callable, z: Tensor) -> Callable[[Tensor], Tensor] | None:
-    """The compiled ``composition(z, coefficients=coefficients)`` for a z like this one, made on first use; None
-    where ``coefficients`` has no value key (it then runs eagerly)."""
+def kernel(composition: Composition, coefficients: Callable, z: Tensor, compile_options: dict | None = None
+           ) -> Callable[..., Tensor] | None:
+    """The compiled ``composition(z, ..., coefficients=coefficients)`` for a z like this one, made on first use,
+    with ``compile_options`` (default: the enclosing ``fused_rules()``'s); None where ``coefficients`` has no value
+    key (it then runs eagerly)."""
     value = _value_key(coefficients)
     if value is None:
         return None
-    options = _OPTIONS.get()
-    key = (composition, value, z.shape[0], z.dim(), z.dtype, z.device.type, repr(sorted(options.items())))
+    compile_options = _OPTIONS.get() if compile_options is None else compile_options
+    key = (composition, value, z.shape[0], z.dim(), z.dtype, z.device.type, repr(sorted(compile_options.items())))
     if key not in _KERNELS:  # the first function of this key stands for all: equal by value
-        _KERNELS[key] = torch.compile(own_code(composition, coefficients=coefficients), **options)
+        _KERNELS[key] = torch.compile(own_code(composition, coefficients=coefficients), **compile_options)
     return _KERNELS[key]
 
 
