@@ -77,14 +77,10 @@ def _time_cpu(fn: Callable[[], object]) -> float:
 def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:
     """The wall time of one call, the device synchronized before and after: the first call of a compiled
     function, whose compile runs on the host."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) * 1e3  # ms
+    if device.type != "cuda":
+        return _time_cpu(fn)
+    torch.cuda.synchronize(device)
+    return _time_cpu(lambda: (fn(), torch.cuda.synchronize(device)))
 
 
 def measure_time(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> Timing:

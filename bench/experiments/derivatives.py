@@ -169,9 +169,9 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
             row = {**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
                    "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
             rows.append(row)
-            if config.compiled:  # the compiled variants: the whole call, and Taylor mode's rules alone (eager net)
-                rows += [{**row, "method": name + suffix} for suffix in (FUSED, COMPILED)
-                         if suffix == COMPILED or method == "exact-taylor"]
+            if config.compiled:  # the compiled variants: Taylor mode's rules alone (eager net), the whole call
+                suffixes = (FUSED, COMPILED) if method == "exact-taylor" else (COMPILED,)
+                rows += [{**row, "method": name + suffix} for suffix in suffixes]
     return rows
 
 

@@ -117,14 +117,20 @@ def _no_jet(who: str, *values: object) -> None:
                                   "fdsm.taylor.register_rule")
 
 
+def _plus_primal(series: Tensor, value: Tensor | float) -> Tensor:
+    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, out of place: one pass over the series
+    (value · 0 = 0 leaves the higher coefficients as they are)."""
+    e0 = compose.along(constant((1.0,) + (0.0,) * (series.shape[0] - 1), series.dtype, series.device), series[0])
+    return series + e0 * value if isinstance(value, Tensor) else torch.add(series, e0, alpha=float(value))
+
+
 def add_to_primal(series: Tensor, value: Tensor | float) -> Tensor:
-    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, for a series that nothing else holds (a
-    rule's fresh result). Where autograd records it, one out-of-place add. Otherwise ``series[0] += value`` in place,
-    one row of K+1. In place under autograd, the update of a slice (``CopySlices``) made the deep EBM's Taylor SSM
-    step slower, by more than this add costs the forward (results/cpu/taylor/README.md)."""
+    """series + value e_0 for a series that nothing else holds (a rule's fresh result): where autograd records it,
+    ``_plus_primal``; otherwise ``series[0] += value`` in place, one row of K+1. In place under autograd, the update
+    of a slice (``CopySlices``) made the deep EBM's Taylor SSM step slower, by more than the out-of-place add costs
+    the forward (results/cpu/taylor/bias-add/)."""
     if torch.is_grad_enabled() and (series.requires_grad or isinstance(value, Tensor) and value.requires_grad):
-        e0 = compose.along(constant((1.0,) + (0.0,) * (series.shape[0] - 1), series.dtype, series.device), series[0])
-        return series + e0 * value if isinstance(value, Tensor) else torch.add(series, e0, alpha=value)
+        return _plus_primal(series, value)
     series[0].add_(value)
     return series
 
@@ -134,13 +140,12 @@ def _add_primal(z: Jet, c: object, *, in_place: bool = False) -> Jet:
     place where autograd does not record it) where the interpreter allows it (``in_place``: this node is the only
     user of z) and z's series is ``fresh``, outside a trace for the compiler (``compose.fusable``, whose graphs
     stay free of in-place updates); else in one pass over the series, z + c e_0 with e_0 = (1, 0, ..., 0) along the
-    coefficient axis (c · 0 = 0 leaves the higher coefficients as they are). A tensor (or an infinite number) goes
-    to the primal, and the higher coefficients expand with its broadcast."""
+    coefficient axis (``_plus_primal``). A tensor (or an infinite number) goes to the primal, and the higher
+    coefficients expand with its broadcast."""
     if isinstance(c, (int, float)) and math.isfinite(c):
         if in_place and z.fresh and not compose.fusing():
             return Jet(add_to_primal(z.series, c), fresh=True)
-        e0 = compose.along(constant((1.0,) + (0.0,) * z.order, z.dtype, z.series.device), z.primal)
-        return Jet(torch.add(z.series, e0, alpha=float(c)))
+        return Jet(_plus_primal(z.series, c))
     primal = z.primal + c
     higher = z.aligned(primal.dim())[1:].expand(z.order, *primal.shape)
     return Jet(torch.cat([primal.unsqueeze(0), higher]))
