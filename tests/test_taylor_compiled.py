@@ -167,16 +167,18 @@ def parameter_gradient(model, x, v, order):
 @pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=compiles)])
 def test_fused_rules_give_taylor_mode_s_values_and_parameter_gradients(backend, monkeypatch):
     monkeypatch.setattr(fused, "_KERNELS", {})  # count this test's kernels only
-    model = family("mlp-ebm", hidden=(6, 5))
+    model = family("mlp-ebm", hidden=(6, 6))
     x, v = rand(3, 2, seed=1), rand(3, 2, seed=2)
     d, grad = parameter_gradient(model, x, v, 3)
-    before = fused.kernels()
     with fused.fused_rules(backend=backend):
         d_fused, grad_fused = parameter_gradient(model, x, v, 3)
-        parameter_gradient(model, rand(5, 2, seed=3), rand(5, 2, seed=4), 3)  # a new batch: the same kernel
+        assert fused.kernels() == 2  # one activation kind, order and shape (both layers): its forward and backward
+        parameter_gradient(model, rand(3, 2, seed=3), rand(3, 2, seed=4), 3)  # new values, same shapes: no new one
+        assert fused.kernels() == 2
+        parameter_gradient(model, rand(5, 2, seed=3), rand(5, 2, seed=4), 3)  # a new batch size: its own kernels
+        assert fused.kernels() == 4
     torch.testing.assert_close(d_fused, d, rtol=1e-12, atol=0)
     torch.testing.assert_close(grad_fused, grad, rtol=1e-12, atol=0)
-    assert fused.kernels() - before == 2  # one activation kind at one order: its forward and its backward kernel
 
 
 def test_a_coefficient_function_is_told_apart_by_value():
@@ -201,13 +203,19 @@ def test_a_coefficient_function_is_told_apart_by_value():
     assert fused._value_key(keyword) != fused._value_key(other)  # same code, other keyword default
 
 
-def test_fused_rules_take_compile_options_holding_a_dict_and_refuse_cuda_graph_modes(monkeypatch):
+def test_fused_rules_key_kernels_by_their_options_and_refuse_cuda_graphs_and_unknown_backends(monkeypatch):
     monkeypatch.setattr(fused, "_KERNELS", {})
     z = rand(3, 4, seed=1)
-    with fused.fused_rules(options={"layout_optimization": False}):  # the kernel's key holds the dict
-        assert callable(fused.kernel(_rows, lambda z0, k: [z0] * (k + 1), z))  # compiled on its first call only
-    with pytest.raises(ValueError, match="mode='reduce-overhead'.*CUDA graphs"):
-        with fused.fused_rules(mode="reduce-overhead"):
+    coefficients = lambda z0, k: [z0] * (k + 1)  # noqa: E731
+    for options in ({"layout_optimization": False}, {"layout_optimization": True}, {"layout_optimization": False}):
+        with fused.fused_rules(backend="eager", options=options):
+            torch.testing.assert_close(fused.kernel(_rows, coefficients, z)(z), _rows(z, coefficients=coefficients))
+    assert fused.kernels() == 2  # one per set of options
+    with pytest.raises(ValueError, match="triton.cudagraphs.*CUDA graphs"):
+        with fused.fused_rules(options={"triton.cudagraphs": True}):
+            pass
+    with pytest.raises(ValueError, match="backend='aot_eager'.*inductor, eager"):
+        with fused.fused_rules(backend="aot_eager"):
             pass
 
 
@@ -224,8 +232,9 @@ def test_a_shift_after_a_rule_that_passes_its_jet_through_leaves_the_activation_
                                    rtol=1e-12, atol=1e-12)
 
 
-def test_a_user_rule_that_returns_its_jet_unchanged_does_not_hand_on_its_freshness(monkeypatch):
-    """The interpreter, not each rule, keeps a passed-through jet from being updated in place."""
+def test_a_shift_after_a_user_rule_that_returns_its_jet_unchanged_is_not_folded_into_the_activation(monkeypatch):
+    """The plan folds a constant shift only into an elementwise rule's own value: after a user's rule that returns
+    its jet as it is, the shift leaves the activation, which the product reads again, as it was."""
     from fdsm.taylor import RULES, clear_cache, register_rule
 
     monkeypatch.setattr(RULES, "_entries", dict(RULES._entries))  # registration is global: undone after the test

@@ -106,14 +106,14 @@ class Composed(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: D102  (separate, so torch.func transforms can take it)
         z, ctx.coefficients = inputs
-        ctx.fused = fused.options()  # the backward may run outside the fused_rules() block
+        ctx.fused = fused.settings()  # the backward may run outside the fused_rules() block
         ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
         (z,) = ctx.saved_tensors
         if ctx.fused is not None and not torch.is_grad_enabled() and (
-                kernel := fused.kernel(_backward_rows, ctx.coefficients, z, ctx.fused)) is not None:
+                kernel := fused.kernel(_backward_rows, ctx.coefficients, z, grad, settings=ctx.fused)) is not None:
             return kernel(z, grad), None
         order = z.shape[0] - 1
         c = ctx.coefficients(z[0], order + 1)  # c_0 .. c_{K+1}

@@ -1,5 +1,5 @@
 r"""Each elementwise Taylor rule as one compiled kernel: within ``fused_rules()``, the composition of every rule
-runs as one loop nest made by ``torch.compile``, while the rest of the pass (convolutions, autograd) stays eager.
+runs as one loop nest made by TorchInductor, while the rest of the pass (convolutions, autograd) stays eager.
 
 Eagerly, the composition :math:`\varphi(z(t)) = \sum_m c_m\, \delta(t)^m` of an elementwise rule
 (``fdsm.taylor.compose``) is O(K^2) small ops over slices of the coefficient stack: on a small batch their launches
@@ -10,10 +10,14 @@ the K+1 output rows once: as ``fd-batched``'s activation is one kernel over its 
 autograd graph, as a training step needs: the rule's closed-form backward (``compose.Composed``) is one compiled
 kernel too, where no graph of the backward itself is recorded (a double backward runs it eagerly).
 
-One kernel per (φ, K, dims, dtype, device type, options), each a function with a code object of its own
-(``fdsm.own_code``), compiled with dynamic shapes: the first call of each pays the compile (seconds on a CPU;
-inductor keeps its kernels on disk). A φ whose coefficient function cannot be told apart by value (a closure over
-an unhashable object) runs eagerly, as outside ``fused_rules()``.
+A kernel is the rule's composition traced to an aten graph (``make_fx``) for one set of input shapes and strides,
+and compiled by ``torch._inductor.compile``: no dynamo frame and no guards on its call, since its key (the shapes,
+strides, dtype and device of its inputs) already says where it is valid. A call then costs the kernel and little
+more, where through ``torch.compile`` each call went through dynamo's cache lookup and guards, which cost the deep
+EBM's Taylor pass at the Figure-2 batch more than the kernels saved (``results/cpu/taylor``). One kernel per (φ, K,
+input shapes and strides, dtype, device, backend, options): the first call of each pays its compile (a second or
+two on a CPU; inductor keeps its kernels on disk). A φ whose coefficient function cannot be told apart by value (a
+closure over an unhashable object) runs eagerly, as outside ``fused_rules()``.
 """
 
 from __future__ import annotations
@@ -22,56 +26,67 @@ import contextlib
 import contextvars
 import functools
 import types
-import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from fdsm.own_code import own_code
+from torch.fx.experimental.proxy_tensor import make_fx
 
 Composition = Callable[..., Tensor]  # (z, [grad,] *, coefficients) -> φ(z(t)) or its backward
 
-_OPTIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("fused_rules", default=None)
-CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-_KERNELS: dict[tuple, Callable[[Tensor], Tensor]] = {}
+BACKENDS = ("inductor", "eager")
+CUDAGRAPH_OPTIONS = ("triton.cudagraphs", "triton.cudagraph_trees")
 
-# The coefficient functions call functools.lru_cache'd builders of constant tables (compose.derivative_tables,
-# kernels.constants.constant), pure functions of their arguments: dynamo traces through the cache, and nothing can
-# go stale. Its warning about them, from these modules, is not shown.
-warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped function at "
-                        "'(rules|compose).py", category=UserWarning)
+
+@dataclass(frozen=True)
+class Settings:
+    """How the kernels of a ``fused_rules()`` block are made: ``backend`` ``inductor`` (compiled) or ``eager`` (the
+    traced graph run as it is: the same kernels' boundaries, without a compiler, for tests) and inductor's
+    ``options`` (``torch._inductor.config`` names) as sorted (name, value) pairs, so that the settings key a
+    kernel."""
+
+    backend: str
+    options: tuple[tuple[str, object], ...]
+
+
+_SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("fused_rules", default=None)
+_KERNELS: dict[tuple, Callable[..., Tensor]] = {}
 
 
 @contextlib.contextmanager
-def fused_rules(**compile_options) -> Iterator[None]:
-    """Within it, the elementwise rules of Taylor mode compose by one compiled kernel each; ``compile_options`` go
-    to ``torch.compile`` (``backend``, ``mode``, ...; ``dynamic`` is True unless given).
+def fused_rules(*, backend: str = "inductor", options: dict | None = None) -> Iterator[None]:
+    """Within it, the elementwise rules of Taylor mode compose by one compiled kernel each: compiled by TorchInductor
+    with ``options`` (``torch._inductor.config`` names, e.g. ``{"layout_optimization": False}``), or with
+    ``backend="eager"`` run as traced.
 
     >>> with fused_rules(backend="eager"):
     ...     enabled()
     True
     """
-    if compile_options.get("mode") in CUDAGRAPH_MODES:
-        raise ValueError(f"fused_rules(mode={compile_options['mode']!r}): a mode with CUDA graphs hands out outputs "
-                         "that its next replay overwrites, and a rule's output is updated in place; use the default "
-                         "mode or 'max-autotune-no-cudagraphs'")
-    token = _OPTIONS.set({"dynamic": True} | compile_options)
+    if backend not in BACKENDS:
+        raise ValueError(f"fused_rules(backend={backend!r}): expected one of {', '.join(BACKENDS)}")
+    options = dict(options or {})
+    if cudagraphs := [name for name in CUDAGRAPH_OPTIONS if options.get(name)]:
+        raise ValueError(f"fused_rules(options={{{cudagraphs[0]!r}: ...}}): CUDA graphs hand out outputs that their "
+                         "next replay overwrites, and one kernel serves every layer of its shape, whose outputs are "
+                         "all still read; leave them off")
+    token = _SETTINGS.set(Settings(backend, tuple(sorted(options.items()))))
     try:
         yield
     finally:
-        _OPTIONS.reset(token)
+        _SETTINGS.reset(token)
 
 
 def enabled() -> bool:
     """Whether the rules run within ``fused_rules()``."""
-    return _OPTIONS.get() is not None
+    return _SETTINGS.get() is not None
 
 
-def options() -> dict | None:
-    """The compile options of the enclosing ``fused_rules()``; None outside one. A rule's backward runs where
+def settings() -> Settings | None:
+    """The settings of the enclosing ``fused_rules()``; None outside one. A rule's backward runs where
     ``backward()`` is called, perhaps outside the block: its forward keeps these for it."""
-    return _OPTIONS.get()
+    return _SETTINGS.get()
 
 
 _UNKEYED = object()  # what _plain_key gives a value that is not plain
@@ -107,21 +122,34 @@ def _plain_key(value: object) -> object:
     return value if isinstance(value, (int, float, bool, str, type(None), torch.dtype)) else _UNKEYED
 
 
-def kernel(composition: Composition, coefficients: Callable, z: Tensor, compile_options: dict | None = None
+def kernel(composition: Composition, coefficients: Callable, *inputs: Tensor, settings: Settings | None = None
            ) -> Callable[..., Tensor] | None:
-    """The compiled ``composition(z, ..., coefficients=coefficients)`` for a z like this one, made on first use,
-    with ``compile_options`` (default: the enclosing ``fused_rules()``'s); None where ``coefficients`` has no value
-    key (it then runs eagerly)."""
+    """The compiled ``composition(*inputs, coefficients=coefficients)`` for inputs with these shapes and strides,
+    made on first use with ``settings`` (default: the enclosing ``fused_rules()``'s); None where ``coefficients``
+    has no value key (it then runs eagerly)."""
     value = _value_key(coefficients)
     if value is None:
         return None
-    compile_options = _OPTIONS.get() if compile_options is None else compile_options
-    key = (composition, value, z.shape[0], z.dim(), z.dtype, z.device.type, repr(sorted(compile_options.items())))
+    settings = _SETTINGS.get() if settings is None else settings
+    key = (composition, value, settings, *((t.shape, t.stride(), t.dtype, t.device) for t in inputs))
     if key not in _KERNELS:  # the first function of this key stands for all: equal by value
-        _KERNELS[key] = torch.compile(own_code(composition, coefficients=coefficients), **compile_options)
+        _KERNELS[key] = _compile(functools.partial(composition, coefficients=coefficients), inputs, settings)
     return _KERNELS[key]
 
 
+def _compile(function: Callable[..., Tensor], inputs: tuple[Tensor, ...], settings: Settings
+             ) -> Callable[..., Tensor]:
+    """``function`` traced on ``inputs`` to an aten graph (no autograd recorded: a rule's forward and backward run
+    without one), compiled by inductor unless the backend is ``eager``."""
+    with torch.no_grad():
+        graph = make_fx(function)(*inputs)
+    if settings.backend == "eager":
+        return graph
+    from torch._inductor import compile as inductor_compile  # the compiler, loaded only where a kernel is compiled
+
+    return inductor_compile(graph, list(inputs), options=dict(settings.options))
+
+
 def kernels() -> int:
-    """How many kernels have been made (one per φ, K, dims, dtype, device and options)."""
+    """How many kernels have been made (one per φ, K, input shapes and strides, dtype, device and settings)."""
     return len(_KERNELS)

@@ -16,13 +16,9 @@ class Jet:
     ``series``: (K+1, *shape), the *normalized* coefficients :math:`z_k = z^{(k)}(0)/k!` stacked along a leading
     coefficient axis; ``series[0]`` is the primal value z(0). Values that do not depend on x are plain tensors
     (or Python numbers), never Jets.
-
-    ``fresh``: the series is a new tensor that nothing else refers to (the result of an elementwise rule), so the
-    rule of the one node that uses it may update it in place.
     """
 
     series: Tensor
-    fresh: bool = False
 
     @property
     def order(self) -> int:

@@ -12,6 +12,7 @@ after its last use, so the jets of the whole graph are never held at once.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
-from fdsm.taylor.rules import IN_PLACE_RULES, rule_for
+from fdsm.taylor.rules import Elementwise, rule_for
 from fdsm.taylor.trace import traced
+
+aten = torch.ops.aten
 
 
 def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
@@ -57,26 +60,43 @@ class _Step:
     frees: tuple[fx.Node, ...]
 
 
-def _sole_user(node: fx.Node) -> bool:
-    """Whether ``node`` takes (value, number) and is the only user of that value: then the rule of an add or sub
-    (``IN_PLACE_RULES``) may update the value in place where it is a fresh Jet, since nothing else reads it."""
-    first = node.args[0] if node.args else None
-    return (isinstance(first, fx.Node) and len(first.users) == 1 and len(node.args) == 2
-            and isinstance(node.args[1], (int, float)))
-
-
 def _rule(node: fx.Node) -> Callable[..., object] | None:
-    if node.op != "call_function":
+    return rule_for(node.target) if node.op == "call_function" else None
+
+
+_SIGNS = {aten.add.Tensor: 1, aten.add.Scalar: 1, aten.sub.Tensor: -1, aten.sub.Scalar: -1}
+
+
+def _constant_shift(node: fx.Node, rules: dict[fx.Node, Callable[..., object] | None]) -> float | None:
+    """The constant c that ``node`` adds to (or subtracts from) its first argument, where that argument is an
+    elementwise rule's value (``Elementwise``) and this node its only reader: the rule can then compose φ + c
+    itself. None otherwise."""
+    sign = _SIGNS.get(node.target)
+    if sign is None or len(node.args) != 2:
         return None
-    rule = rule_for(node.target)
-    return functools.partial(rule, in_place=True) if rule in IN_PLACE_RULES and _sole_user(node) else rule
+    first, c = node.args
+    if not (isinstance(first, fx.Node) and len(first.users) == 1 and isinstance(rules.get(first), Elementwise)
+            and isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)):
+        return None
+    return sign * node.kwargs.get("alpha", 1) * c
+
+
+def _pass_through(value: object, *args, **kwargs) -> object:
+    """The rule of a constant add folded into the rule before it (``_constant_shift``): its value, as it is."""
+    return value
 
 
 def _plan(graph: fx.GraphModule) -> list[_Step]:
-    """The graph's steps, made on its first run and kept in its ``meta``."""
+    """The graph's steps, made on its first run and kept in its ``meta``: each node's rule, with every constant
+    shift of an elementwise rule's value folded into that rule (the deep EBM's softplus(z) - log 2 is one rule)."""
     if "taylor_plan" not in graph.meta:
         frees = _last_uses(graph.graph)
-        graph.meta["taylor_plan"] = [_Step(node, tuple(node.all_input_nodes), _rule(node), tuple(frees.get(node, ())))
+        rules = {node: _rule(node) for node in graph.graph.nodes}
+        for node in graph.graph.nodes:
+            if (shift := _constant_shift(node, rules)) is not None:
+                first = node.args[0]
+                rules[first], rules[node] = rules[first].shifted(shift), _pass_through
+        graph.meta["taylor_plan"] = [_Step(node, tuple(node.all_input_nodes), rules[node], tuple(frees.get(node, ())))
                                      for node in graph.graph.nodes]
     return graph.meta["taylor_plan"]
 
@@ -101,10 +121,7 @@ def run_jets(graph: fx.GraphModule, inputs: list[object]) -> object:
                 rule = step.rule or rule_for(node.target)  # a rule registered after the plan was made counts
                 if rule is None:
                     raise _no_rule(node)
-                out = rule(*args, **kwargs)
-                if isinstance(out, Jet) and out.fresh and any(out is env[n] for n in step.inputs):
-                    out = Jet(out.series)  # a rule passed its input through: another node may still read it
-                env[node] = out
+                env[node] = rule(*args, **kwargs)
             else:
                 env[node] = node.target(*args, **kwargs)
         elif node.op == "output":

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -118,10 +119,10 @@ def _no_jet(who: str, *values: object) -> None:
 
 
 def _plus_primal(series: Tensor, value: Tensor | float) -> Tensor:
-    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, out of place: one pass over the series
-    (value · 0 = 0 leaves the higher coefficients as they are)."""
+    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, out of place: one op, one pass over the
+    series (value · 0 = 0 leaves the higher coefficients as they are)."""
     e0 = compose.along(constant((1.0,) + (0.0,) * (series.shape[0] - 1), series.dtype, series.device), series[0])
-    return series + e0 * value if isinstance(value, Tensor) else torch.add(series, e0, alpha=float(value))
+    return torch.addcmul(series, e0, value) if isinstance(value, Tensor) else torch.add(series, e0, alpha=float(value))
 
 
 def add_to_primal(series: Tensor, value: Tensor | float) -> Tensor:
@@ -135,16 +136,12 @@ def add_to_primal(series: Tensor, value: Tensor | float) -> Tensor:
     return series
 
 
-def _add_primal(z: Jet, c: object, *, in_place: bool = False) -> Jet:
-    """z + c for a constant c: c enters the primal only. A finite Python number is added by ``add_to_primal`` (in
-    place where autograd does not record it) where the interpreter allows it (``in_place``: this node is the only
-    user of z) and z's series is ``fresh``, outside a trace for the compiler (``compose.fusable``, whose graphs
-    stay free of in-place updates); else in one pass over the series, z + c e_0 with e_0 = (1, 0, ..., 0) along the
-    coefficient axis (``_plus_primal``). A tensor (or an infinite number) goes to the primal, and the higher
-    coefficients expand with its broadcast."""
+def _add_primal(z: Jet, c: object) -> Jet:
+    """z + c for a constant c: c enters the primal only. A finite Python number in one pass over the series, z + c
+    e_0 with e_0 = (1, 0, ..., 0) along the coefficient axis (``_plus_primal``; where the add is the only reader of
+    an elementwise rule's value, the plan folds it into that rule instead, ``Elementwise.shifted``). A tensor (or
+    an infinite number) goes to the primal, and the higher coefficients expand with its broadcast."""
     if isinstance(c, (int, float)) and math.isfinite(c):
-        if in_place and z.fresh and not compose.fusing():
-            return Jet(add_to_primal(z.series, c), fresh=True)
         return Jet(_plus_primal(z.series, c))
     primal = z.primal + c
     higher = z.aligned(primal.dim())[1:].expand(z.order, *primal.shape)
@@ -284,22 +281,17 @@ register_rule(aten.convolution, _convolution)
 
 # ---- affine and bilinear --------------------------------------------------------------------------------------
 
-def _add(a: object, b: object, *, alpha: float = 1, in_place: bool = False) -> object:
+def _add(a: object, b: object, *, alpha: float = 1) -> object:
     if alpha != 1:
         b = _mul(b, alpha) if isinstance(b, Jet) else b * alpha
     if isinstance(a, Jet) and isinstance(b, Jet):
         ndim = max(a.ndim, b.ndim)
         return Jet(a.aligned(ndim) + b.aligned(ndim))
-    return _add_primal(a, b, in_place=in_place) if isinstance(a, Jet) else _add_primal(b, a, in_place=in_place)
+    return _add_primal(a, b) if isinstance(a, Jet) else _add_primal(b, a)
 
 
-def _sub(a: object, b: object, *, alpha: float = 1, in_place: bool = False) -> object:
-    return _add(a, _neg(b) if isinstance(b, Jet) else -b, alpha=alpha, in_place=in_place)
-
-
-# The rules that take ``in_place=True`` where the interpreter knows the node to be the only user of its Jet (a
-# constant shift of an activation, as the deep EBM's softplus(z) - log 2: one row updated, not K+1 copied).
-IN_PLACE_RULES = (_add, _sub)
+def _sub(a: object, b: object, *, alpha: float = 1) -> object:
+    return _add(a, _neg(b) if isinstance(b, Jet) else -b, alpha=alpha)
 
 
 def _neg(z: Jet) -> Jet:
@@ -378,12 +370,48 @@ register_rule(aten.addmm, _addmm)
 
 # ---- elementwise nonlinearities: c_m = φ^(m)(z_0)/m! in closed form, composed with z (fdsm.taylor.compose) ----
 
-def _elementwise(coefficients: Callable[[Tensor, int], Tensor | Sequence[Tensor]]) -> Rule:
-    r"""The rule of an elementwise φ from its Taylor coefficients at z_0, ``coefficients(z_0, K)`` -> c_0 .. c_K
-    (a (K+1, *s) tensor or K+1 tensors of shape (*s)):
-    :math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` by Horner's rule, as one autograd node with a closed-form
-    backward (``compose.Composed``) where autograd records it."""
-    return lambda z: Jet(compose.compose(z.series, coefficients), fresh=True)
+Coefficients = Callable[[Tensor, int], Tensor | Sequence[Tensor]]  # (z_0, K) -> c_0 .. c_K
+
+
+def _composed(z: Jet, coefficients: Coefficients) -> Jet:
+    r""":math:`\varphi(z(t)) = \sum_m c_m (z(t) - z_0)^m` for ``coefficients(z_0, K)`` -> c_0 .. c_K (a (K+1, *s)
+    tensor or K+1 tensors of shape (*s)), by Horner's rule, as one autograd node with a closed-form backward
+    (``compose.Composed``) where autograd records it."""
+    return Jet(compose.compose(z.series, coefficients))
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    r"""The rule of an elementwise φ from its Taylor coefficients at z_0 (``_composed``).
+
+    ``coefficients(z_0, K, **keywords)`` gives c_0 .. c_K, with ``keywords(*args, **kwargs)`` the keywords that the
+    op's own arguments after z set (softplus' beta and threshold); None for an op without any.
+
+    ``shift``: a constant added to φ, :math:`c_0 + \mathrm{shift}`. The plan (``fdsm.taylor.propagate``) folds a
+    constant add that is the only reader of this rule's value into it (``shifted``): the deep EBM's
+    softplus(z) - log 2 then costs no pass over the series of its own.
+    """
+
+    coefficients: Callable[..., Tensor | Sequence[Tensor]]
+    keywords: Callable[..., dict] | None = None
+    shift: float = 0.0
+
+    def __call__(self, z: Jet, *args, **kwargs) -> Jet:
+        c = self.coefficients if self.keywords is None else functools.partial(
+            self.coefficients, **self.keywords(*args, **kwargs))
+        if self.shift:
+            c = functools.partial(_shifted, coefficients=c, shift=self.shift)
+        return _composed(z, c)
+
+    def shifted(self, shift: float) -> Elementwise:
+        """This rule for φ + shift."""
+        return replace(self, shift=self.shift + shift)
+
+
+def _shifted(z0: Tensor, order: int, *, coefficients: Coefficients, shift: float) -> list[Tensor]:
+    """The coefficients of φ + shift: c_0 + shift, c_1, ..., c_K."""
+    c = coefficients(z0, order)
+    return [c[0] + shift, *c[1:]]
 
 
 def _replace_first(c: Tensor, first: Tensor) -> Tensor:
@@ -446,20 +474,20 @@ def _sin_cos_coefficients(z0: Tensor, order: int, *, shift: int) -> Tensor:
     return torch.stack([cycle[(m + shift) % 4] * inverse[m] for m in range(order + 1)])
 
 
-_exp = register_rule(aten.exp, _elementwise(_exp_coefficients))
-register_rule(aten.expm1, _elementwise(lambda z0, k: _replace_first(_exp_coefficients(z0, k), torch.expm1(z0))))
-_log = register_rule(aten.log, _elementwise(_log_coefficients))
-register_rule(aten.log1p, _elementwise(lambda z0, k: _log_coefficients(z0, k, shift=1.0)))
-register_rule(aten.log2, _elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(2.0)))
-register_rule(aten.log10, _elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(10.0)))
-register_rule(aten.sigmoid, _elementwise(_sigmoid_coefficients))
-register_rule(aten.tanh, _elementwise(_tanh_coefficients))
-register_rule(aten.silu, _elementwise(_silu_coefficients))
-register_rule(aten.sqrt, _elementwise(lambda z0, k: _power_coefficients(z0, k, 0.5)))
-register_rule(aten.rsqrt, _elementwise(lambda z0, k: _power_coefficients(z0, k, -0.5)))
-_reciprocal = register_rule(aten.reciprocal, _elementwise(lambda z0, k: _power_coefficients(z0, k, -1.0)))
-register_rule(aten.sin, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=0)))
-register_rule(aten.cos, _elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
+_exp = register_rule(aten.exp, Elementwise(_exp_coefficients))
+register_rule(aten.expm1, Elementwise(lambda z0, k: _replace_first(_exp_coefficients(z0, k), torch.expm1(z0))))
+_log = register_rule(aten.log, Elementwise(_log_coefficients))
+register_rule(aten.log1p, Elementwise(lambda z0, k: _log_coefficients(z0, k, shift=1.0)))
+register_rule(aten.log2, Elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(2.0)))
+register_rule(aten.log10, Elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(10.0)))
+register_rule(aten.sigmoid, Elementwise(_sigmoid_coefficients))
+register_rule(aten.tanh, Elementwise(_tanh_coefficients))
+register_rule(aten.silu, Elementwise(_silu_coefficients))
+register_rule(aten.sqrt, Elementwise(lambda z0, k: _power_coefficients(z0, k, 0.5)))
+register_rule(aten.rsqrt, Elementwise(lambda z0, k: _power_coefficients(z0, k, -0.5)))
+_reciprocal = register_rule(aten.reciprocal, Elementwise(lambda z0, k: _power_coefficients(z0, k, -1.0)))
+register_rule(aten.sin, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=0)))
+register_rule(aten.cos, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
 
 
 def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: float) -> list[Tensor]:
@@ -474,8 +502,8 @@ def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: fl
     return c
 
 
-register_rule(aten.softplus, lambda z, beta=1.0, threshold=20.0: _elementwise(
-    functools.partial(_softplus_coefficients, beta=beta, threshold=threshold))(z))
+register_rule(aten.softplus, Elementwise(_softplus_coefficients, lambda beta=1.0, threshold=20.0:
+                                         {"beta": beta, "threshold": threshold}))
 
 
 def _integer_power(u: Tensor, p: int) -> Tensor:
@@ -496,7 +524,7 @@ def _pow(a: object, b: object) -> Jet:
     if isinstance(a, Jet) and isinstance(b, (int, float)):
         if float(b).is_integer() and b >= 0:
             return Jet(_integer_power(a.series, int(b)) if b else series.constant(torch.ones_like(a.primal), a.order))
-        return _elementwise(lambda z0, k: _power_coefficients(z0, k, float(b)))(a)
+        return _composed(a, functools.partial(_power_coefficients, p=float(b)))
     log_a = _log(a) if isinstance(a, Jet) else torch.log(torch.as_tensor(a, dtype=b.dtype))
     return _exp(_mul(b, log_a))  # one of b, log a is a Jet
 
@@ -547,8 +575,8 @@ def _elu_coefficients(z0: Tensor, order: int, *, alpha: float, scale: float, inp
     return c
 
 
-register_rule(aten.elu, lambda z, alpha=1.0, scale=1.0, input_scale=1.0: _elementwise(
-    functools.partial(_elu_coefficients, alpha=alpha, scale=scale, input_scale=input_scale))(z))
+register_rule(aten.elu, Elementwise(_elu_coefficients, lambda alpha=1.0, scale=1.0, input_scale=1.0:
+                                    {"alpha": alpha, "scale": scale, "input_scale": input_scale}))
 
 
 def _clamp(z: Jet, low: float | None = None, high: float | None = None, *, at_bound: bool = True) -> Jet:
