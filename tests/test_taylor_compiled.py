@@ -25,7 +25,7 @@ from bench.plots import METHOD_STYLE, style
 from fdsm import central_stencil, directional_derivative
 from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
 from fdsm.taylor import fused, series
-from fdsm.taylor.compose import Composed, _rows, compose, horner, horner_rows
+from fdsm.taylor.compose import Composed, _rows, compose, fusable, horner, horner_rows
 from fdsm.taylor.propagate import taylor_graph
 from tests.test_taylor import family, rand, uniform
 
@@ -86,6 +86,26 @@ def test_an_elementwise_rule_composes_without_its_autograd_node_only_where_no_gr
 def test_the_row_form_a_compiler_fuses_is_horner_s_sum(order):
     z, c = rand(order + 1, 5, seed=order), rand(order + 1, 5, seed=order + 10)
     torch.testing.assert_close(horner_rows(list(c), z), horner(list(c), z), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("order", [1, 4, 7])
+def test_every_elementwise_rule_s_coefficients_in_row_form_are_its_eager_ones(order):
+    """Within ``fusable()`` (the flat graph, the fused kernels) the coefficient functions make one expression per
+    coefficient instead of a stacked table product: the same numbers."""
+    from fdsm.taylor.rules import RULES, Elementwise
+
+    z0 = uniform(2, 5, seed=order, dtype=F64) + 0.5  # inside the domain of log, sqrt and the powers
+    rules = {name: RULES.get(name) for name in RULES.names() if isinstance(RULES.get(name), Elementwise)}
+    assert {"aten.softplus", "aten.elu", "aten.tanh", "aten.exp", "aten.log2", "aten.sin"} <= set(rules)
+    for name, rule in rules.items():
+        coefficients = rule.coefficients if rule.keywords is None else functools.partial(
+            rule.coefficients, **rule.keywords())
+        eager = list(coefficients(z0, order))
+        with fusable():
+            rows = coefficients(z0, order)
+        assert isinstance(rows, list) and len(rows) == len(eager) == order + 1, name
+        for m, (row, expected) in enumerate(zip(rows, eager, strict=True)):
+            torch.testing.assert_close(row, expected, rtol=1e-14, atol=1e-14, msg=f"{name}: c_{m}")
 
 
 @pytest.mark.parametrize("method, reason", [

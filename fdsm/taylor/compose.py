@@ -128,7 +128,8 @@ def _backward_rows(z: Tensor, grad: Tensor, *, coefficients) -> Tensor:
     r"""``Composed.backward`` in row form, for a compiler: :math:`\bar z_j = \sum_{i=0}^{K-j} \bar y_{j+i}\, g_i`
     with g = φ'(z(t)) by ``horner_rows``."""
     order = z.shape[0] - 1
-    c = coefficients(z[0], order + 1)
+    with fusable():  # the coefficients in row form too (``scaled_rows``)
+        c = coefficients(z[0], order + 1)
     g = horner_rows([(m + 1) * c[m + 1] for m in range(order + 1)], z)
     return torch.stack([sum(grad[j + i] * g[i] for i in range(order + 1 - j)) for j in range(order + 1)])
 
@@ -160,7 +161,10 @@ _FUSABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("fusable", defau
 
 @contextlib.contextmanager
 def fusable():
-    """Within it, the elementwise rules compose by ``horner_rows``: for a trace that a compiler will fuse."""
+    """Within it, the elementwise rules compose by ``horner_rows`` and make their coefficients row by row
+    (``scaled_rows``, ``derivative_coefficients``): for a trace that a compiler will fuse. A coefficient that is
+    one row of a stacked table product is stored whole by the compiler before any row is read, one more pass over
+    memory of the size of the series; as one expression per row it stays in the kernel's loop."""
     token = _FUSABLE.set(True)
     try:
         yield
@@ -183,8 +187,10 @@ def compose(z: Tensor, coefficients) -> Tensor:
 
 
 def _rows(z: Tensor, *, coefficients) -> Tensor:
-    """``horner_rows`` of φ's coefficients at z_0: the composition in the form a compiler fuses."""
-    return horner_rows(coefficients(z[0], z.shape[0] - 1), z)
+    """``horner_rows`` of φ's coefficients at z_0, the coefficients too in row form (within ``fusable()``): the
+    composition in the form a compiler fuses."""
+    with fusable():
+        return horner_rows(coefficients(z[0], z.shape[0] - 1), z)
 
 
 def _composition(z: Tensor, coefficients) -> Tensor:
@@ -239,11 +245,18 @@ def derivative_tables(kind: str, count: int, beta: float, shift: int, ndim: int,
     return tuple(tables)
 
 
-def derivative_coefficients(tables: Sequence[Sequence[Tensor]], q: Tensor, p: Tensor) -> list[Tensor]:
-    r""":math:`q\, p^{b_n} A_n(q)` for n = 1..count, from ``derivative_tables``: the rows of one parity at once,
-    :math:`\sum_i e_i\, q^{i+1} p^b` (the columns :math:`e_i` broadcast along *s), one multiply for the first
-    power and then, per further column, one multiply for the next power and one in-place ``addcmul``;
-    q, p: (*s) -> count tensors (*s), in order of n."""
+def derivative_coefficients(kind: str, count: int, beta: float, shift: int, q: Tensor, p: Tensor) -> list[Tensor]:
+    r""":math:`\beta^n q\, p^{b_n} A_n(q) / (n + \mathrm{shift})!` for n = 1..count, w = σ or tanh (``kind``);
+    q, p: (*s) -> count tensors (*s), in order of n.
+
+    Eagerly from ``derivative_tables``, the rows of one parity at once, :math:`\sum_i e_i\, q^{i+1} p^b` (the
+    columns :math:`e_i` broadcast along *s): one multiply for the first power and then, per further column, one
+    multiply for the next power and one in-place ``addcmul``. Within ``fusable()`` one expression per n, its
+    rational coefficients as numbers."""
+    if fusing():
+        return [_derivative_row(form, Fraction(beta) ** n / math.factorial(n + shift), q, p)
+                for n, form in enumerate(derivative_forms(kind, count), start=1)]
+    tables = derivative_tables(kind, count, beta, shift, q.dim(), q.dtype, q.device)
     classes = []
     for b, columns in enumerate(tables):
         power = q * p if b else q  # q^(i+1) p^b for i = 0
@@ -253,6 +266,24 @@ def derivative_coefficients(tables: Sequence[Sequence[Tensor]], q: Tensor, p: Te
             rows.addcmul_(e, power)  # in place on the fresh rows: no backward formula saved them
         classes.append(rows)
     return [classes[(n - 1) % 2][(n - 1) // 2] for n in range(1, sum(len(k) for k in classes) + 1)]
+
+
+def _derivative_row(form: dict[tuple[int, int], Fraction], scale: Fraction, q: Tensor, p: Tensor) -> Tensor:
+    """scale · Σ e q^a p^b over the monomials (a, b): e of one ``derivative_forms`` entry, by Horner's rule in q."""
+    degree, b = max(a for a, _ in form), next(iter(form))[1]
+    row = None
+    for a in range(degree, 0, -1):
+        e = float(scale * form.get((a, b), Fraction(0)))
+        row = e * q if row is None else (row + e) * q
+    return row * p if b else row
+
+
+def scaled_rows(weights: Tensor, t: Tensor) -> Tensor | list[Tensor]:
+    """weights_m · t for m = 0..K, weights: (K+1,), t: (*s): one broadcast multiply, (K+1, *s); within
+    ``fusable()`` K+1 tensors, each t times a number."""
+    if fusing():
+        return [float(w) * t for w in weights.tolist()]
+    return along(weights, t) * t
 
 
 def inverse_factorials(order: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -265,10 +296,13 @@ def along(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * like.dim()))
 
 
-def power_coefficients(base: Tensor, ratio: Tensor, weights: Sequence[float]) -> Tensor:
-    r""":math:`c_m = \mathrm{weights}_m \cdot \mathrm{base} \cdot \mathrm{ratio}^m`, m = 0..K; base, ratio: (*s)."""
+def power_coefficients(base: Tensor, ratio: Tensor, weights: Sequence[float]) -> Tensor | list[Tensor]:
+    r""":math:`c_m = \mathrm{weights}_m \cdot \mathrm{base} \cdot \mathrm{ratio}^m`, m = 0..K; base, ratio: (*s)
+    -> (K+1, *s), or K+1 tensors within ``fusable()``."""
     powers = [torch.ones_like(ratio)]
     for _ in range(len(weights) - 1):
         powers.append(powers[-1] * ratio)
+    if fusing():  # row by row (``fusable``)
+        return [weight * power * base for weight, power in zip(weights, powers, strict=True)]
     w = constant(tuple(weights), ratio.dtype, ratio.device)
     return torch.stack(powers) * along(w, ratio) * base  # (K+1, *s)

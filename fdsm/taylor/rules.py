@@ -414,24 +414,24 @@ def _shifted(z0: Tensor, order: int, *, coefficients: Coefficients, shift: float
     return [c[0] + shift, *c[1:]]
 
 
-def _replace_first(c: Tensor, first: Tensor) -> Tensor:
+def _replace_first(c: Tensor | Sequence[Tensor], first: Tensor) -> list[Tensor]:
     """c with c_0 replaced (by a more accurate primal: expm1, log1p)."""
-    return torch.cat([first.unsqueeze(0), c[1:]])
+    return [first, *c[1:]]
 
 
-def _exp_coefficients(z0: Tensor, order: int) -> Tensor:
+def _exp_coefficients(z0: Tensor, order: int) -> Tensor | list[Tensor]:
     """exp: c_m = e^{z_0} / m!."""
-    return compose.along(compose.inverse_factorials(order, z0.dtype, z0.device), z0) * torch.exp(z0)
+    return compose.scaled_rows(compose.inverse_factorials(order, z0.dtype, z0.device), torch.exp(z0))
 
 
-def _log_coefficients(z0: Tensor, order: int, *, shift: float = 0.0) -> Tensor:
+def _log_coefficients(z0: Tensor, order: int, *, shift: float = 0.0) -> list[Tensor]:
     """log(shift + z): c_0 = log(shift + z_0), c_m = (-1)^{m+1} / (m (shift + z_0)^m)."""
     weights = [0.0] + [(-1.0) ** (m + 1) / m for m in range(1, order + 1)]
     c = compose.power_coefficients(torch.ones_like(z0), 1.0 / (z0 + shift) if shift else 1.0 / z0, weights)
     return _replace_first(c, torch.log1p(z0) if shift == 1.0 else torch.log(z0))
 
 
-def _power_coefficients(z0: Tensor, order: int, p: float) -> Tensor:
+def _power_coefficients(z0: Tensor, order: int, p: float) -> Tensor | list[Tensor]:
     r"""z^p: :math:`c_m = \binom{p}{m} z_0^{p - m}`."""
     weights = [math.prod(p - i for i in range(m)) / math.factorial(m) for m in range(order + 1)]
     return compose.power_coefficients(torch.pow(z0, p), 1.0 / z0, weights)
@@ -440,8 +440,8 @@ def _power_coefficients(z0: Tensor, order: int, p: float) -> Tensor:
 def _sigmoid_derivatives(w: Tensor, order: int, *, beta: float = 1.0, shift: int = 0) -> list[Tensor]:
     r""":math:`\beta^n \sigma^{(n)} / (n + \mathrm{shift})!`, n = 1..order, from w = σ: polynomials in
     q = σ' = w - w² and p = 1 - 2w (``compose.derivative_tables``); (*s) -> order tensors (*s)."""
-    tables = compose.derivative_tables("sigmoid", order, beta, shift, w.dim(), w.dtype, w.device)
-    return compose.derivative_coefficients(tables, torch.addcmul(w, w, w, value=-1), torch.rsub(w, 1, alpha=2))
+    return compose.derivative_coefficients("sigmoid", order, beta, shift, torch.addcmul(w, w, w, value=-1),
+                                           torch.rsub(w, 1, alpha=2))
 
 
 def _sigmoid_coefficients(z0: Tensor, order: int) -> list[Tensor]:
@@ -453,9 +453,8 @@ def _sigmoid_coefficients(z0: Tensor, order: int) -> list[Tensor]:
 def _tanh_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     """tanh: c_0 = tanh z_0, c_m = tanh^(m)(z_0) / m!, polynomials in q = tanh' = 1 - tanh² and p = tanh."""
     w = torch.tanh(z0)
-    tables = compose.derivative_tables("tanh", order, 1.0, 0, w.dim(), w.dtype, w.device)
     one = constant((1.0,), w.dtype, w.device)
-    return [w, *compose.derivative_coefficients(tables, torch.addcmul(one, w, w, value=-1), w)]
+    return [w, *compose.derivative_coefficients("tanh", order, 1.0, 0, torch.addcmul(one, w, w, value=-1), w)]
 
 
 def _silu_coefficients(z0: Tensor, order: int) -> list[Tensor]:
@@ -465,21 +464,20 @@ def _silu_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     return [z0 * w, *(torch.addcmul(s[m - 1], z0, s[m]) for m in range(1, order + 1))]
 
 
-def _sin_cos_coefficients(z0: Tensor, order: int, *, shift: int) -> Tensor:
+def _sin_cos_coefficients(z0: Tensor, order: int, *, shift: int) -> list[Tensor]:
     """sin (shift 0) and cos (shift 1): the m-th derivative of sin is sin(z + m π/2), so c_m cycles through
     (sin, cos, -sin, -cos) / m!."""
     s, c = torch.sin(z0), torch.cos(z0)
     cycle = (s, c, -s, -c)
-    inverse = compose.inverse_factorials(order, z0.dtype, z0.device)
-    return torch.stack([cycle[(m + shift) % 4] * inverse[m] for m in range(order + 1)])
+    return [cycle[(m + shift) % 4] * (1.0 / math.factorial(m)) for m in range(order + 1)]
 
 
 _exp = register_rule(aten.exp, Elementwise(_exp_coefficients))
 register_rule(aten.expm1, Elementwise(lambda z0, k: _replace_first(_exp_coefficients(z0, k), torch.expm1(z0))))
 _log = register_rule(aten.log, Elementwise(_log_coefficients))
 register_rule(aten.log1p, Elementwise(lambda z0, k: _log_coefficients(z0, k, shift=1.0)))
-register_rule(aten.log2, Elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(2.0)))
-register_rule(aten.log10, Elementwise(lambda z0, k: _log_coefficients(z0, k) / math.log(10.0)))
+register_rule(aten.log2, Elementwise(lambda z0, k: [c / math.log(2.0) for c in _log_coefficients(z0, k)]))
+register_rule(aten.log10, Elementwise(lambda z0, k: [c / math.log(10.0) for c in _log_coefficients(z0, k)]))
 register_rule(aten.sigmoid, Elementwise(_sigmoid_coefficients))
 register_rule(aten.tanh, Elementwise(_tanh_coefficients))
 register_rule(aten.silu, Elementwise(_silu_coefficients))
@@ -571,7 +569,7 @@ def _elu_coefficients(z0: Tensor, order: int, *, alpha: float, scale: float, inp
     if order >= 2:
         rates = constant(tuple(scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)),
                           z0.dtype, z0.device)
-        c += compose.along(rates, z0) * torch.where(positive, 0.0, e)  # (K-1, *s): c_2 .. c_K
+        c += compose.scaled_rows(rates, torch.where(positive, 0.0, e))  # c_2 .. c_K
     return c
 
 
