@@ -119,10 +119,11 @@ def _no_jet(who: str, *values: object) -> None:
 
 
 def _plus_primal(series: Tensor, value: Tensor | float) -> Tensor:
-    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, out of place: one op, one pass over the
-    series (value · 0 = 0 leaves the higher coefficients as they are)."""
+    """series + value e_0, e_0 = (1, 0, ..., 0) along the coefficient axis, out of place: one pass over the series
+    (value · 0 = 0 leaves the higher coefficients as they are), adding the small product e_0 value (an ``addcmul``
+    of the two broadcast factors runs a slower loop)."""
     e0 = compose.along(constant((1.0,) + (0.0,) * (series.shape[0] - 1), series.dtype, series.device), series[0])
-    return torch.addcmul(series, e0, value) if isinstance(value, Tensor) else torch.add(series, e0, alpha=float(value))
+    return series + e0 * value if isinstance(value, Tensor) else torch.add(series, e0, alpha=float(value))
 
 
 def add_to_primal(series: Tensor, value: Tensor | float) -> Tensor:
