@@ -27,6 +27,7 @@ from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
 from fdsm.taylor import fused, series
 from fdsm.taylor.compose import Composed, _rows, compose, fusable, horner, horner_rows
 from fdsm.taylor.propagate import taylor_graph
+from fdsm.taylor.rules import _softplus_coefficients
 from tests.test_taylor import family, rand, uniform
 
 F64 = torch.float64
@@ -82,6 +83,23 @@ def test_an_elementwise_rule_composes_without_its_autograd_node_only_where_no_gr
     assert series.degree(plain) == 3
 
 
+def test_a_rule_s_autograd_node_takes_torch_func_transforms_and_a_double_backward():
+    """``Composed.apply`` skips ``Function.apply``'s argument binding outside a torch.func transform only."""
+    z = rand(4, 3, seed=3, dtype=F64)
+    coefficients = functools.partial(_softplus_coefficients, beta=1.0, threshold=20.0)
+    by_func = torch.func.grad(lambda z: compose(z, coefficients).pow(2).sum())(z)
+    leaf = z.clone().requires_grad_()
+    (by_autograd,) = torch.autograd.grad(compose(leaf, coefficients).pow(2).sum(), leaf, create_graph=True)
+    torch.testing.assert_close(by_func, by_autograd.detach(), rtol=1e-14, atol=0)
+    reference = z.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(horner(coefficients(reference[0], 3), reference).pow(2).sum(), reference,
+                                      create_graph=True)
+    torch.testing.assert_close(by_autograd, expected, rtol=1e-12, atol=1e-14)
+    second, second_expected = (torch.autograd.grad(g.sum(), x)[0] for g, x in ((by_autograd, leaf),
+                                                                               (expected, reference)))
+    torch.testing.assert_close(second, second_expected, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("order", range(1, 8))
 def test_the_row_form_a_compiler_fuses_is_horner_s_sum(order):
     z, c = rand(order + 1, 5, seed=order), rand(order + 1, 5, seed=order + 10)
@@ -92,14 +110,17 @@ def test_the_row_form_a_compiler_fuses_is_horner_s_sum(order):
 def test_every_elementwise_rule_s_coefficients_in_row_form_are_its_eager_ones(order):
     """Within ``fusable()`` (the flat graph, the fused kernels) the coefficient functions make one expression per
     coefficient instead of a stacked table product: the same numbers."""
-    from fdsm.taylor.rules import RULES, Elementwise
+    from fdsm.taylor.rules import RULES, Elementwise, _shifted
 
     z0 = uniform(2, 5, seed=order, dtype=F64) + 0.5  # inside the domain of log, sqrt and the powers
     rules = {name: RULES.get(name) for name in RULES.names() if isinstance(RULES.get(name), Elementwise)}
     assert {"aten.softplus", "aten.elu", "aten.tanh", "aten.exp", "aten.log2", "aten.sin"} <= set(rules)
+    keywords = {"aten.softplus": (2.0, 20.0), "aten.elu": (0.5, 1.5, 0.7)}  # beyond the defaults
     for name, rule in rules.items():
         coefficients = rule.coefficients if rule.keywords is None else functools.partial(
-            rule.coefficients, **rule.keywords())
+            rule.coefficients, **rule.keywords(*keywords.get(name, ())))
+        if name == "aten.sigmoid":  # and a shift folded into a rule
+            coefficients = functools.partial(_shifted, coefficients=coefficients, shift=-0.75)
         eager = list(coefficients(z0, order))
         with fusable():
             rows = coefficients(z0, order)
@@ -227,10 +248,11 @@ def test_fused_rules_key_kernels_by_their_options_and_refuse_cuda_graphs_and_unk
     monkeypatch.setattr(fused, "_KERNELS", {})
     z = rand(3, 4, seed=1)
     coefficients = lambda z0, k: [z0] * (k + 1)  # noqa: E731
-    for options in ({"layout_optimization": False}, {"layout_optimization": True}, {"layout_optimization": False}):
+    for options in ({"layout_optimization": False}, {"layout_optimization": True}, {"layout_optimization": False},
+                    {"post_grad_fusion_options": {}}):  # a value that is a dict: keyed by its repr
         with fused.fused_rules(backend="eager", options=options):
             torch.testing.assert_close(fused.kernel(_rows, coefficients, z)(z), _rows(z, coefficients=coefficients))
-    assert fused.kernels() == 2  # one per set of options
+    assert fused.kernels() == 3  # one per set of options
     with pytest.raises(ValueError, match="triton.cudagraphs.*CUDA graphs"):
         with fused.fused_rules(options={"triton.cudagraphs": True}):
             pass

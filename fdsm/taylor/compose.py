@@ -38,6 +38,7 @@ from fractions import Fraction
 
 import torch
 from torch import Tensor
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from fdsm.taylor import fused
 from kernels.constants import constant
@@ -106,7 +107,8 @@ class Composed(torch.autograd.Function):
         changes nothing. Under a ``torch.func`` transform it is the base class's own."""
         if torch._C._are_functorch_transforms_active():
             return super().apply(z, coefficients)
-        return super(torch.autograd.Function, cls).apply(z, coefficients)  # the C++ apply that Function.apply calls
+        (z,) = unwrap_dead_wrappers((z,))  # as Function.apply does, then the C++ apply that it calls
+        return super(torch.autograd.Function, cls).apply(z, coefficients)
 
     @staticmethod
     def forward(z: Tensor, coefficients) -> Tensor:  # noqa: D102

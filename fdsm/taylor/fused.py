@@ -15,9 +15,10 @@ and compiled by ``torch._inductor.compile``: no dynamo frame and no guards on it
 strides, dtype and device of its inputs) already says where it is valid. A call then costs the kernel and little
 more, where through ``torch.compile`` each call went through dynamo's cache lookup and guards, which cost the deep
 EBM's Taylor pass at the Figure-2 batch more than the kernels saved (``results/cpu/taylor``). One kernel per (φ, K,
-input shapes and strides, dtype, device, backend, options): the first call of each pays its compile (a second or
-two on a CPU; inductor keeps its kernels on disk). A φ whose coefficient function cannot be told apart by value (a
-closure over an unhashable object) runs eagerly, as outside ``fused_rules()``.
+input shapes and strides, dtype, device, backend, options), kept for the process: the first call of each pays its
+compile (seconds on a CPU, so a new batch size costs one; inductor keeps its kernels on disk). A φ whose
+coefficient function cannot be told apart by value (a closure over an unhashable object) runs eagerly, as outside
+``fused_rules()``.
 """
 
 from __future__ import annotations
@@ -36,18 +37,22 @@ from torch.fx.experimental.proxy_tensor import make_fx
 Composition = Callable[..., Tensor]  # (z, [grad,] *, coefficients) -> φ(z(t)) or its backward
 
 BACKENDS = ("inductor", "eager")
-CUDAGRAPH_OPTIONS = ("triton.cudagraphs", "triton.cudagraph_trees")
+CUDAGRAPH_OPTION = "triton.cudagraphs"
 
 
 @dataclass(frozen=True)
 class Settings:
     """How the kernels of a ``fused_rules()`` block are made: ``backend`` ``inductor`` (compiled) or ``eager`` (the
     traced graph run as it is: the same kernels' boundaries, without a compiler, for tests) and inductor's
-    ``options`` (``torch._inductor.config`` names) as sorted (name, value) pairs, so that the settings key a
-    kernel."""
+    ``options`` (``torch._inductor.config`` names) as sorted (name, value) pairs."""
 
     backend: str
     options: tuple[tuple[str, object], ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What these settings add to a kernel's key; the options by their repr, as a value may be a dict."""
+        return self.backend, repr(self.options)
 
 
 _SETTINGS: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("fused_rules", default=None)
@@ -67,8 +72,8 @@ def fused_rules(*, backend: str = "inductor", options: dict | None = None) -> It
     if backend not in BACKENDS:
         raise ValueError(f"fused_rules(backend={backend!r}): expected one of {', '.join(BACKENDS)}")
     options = dict(options or {})
-    if cudagraphs := [name for name in CUDAGRAPH_OPTIONS if options.get(name)]:
-        raise ValueError(f"fused_rules(options={{{cudagraphs[0]!r}: ...}}): CUDA graphs hand out outputs that their "
+    if options.get(CUDAGRAPH_OPTION):
+        raise ValueError(f"fused_rules(options={{{CUDAGRAPH_OPTION!r}: ...}}): CUDA graphs hand out outputs that their "
                          "next replay overwrites, and one kernel serves every layer of its shape, whose outputs are "
                          "all still read; leave them off")
     token = _SETTINGS.set(Settings(backend, tuple(sorted(options.items()))))
@@ -131,7 +136,7 @@ def kernel(composition: Composition, coefficients: Callable, *inputs: Tensor, se
     if value is None:
         return None
     settings = _SETTINGS.get() if settings is None else settings
-    key = (composition, value, settings, *((t.shape, t.stride(), t.dtype, t.device) for t in inputs))
+    key = (composition, value, settings.key, *((t.shape, t.stride(), t.dtype, t.device) for t in inputs))
     if key not in _KERNELS:  # the first function of this key stands for all: equal by value
         _KERNELS[key] = _compile(functools.partial(composition, coefficients=coefficients), inputs, settings)
     return _KERNELS[key]
@@ -139,15 +144,15 @@ def kernel(composition: Composition, coefficients: Callable, *inputs: Tensor, se
 
 def _compile(function: Callable[..., Tensor], inputs: tuple[Tensor, ...], settings: Settings
              ) -> Callable[..., Tensor]:
-    """``function`` traced on ``inputs`` to an aten graph (no autograd recorded: a rule's forward and backward run
-    without one), compiled by inductor unless the backend is ``eager``."""
+    """``function`` traced on ``inputs`` to an aten graph and compiled by inductor unless the backend is ``eager``,
+    both without autograd recording (a rule's forward and backward run without it)."""
     with torch.no_grad():
         graph = make_fx(function)(*inputs)
-    if settings.backend == "eager":
-        return graph
-    from torch._inductor import compile as inductor_compile  # the compiler, loaded only where a kernel is compiled
+        if settings.backend == "eager":
+            return graph
+        from torch._inductor import compile as inductor_compile  # the compiler, loaded only where a kernel is made
 
-    return inductor_compile(graph, list(inputs), options=dict(settings.options))
+        return inductor_compile(graph, list(inputs), options=dict(settings.options))
 
 
 def kernels() -> int:
