@@ -289,17 +289,12 @@ def _derivative_row(form: dict[tuple[int, int], Fraction], scale: Fraction, q: T
     return row * p if b else row
 
 
-def scaled_rows(weights: Tensor, t: Tensor) -> Tensor | list[Tensor]:
-    """weights_m · t for m = 0..K, weights: (K+1,), t: (*s): one broadcast multiply, (K+1, *s); within
-    ``fusable()`` K+1 tensors, each t times a number."""
+def scaled_rows(weights: Sequence[float], t: Tensor) -> Tensor | list[Tensor]:
+    """weights_m · t for m = 0..K, t: (*s): one broadcast multiply by the weights as a (K+1,) constant, (K+1, *s);
+    within ``fusable()`` K+1 tensors, each t times a number."""
     if fusing():
-        return [float(w) * t for w in weights.tolist()]
-    return along(weights, t) * t
-
-
-def inverse_factorials(order: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(1/0!, ..., 1/K!) as a (K+1,) tensor, made once."""
-    return constant(tuple(1.0 / math.factorial(m) for m in range(order + 1)), dtype, device)
+        return [weight * t for weight in weights]
+    return along(constant(tuple(weights), t.dtype, t.device), t) * t
 
 
 def along(t: Tensor, like: Tensor) -> Tensor:

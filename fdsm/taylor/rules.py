@@ -422,7 +422,7 @@ def _replace_first(c: Tensor | Sequence[Tensor], first: Tensor) -> list[Tensor]:
 
 def _exp_coefficients(z0: Tensor, order: int) -> Tensor | list[Tensor]:
     """exp: c_m = e^{z_0} / m!."""
-    return compose.scaled_rows(compose.inverse_factorials(order, z0.dtype, z0.device), torch.exp(z0))
+    return compose.scaled_rows([1.0 / math.factorial(m) for m in range(order + 1)], torch.exp(z0))
 
 
 def _log_coefficients(z0: Tensor, order: int, *, shift: float = 0.0) -> list[Tensor]:
@@ -568,8 +568,7 @@ def _elu_coefficients(z0: Tensor, order: int, *, alpha: float, scale: float, inp
     c = [torch.where(positive, _scaled(z0, scale), _scaled(torch.expm1(u0), scale * alpha)),
          torch.where(positive, scale, _scaled(e, scale * alpha * input_scale))]
     if order >= 2:
-        rates = constant(tuple(scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)),
-                          z0.dtype, z0.device)
+        rates = [scale * alpha * input_scale ** m / math.factorial(m) for m in range(2, order + 1)]
         c += compose.scaled_rows(rates, torch.where(positive, 0.0, e))  # c_2 .. c_K
     return c
 
