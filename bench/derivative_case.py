@@ -20,6 +20,9 @@ eps         the step \|v\| (every direction has this norm); with ``eps_source`` 
             steps the automatic step chose (``auto_step``), the call itself choosing them again, timed
 dtype       ``float32`` | ``float64`` | ``bfloat16`` | ``float16``
 device      ``cpu`` | ``cuda`` | ``cuda:N``
+versus      not a key: the method this row is timed against, alternately in its worker (``counterpart``), or
+            empty; ``time_ratio`` (with ``time_ratio_q1``, ``time_ratio_q3``) is the median of the per-round
+            ratios of this row's time to that method's: above 1, the counterpart is faster
 =========== ==========================================================================================
 
 The points x are uniform in [0, 1]^(C x H x W) (the range of the images the deep EBM models); the direction of
@@ -61,7 +64,7 @@ from bench.accuracy import relative_error
 from bench.config import DTYPES, Shared, UsageError, option, positive_int
 from bench.memory import peak_memory
 from bench.results import RANDOM_WEIGHTS, weights_label
-from bench.timing import first_call_ms, measure_time, timing_columns
+from bench.timing import first_call_ms, measure_interleaved, paired_ratio, timing_columns
 from bench.user_model import build_user_model, is_user_model
 from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import FD_METHODS
@@ -78,6 +81,8 @@ CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
                 "nvml_used_mb", "trace_ms", "compile_ms")
 ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backend")
+# A paired row: the method of its counterpart, timed alternately with it, and the per-round ratio of their times
+PAIRED_COLUMNS = ("versus", "time_ratio", "time_ratio_q1", "time_ratio_q3")
 AUTO_COLUMNS = ("probe_forwards", "probe_points", "step_min", "step_max")  # rows of the automatic step
 RICHARDSON = "+richardson"  # an FD method with this suffix evaluates its stencil's Richardson stencil
 COMPILED = "+compiled"  # a method with this suffix runs under torch.compile, as an evaluation (fdsm.compiled)
@@ -238,7 +243,8 @@ def auto_step(problem: Mapping[str, Any], method: str, order: int, accuracy: int
     return _auto_step(_problem_key(problem), method, order, accuracy, dtype)
 
 
-def _unsupported(method: str) -> dict[str, Any] | None:
+def unsupported(method: str) -> dict[str, Any] | None:
+    """The ``unsupported`` row of a method this machine cannot run (its status and the reason); None where it runs."""
     base = fd_variant(method)[0]
     entry = fdsm.METHODS.entry(base)
     if not entry.enabled:
@@ -282,30 +288,51 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
     return columns
 
 
+def counterpart(case: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The case that ``case`` is timed against: the same problem, order, step and dtype with the method
+    ``case["versus"]``; None where the row is not paired (no ``versus``, or a counterpart this machine cannot run)."""
+    versus = case.get("versus") or ""
+    if not isinstance(versus, str) or not versus or unsupported(versus) is not None:
+        return None
+    return {**case, "method": versus, "versus": ""}
+
+
 def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
     """Time (median, IQR of ``case["repeats"]`` calls after ``case["warmup"]``), peak memory above baseline, and
     error of one case; the measured columns of its row.
 
     The same call is timed and probed: ``directional_derivative`` with the graph kept (its result is
     differentiable in the parameters, as a training step needs), or for the automatic step ``fd_estimate``'s whole
-    call, probes included. The memory probe is a separate call after the timed ones, whose output is the one
-    compared with the reference. FD's error estimate comes from one more call, untimed: at a fixed step,
-    ``fd_estimate`` at that step (the result is the same; the estimate costs one probe forward); for the automatic
-    step, the same call again, whose result is the one compared.
+    call, probes included. A paired row (``counterpart``) is timed alternately with its counterpart's call, round
+    by round (``bench.timing.measure_interleaved``), and ``time_ratio`` is the median and quartiles of the per-round
+    ratios: a slow phase of the machine lands on both calls of a round alike, where a ratio of two rows' medians
+    also holds whatever the machine did between them. The memory probe is a separate call after the timed ones,
+    whose output is the one compared with the reference. FD's error estimate comes from one more call, untimed: at
+    a fixed step, ``fd_estimate`` at that step (the result is the same; the estimate costs one probe forward); for
+    the automatic step, the same call again, whose result is the one compared.
     """
-    if (skip := _unsupported(case["method"])) is not None:
+    if (skip := unsupported(case["method"])) is not None:
         return skip
     call = derivative_closure(case)
     device = torch.device(case["device"])
     compile_ms = first_call_ms(call, device) if compiles(case) else math.nan  # the compile, timed apart
+    other = counterpart(case)
+    calls = [call]
+    if other is not None:
+        calls.append(derivative_closure(other))
+        if compiles(other):
+            calls[1]()  # its compile, untimed, before the timed rounds
     # exact-taylor traces f in the untimed warm-up
-    timing = measure_time(call, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
+    timings = measure_interleaved(calls, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
     eager_taylor = case["method"] in ("exact-taylor", "exact-taylor" + FUSED)
     trace_ms = fdsm.taylor.STATS.last_trace_ms if eager_taylor else math.nan
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
-    measured = {**timing_columns(timing), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
+    measured = {**timing_columns(timings[0]), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
                 "nvml_used_mb": memory.nvml_used_mb, "trace_ms": trace_ms, "compile_ms": compile_ms}
+    if other is not None:
+        ratio = paired_ratio(timings[0], timings[1])
+        measured |= {"time_ratio": ratio.median, "time_ratio_q1": ratio.q1, "time_ratio_q3": ratio.q3}
     estimate = None
     if case_stencil(case) is not None:
         with torch.no_grad():
@@ -324,7 +351,7 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
 def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:
     """The error columns of one case, without timing (no graph is kept): for FD, through ``fd_estimate`` at the
     case's step, which also gives ``err_estimate``."""
-    if (skip := _unsupported(case["method"])) is not None:
+    if (skip := unsupported(case["method"])) is not None:
         return skip
     with torch.no_grad():
         if case_stencil(case) is None:

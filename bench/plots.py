@@ -49,25 +49,25 @@ def style(name: str, table: Mapping[str, dict]) -> dict:
     return dict(table.get(name, {"marker": "x", "linestyle": ":"}))
 
 
-def quartile_bar(part: pd.DataFrame) -> list[np.ndarray] | None:
-    """``yerr`` for matplotlib: from the first to the third quartile of the timed repeats, around the median
-    (``time_ms_q1``, ``time_ms``, ``time_ms_q3``), so that a skewed spread is drawn skewed; None for a CSV written
-    before the quartiles were recorded."""
-    if "time_ms_q1" not in part or "time_ms_q3" not in part:
+def quartile_bar(part: pd.DataFrame, y: str = "time_ms") -> list[np.ndarray] | None:
+    """``yerr`` for matplotlib: from the first to the third quartile around the median ``y`` (``time_ms_q1``,
+    ``time_ms``, ``time_ms_q3``; ``time_ratio_q1``, ...), so that a skewed spread is drawn skewed; None for a CSV
+    written before the quartiles were recorded."""
+    low, high = f"{y}_q1", f"{y}_q3"
+    if low not in part or high not in part:
         return None
-    return [(part.time_ms - part.time_ms_q1).clip(lower=0).to_numpy(),
-            (part.time_ms_q3 - part.time_ms).clip(lower=0).to_numpy()]
+    return [(part[y] - part[low]).clip(lower=0).to_numpy(), (part[high] - part[y]).clip(lower=0).to_numpy()]
 
 
 def line_panel(ax: Axes, rows: pd.DataFrame, *, x: str, y: str, line: str, styles: Mapping[str, dict],
                logx: bool = False, quartiles: bool = False) -> None:
     """One line per value of ``line`` (in first-seen order): ``y`` against ``x``, log y, positive ok rows only;
-    with ``quartiles`` (for ``y = time_ms``), a bar from the first to the third quartile at each point."""
+    with ``quartiles``, a bar from the first to the third quartile of ``y`` at each point (``y``_q1, ``y``_q3)."""
     ok = rows[(rows.status == "ok") & (rows[y] > 0)]
     for name in rows[line].drop_duplicates():
         part = ok[ok[line] == name].sort_values(x)
         if len(part):
-            ax.errorbar(part[x], part[y], yerr=quartile_bar(part) if quartiles else None, label=str(name),
+            ax.errorbar(part[x], part[y], yerr=quartile_bar(part, y) if quartiles else None, label=str(name),
                         markersize=5, linewidth=1.6, capsize=3, **style(str(name), styles))
     ax.set_yscale("log")
     if logx:

@@ -46,6 +46,11 @@ def test_derivatives_quick_writes_the_csv_and_figure2_and_resumes(tmp_path):
     fused = frame[frame.method == "fd-fused"]
     assert set(fused.status) <= {"ok", "unsupported", "error"}  # never a crash of the sweep
     assert (frame.weights == "random").all()
+    # Each row but the baseline's was timed against fd-batched in pairs: its time over FD's, per round
+    paired = ok[ok.method != "fd-batched"]
+    assert (paired.versus == "fd-batched").all() and frame[frame.method == "fd-batched"].versus.isna().all()
+    assert (paired.time_ratio > 0).all() and (paired.time_ratio_q1 <= paired.time_ratio).all()
+    assert (paired.time_ratio <= paired.time_ratio_q3).all()
     assert (tmp_path / "figure2.png").stat().st_size > 10_000
 
     again = _run("derivatives", tmp_path, "--methods", "exact-reverse,fd-batched,fd-fused")

@@ -6,8 +6,14 @@ For T = 1..6 and every derivative method this machine can run, the T-th directio
 float64 reference. Each case runs in a worker process under a time budget (``bench.sweep``): exact methods grow
 exponentially with T, and a case past the budget gets a ``timeout`` row instead of stalling the sweep.
 
+Every row but the FD baseline's (``fd-batched``; compiled rows: ``fd-batched+compiled``) is also timed against it,
+alternately, round by round, in its worker (``versus``; ``bench.derivative_case.counterpart``), and carries the
+median and quartiles of the per-round time ratios (``time_ratio``): on a noisy machine, a ratio of two rows'
+medians also holds whatever the machine did between the two cases, and a paired ratio does not.
+
 Writes ``derivatives.csv`` (one row per method x order; re-running the same command skips the rows already there)
-and ``figure2.png`` (time, peak memory and relative error against T, one line per method, log y).
+and ``figure2.png`` (time, its paired ratio to FD, peak memory and relative error against T, one line per method,
+log y).
 
 The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
 best measured step of that sweep for the same model (size, n_chan), weights, dtype and accuracy
@@ -43,6 +49,7 @@ from bench.derivative_case import (
     COMPILED,
     ERROR_COLUMNS,
     FUSED,
+    PAIRED_COLUMNS,
     RICHARDSON,
     TIME_COLUMNS,
     ProblemConfig,
@@ -52,6 +59,7 @@ from bench.derivative_case import (
     fd_variant,
     measure_derivative,
     problem_columns,
+    unsupported,
 )
 from bench.experiment import Bench, Experiment
 from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
@@ -172,21 +180,44 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
             if config.compiled:  # the compiled variants: Taylor mode's rules alone (eager net), the whole call
                 suffixes = (FUSED, COMPILED) if method == "exact-taylor" else (COMPILED,)
                 rows += [{**row, "method": name + suffix} for suffix in suffixes]
+    return _paired(rows, FD_BASELINE + (RICHARDSON if config.richardson else ""), auto)
+
+
+def _paired(rows: list[dict], baseline: str, auto: bool) -> list[dict]:
+    """Each row's ``versus``: the baseline FD method it is timed against, alternately in its worker
+    (``bench.derivative_case.counterpart``): compiled rows against the compiled baseline, every other row (fused
+    rules included) against the eager one. Only where that baseline is one of the sweep's own rows and can run here
+    (so its own row, timed alone, is beside the ratio), and not for an exact row of the automatic step, whose FD
+    counterpart chooses a step of its own that the exact row's case does not carry."""
+    methods = {row["method"] for row in rows}
+    for row in rows:
+        target = baseline + (COMPILED if row["method"].endswith(COMPILED) else "")
+        exact = fd_variant(row["method"])[0] not in FD_METHODS
+        pairable = target in methods and unsupported(target) is None and not (auto and exact)
+        row["versus"] = target if pairable and row["method"] != target else ""
     return rows
 
 
 def figure2(rows: pd.DataFrame, title: str):
-    """Three panels against T, one line per method, log y: time, peak memory, relative error."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
-    panels = (("time_ms", "time per call [ms]", "Time (median, bars: quartiles of repeats)", True),
+    """Panels against T, one line per method, log y: time, peak memory, relative error; and, where rows were timed
+    against FD (``versus``), their paired time ratio, with 1 (as fast as FD) marked."""
+    panels = [("time_ms", "time per call [ms] (bars: quartiles of repeats)", "Time (median)", True),
               ("peak_mem_mb", "peak memory above baseline [MiB]", "Peak memory", False),
-              ("rel_error", "relative error vs float64 exact", "Error (median over batch)", False))
+              ("rel_error", "relative error vs float64 exact", "Error (median over batch)", False)]
+    paired = "time_ratio" in rows and rows.time_ratio.notna().any()
+    if paired:
+        versus = " or ".join(sorted(rows.versus.dropna().loc[lambda v: v != ""].unique()))
+        panels.insert(1, ("time_ratio", f"time / {versus} (bars: quartiles of per-round ratios)",
+                          f"Time / {versus}, timed in pairs", True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), constrained_layout=True)
     for ax, (column, ylabel, name, quartiles) in zip(axes, panels, strict=True):
         line_panel(ax, rows, x="order", y=column, line="method", styles=METHOD_STYLE, quartiles=quartiles)
         ax.set(xlabel="order T", ylabel=ylabel, title=name, xticks=sorted(rows.order.unique()))
-    axes[2].axhline(0.01, color="grey", linestyle=":", linewidth=1)
-    axes[2].annotate("1% (the paper's bound)", (axes[2].get_xlim()[0], 0.01), xytext=(4, 3),
-                     textcoords="offset points", fontsize=8, color="grey")
+    if paired:
+        axes[1].axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    axes[-1].axhline(0.01, color="grey", linestyle=":", linewidth=1)
+    axes[-1].annotate("1% (the paper's bound)", (axes[-1].get_xlim()[0], 0.01), xytext=(4, 3),
+                      textcoords="offset points", fontsize=8, color="grey")
     axes[0].legend(title="method", fontsize=8)
     fig.suptitle(title, fontsize=10)
     note = failure_note(rows, ("method", "order"))
@@ -221,7 +252,7 @@ def report(frame: pd.DataFrame, out: Path) -> str:
     pairs.insert(3, ("exact-taylor" + FUSED, FD_BASELINE))  # fused rules in an eager net against eager FD
     for exact, fd in pairs:
         if exact in time and fd in time:
-            rows[f"time {exact} / {fd}"] = (time[exact] / time[fd]).to_numpy()
+            rows[f"time {exact} / {fd}"] = _time_ratios(ok, exact, fd, time).to_numpy()
             rows[f"memory {exact} / {fd}"] = (memory[exact] / memory[fd]).to_numpy()
     for method in error.columns:
         if method.startswith("fd-") or fd_variant(method)[0] == "exact-taylor":  # FD's error beside the exact one's
@@ -241,12 +272,26 @@ def report(frame: pd.DataFrame, out: Path) -> str:
         "## Figure 2: the T-th directional derivative, exact versus FD",
         figure(out, "figure2.png", "Time, peak memory and error against the order T, one line per method (log y)."),
         "Ratios of one run (above 1: FD is cheaper); error against the float64 exact reference. Taylor mode "
-        "(`exact-taylor`) is the strongest exact method: its ratio is FD's real advantage, at its error:\n",
+        "(`exact-taylor`) is the strongest exact method: its ratio is FD's real advantage, at its error. A time "
+        "ratio with quartiles [q1, q3] was timed alternately with FD in one worker, round by round, and is the "
+        "median of the per-round ratios; one without, the ratio of two rows' medians:\n",
         table(rows),
         caveat,
         "\nTime per method [ms], median of repeats:\n",
         table(time.reset_index()),
     ])
+
+
+def _time_ratios(ok: pd.DataFrame, exact: str, fd: str, time: pd.DataFrame) -> pd.Series:
+    """Per order, ``exact``'s time over ``fd``'s: the paired ratio "median [q1, q3]" where ``exact``'s row was timed
+    against ``fd`` (``time_ratio``), else the ratio of the two rows' medians (a CSV of an older run)."""
+    ratio = time[exact] / time[fd]
+    if "time_ratio" not in ok:
+        return ratio
+    paired = ok[(ok.method == exact) & (ok.versus == fd) & ok.time_ratio.notna()].set_index("order")
+    text = {order: f"{r.time_ratio:.3g} [{r.time_ratio_q1:.3g}, {r.time_ratio_q3:.3g}]"
+            for order, r in paired.iterrows()}
+    return pd.Series([text.get(order, f"{value:.3g}") for order, value in ratio.items()], index=ratio.index)
 
 
 # The error each method must stay under in the pytest-benchmark suite (float32, its quick problem): "check what you
@@ -288,7 +333,7 @@ EXPERIMENT = Experiment(
     stem="derivatives",
     png="figure2.png",
     keys=CASE_KEYS,
-    columns=(*REQUIRED, *TIME_COLUMNS, *ERROR_COLUMNS, "eps_source", *AUTO_COLUMNS),
+    columns=(*REQUIRED, *TIME_COLUMNS, *PAIRED_COLUMNS, *ERROR_COLUMNS, "eps_source", *AUTO_COLUMNS),
     default=DEFAULT,
     quick=QUICK,
     cases=cases,
