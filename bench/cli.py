@@ -13,7 +13,7 @@ import sys
 from bench import main_job
 from bench.commands import COMMANDS
 from bench.config import SHARED_OPTIONS, Shared, UsageError, add_options, configure
-from bench.environment import use_ieee_float32
+from bench.environment import prepare_process
 from bench.experiment import Command
 from bench.experiments import EXPERIMENTS
 from fdsm.data import DataFormatError
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: Command = args.command_object
-    use_ieee_float32()  # the in-process parts; every worker does the same at start
+    prepare_process()  # the in-process parts; every worker does the same at start
     try:
         shared = configure(args, Shared())
         config = configure(args, command.default, command.quick)

@@ -541,9 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))
-        from bench.environment import use_ieee_float32
+        from bench.environment import prepare_process
 
-        use_ieee_float32()
+        prepare_process()
         phase("forming the process group")
         device, backend = init_process_group(spec["device"], float(spec["collective_timeout_s"]))
         _inject_fault(rank)

@@ -12,6 +12,8 @@ git_commit     ``git rev-parse --short HEAD`` of the checkout, with ``+dirty`` f
                ``$FDSM_GIT_COMMIT`` when set, for a copied tree whose ``.git`` is not its own
 threads        torch intra-op threads at the time of the row
 float32_math   ``ieee`` or ``tf32``: how cuDNN convolutions compute in float32 (``use_ieee_float32``)
+malloc         ``steady`` where glibc's malloc thresholds were fixed for timing (``bench.memory.steady_malloc``),
+               else ``default``
 timestamp      ISO 8601 UTC time of the row
 ============== ==========================================================================
 """
@@ -27,8 +29,10 @@ from pathlib import Path
 
 import torch
 
+from bench.memory import malloc_setting, steady_malloc
+
 METADATA_COLUMNS = ("device_name", "driver", "torch", "triton", "python", "git_commit", "threads", "float32_math",
-                    "timestamp")
+                    "malloc", "timestamp")
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,6 +116,14 @@ def use_ieee_float32() -> None:
     set_float32_math("ieee")
 
 
+def prepare_process() -> None:
+    """What every process of the suite does at start, the CLI and each worker alike: float32 is IEEE float32
+    (``use_ieee_float32``), and glibc's malloc keeps freed pages for the next call (``bench.memory.steady_malloc``),
+    so that a call's time does not depend on what the process allocated before it."""
+    use_ieee_float32()
+    steady_malloc()
+
+
 def float32_math() -> str:
     """``ieee`` or ``tf32``: how cuDNN convolutions compute in float32 in this process now."""
     cudnn = torch.backends.cudnn
@@ -135,4 +147,4 @@ def metadata(device: torch.device) -> dict[str, str | int]:
     """The ``METADATA_COLUMNS`` for a row measured now on ``device`` (the static part is computed once)."""
     timestamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return {**_static(device.type, device.index), "threads": torch.get_num_threads(), "float32_math": float32_math(),
-            "timestamp": timestamp}
+            "malloc": malloc_setting(), "timestamp": timestamp}

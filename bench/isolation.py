@@ -147,11 +147,11 @@ def _serve(conn: Connection, threads: int | None, parent_pid: int) -> None:
     _cap_address_space()
     import torch
 
-    from bench.environment import use_ieee_float32
+    from bench.environment import prepare_process
 
     if threads is not None:
         torch.set_num_threads(threads)
-    use_ieee_float32()
+    prepare_process()
     conn.send("ready")
     while (job := conn.recv()) is not None:
         fn, args = job

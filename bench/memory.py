@@ -37,6 +37,41 @@ MB = 2**20  # bytes per MiB; every *_mb column is in MiB
 # Without glibc (musl, macOS) the trim is skipped and small configurations may read low.
 
 
+# NOTE [steady malloc for timing]
+# glibc's malloc serves a block above its mmap threshold (128 KiB at start) by mmap, and unmaps it when it is
+# freed; it trims the top of its heap once more than the trim threshold is free there. Both thresholds adapt: the
+# free of an mmapped block raises them to its size. So how many pages a call faults in (each one zeroed by the
+# kernel) depends on what the process allocated before it: the same derivative call, in processes with another
+# history (a compile before it, a reference, the order of the cases), ran up to twice as long, its time mostly
+# page faults (results/cpu/malloc/). ``steady_malloc`` fixes both thresholds, which also turns their adaptation off:
+# blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and freed pages stay resident for the
+# next call, which then faults none. Every process of the suite calls it at start (``bench.environment.
+# prepare_process``); the memory probe still hands the free pages back before it measures (the NOTE above), and the
+# ``malloc`` metadata column says which setting a row ran under.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
+MMAP_THRESHOLD = 32 * MB  # glibc's largest on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD = 2**30  # free heap past this is trimmed: in effect only by the memory probe's malloc_trim
+_MALLOC = ["default"]  # this process's setting: "steady" once steady_malloc took effect
+
+
+def steady_malloc() -> str:
+    """Fix glibc's mmap and trim thresholds for this process (NOTE [steady malloc for timing]); returns the
+    setting now in effect, ``"steady"``, or ``"default"`` where this is not glibc (musl, macOS), as ``malloc_setting``.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+            _MALLOC[0] = "steady"
+    except (OSError, AttributeError):  # no mallopt
+        pass
+    return _MALLOC[0]
+
+
+def malloc_setting() -> str:
+    """``steady`` where this process fixed glibc's malloc thresholds (``steady_malloc``), else ``default``."""
+    return _MALLOC[0]
+
+
 def _release_free_heap() -> None:
     try:
         ctypes.CDLL(None).malloc_trim(0)

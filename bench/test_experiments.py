@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from bench.config import Shared
-from bench.environment import metadata, use_ieee_float32
+from bench.environment import metadata, prepare_process
 from bench.experiments import EXPERIMENTS
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,7 +47,7 @@ def _cases() -> list:
 
 @pytest.fixture(autouse=True, scope="module")
 def _ieee_float32():
-    use_ieee_float32()  # as in every fdsm-bench process: float32 is IEEE float32, not TF32 (bench.environment)
+    prepare_process()  # as in every fdsm-bench process: IEEE float32, steady malloc (bench.environment)
 
 
 def _synchronized(call):

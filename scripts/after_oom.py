@@ -32,7 +32,7 @@ import torch
 from bench.config import Shared
 from bench.csvlog import write_atomic
 from bench.derivative_case import measure_derivative
-from bench.environment import metadata, use_ieee_float32
+from bench.environment import metadata, prepare_process
 from bench.experiments import derivatives
 from bench.isolation import RLIMIT_ENV, Worker, run_case
 
@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--margin-mb", type=int, default=150, help="the cap above the case's own peak (MiB)")
     parser.add_argument("--out", type=Path, default=Path("results/local/faults"))
     args = parser.parse_args()
-    use_ieee_float32()  # as every fdsm-bench process and its workers (bench.environment): the rows' metadata says so
+    prepare_process()  # as every fdsm-bench process and its workers (bench.environment): the rows' metadata says so
     case, oom_case = _case("fd-batched", order=2, batch=2), _case("exact-reverse", order=6, batch=8)
     lines: list[str] = []
 

@@ -28,7 +28,7 @@ import torch
 import fdsm
 from bench.accuracy import relative_error
 from bench.config import comma_ints
-from bench.environment import metadata, use_ieee_float32
+from bench.environment import metadata, prepare_process
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 from fdsm.models import build
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as err:
         print(f"compare_jet: cannot import jet ({err}); put jet-for-pytorch on PYTHONPATH", file=sys.stderr)
         return 2
-    use_ieee_float32()
+    prepare_process()
     fix_cpu_threads(1)
     rows = []
     for batch in args.batches:

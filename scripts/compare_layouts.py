@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from bench.config import Shared, comma_words
-from bench.environment import float32_math, use_ieee_float32
+from bench.environment import float32_math, prepare_process
 from bench.experiments.train_steps import DEFAULT, cases
 from bench.step_case import Stepper
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/local/side_by_side.csv"))
     args = parser.parse_args()
     fix_cpu_threads()
-    use_ieee_float32()  # as every fdsm-bench process (bench.environment)
+    prepare_process()  # as every fdsm-bench process (bench.environment)
     rows = [row for model in args.models
             for row in compare(model, batch=args.batch, warmup=args.warmup, repeats=args.repeats, seed=args.seed,
                                device=args.device)]

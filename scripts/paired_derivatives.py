@@ -31,7 +31,7 @@ import torch
 from bench.accuracy import relative_error
 from bench.config import Shared, comma_ints
 from bench.derivative_case import COMPILED, FUSED, derivative_closure, reference_for
-from bench.environment import metadata, use_ieee_float32
+from bench.environment import metadata, prepare_process
 from bench.experiments.derivatives import DerivativesConfig, cases
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/local/paired.csv"))
     args = parser.parse_args(argv)
-    use_ieee_float32()
+    prepare_process()
     fix_cpu_threads(args.threads)
     rows = []
     for batch in args.batches:

@@ -35,7 +35,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from bench.config import Shared, UsageError, comma_words
-from bench.environment import float32_math, use_ieee_float32
+from bench.environment import float32_math, prepare_process
 from bench.experiments.train_steps import DEFAULT, cases
 from bench.flops import step_gflop
 from bench.step_case import Stepper
@@ -126,7 +126,7 @@ def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
     fix_cpu_threads()
-    use_ieee_float32()  # as every fdsm-bench process (bench.environment)
+    prepare_process()  # as every fdsm-bench process (bench.environment)
     config = dataclasses.replace(DEFAULT, models=args.models, objectives=args.objectives, batch=args.batch,
                                  warmup=args.warmup)
     try:
