@@ -623,6 +623,33 @@ def test_parameters_updated_in_place_are_used():
     assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
 
 
+class TiedWithBuffer(nn.Module):
+    """Two linear maps sharing one weight (a tied parameter, two names) and a buffer, both read in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode, self.decode = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.decode.weight = self.encode.weight
+        self.register_buffer("scale", torch.tensor([1.5, -0.5, 2.0], dtype=torch.float64))
+
+    def forward(self, z):
+        return torch.tanh(self.decode(torch.tanh(self.encode(z)) * self.scale)).sum(1)
+
+
+def test_a_tied_weight_and_a_buffer_are_lifted_once_and_their_updates_are_used():
+    model = TiedWithBuffer().double()
+    x, v = rand(3, 3, seed=1), rand(3, 3, seed=2)
+    first = taylor_d(model, x, v, 3)
+    assert_agree(first, reverse_d(model, x, v, 3), rtol=1e-9)
+    traces = STATS.traces
+    with torch.no_grad():
+        model.encode.weight.mul_(-1.5)  # the shared weight: both layers see it
+        model.scale.add_(1.0)
+    second = taylor_d(model, x, v, 3)
+    assert STATS.traces == traces and not torch.allclose(first, second)
+    assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
+
+
 def own_result(activation, x, v):
     """D^3 of a fresh mlp-ebm through a closure, checked against exact-reverse; the model dies on return."""
     model = family("mlp-ebm", hidden=(8, 8), activation=activation)

@@ -225,12 +225,19 @@ class _Walk:
             self.key.append(("opaque", type(obj).__qualname__, _identity(obj)))
 
     def _module(self, module: nn.Module) -> None:
-        # every submodule's plain attributes: training, a softplus' beta, a conv's stride, ...
-        settings = tuple((k, v) for m in module.modules() for k, v in vars(m).items() if k[0] != "_" and _plain(v))
-        self.key.append(("module", _identity(module), settings))
-        names = {}
-        for name, t in (*module.named_parameters(), *module.named_buffers()):
-            names[name] = self.leaf(t)
+        """One pass over the submodules (this runs on every call): each one's plain attributes (training, a
+        softplus' beta, a conv's stride, ...) go into the key, its parameters and buffers become leaves, each tensor
+        under its first name as in ``named_parameters`` (a tied weight is swapped in once)."""
+        settings, names, named = [], {}, set()
+        for prefix, m in module.named_modules():
+            attributes = vars(m)
+            settings += [(k, v) for k, v in attributes.items() if k[0] != "_" and _plain(v)]
+            for tensors in (attributes["_parameters"], attributes["_buffers"]):
+                for name, t in tensors.items():
+                    if t is not None and id(t) not in named:
+                        named.add(id(t))
+                        names[f"{prefix}.{name}" if prefix else name] = self.leaf(t)
+        self.key.append(("module", _identity(module), tuple(settings)))
         self.modules.append((module, names))
 
     def _function(self, fn: types.FunctionType) -> None:
@@ -274,10 +281,17 @@ def _identity(obj: object) -> object:
     return obj
 
 
+_PLAIN_TYPES = frozenset(_PLAIN)
+
+
 def _plain(value: object) -> bool:
-    """A value that may steer a trace and compares by value: a number, string, flag, dtype, or a tuple of them."""
+    """A value that may steer a trace and compares by value: a number, string, flag, dtype, or a tuple of them.
+    (It runs for every attribute of every submodule on every call: the exact types are tested first.)"""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return True
     if isinstance(value, tuple):
-        return all(_plain(item) for item in value)
+        return all(type(item) in _PLAIN_TYPES or _plain(item) for item in value)
     return isinstance(value, _PLAIN)
 
 
