@@ -5,7 +5,8 @@ The headline table of README.md follows an HTML comment that names the CSVs it w
     <!-- headline: results/cpu/taylor/batch2/derivatives.csv results/cpu/taylor/batch64/derivatives.csv -->
 
 and each of its cells is recomputed here from those CSVs' rows, with the rounding the table prints: a time ratio
-"A / B" is time_ms(A) / time_ms(B) to 3 significant figures and an "x"; an error "M rel. error" is rel_error(M) to
+"A / B" is A's paired ``time_ratio`` where A's row was timed against B (``versus``), else time_ms(A) / time_ms(B),
+to 3 significant figures and an "x"; an error "M rel. error" is rel_error(M) to
 2 significant figures, in e-notation or as a percentage (whichever the cell uses). A row's batch picks the CSV whose
 rows have that batch. The training-step paragraph after ``<!-- headline-steps: CSV -->`` may only quote speed-ups
 (``N.NNx``) that are in that CSV. A changed number, in the README or in the CSV, fails the test.
@@ -69,8 +70,10 @@ def one_row(frame: pd.DataFrame, method: str, order: int) -> pd.Series:
 
 def expected_cell(column: str, frame: pd.DataFrame, order: int, printed: str) -> str:
     if match := re.fullmatch(r"(\S+) / (\S+)", column):
-        over, under = (one_row(frame, m, order).time_ms for m in match.groups())
-        return ratio(over / under)
+        over, under = (one_row(frame, m, order) for m in match.groups())
+        if over.get("versus") == under.method and pd.notna(over.get("time_ratio")):  # timed in pairs
+            return ratio(over.time_ratio)
+        return ratio(over.time_ms / under.time_ms)
     if match := re.fullmatch(r"(\S+) rel\. error", column):
         return error(one_row(frame, match.group(1), order).rel_error, printed)
     raise AssertionError(f"headline column {column!r}: expected 'A / B' (time ratio) or 'M rel. error'")
