@@ -20,9 +20,11 @@ eps         the step \|v\| (every direction has this norm); with ``eps_source`` 
             steps the automatic step chose (``auto_step``), the call itself choosing them again, timed
 dtype       ``float32`` | ``float64`` | ``bfloat16`` | ``float16``
 device      ``cpu`` | ``cuda`` | ``cuda:N``
-versus      not a key: the method this row is timed against, alternately in its worker (``counterpart``), or
-            empty; ``time_ratio`` (with ``time_ratio_q1``, ``time_ratio_q3``) is the median of the per-round
-            ratios of this row's time to that method's: above 1, the counterpart is faster
+baseline    not a key: the FD method this row is to be timed against, alternately in its worker
+            (``counterpart``), or empty. A measured row that was paired says so in ``versus`` (the same method),
+            with ``time_ratio`` (and ``time_ratio_q1``, ``time_ratio_q3``), the median of the per-round ratios of
+            this row's time to that method's: above 1, the baseline is faster; where the baseline could not run
+            beside it, the message says why and the row is timed alone
 =========== ==========================================================================================
 
 The points x are uniform in [0, 1]^(C x H x W) (the range of the images the deep EBM models); the direction of
@@ -81,8 +83,9 @@ CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
                 "nvml_used_mb", "trace_ms", "compile_ms")
 ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backend")
-# A paired row: the method of its counterpart, timed alternately with it, and the per-round ratio of their times
-PAIRED_COLUMNS = ("versus", "time_ratio", "time_ratio_q1", "time_ratio_q3")
+# A paired row: the method it was timed against, alternately, and the per-round ratio of their times (measured);
+# the case's ``baseline`` is the method it is to be paired with
+PAIRED_COLUMNS = ("baseline", "versus", "time_ratio", "time_ratio_q1", "time_ratio_q3")
 AUTO_COLUMNS = ("probe_forwards", "probe_points", "step_min", "step_max")  # rows of the automatic step
 RICHARDSON = "+richardson"  # an FD method with this suffix evaluates its stencil's Richardson stencil
 COMPILED = "+compiled"  # a method with this suffix runs under torch.compile, as an evaluation (fdsm.compiled)
@@ -290,11 +293,25 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
 
 def counterpart(case: Mapping[str, Any]) -> dict[str, Any] | None:
     """The case that ``case`` is timed against: the same problem, order, step and dtype with the method
-    ``case["versus"]``; None where the row is not paired (no ``versus``, or a counterpart this machine cannot run)."""
-    versus = case.get("versus") or ""
-    if not isinstance(versus, str) or not versus or unsupported(versus) is not None:
+    ``case["baseline"]``; None where the row is not paired (no baseline, or one this machine cannot run)."""
+    baseline = case.get("baseline") or ""
+    if not isinstance(baseline, str) or not baseline or unsupported(baseline) is not None:
         return None
-    return {**case, "method": versus, "versus": ""}
+    return {**case, "method": baseline, "baseline": ""}
+
+
+def _beside(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor] | None, str]:
+    """The counterpart's call after one untimed call (its trace or compile), or None and why it cannot run: FD's
+    stacked forward may run out of memory where the row's own method fits; the row is then timed alone."""
+    other = counterpart(case)
+    if other is None:
+        return None, ""
+    try:
+        call = derivative_closure(other)
+        call()
+    except Exception as err:
+        return None, f"{other['method']} could not run beside it ({type(err).__name__}: {err}), so no time_ratio"
+    return call, ""
 
 
 def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,23 +333,21 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
     call = derivative_closure(case)
     device = torch.device(case["device"])
     compile_ms = first_call_ms(call, device) if compiles(case) else math.nan  # the compile, timed apart
-    other = counterpart(case)
-    calls = [call]
-    if other is not None:
-        calls.append(derivative_closure(other))
-        if compiles(other):
-            calls[1]()  # its compile, untimed, before the timed rounds
+    versus, note = _beside(case)
+    calls = [call] if versus is None else [call, versus]
     # exact-taylor traces f in the untimed warm-up
     timings = measure_interleaved(calls, device, warmup=int(case["warmup"]), repeats=int(case["repeats"]))
     eager_taylor = case["method"] in ("exact-taylor", "exact-taylor" + FUSED)
     trace_ms = fdsm.taylor.STATS.last_trace_ms if eager_taylor else math.nan
+    del calls, versus  # the counterpart's model and graphs leave before the memory probe
     outputs: list[Tensor] = []
     memory = peak_memory(lambda: outputs.append(call()), device)
     measured = {**timing_columns(timings[0]), "peak_mem_mb": memory.peak_mb, "reserved_mb": memory.reserved_mb,
                 "nvml_used_mb": memory.nvml_used_mb, "trace_ms": trace_ms, "compile_ms": compile_ms}
-    if other is not None:
+    if len(timings) == 2:
         ratio = paired_ratio(timings[0], timings[1])
-        measured |= {"time_ratio": ratio.median, "time_ratio_q1": ratio.q1, "time_ratio_q3": ratio.q3}
+        measured |= {"versus": case["baseline"], "time_ratio": ratio.median, "time_ratio_q1": ratio.q1,
+                     "time_ratio_q3": ratio.q3}
     estimate = None
     if case_stencil(case) is not None:
         with torch.no_grad():
@@ -343,9 +358,12 @@ def measure_derivative(case: Mapping[str, Any]) -> dict[str, Any]:
     try:
         d_ref = reference_for(case)
     except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
-        return {**measured, "rel_error": math.nan, "rel_error_max": math.nan,
-                "message": f"no rel_error: the float64 reference failed ({type(err).__name__}: {err})"}
-    return {**measured, **error_columns(case, d, d_ref, estimate)}
+        errors = {"rel_error": math.nan, "rel_error_max": math.nan,
+                  "message": f"no rel_error: the float64 reference failed ({type(err).__name__}: {err})"}
+    else:
+        errors = error_columns(case, d, d_ref, estimate)
+    message = "; ".join(filter(None, (note, errors.pop("message", ""))))
+    return {**measured, **errors, **({"message": message} if message else {})}
 
 
 def measure_error(case: Mapping[str, Any]) -> dict[str, Any]:

