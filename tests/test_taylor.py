@@ -680,6 +680,33 @@ def test_switching_train_and_eval_traces_again():
     assert_agree(taylor_d(model, x, v, 2), reverse_d(model, x, v, 2), rtol=1e-10)
 
 
+class Swappable(nn.Module):
+    """tanh(act(W z)).sum: a submodule and a function attribute that a user may replace between calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.act, self.squash = nn.Linear(4, 4).double(), nn.Tanh(), torch.tanh
+
+    def forward(self, z):
+        return self.squash(self.act(self.linear(z))).sum(1)
+
+
+@pytest.mark.parametrize("change", ["submodule type", "function attribute", "forward hook"])
+def test_a_replaced_submodule_function_or_a_new_hook_traces_again(change):
+    # each keeps every parameter and plain attribute as it was: only the key's types, identities and hooks see it
+    model, x, v = Swappable(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    first = taylor_d(model, x, v, 3)
+    if change == "submodule type":
+        model.act = nn.Sigmoid()
+    elif change == "function attribute":
+        model.squash = torch.sin
+    else:
+        model.act.register_forward_hook(lambda module, inputs, out: 2 * out)
+    second = taylor_d(model, x, v, 3)
+    assert not torch.allclose(first, second)
+    assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
+
+
 def test_a_changed_module_attribute_is_used():
     model = nn.Sequential(nn.Linear(4, 1), nn.Softplus(), nn.Flatten(0)).double()
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)

@@ -16,7 +16,8 @@ parameters and buffers become graph inputs, swapped in for the duration of the t
 reparametrized) and passed again, at their current values, on every call: a new alpha each batch reuses the graph.
 
 The cache key is everything else the trace may depend on: the code objects; every non-tensor value met on the walk
-(floats, ints, strings, each module's own plain attributes such as ``training`` or a softplus' ``beta``); the
+(floats, ints, strings, each module's own plain attributes such as ``training`` or a softplus' ``beta``); each
+submodule's type, its other public attributes (a function it calls) and its forward hooks, by identity; the
 identity of every other tensor met (a global, a default: ``make_fx`` keeps the very tensor object in the graph, so
 its in-place updates are seen, and rebinding the name to a new tensor traces again); the identity of any object the
 walk cannot see into (a new one traces again: slower, never stale); and the shapes, dtypes and devices of x and of
@@ -225,13 +226,25 @@ class _Walk:
             self.key.append(("opaque", type(obj).__qualname__, _identity(obj)))
 
     def _module(self, module: nn.Module) -> None:
-        """One pass over the submodules (this runs on every call): each one's plain attributes (training, a
-        softplus' beta, a conv's stride, ...) go into the key, its parameters and buffers become leaves, each tensor
-        under its first name as in ``named_parameters`` (a tied weight is swapped in once)."""
+        """One pass over the submodules (this runs on every call). Into the key go each one's type, its plain
+        attributes by value (training, a softplus' beta, a conv's stride, ...), its other public attributes but
+        tensors by identity (a function it calls), and its forward hooks by identity; its parameters and buffers
+        become leaves, each tensor under its first name as in ``named_parameters`` (a tied weight is swapped in
+        once)."""
         settings, names, named = [], {}, set()
         for prefix, m in module.named_modules():
             attributes = vars(m)
-            settings += [(k, v) for k, v in attributes.items() if k[0] != "_" and _plain(v)]
+            settings.append(type(m))
+            for k, v in attributes.items():
+                if k[0] == "_":
+                    continue
+                if type(v) in _PLAIN_TYPES:  # the common case first
+                    settings.append((k, v))
+                elif not isinstance(v, Tensor):
+                    settings.append((k, v if _plain(v) else _identity(v)))
+            for hooks in (attributes["_forward_pre_hooks"], attributes["_forward_hooks"]):
+                if hooks:
+                    settings.append(tuple(map(_identity, hooks.values())))
             for tensors in (attributes["_parameters"], attributes["_buffers"]):
                 for name, t in tensors.items():
                     if t is not None and id(t) not in named:
