@@ -707,6 +707,65 @@ def test_a_replaced_submodule_function_or_a_new_hook_traces_again(change):
     assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
 
 
+SCALE = {"value": 2.0}  # a module-level config dict that a forward reads
+
+
+class Config:
+    scale = 1.5  # a class attribute
+
+
+class Stale(nn.Module):
+    """A forward that reads a list attribute, a config object, a class attribute, a private attribute, a global
+    dict and a plain list of modules: each a place where a user changes a setting between calls."""
+
+    offset = 0.5
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.scales, self.config, self._gain = nn.Linear(4, 4).double(), [1.0, 2.0], Config(), 1.0
+        self.extra = [nn.Linear(4, 4).double()]  # not a ModuleList: not a submodule
+
+    def forward(self, z):
+        h = torch.tanh(self.extra[0](self.linear(z)) * self.config.scale + self.offset)
+        return (h[:, :2] * self.scales[0] + h[:, 2:] * self.scales[1]).sum(1) * self._gain * SCALE["value"]
+
+
+def _mutate(model: Stale, change: str) -> None:
+    if change == "list item":
+        model.scales[0] = 5.0
+    elif change == "config object":
+        model.config.scale = 0.25
+    elif change == "class attribute":
+        Stale.offset = -1.0
+    elif change == "private attribute":
+        model._gain = 3.0
+    elif change == "global dict":
+        SCALE["value"] = 7.0
+    elif change == "module in a plain list":
+        model.extra[0] = nn.Linear(4, 4).double()
+    elif change == "global forward hook":
+        return torch.nn.modules.module.register_module_forward_hook(lambda m, i, out: 2 * out)
+
+
+@pytest.mark.parametrize("change", ["list item", "config object", "class attribute", "private attribute",
+                                    "global dict", "module in a plain list", "global forward hook"])
+def test_a_setting_changed_in_place_between_calls_traces_again(change, monkeypatch):
+    # the trace cache used to key these by identity (or not at all): the second call reused the first trace and
+    # returned the first derivative (found by a staleness probe)
+    monkeypatch.setattr(Stale, "offset", 0.5)
+    monkeypatch.setitem(SCALE, "value", 2.0)
+    model, x, v = Stale(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    first = taylor_d(model, x, v, 3)
+    handle = _mutate(model, change)
+    try:
+        second = taylor_d(model, x, v, 3)
+        assert not torch.allclose(first, second)
+        assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def test_a_changed_module_attribute_is_used():
     model = nn.Sequential(nn.Linear(4, 1), nn.Softplus(), nn.Flatten(0)).double()
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)

@@ -17,11 +17,16 @@ reparametrized) and passed again, at their current values, on every call: a new 
 
 The cache key is everything else the trace may depend on: the code objects; every non-tensor value met on the walk
 (floats, ints, strings, each module's own plain attributes such as ``training`` or a softplus' ``beta``); each
-submodule's type, its other public attributes (a function it calls) and its forward hooks, by identity; the
+submodule's class, its other attributes (a function it calls, a list of numbers) and its forward hooks, walked; the
 identity of every other tensor met (a global, a default: ``make_fx`` keeps the very tensor object in the graph, so
 its in-place updates are seen, and rebinding the name to a new tensor traces again); the identity of any object the
-walk cannot see into (a new one traces again: slower, never stale); and the shapes, dtypes and devices of x and of
-every input. torch's own Python functions are keyed by identity, not walked. Tensors that f creates itself
+walk cannot see into (a new one traces again); and the shapes, dtypes and devices of x and of every input. Lists,
+tuples and dicts are keyed by their contents, so a list of scales mutated in place traces again (one longer than
+``CONTAINER_ITEMS`` is data, keyed by identity, its in-place changes not seen); so are objects with a ``__dict__`` (a
+config object, a callable object: its attributes and its class), the classes of the modules met (their methods,
+``forward`` among them, walked as functions, and their class attributes), the attributes of a user's module-level
+namespace that the code names (``config.scale``), the global module hooks (``register_module_forward_hook``) and
+the default dtype. torch's own Python functions are keyed by identity, not walked. Tensors that f creates itself
 (``torch.tensor(2.0)`` in its body) are constants of the graph, rebuilt the same way on every call. A plain tensor
 *attribute* of a module (not a parameter or buffer) is kept by reference like a global: in-place updates are seen,
 a reassignment is not (register it as a buffer if it is reassigned between calls).
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.modules import module as module_hooks
 from torch.nn.utils import stateless
 
 aten = torch.ops.aten
@@ -174,6 +180,9 @@ DECOMPOSITIONS: dict = {
 # ---- lifting: every tensor f closes over becomes a graph input ------------------------------------------------
 
 _PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
+_MODULE_STATE = frozenset(vars(nn.Module())) - {"training"}  # nn.Module's own bookkeeping in an instance's __dict__
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks")
+CONTAINER_ITEMS = 256  # a longer list or dict is data, keyed by identity
 
 
 @dataclass
@@ -215,36 +224,72 @@ class _Walk:
             for item in (obj.func, *obj.args, *obj.keywords.values()):
                 self.visit(item)
             self.key.append(tuple(obj.keywords))
-        elif isinstance(obj, (tuple, list)):
-            self.key.append((type(obj), len(obj)))
-            for item in obj:
-                self.visit(item)
-        elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType, type, torch._ops.OpOverloadPacket,
+        elif isinstance(obj, (tuple, list, dict)):
+            self._container(obj)
+        elif isinstance(obj, type):
+            self._class(obj)
+        elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType, torch._ops.OpOverloadPacket,
                               torch._ops.OpOverload)):
             self.key.append(("global", _identity(obj)))
+        elif hasattr(obj, "__dict__") and not _is_library(type(obj)):  # a config object, a callable object
+            self.key.append(("object", _identity(obj)))
+            self.visit(type(obj))  # its methods (__call__ among them) and class attributes
+            self._container(vars(obj))
         else:  # an object the walk cannot see into: keyed by identity (a new one traces again)
             self.key.append(("opaque", type(obj).__qualname__, _identity(obj)))
 
+    def _container(self, items: tuple | list | dict) -> None:
+        """A tuple, list or dict by its contents (a list or dict mutated in place keys anew); one longer than
+        ``CONTAINER_ITEMS`` by its identity and length only (data, not settings: its in-place changes are not seen)."""
+        if len(items) > CONTAINER_ITEMS:
+            self.key.append(("long", type(items), len(items), _identity(items)))
+            return
+        self.key.append((type(items), len(items)))
+        for item in (items if not isinstance(items, dict) else (part for pair in items.items() for part in pair)):
+            self.visit(item)  # a dict's keys and values in turn
+
+    def _class(self, cls: type) -> None:
+        """A user's class, once per walk: the methods it and its bases up to torch's define (their code, globals
+        and defaults, walked as functions) and their other class attributes by value or walked; a class of torch
+        or another library by identity."""
+        self.key.append(("class", _identity(cls)))
+        if _is_library(cls):
+            return
+        for base in cls.__mro__:
+            if _is_library(base) or base is object:
+                continue
+            for name, value in vars(base).items():
+                if name.startswith("__") and name != "__call__":
+                    continue  # Python's own (__module__, __dict__, __init__, ...): not read by forward
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                elif isinstance(value, property):
+                    value = value.fget
+                self.key.append(name)
+                self.visit(value)
+
     def _module(self, module: nn.Module) -> None:
-        """One pass over the submodules (this runs on every call). Into the key go each one's type, its plain
-        attributes by value (training, a softplus' beta, a conv's stride, ...), its other public attributes but
-        tensors by identity (a function it calls), and its forward hooks by identity; its parameters and buffers
-        become leaves, each tensor under its first name as in ``named_parameters`` (a tied weight is swapped in
-        once)."""
+        """One pass over the submodules (this runs on every call). Into the key go each one's class (its methods,
+        ``forward`` among them, walked as functions: ``_class``), its plain attributes by value (training, a
+        softplus' beta, a conv's stride, ...), its other attributes walked (a list of scales, a config object, a
+        function it calls; all but nn.Module's own bookkeeping), and its forward hooks, walked; its parameters and
+        buffers become leaves, each tensor under its first name as in ``named_parameters`` (a tied weight is swapped
+        in once)."""
         settings, names, named = [], {}, set()
         for prefix, m in module.named_modules():
             attributes = vars(m)
-            settings.append(type(m))
+            self.visit(type(m))
             for k, v in attributes.items():
-                if k[0] == "_":
+                if k in _MODULE_STATE:
                     continue
                 if type(v) in _PLAIN_TYPES:  # the common case first
                     settings.append((k, v))
-                elif not isinstance(v, Tensor):
-                    settings.append((k, v if _plain(v) else _identity(v)))
+                elif not isinstance(v, Tensor):  # a plain tensor attribute is kept by reference (module docstring)
+                    self.key.append(k)
+                    self.visit(v)
             for hooks in (attributes["_forward_pre_hooks"], attributes["_forward_hooks"]):
                 if hooks:
-                    settings.append(tuple(map(_identity, hooks.values())))
+                    self._container(tuple(hooks.values()))
             for tensors in (attributes["_parameters"], attributes["_buffers"]):
                 for name, t in tensors.items():
                     if t is not None and id(t) not in named:
@@ -275,6 +320,12 @@ class _Walk:
             self.key.append(name)
             if isinstance(value, types.FunctionType) and _is_library(value):
                 self.key.append(("library", _identity(value)))  # torch's own Python functions: not walked
+            elif isinstance(value, types.ModuleType) and not _is_library(value):  # config.scale: its attributes
+                self.key.append(("namespace", _identity(value)))  # that the code names
+                for attribute in dict.fromkeys(_global_names(fn.__code__)):
+                    if attribute in vars(value):
+                        self.key.append(attribute)
+                        self.visit(vars(value)[attribute])
             else:
                 self.visit(value)
 
@@ -308,8 +359,13 @@ def _plain(value: object) -> bool:
     return isinstance(value, _PLAIN)
 
 
-def _is_library(fn: types.FunctionType) -> bool:
-    return (fn.__module__ or "").split(".")[0] in ("torch", "numpy", "functools", "typing")
+LIBRARIES = ("torch", "numpy", "functools", "typing", "builtins")  # keyed by identity, never walked
+
+
+def _is_library(obj: types.FunctionType | type | types.ModuleType) -> bool:
+    """A function, class or module of torch, numpy or Python itself."""
+    name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+    return (name or "").split(".")[0] in LIBRARIES
 
 
 def _global_names(code: types.CodeType) -> Iterator[str]:
@@ -322,6 +378,9 @@ def _global_names(code: types.CodeType) -> Iterator[str]:
 def closure_leaves(f: Callable) -> _Walk:
     """Walk f (see NOTE [lifting the tensors f closes over]) for the tensors to lift and the cache key."""
     walk = _Walk()
+    walk.key.append(torch.get_default_dtype())  # the dtype of the constants f's body makes
+    for hooks in _GLOBAL_HOOKS:  # register_module_forward_hook and _pre_hook: they run in every module's call
+        walk._container(tuple(getattr(module_hooks, hooks).values()))
     walk.visit(f)
     return walk
 
