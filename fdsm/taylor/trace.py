@@ -282,7 +282,7 @@ class _Walk:
             for k, v in attributes.items():
                 if k in _MODULE_STATE:
                     continue
-                if type(v) in _PLAIN_TYPES:  # the common case first
+                if type(v) in _PLAIN_TYPES or _plain(v):  # the common cases first: a flag, a conv's stride
                     settings.append((k, v))
                 elif not isinstance(v, Tensor):  # a plain tensor attribute is kept by reference (module docstring)
                     self.key.append(k)
