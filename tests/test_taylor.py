@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
+from numpy.polynomial.hermite_e import hermeval
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -277,6 +278,19 @@ def falling(p, n):
     return math.prod(p - i for i in range(n)) if n else 1.0
 
 
+def gelu_derivative(x: torch.Tensor, t: int) -> torch.Tensor:
+    """GELU's t-th derivative, x Phi(x): Phi + x phi for t = 1, else x phi^(t-1) + t phi^(t-2), with the normal
+    density's derivatives phi^(n) = (-1)^n He_n phi from numpy's probabilists' Hermite series."""
+    phi = torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    if t == 1:
+        return torch.special.ndtr(x) + x * phi
+
+    def phi_derivative(n: int) -> torch.Tensor:
+        return (-1) ** n * torch.from_numpy(hermeval(x.numpy(), [0] * n + [1])) * phi
+
+    return x * phi_derivative(t - 1) + t * phi_derivative(t - 2)
+
+
 EXPONENT = uniform(4, 6, seed=9, low=-1.5, high=2.5)  # a constant tensor exponent, for x ** EXPONENT
 MIXED, POSITIVE, NEGATIVE, LARGE = (-2.0, 2.0), (0.3, 2.0), (-2.0, -0.3), (25.0, 30.0)
 # name: (phi, phi^(T)(x, T), domain of x). D^T of phi(x + t v), elementwise, is phi^(T)(x) v^T.
@@ -308,6 +322,7 @@ ELEMENTWISE = {
     "elu-alpha": (lambda x: F.elu(x, alpha=1.7), lambda x, t: torch.where(x > 0, float(t == 1), 1.7 * torch.exp(x)),
                   MIXED),
     "leaky_relu": (lambda x: F.leaky_relu(x, 0.01), lambda x, t: torch.full_like(x, 0.01 * (t == 1)), NEGATIVE),
+    "gelu": (F.gelu, gelu_derivative, (-3.0, 3.0)),
 }
 ELEMENTWISE_CASES = [(n, t) for n in ELEMENTWISE for t in range(1, 7)]
 
@@ -321,6 +336,13 @@ def test_elementwise_functions_match_their_closed_forms(name, order):
     expected = derivative(x, order) * v ** order
     assert_agree(taylor_d(phi, x, v, order), expected, rtol=1e-10)
     assert_agree(reverse_d(lambda z: phi(z).sum(1), x, v, order), expected.sum(1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("order", range(1, 7))
+def test_gelu_in_its_tanh_form_matches_nested_autograd(order):
+    f = lambda z: F.gelu(z, approximate="tanh").sum(1)  # noqa: E731
+    x, v = uniform(4, 6, seed=1, low=-3.0, high=3.0), rand(4, 6, seed=2)
+    assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
 
 
 # At a kink: x holds exact zeros, clamp bounds and ties. The rules pick one side (their docstrings say which, "as

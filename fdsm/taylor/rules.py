@@ -21,7 +21,7 @@ batch-stacked      convolution, pooling, upsampling, padding: the K+1 coefficien
 affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
                    the primal only
 bilinear           mul, div, a matmul of two Jets: the Cauchy (Leibniz) product
-elementwise        exp, log, tanh, sigmoid, softplus, SiLU, pow, sin, cos, ...: their recurrences
+elementwise        exp, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, ...: their recurrences
                    (``fdsm.taylor.series``)
 piecewise          ReLU, ELU, where, clamp, max: the series of the active branch, chosen on the primal
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
@@ -575,6 +575,44 @@ def _elu_coefficients(z0: Tensor, order: int, *, alpha: float, scale: float, inp
 
 register_rule(aten.elu, Elementwise(_elu_coefficients, lambda alpha=1.0, scale=1.0, input_scale=1.0:
                                     {"alpha": alpha, "scale": scale, "input_scale": input_scale}))
+
+
+def _gelu_coefficients(z0: Tensor, order: int, *, approximate: str) -> Tensor | list[Tensor]:
+    r"""GELU, z Φ(z), and its tanh form.
+
+    Exact (``approximate="none"``): with the normal density φ and the Hermite polynomials :math:`He_n`
+    (:math:`He_{n+1} = z He_n - n He_{n-1}`, so that :math:`\varphi^{(n)} = (-1)^n He_n \varphi`),
+    :math:`(z\Phi)' = \Phi + z\varphi` and, for m >= 2,
+    :math:`(z\Phi)^{(m)} = z\varphi^{(m-1)} + m\,\varphi^{(m-2)} = (-1)^m \varphi\,(He_{m-2} - He_m)`;
+    :math:`c_m` is that over m!.
+
+    ``approximate="tanh"``, :math:`\tfrac12 z (1 + \tanh(\sqrt{2/\pi}(z + 0.044715 z^3)))`: its coefficients are
+    those of the series of the same expression in u = z_0 + t (``fdsm.taylor.series``), since
+    :math:`\mathrm{gelu}(z_0 + t) = \sum_m c_m t^m`."""
+    if approximate == "tanh":
+        u = torch.stack([z0, torch.ones_like(z0), *(torch.zeros_like(z0) for _ in range(order - 1))])
+        inner = (u + 0.044715 * series.cauchy(series.square(u), u)) * math.sqrt(2 / math.pi)
+        composed = series.cauchy(u, _plus_one(series.tanh(inner))) * 0.5
+        return _replace_first(composed, aten.gelu(z0, approximate="tanh"))  # torch's own primal
+    if approximate != "none":
+        raise NotImplementedError(f"exact-taylor: aten.gelu with approximate={approximate!r}; the rule takes 'none' "
+                                  "or 'tanh'")
+    phi = torch.exp(-0.5 * z0 * z0) * (1 / math.sqrt(2 * math.pi))
+    hermite = [torch.ones_like(z0), z0]  # He_0, He_1, ...
+    for n in range(1, order):
+        hermite.append(z0 * hermite[n] - n * hermite[n - 1])
+    c = [aten.gelu(z0), torch.special.ndtr(z0) + z0 * phi]
+    for m in range(2, order + 1):
+        c.append(phi * (hermite[m - 2] - hermite[m]) * ((-1) ** m / math.factorial(m)))
+    return c
+
+
+def _plus_one(v: Tensor) -> Tensor:
+    """The series of 1 + v(t): v with 1 added to its constant term."""
+    return torch.cat([v[:1] + 1, v[1:]])
+
+
+register_rule(aten.gelu, Elementwise(_gelu_coefficients, lambda approximate="none": {"approximate": approximate}))
 
 
 def _clamp(z: Jet, low: float | None = None, high: float | None = None, *, at_bound: bool = True) -> Jet:
