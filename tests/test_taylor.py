@@ -345,6 +345,19 @@ def test_gelu_in_its_tanh_form_matches_nested_autograd(order):
     assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_in_float32_stays_within_1e_5_of_float64_at_t_6(approximate):
+    weight = rand(8, 8, seed=3) / 3
+    x, v = uniform(64, 8, seed=1, low=-4.0, high=4.0), rand(64, 8, seed=2)
+
+    def f(w):
+        return lambda z: F.gelu(z @ w, approximate=approximate).pow(2).sum(1)
+
+    exact = taylor_d(f(weight), x, v, 6)
+    single = taylor_d(f(weight.float()), x.float(), v.float(), 6).double()
+    assert ((single - exact).abs() / exact.abs()).median() < 1e-5
+
+
 # At a kink: x holds exact zeros, clamp bounds and ties. The rules pick one side (their docstrings say which, "as
 # autograd"); nested autograd is the reference. Where they differ, the case is an xfail naming the two conventions.
 KINK_X = torch.tensor([[0.0, -1.0, 1.0, 0.0, 0.5, -0.5]], dtype=F64)
