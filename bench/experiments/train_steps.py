@@ -176,7 +176,8 @@ def speedups(rows: pd.DataFrame) -> pd.DataFrame:
         if column not in ok:
             return float("nan")
         counterpart = ok.set_index(["model", "objective"])[column]
-        return [counterpart.get((model, versus), float("nan")) / value
+        # a value of 0 (a peak below what the probe resolves, on a tiny model) has no ratio
+        return [counterpart.get((model, versus), float("nan")) / value if value > 0 else float("nan")
                 for model, versus, value in zip(fd.model, fd.versus, fd[column], strict=True)]
 
     fd = fd.assign(flop_ratio=counterpart_over_fd("gflop"), memory_ratio=counterpart_over_fd("peak_mem_mb"))
