@@ -51,25 +51,26 @@ MB = 2**20  # bytes per MiB; every *_mb column is in MiB
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 MMAP_THRESHOLD = 32 * MB  # glibc's largest on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM_THRESHOLD = 2**30  # free heap past this is trimmed: in effect only by the memory probe's malloc_trim
-_MALLOC = ["default"]  # this process's setting: "steady" once steady_malloc took effect
+_malloc = "default"  # this process's setting: "steady" once steady_malloc took effect
 
 
 def steady_malloc() -> str:
     """Fix glibc's mmap and trim thresholds for this process (NOTE [steady malloc for timing]); returns the
     setting now in effect, ``"steady"``, or ``"default"`` where this is not glibc (musl, macOS), as ``malloc_setting``.
     """
+    global _malloc
     try:
         libc = ctypes.CDLL(None)
         if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
-            _MALLOC[0] = "steady"
+            _malloc = "steady"
     except (OSError, AttributeError):  # no mallopt
         pass
-    return _MALLOC[0]
+    return _malloc
 
 
 def malloc_setting() -> str:
     """``steady`` where this process fixed glibc's malloc thresholds (``steady_malloc``), else ``default``."""
-    return _MALLOC[0]
+    return _malloc
 
 
 def _release_free_heap() -> None:

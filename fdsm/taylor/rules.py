@@ -592,7 +592,7 @@ def _gelu_coefficients(z0: Tensor, order: int, *, approximate: str) -> Tensor | 
     if approximate == "tanh":
         u = torch.stack([z0, torch.ones_like(z0), *(torch.zeros_like(z0) for _ in range(order - 1))])
         inner = (u + 0.044715 * series.cauchy(series.square(u), u)) * math.sqrt(2 / math.pi)
-        composed = series.cauchy(u, _plus_one(series.tanh(inner))) * 0.5
+        composed = series.cauchy(u, _plus_primal(series.tanh(inner), 1.0)) * 0.5
         return _replace_first(composed, aten.gelu(z0, approximate="tanh"))  # torch's own primal
     if approximate != "none":
         raise NotImplementedError(f"exact-taylor: aten.gelu with approximate={approximate!r}; the rule takes 'none' "
@@ -605,11 +605,6 @@ def _gelu_coefficients(z0: Tensor, order: int, *, approximate: str) -> Tensor | 
     for m in range(2, order + 1):
         c.append(phi * (hermite[m - 2] - hermite[m]) * ((-1) ** m / math.factorial(m)))
     return c
-
-
-def _plus_one(v: Tensor) -> Tensor:
-    """The series of 1 + v(t): v with 1 added to its constant term."""
-    return torch.cat([v[:1] + 1, v[1:]])
 
 
 register_rule(aten.gelu, Elementwise(_gelu_coefficients, lambda approximate="none": {"approximate": approximate}))

@@ -313,7 +313,8 @@ class _Walk:
                 self.visit(content)
         for default in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
             self.visit(default)
-        for name in _global_names(fn.__code__):
+        names = tuple(dict.fromkeys(_global_names(fn.__code__)))  # each once, in order of appearance
+        for name in names:
             if name not in fn.__globals__:
                 continue  # a builtin, or an attribute name
             value = fn.__globals__[name]
@@ -322,7 +323,7 @@ class _Walk:
                 self.key.append(("library", _identity(value)))  # torch's own Python functions: not walked
             elif isinstance(value, types.ModuleType) and not _is_library(value):  # config.scale: its attributes
                 self.key.append(("namespace", _identity(value)))  # that the code names
-                for attribute in dict.fromkeys(_global_names(fn.__code__)):
+                for attribute in names:
                     if attribute in vars(value):
                         self.key.append(attribute)
                         self.visit(vars(value)[attribute])
