@@ -809,6 +809,49 @@ def test_a_changed_module_attribute_is_used():
     assert_agree(taylor_d(model, x, v, 2), reverse_d(model, x, v, 2), rtol=1e-10)
 
 
+class Scaled(nn.Module):
+    """tanh(W z) times a scale that may be a number or a list of one, and negated once a ``flip`` attribute is
+    added: the attributes whose layout (which are plain, which walked) changes between calls."""
+
+    def __init__(self, scale=2.0):
+        super().__init__()
+        self.linear, self.scale = nn.Linear(4, 4).double(), scale
+
+    def forward(self, z):
+        scale = self.scale[0] if isinstance(self.scale, list) else self.scale
+        h = torch.tanh(self.linear(z)) * scale
+        return (-h if getattr(self, "flip", False) else h).sum(1)
+
+
+@pytest.mark.parametrize("change", ["attribute added", "number rebound to a list, then the list mutated"])
+def test_a_changed_layout_of_module_attributes_traces_again(change):
+    # each module's layout (NOTE [a module's layout] in fdsm/taylor/trace.py) is kept between calls: a new
+    # attribute, or one whose type changes, must find it anew, and a list it now holds must be walked on later calls
+    model, x, v = Scaled(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    first = taylor_d(model, x, v, 3)
+    if change == "attribute added":
+        model.flip = True
+    else:
+        model.scale = [2.0]
+        assert_agree(taylor_d(model, x, v, 3), first, rtol=1e-12)
+        model.scale[0] = 5.0
+    second = taylor_d(model, x, v, 3)
+    assert not torch.allclose(first, second)
+    assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
+
+
+def test_a_new_module_where_a_freed_one_was_uses_its_own_attributes():
+    # the kept layouts are found by the module's id, checked against a weak reference: a module freed and another
+    # made at its address (CPython reuses addresses) must not take the freed one's settings
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    for scale in (2.0, 3.0, 5.0, 7.0):
+        torch.manual_seed(0)
+        model = Scaled(scale)
+        assert_agree(taylor_d(model, x, v, 3), reverse_d(model, x, v, 3), rtol=1e-9)
+        del model
+        gc.collect()
+
+
 def test_ncsn_with_new_labels_uses_them():
     model = family("ncsn", ngf=2, image_size=8, n_levels=3)
     x, v = uniform(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)

@@ -106,6 +106,8 @@ def _value_key(coefficients: Callable) -> tuple | None:
         values = (coefficients.func, *coefficients.args, *coefficients.keywords.values())
         tail = tuple(coefficients.keywords)
     elif isinstance(coefficients, types.FunctionType):
+        if coefficients.__closure__ is coefficients.__defaults__ is coefficients.__kwdefaults__ is None:
+            return (), (coefficients.__module__, coefficients.__code__, ())  # the common case, without the loop
         values = (*(cell.cell_contents for cell in coefficients.__closure__ or ()), *(coefficients.__defaults__ or ()),
                   *(coefficients.__kwdefaults__ or {}).values())
         tail = (coefficients.__module__, coefficients.__code__, tuple(coefficients.__kwdefaults__ or ()))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import time
 import types
 import weakref
@@ -192,7 +193,7 @@ class _Walk:
     leaves: list[Tensor] = field(default_factory=list)
     leaf_index: dict[int, int] = field(default_factory=dict)  # id(tensor) -> its index in leaves
     cells: list[tuple[types.CellType, int]] = field(default_factory=list)  # (cell, leaf index)
-    modules: list[tuple[nn.Module, dict[str, int]]] = field(default_factory=list)  # (module, name -> leaf index)
+    modules: list[tuple[nn.Module, dict[str, int]]] = field(default_factory=list)  # (module, its name -> leaf index)
     key: list[object] = field(default_factory=list)
     seen: dict[int, int] = field(default_factory=dict)  # id -> order of first visit (the walk holds f alive)
 
@@ -200,7 +201,7 @@ class _Walk:
         if id(t) not in self.leaf_index:  # the walk holds f, so an id cannot be reused meanwhile
             self.leaf_index[id(t)] = len(self.leaves)
             self.leaves.append(t)
-            self.key.append(("leaf", tuple(t.shape), t.dtype, t.device.type))
+            self.key.append(("leaf", t.shape, t.dtype, t.device))
         return self.leaf_index[id(t)]
 
     def visit(self, obj: object) -> None:
@@ -269,34 +270,40 @@ class _Walk:
                 self.visit(value)
 
     def _module(self, module: nn.Module) -> None:
-        """One pass over the submodules (this runs on every call). Into the key go each one's class (its methods,
-        ``forward`` among them, walked as functions: ``_class``), its plain attributes by value (training, a
-        softplus' beta, a conv's stride, ...), its other attributes walked (a list of scales, a config object, a
-        function it calls; all but nn.Module's own bookkeeping), and its forward hooks, walked; its parameters and
-        buffers become leaves, each tensor under its first name as in ``named_parameters`` (a tied weight is swapped
-        in once)."""
-        settings, names, named = [], {}, set()
-        for prefix, m in module.named_modules():
+        """One pass over the submodules, in the order of ``named_modules`` (this runs on every call). Into the key
+        go each one's class (its methods, ``forward`` among them, walked as functions: ``_class``), its plain
+        attributes by value (training, a softplus' beta, a conv's stride, ...), its other attributes walked (a list of
+        scales, a config object, a function it calls; all but nn.Module's own bookkeeping), and its forward hooks,
+        walked; its parameters and buffers become leaves (a tensor held under two names, a tied weight, is one
+        leaf). Which attribute is which is read from the module's ``_Layout`` (NOTE [a module's layout])."""
+        self.key.append(("module", _identity(module)))
+        pending, met = [module], set()
+        while pending:
+            m = pending.pop()
+            if m is None or id(m) in met:  # an unset submodule (None), or one met before
+                continue
+            met.add(id(m))
             attributes = vars(m)
-            self.visit(type(m))
-            for k, v in attributes.items():
-                if k in _MODULE_STATE:
-                    continue
-                if type(v) in _PLAIN_TYPES or _plain(v):  # the common cases first: a flag, a conv's stride
-                    settings.append((k, v))
-                elif not isinstance(v, Tensor):  # a plain tensor attribute is kept by reference (module docstring)
-                    self.key.append(k)
-                    self.visit(v)
+            cls = type(m)
+            if id(cls) in self.seen:  # visit's own test, first: most classes are met again
+                self.key.append(("again", self.seen[id(cls)]))
+            else:
+                self.visit(cls)
+            layout = _layout(m, attributes)
+            self.key.append((layout.plain, layout.values(attributes)))
+            for k in layout.walked:
+                self.key.append(k)
+                self.visit(attributes[k])
             for hooks in (attributes["_forward_pre_hooks"], attributes["_forward_hooks"]):
                 if hooks:
                     self._container(tuple(hooks.values()))
-            for tensors in (attributes["_parameters"], attributes["_buffers"]):
-                for name, t in tensors.items():
-                    if t is not None and id(t) not in named:
-                        named.add(id(t))
-                        names[f"{prefix}.{name}" if prefix else name] = self.leaf(t)
-        self.key.append(("module", _identity(module), tuple(settings)))
-        self.modules.append((module, names))
+            parameters, buffers = attributes["_parameters"], attributes["_buffers"]
+            if parameters or buffers:
+                names = {name: self.leaf(t) for tensors in (parameters, buffers) for name, t in tensors.items()
+                         if t is not None}
+                self.modules.append((m, names))
+            if children := attributes["_modules"]:
+                pending.extend(reversed(children.values()))
 
     def _function(self, fn: types.FunctionType) -> None:
         self.key.append(fn.__code__)
@@ -313,7 +320,7 @@ class _Walk:
                 self.visit(content)
         for default in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
             self.visit(default)
-        names = tuple(dict.fromkeys(_global_names(fn.__code__)))  # each once, in order of appearance
+        names = _global_names(fn.__code__)
         for name in names:
             if name not in fn.__globals__:
                 continue  # a builtin, or an attribute name
@@ -329,6 +336,75 @@ class _Walk:
                         self.visit(vars(value)[attribute])
             else:
                 self.visit(value)
+
+
+# NOTE [a module's layout]
+# The walk runs on every call, over every submodule's __dict__ (a conv's has 28 entries, 17 of them nn.Module's own
+# bookkeeping), and sorting the entries took most of a lookup's time. So each module keeps its layout, found on its
+# first walk: which entries are its plain settings (keyed by value), which are walked (a list, a config object, a
+# function), which are tensors (kept by reference), and the types of them all. A later walk checks the layout by
+# the entries' names and types (two ``itemgetter`` calls, no loop in Python) and by its plain values: the values
+# of the previous walk, or else values that are still plain. An attribute added, removed, or rebound to a value of
+# another type, or a settings tuple that no longer holds plain values, finds the layout anew. The values are read
+# on every walk, as before: the plain ones go into the key, the others are walked. So a layout only saves the
+# sorting. It is kept by the module's id, beside a weak reference that drops it when the module goes (and that a
+# module made later at the same address does not match). It holds no value that could keep anything alive: names,
+# types, and only those plain values that are exactly numbers, strings, flags, dtypes, devices or tuples of them.
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which entries of a module's __dict__ the cache key reads, and how (NOTE [a module's layout])."""
+
+    names: tuple[str, ...]  # every entry's name, in order
+    read: Callable[[dict], tuple]  # the entries that are not nn.Module's bookkeeping, as a tuple
+    types: tuple[type, ...]  # their types
+    plain: tuple[str, ...]  # the names of the plain ones (settings, keyed by value)
+    values: Callable[[dict], tuple]  # the plain entries' values, as a tuple
+    recorded: tuple  # those values when the layout was found (or _UNRECORDED: see the NOTE)
+    walked: tuple[str, ...]  # the names of the others that are not tensors
+
+
+_LAYOUTS: dict[int, tuple[weakref.ref, _Layout]] = {}  # id(module) -> (the module, weakly; its layout)
+_UNRECORDED = object()  # equal to nothing but itself
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
+    """``operator.itemgetter`` that always returns a tuple (itemgetter of one name returns the item itself)."""
+    if not names:
+        return lambda d: ()
+    get = operator.itemgetter(*names)
+    return get if len(names) > 1 else lambda d: (get(d),)
+
+
+def _layout(module: nn.Module, attributes: dict) -> _Layout:
+    """The module's layout: the one kept, where it still holds; else found now and kept."""
+    kept = _LAYOUTS.get(id(module))
+    layout = kept[1] if kept is not None and kept[0]() is module else None
+    if layout is not None and layout.names == tuple(attributes) and (
+            tuple(map(type, layout.read(attributes))) == layout.types):
+        plain = layout.values(attributes)
+        try:
+            if plain == layout.recorded:  # compared item by item by value; a tensor in a tuple may raise
+                return layout
+        except (RuntimeError, TypeError, ValueError):
+            pass
+        if all(map(_plain, plain)):
+            return layout
+    own = tuple(k for k in attributes if k not in _MODULE_STATE)
+    plain = tuple(k for k in own if _plain(attributes[k]))
+    layout = _Layout(names=tuple(attributes), read=_getter(own), types=tuple(type(attributes[k]) for k in own),
+                     plain=plain, values=_getter(plain),
+                     recorded=tuple(attributes[k] if _exactly_plain(attributes[k]) else _UNRECORDED for k in plain),
+                     walked=tuple(k for k in own if k not in plain and not isinstance(attributes[k], Tensor)))
+    key = id(module)
+    _LAYOUTS[key] = weakref.ref(module, lambda _, key=key: _LAYOUTS.pop(key, None)), layout
+    return layout
+
+
+def _exactly_plain(value: object) -> bool:
+    """A plain value of the plain types themselves, no subclass (which could hold references)."""
+    return type(value) in _PLAIN_TYPES or type(value) is tuple and all(map(_exactly_plain, value))
 
 
 def _identity(obj: object) -> object:
@@ -369,11 +445,18 @@ def _is_library(obj: types.FunctionType | type | types.ModuleType) -> bool:
     return (name or "").split(".")[0] in LIBRARIES
 
 
-def _global_names(code: types.CodeType) -> Iterator[str]:
+@functools.lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names a code object and the code nested in it read, each once, in order of appearance (made once per
+    code object: the walk asks for them on every call)."""
+    return tuple(dict.fromkeys(_names(code)))
+
+
+def _names(code: types.CodeType) -> Iterator[str]:
     yield from code.co_names
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _global_names(const)
+            yield from _names(const)
 
 
 def closure_leaves(f: Callable) -> _Walk:
@@ -415,8 +498,24 @@ class TraceStats:
     last_trace_ms: float = float("nan")
 
 
+class _Key:
+    """A cache key that hashes its parts once: the dict operations of a lookup then hash it for free and compare
+    the parts once, on the hit."""
+
+    __slots__ = ("parts", "hash")
+
+    def __init__(self, parts: tuple) -> None:
+        self.parts, self.hash = parts, hash(parts)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and self.hash == other.hash and self.parts == other.parts
+
+
 STATS = TraceStats()
-_CACHE: OrderedDict[tuple, tuple[fx.GraphModule, float]] = OrderedDict()  # key -> (graph, its trace time in ms)
+_CACHE: OrderedDict[_Key, tuple[fx.GraphModule, float]] = OrderedDict()  # key -> (graph, its trace time in ms)
 CACHE_SIZE = 64
 
 
@@ -434,18 +533,19 @@ def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, li
     """f's aten graph (placeholders: x, then the leaves) from the cache, or traced now; and the leaves' current
     values, to pass on this call."""
     walk = closure_leaves(f)
-    key = (tuple(x.shape), x.dtype, x.device.type, *walk.key)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
+    key = _Key((x.shape, x.dtype, x.device, *walk.key))
+    entry = _CACHE.pop(key, None)  # and put back last: the cache forgets the least recently used
+    if entry is not None:
         STATS.hits += 1
     else:
         start = time.perf_counter()
         graph = _trace(f, walk, x)
-        _CACHE[key] = graph, 1e3 * (time.perf_counter() - start)
+        entry = graph, 1e3 * (time.perf_counter() - start)
         STATS.traces += 1
-        if len(_CACHE) > CACHE_SIZE:
+        if len(_CACHE) >= CACHE_SIZE:
             _CACHE.popitem(last=False)
-    graph, STATS.last_trace_ms = _CACHE[key]
+    _CACHE[key] = entry
+    graph, STATS.last_trace_ms = entry
     return graph, walk.leaves
 
 
