@@ -23,6 +23,7 @@ import functools
 import gc
 import math
 import re
+import warnings
 from collections import Counter, defaultdict
 
 import pytest
@@ -850,6 +851,23 @@ def test_a_new_module_where_a_freed_one_was_uses_its_own_attributes():
         assert_agree(taylor_d(model, x, v, 3), reverse_d(model, x, v, 3), rtol=1e-9)
         del model
         gc.collect()
+
+
+def test_batch_statistics_warn_that_the_samples_are_coupled():
+    # a batch norm in training mode couples the samples, so the derivative along v is not per sample and the
+    # methods disagree (Taylor mode moves every sample at once): the trace says so once; in eval mode, and for an
+    # instance norm (a batch norm over a batch of 1 after its reshape), the samples are independent and it is quiet
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1), nn.Flatten(0)).double()
+    x, v = rand(5, 4, seed=1), rand(5, 4, seed=2)
+    with pytest.warns(taylor.CoupledSamplesWarning, match="model.eval()"):
+        taylor_d(model, x, v, 2)
+    model.eval()
+    norm = nn.Sequential(nn.Conv2d(1, 2, 3), nn.InstanceNorm2d(2, affine=True), nn.Flatten(1), nn.Linear(8, 1),
+                         nn.Flatten(0)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", taylor.CoupledSamplesWarning)
+        assert_agree(taylor_d(model, x, v, 2), reverse_d(model, x, v, 2), rtol=1e-9)
+        taylor_d(norm, rand(3, 1, 4, 4, seed=3), rand(3, 1, 4, 4, seed=4), 2)
 
 
 def test_ncsn_with_new_labels_uses_them():

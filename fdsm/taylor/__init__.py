@@ -34,7 +34,7 @@ from fdsm.taylor.fused import fused_rules
 from fdsm.taylor.jet import Jet
 from fdsm.taylor.propagate import exact_taylor, taylor_coefficients
 from fdsm.taylor.rules import RULES, register_rule
-from fdsm.taylor.trace import STATS, clear_cache
+from fdsm.taylor.trace import STATS, CoupledSamplesWarning, clear_cache
 
-__all__ = ["RULES", "STATS", "Jet", "clear_cache", "exact_taylor", "fused_rules", "register_rule",
-           "taylor_coefficients"]
+__all__ = ["RULES", "STATS", "CoupledSamplesWarning", "Jet", "clear_cache", "exact_taylor", "fused_rules",
+           "register_rule", "taylor_coefficients"]

@@ -39,6 +39,7 @@ import functools
 import operator
 import time
 import types
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -100,13 +101,25 @@ def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None, shape: list
     return out
 
 
+class CoupledSamplesWarning(UserWarning):
+    """f's samples are not independent (a batch norm with batch statistics): its derivatives along v are not the
+    per-sample ones that ``directional_derivative`` promises, and the methods disagree."""
+
+
 def _batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                 running_var: Tensor | None, training: bool, momentum: float, eps: float
                 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Batch (and, through its reshape, instance) norm: :math:`(x - \mu)\,(\sigma^2 + \epsilon)^{-1/2}`, then the
     affine map, with the batch's statistics in training and the running ones otherwise. The running statistics are
-    not updated: a derivative is not a training step of the norm."""
+    not updated: a derivative is not a training step of the norm. Batch statistics over more than one sample
+    couple the samples (instance norm reaches here with a batch of 1): ``CoupledSamplesWarning`` says so."""
     shape = [1, x.shape[1], *([1] * (x.dim() - 2))]  # per channel
+    if (training or running_mean is None) and x.shape[0] > 1:
+        warnings.warn("exact-taylor: f normalizes by its batch's statistics (a batch norm in training mode, or one "
+                      "without running statistics), so its samples are not independent: Taylor mode differentiates "
+                      "f with every sample moved along v at once, which nested reverse mode and fd-batched do not "
+                      "compute (each gives another number); call model.eval() for per-sample derivatives",
+                      CoupledSamplesWarning, stacklevel=2)
     if training or running_mean is None:
         mean, centered, var = _centered_moments(x, [0, *range(2, x.dim())])
     else:
