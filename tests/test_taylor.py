@@ -841,18 +841,6 @@ def test_a_changed_layout_of_module_attributes_traces_again(change):
     assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
 
 
-def test_a_new_module_where_a_freed_one_was_uses_its_own_attributes():
-    # the kept layouts are found by the module's id, checked against a weak reference: a module freed and another
-    # made at its address (CPython reuses addresses) must not take the freed one's settings
-    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
-    for scale in (2.0, 3.0, 5.0, 7.0):
-        torch.manual_seed(0)
-        model = Scaled(scale)
-        assert_agree(taylor_d(model, x, v, 3), reverse_d(model, x, v, 3), rtol=1e-9)
-        del model
-        gc.collect()
-
-
 def test_batch_statistics_warn_that_the_samples_are_coupled():
     # a batch norm in training mode couples the samples, so the derivative along v is not per sample and the
     # methods disagree (Taylor mode moves every sample at once): the trace says so once; in eval mode, and for an

@@ -297,11 +297,7 @@ class _Walk:
                 continue
             met.add(id(m))
             attributes = vars(m)
-            cls = type(m)
-            if id(cls) in self.seen:  # visit's own test, first: most classes are met again
-                self.key.append(("again", self.seen[id(cls)]))
-            else:
-                self.visit(cls)
+            self.visit(type(m))
             layout = _layout(m, attributes)
             self.key.append((layout.plain, layout.values(attributes)))
             for k in layout.walked:
