@@ -37,7 +37,7 @@ import fdsm.models.ncsn as ncsn_module
 from fdsm import METHODS, directional_derivative, float64_reference, taylor
 from fdsm.models import MODELS, build
 from fdsm.models.activations import ACTIVATIONS
-from fdsm.taylor import RULES, STATS, Jet, register_rule, series, taylor_coefficients
+from fdsm.taylor import RULES, STATS, Jet, register_rule, rules, series, taylor_coefficients
 from fdsm.taylor.rules import rule_for
 from tests.test_derivatives import sigmoid_derivative_polys
 
@@ -558,6 +558,22 @@ def test_parameter_gradients_match_exact_reverse(name, overrides, shape, order):
     reverse = parameter_gradient(model, "exact-reverse", x, v, order)
     assert reverse.abs().max() > 0
     assert_agree(parameter_gradient(model, "exact-taylor", x, v, order), reverse, rtol=1e-8)
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["fresh", "a-view"])
+def test_a_bias_added_to_the_primal_rows_has_the_gradients_of_the_plain_add(view):
+    """``add_to_primal`` adds in place through its own autograd node on a fresh series, and out of place on a view
+    (whose in-place update autograd would record on its base): both with the plain add's first and second
+    derivatives in the series and in the bias."""
+    series, bias = rand(3 * 2, 4, 5, seed=1).requires_grad_(), rand(4, 1, seed=2).requires_grad_()
+
+    def added(series, bias):
+        fresh = series * 1.0  # a rule's fresh result
+        return rules.add_to_primal(fresh[:, :] if view else fresh, bias, rows=2)
+
+    primal_rows = torch.cat([torch.ones(2, 4, 5), torch.zeros(4, 4, 5)]).to(F64)
+    assert torch.equal(added(series, bias), series + primal_rows * bias)
+    assert torch.autograd.gradcheck(added, (series, bias)) and torch.autograd.gradgradcheck(added, (series, bias))
 
 
 # ---- 5. float32 ------------------------------------------------------------------------------------------------

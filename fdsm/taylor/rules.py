@@ -126,14 +126,37 @@ def _plus_primal(series: Tensor, value: Tensor | float) -> Tensor:
     return series + e0 * value if isinstance(value, Tensor) else torch.add(series, e0, alpha=float(value))
 
 
-def add_to_primal(series: Tensor, value: Tensor | float) -> Tensor:
-    """series + value e_0 for a series that nothing else holds (a rule's fresh result): where autograd records it,
-    ``_plus_primal``; otherwise ``series[0] += value`` in place, one row of K+1. In place under autograd, the update
-    of a slice (``CopySlices``) made the deep EBM's Taylor SSM step slower, by more than the out-of-place add costs
-    the forward (results/cpu/taylor/bias-add/)."""
+class _AddToPrimal(torch.autograd.Function):
+    r"""``series[:rows] += value`` in place on a fresh series, recorded by autograd as one node: the gradient of the
+    series passes through as it is, and the value's is the primal rows' gradient summed to its shape,
+    :math:`\bar v = \sum \bar z_{:rows}` over the dims it was broadcast along. Autograd's own record of the slice
+    update (``CopySlices``) clones the whole gradient in the backward; the out-of-place ``_plus_primal`` makes one
+    more pass over the whole series in the forward and reduces the whole gradient in the backward."""
+
+    @staticmethod
+    def forward(ctx, series: Tensor, value: Tensor | float, rows: int) -> Tensor:  # noqa: D102
+        ctx.rows = rows
+        ctx.shape = value.shape if isinstance(value, Tensor) else None
+        series[:rows].add_(value)
+        ctx.mark_dirty(series)
+        return series
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # noqa: D102
+        grad_value = grad[:ctx.rows].sum_to_size(ctx.shape) if ctx.needs_input_grad[1] else None
+        return grad, grad_value, None
+
+
+def add_to_primal(series: Tensor, value: Tensor | float, rows: int = 1) -> Tensor:
+    """series + value on its primal, for a series that nothing else holds (a rule's fresh result): the first
+    ``rows`` entries along dim 0 (1 for a (K+1, *s) series; B for its (K+1)·B-row form, a convolution's output)
+    gain ``value``, in place. Where autograd records it, through ``_AddToPrimal``; on a view (whose in-place update
+    autograd records on its base) or under a ``torch.func`` transform, out of place."""
     if torch.is_grad_enabled() and (series.requires_grad or isinstance(value, Tensor) and value.requires_grad):
-        return _plus_primal(series, value)
-    series[0].add_(value)
+        if series._is_view() or torch._C._are_functorch_transforms_active():
+            return torch.cat([series[:rows] + value, series[rows:]])
+        return _AddToPrimal.apply(series, value, rows)
+    series[:rows].add_(value)
     return series
 
 
@@ -264,6 +287,8 @@ def _convolution(z: object, weight: object, bias: Tensor | None, *args) -> Jet:
     the bias, then the bias added to the primal's block. Both Jets: the Cauchy product, one convolution per pair."""
     if isinstance(z, Jet) and not isinstance(weight, Jet):
         out = aten.convolution(z.series.flatten(0, 1), weight, None, *args)  # ((K+1)·B, C_out, ...)
+        if bias is not None and not isinstance(bias, Jet):  # on the primal's B rows, before the view below
+            out, bias = add_to_primal(out, bias.view(-1, *([1] * (out.dim() - 2))), rows=z.shape[0]), None
         out = out.unflatten(0, (z.order + 1, z.shape[0]))  # (K+1, B, C_out, ...)
     else:
         order = _order(z, weight)
