@@ -66,20 +66,22 @@ def _taylor_case(**options) -> dict:
 
 
 def test_time_ratio_is_the_rows_own_time_over_its_counterparts(monkeypatch):
-    # The orientation, with calls whose times differ 8-fold by construction: the row's own call sleeps 8 ms and
-    # its counterpart's 1 ms, so its time_ratio is about 8 (far from 1/8 whatever the machine does meanwhile).
+    # The orientation, with calls whose times differ 20-fold by construction: each timed call is a sleep (40 ms for
+    # the row, 2 ms for its counterpart) that returns the method's result, computed once beforehand. The ratio is
+    # then about 20 whatever the methods cost on this machine (a sleep that oversleeps by a few ms keeps it far
+    # above 3), and far from the 1/20 of the wrong orientation.
     real = derivative_case.derivative_closure
-    sleeps = {"exact-taylor": 8e-3, "fd-batched": 1e-3}
+    sleeps = {"exact-taylor": 40e-3, "fd-batched": 2e-3}
 
-    def slowed(case):
-        call = real(case)
-        return lambda: (time.sleep(sleeps[case["method"]]), call())[1]
+    def slept(case):
+        result = real(case)()
+        return lambda: (time.sleep(sleeps[case["method"]]), result)[1]
 
-    monkeypatch.setattr(derivative_case, "derivative_closure", slowed)
+    monkeypatch.setattr(derivative_case, "derivative_closure", slept)
     row = measure_derivative(_taylor_case(repeats=5))
     assert row["versus"] == "fd-batched" and row["time_ratio_q1"] <= row["time_ratio"] <= row["time_ratio_q3"]
     assert row["time_ratio"] > 3, row
-    assert row["time_ms"] >= 8 and row["rel_error"] < 1e-4  # its own timing and its own result, as unpaired
+    assert row["time_ms"] >= 40 and row["rel_error"] < 1e-4  # its own timing and its own result, as unpaired
 
 
 def test_a_counterpart_that_cannot_run_leaves_the_row_timed_alone_and_says_why(monkeypatch):
