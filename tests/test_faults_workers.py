@@ -209,13 +209,22 @@ def _workers_of(pid: int) -> list[int]:
     return found
 
 
+def _as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults and unblocked, as for a terminal's foreground
+    job. A runner started in the background by a non-interactive shell (``pytest ... &``) has SIGINT ignored, and
+    its children inherit that: the sweep would never see the Ctrl-C."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _interrupt(out: Path, signum: int, *, group: bool) -> tuple[subprocess.CompletedProcess, list[int]]:
     """Run the sweep, send ``signum`` once it has written one more row (to its process group, as a terminal's
     Ctrl-C does, or to the process, as ``kill`` does); the finished process and the workers it had then."""
     csv = out / "derivatives.csv"
     start = _rows(csv)
     process = subprocess.Popen([*COMMAND, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_in_a_terminal)
     deadline = time.monotonic() + 300
     while _rows(csv) <= start and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
