@@ -232,6 +232,11 @@ X, U = batch(F64, size=4)
         (lambda: fd_estimate(lambda x: torch.sin(1e3 * (x[:, 0] - 3e4)), torch.full((2, 1), 3e4),  # h* ~ 4e-6
                              torch.ones(2, 1), 1),
          ValueError, r"underflows in float32: x \+ 1 h v/\|v\| rounds back onto x's grid .*spacing is 0.002"),
+        # A step that survives rounding only in part (0.0012 on a grid of 0.002 keeps 0.002, 63% off) underflows
+        # too: it is not lost, it is wrong, and the result would be as wrong with a tiny estimate.
+        (lambda: fd_estimate(lambda x: torch.sin(x[:, 0] - 3e4), torch.full((2, 1), 3e4),
+                             torch.full((2, 1), 0.0012), 1, step=None),
+         ValueError, r"the step h = 0.0012 of sample 0 underflows in float32"),
         (lambda: fd_estimate(ok_f, X, torch.zeros_like(X), 2), ValueError, "expected non-zero directions v"),
         (lambda: fd_estimate(ok_f, X, U, 2, method="exact-taylor"), ValueError, "need an FD method"),
         (lambda: directional_derivative(ok_f, X, U, 2, method="exact-reverse", step="auto"), ValueError,

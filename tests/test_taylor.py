@@ -294,6 +294,7 @@ def gelu_derivative(x: torch.Tensor, t: int) -> torch.Tensor:
 
 EXPONENT = uniform(4, 6, seed=9, low=-1.5, high=2.5)  # a constant tensor exponent, for x ** EXPONENT
 MIXED, POSITIVE, NEGATIVE, LARGE = (-2.0, 2.0), (0.3, 2.0), (-2.0, -0.3), (25.0, 30.0)
+SELU_SCALE, SELU_ALPHA = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
 # name: (phi, phi^(T)(x, T), domain of x). D^T of phi(x + t v), elementwise, is phi^(T)(x) v^T.
 ELEMENTWISE = {
     "exp": (torch.exp, lambda x, t: torch.exp(x), MIXED),
@@ -322,6 +323,14 @@ ELEMENTWISE = {
     "elu": (F.elu, lambda x, t: torch.where(x > 0, float(t == 1), torch.exp(x)), MIXED),
     "elu-alpha": (lambda x: F.elu(x, alpha=1.7), lambda x, t: torch.where(x > 0, float(t == 1), 1.7 * torch.exp(x)),
                   MIXED),
+    # aten's elu(x, alpha, scale, input_scale): scale x above 0, scale alpha (e^(input_scale x) - 1) below
+    "elu-scaled": (lambda x: torch.ops.aten.elu(x, 1.7, 1.05, 2.0),
+                   lambda x, t: torch.where(x > 0, 1.05 * float(t == 1), 1.05 * 1.7 * 2.0 ** t * torch.exp(2 * x)),
+                   MIXED),
+    "selu": (F.selu, lambda x, t: torch.where(x > 0, SELU_SCALE * float(t == 1),
+                                              SELU_SCALE * SELU_ALPHA * torch.exp(x)), MIXED),
+    "celu": (lambda x: F.celu(x, alpha=2.0), lambda x, t: torch.where(x > 0, float(t == 1),
+                                                                        2.0 ** (1 - t) * torch.exp(x / 2)), MIXED),
     "leaky_relu": (lambda x: F.leaky_relu(x, 0.01), lambda x, t: torch.full_like(x, 0.01 * (t == 1)), NEGATIVE),
     "gelu": (F.gelu, gelu_derivative, (-3.0, 3.0)),
 }

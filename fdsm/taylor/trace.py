@@ -155,6 +155,11 @@ def _group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, n: int, c
     return _affine(out, weight, bias, shape), aten.view.default(mean, [n, groups]), aten.view.default(rstd, [n, groups])
 
 
+def _celu(x: Tensor, alpha: float = 1.0) -> Tensor:
+    r"""CELU: :math:`\max(0, x) + \min(0, \alpha (e^{x/\alpha} - 1))`, the ELU of input scale 1/alpha."""
+    return aten.elu.default(x, alpha, 1.0, 1.0 / alpha)
+
+
 def _softmax(x: Tensor, dim: int, half_to_float: bool) -> Tensor:
     r""":math:`e^{x - m} / \sum e^{x - m}` with m the detached max: any constant shift gives the same value."""
     e = aten.exp.default(aten.sub.Tensor(x, aten.detach.default(aten.amax.default(x, [dim], True))))
@@ -185,6 +190,7 @@ DECOMPOSITIONS: dict = {
         lambda x, w, b, rm, rv, momentum, eps: _batch_norm(x, w, b, rm, rv, False, momentum, eps),
     aten.native_layer_norm.default: _layer_norm,
     aten.native_group_norm.default: _group_norm,
+    aten.celu.default: _celu,
     aten._softmax.default: _softmax,
     aten._log_softmax.default: _log_softmax,
     aten.logsumexp.default: _logsumexp,
