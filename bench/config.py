@@ -48,10 +48,19 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 # ---- argparse types -------------------------------------------------------------------------------------------
 
+def _items(text: str, example: str) -> list[str]:
+    """The comma-separated items of ``text``, none of them empty (``1,,2``, ``""`` and ``1,2,`` are typos)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated values such as {example}, got {text!r}, which "
+                                         "has an empty item")
+    return parts
+
+
 def comma_ints(text: str) -> tuple[int, ...]:
     """``"1,2,3"`` -> (1, 2, 3); argparse ``type=`` for a list of orders."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        return tuple(int(part) for part in _items(text, "1,2,3"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r}") from None
 
@@ -59,14 +68,14 @@ def comma_ints(text: str) -> tuple[int, ...]:
 def comma_floats(text: str) -> tuple[float, ...]:
     """``"0.5,8"`` -> (0.5, 8.0)."""
     try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
+        return tuple(float(part) for part in _items(text, "0.5,8"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,8, got {text!r}") from None
 
 
 def comma_words(text: str) -> tuple[str, ...]:
     """``"fd-batched, exact-reverse"`` -> ("fd-batched", "exact-reverse")."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    return tuple(_items(text, "fd-batched,exact-reverse"))
 
 
 def positive_int(text: str) -> int:

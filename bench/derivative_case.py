@@ -29,9 +29,10 @@ baseline    not a key: the FD method this row is to be timed against, alternatel
 
 The points x are uniform in [0, 1]^(C x H x W) (the range of the images the deep EBM models); the direction of
 sample b is :math:`v_b = \varepsilon\, u_b/\lVert u_b\rVert` with :math:`u_b` Gaussian, so every v lies on the
-sphere of radius eps (the paper's :math:`p_\varepsilon(v)`). The reference is exact reverse mode in float64 on a
-float64 copy (``fdsm.float64_reference``), computed once per (problem, T) for the unit directions and scaled,
-since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
+sphere of radius eps (the paper's :math:`p_\varepsilon(v)`). The reference is an exact method in float64 on a
+float64 copy (``fdsm.float64_reference``; NOTE [the reference method]: Taylor mode, or nested reverse mode where
+Taylor mode has no rule for an op of f; the ``reference`` column names it), computed once per (problem, T) for the
+unit directions and scaled, since :math:`(v^\top\nabla)^T f = \varepsilon^T (u^\top\nabla)^T f` exactly.
 
 ``measure_derivative(case)`` times the call, probes its peak memory and returns the measured columns (for
 ``exact-taylor`` also ``trace_ms``, the one-off time of tracing f to its aten graph, which the untimed warm-up call
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -69,7 +71,7 @@ from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import first_call_ms, measure_interleaved, paired_ratio, timing_columns
 from bench.user_model import build_user_model, is_user_model
 from fdsm.compiled import compiled_derivative, why_not
-from fdsm.derivatives import FD_METHODS
+from fdsm.derivatives import EXACT_METHODS, FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
 from fdsm.models import MODELS, build
 from fdsm.taylor.fused import fused_rules
@@ -82,7 +84,7 @@ BUILD_COLUMNS = (*PROBLEM_KEYS, "checkpoint", "event_shape")  # the keys, and ho
 CASE_KEYS = (*PROBLEM_KEYS, "method", "order", "accuracy", "eps", "dtype")
 TIME_COLUMNS = ("time_ms", "time_ms_iqr", "time_ms_q1", "time_ms_q3", "repeats", "peak_mem_mb", "reserved_mb",
                 "nvml_used_mb", "trace_ms", "compile_ms")
-ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backend")
+ERROR_COLUMNS = ("rel_error", "rel_error_max", "err_estimate", "flagged", "backend", "reference")
 # A paired row: the method it was timed against, alternately, and the per-round ratio of their times (measured);
 # the case's ``baseline`` is the method it is to be paired with
 PAIRED_COLUMNS = ("baseline", "versus", "time_ratio", "time_ratio_q1", "time_ratio_q3")
@@ -97,7 +99,7 @@ def build_model(case: Mapping[str, Any]) -> nn.Module:
     torch.manual_seed(int(case["seed"]))
     if is_user_model(case["model"]):
         event = tuple(int(n) for n in case["event_shape"].split(",")) if case.get("event_shape") else None
-        model = build_user_model(case["model"], event)
+        model = build_user_model(case["model"], event).float()  # the case's dtype is made from float32 (_model_in)
     else:
         overrides = {} if case["n_chan"] is None else {"n_chan": int(case["n_chan"])}
         model = build(case["model"], size=case["size"], **overrides)
@@ -130,13 +132,35 @@ def _problem(key: tuple) -> tuple[nn.Module, Tensor, Tensor]:
     return model, x.to(device), u.to(device)
 
 
+# NOTE [the reference method]
+# D_ref comes from exact-taylor, or from exact-reverse where Taylor mode has no rule for an op of f (its
+# NotImplementedError). Taylor mode is one pass whatever T, where nested reverse mode's memory grows exponentially
+# (fewer reference rows lost at high T), and it is right through PyTorch's fused normalizations, where nested
+# autograd is not: through F.layer_norm, F.instance_norm or a training-mode batch norm, exact-reverse is off by 1-300%
+# from T = 3 (fdsm.float64_reference says which PyTorch issues). A user's network with a LayerNorm got an
+# exact-reverse reference that made exact-taylor look 1% off and FD's errors meaningless. Taylor mode itself is held
+# to exact-reverse (1e-9, every model family) and to closed forms by the tests; within a sweep, the exact-reverse rows
+# are the cross-check: an exact row more than EXACT_TOLERANCE off the reference says so in its message.
+REFERENCE_METHODS = ("exact-taylor", "exact-reverse")  # in order of preference
+EXACT_TOLERANCE = 1e-4  # an exact method in float32 differs from the float64 reference by rounding only
+
+
 @functools.cache
-def _unit_reference(key: tuple, order: int) -> Tensor:
-    """D_ref for the unit directions u, in float64: (B,). In chunks of REFERENCE_CHUNK samples (they are
-    independent), so that the exact method's exponential memory at high T scales with the chunk, not the batch."""
+def _unit_reference(key: tuple, order: int) -> tuple[Tensor, str]:
+    """D_ref for the unit directions u, in float64: (B,), and the exact method that gave it (NOTE [the reference
+    method]). In chunks of REFERENCE_CHUNK samples (they are independent), so that an exact method's memory at high
+    T scales with the chunk, not the batch."""
     model, x, u = _problem(key)
-    return torch.cat([fdsm.float64_reference(model, xc, uc, order, fn=lambda m, inputs: m.log_density(inputs))
-                      for xc, uc in zip(x.split(REFERENCE_CHUNK), u.split(REFERENCE_CHUNK), strict=True)])
+
+    def by(method: str) -> Tensor:
+        return torch.cat([fdsm.float64_reference(model, xc, uc, order, fn=lambda m, inputs: m.log_density(inputs),
+                                                 method=method)
+                          for xc, uc in zip(x.split(REFERENCE_CHUNK), u.split(REFERENCE_CHUNK), strict=True)])
+
+    try:
+        return by(REFERENCE_METHODS[0]), REFERENCE_METHODS[0]
+    except NotImplementedError:  # an op with no Taylor rule: the error names it; nested reverse mode has them all
+        return by(REFERENCE_METHODS[1]), REFERENCE_METHODS[1]
 
 
 @functools.cache
@@ -223,7 +247,12 @@ def reference_for(case: Mapping[str, Any]) -> Tensor:
     """D_ref for v = eps u: (u . grad)^T log p in float64, times eps^T (exact, since D^T is homogeneous in v); for
     the automatic step, whose v is u, the unit reference."""
     scale = 1.0 if is_auto(case) else float(case["eps"])
-    return _unit_reference(_problem_key(case), int(case["order"])) * scale ** int(case["order"])
+    return _unit_reference(_problem_key(case), int(case["order"]))[0] * scale ** int(case["order"])
+
+
+def reference_method(case: Mapping[str, Any]) -> str:
+    """The exact method of the case's D_ref (NOTE [the reference method]), once ``reference_for`` has run."""
+    return _unit_reference(_problem_key(case), int(case["order"]))[1]
 
 
 def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
@@ -272,7 +301,15 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
     if case["method"] == "fd-streams":  # one stream or worker thread per stencil point: say how many ran at once
         points = len(fdsm.central_stencil(int(case["order"]), int(case["accuracy"])))
         backend = f"{fdsm.streams_backend(case['device'])} x{points}"
-    columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend}
+    reference = reference_method(case)
+    columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend, "reference": reference}
+    method = case["method"].removesuffix(COMPILED).removesuffix(FUSED)
+    if method in EXACT_METHODS and method != reference and case["dtype"] not in NARROW and \
+            not err.median <= EXACT_TOLERANCE:
+        columns["message"] = (f"{method} is {err.median:.2g} off the float64 {reference} reference, where two exact "
+                              f"methods differ by rounding only (under {EXACT_TOLERANCE:g}): one of them is wrong on "
+                              "this f. PyTorch's nested autograd is, through its fused normalizations (layer, "
+                              "instance, training-mode batch norm) from T = 3: see fdsm.float64_reference")
     if estimate is not None:
         median = float(estimate.rel_error.median())
         columns |= {"err_estimate": median, "flagged": not median <= TOLERANCE}
@@ -387,8 +424,8 @@ class ProblemConfig:
     event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28",
                                                  default_text="the model's event_shape attribute")
     size: str | None = option(None, "model preset", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
-    n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem", aliases=("--width",),
-                                type=positive_int, default_text="the preset's")
+    n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem (a model without one "
+                                "ignores it)", aliases=("--width",), type=positive_int, default_text="the preset's")
     batch: int | None = option(None, "points per call", type=positive_int, default_text="64 on CUDA, else 2")
     checkpoint: Path | None = option(None, "a state_dict of the model", default_text="seeded random weights")
     threads: int | None = option(None, "torch CPU threads", type=positive_int,
@@ -403,17 +440,39 @@ def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
     on_gpu = shared.device.type == "cuda"
     batch = config.batch if config.batch is not None else (64 if on_gpu else 2)
     size = config.size or ("paper" if on_gpu else "cpu")
+    n_chan = config.n_chan
     if is_user_model(config.model):
+        if config.size is not None:
+            raise UsageError(f"--size {config.size}: the registered models' presets; a user's model "
+                             f"({config.model}) has one size, its factory's")
         model = build_user_model(config.model, config.event_shape)
         if model.interface == "score":
             raise UsageError(f"--model {config.model}: a score model has no log-density to differentiate; the "
                              "derivative sweeps need interface 'log-density' or 'energy' (train-steps takes score "
                              "models)")
-        size = "user"
+        size, n_chan = "user", None
     elif config.model not in MODELS:
         raise UsageError(f"--model {config.model}: not a registered model; expected one of "
                          f"{', '.join(MODELS.names())}, or a user's package.module:factory or file.py:factory")
-    return {"model": config.model, "size": size, "n_chan": config.n_chan,
-            "weights": weights_label(config.checkpoint), "seed": shared.seed, "batch": batch,
-            "device": str(shared.device), "checkpoint": "" if config.checkpoint is None else str(config.checkpoint),
-            "event_shape": ",".join(map(str, config.event_shape or ()))}
+    else:
+        if config.event_shape is not None:
+            raise UsageError(f"--event-shape {','.join(map(str, config.event_shape))}: a user model's input shape; "
+                             f"{config.model} declares its own")
+        if "n_chan" not in (f.name for f in dataclasses.fields(MODELS.get(config.model).presets[size])):
+            n_chan = None  # the deep EBM's width, which the --quick presets set: this model has none
+    try:
+        weights = weights_label(config.checkpoint)
+    except Exception as err:  # not a file torch.load reads as weights: a pickle of something else, text, a .py
+        raise UsageError(f"--checkpoint {config.checkpoint}: not a state_dict that torch.load(weights_only=True) "
+                         f"reads ({type(err).__name__}); pass the file fdsm-bench fit wrote, or torch.save(model."
+                         "state_dict(), path)") from err
+    columns = {"model": config.model, "size": size, "n_chan": n_chan, "weights": weights,
+               "seed": shared.seed, "batch": batch, "device": str(shared.device),
+               "checkpoint": "" if config.checkpoint is None else str(config.checkpoint),
+               "event_shape": ",".join(map(str, config.event_shape or ()))}
+    if config.checkpoint is not None:  # the state_dict must fit the model: said here, not in every row
+        try:
+            build_model(columns)
+        except ValueError as err:
+            raise UsageError(" ".join(str(err).split())[:400]) from err
+    return columns

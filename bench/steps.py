@@ -61,6 +61,11 @@ def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, a
     rows = read_rows(eps_sweep_csv)  # checked; an older sweep's width and checkpoint paths in today's terms
     if rows is None:
         return {}
+    needed = ("status", "dtype", "accuracy", "order", "eps", "rel_error", *FUNCTION_COLUMNS,
+              *(("method",) if method is not None else ()))
+    if missing := [column for column in needed if column not in rows]:
+        raise ValueError(f"{eps_sweep_csv}: not an eps_sweep.csv of fdsm-bench eps-sweep: it has no column "
+                         f"{', '.join(missing)}")
     same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
     if method is not None:
         same &= rows["method"] == method

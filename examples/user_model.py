@@ -2,7 +2,7 @@
 
     fdsm-bench derivatives --quick --model examples/user_model.py:make_model
     fdsm-bench eps-sweep   --quick --model examples/user_model.py:make_model
-    fdsm-bench train-steps --quick --model examples/user_model.py:make_score_model
+    fdsm-bench train-steps --quick --model examples/user_model.py:make_score_model --objectives SSMVR,FD-SSMVR
     python examples/user_model.py      # builds both models and runs the same check as the CLI
 
 The contract (written down in full in ``fdsm/models/user.py``):

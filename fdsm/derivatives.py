@@ -144,12 +144,19 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
 
 def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
                       fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
-                      method: str = "exact-reverse") -> Tensor:
+                      method: str = "exact-taylor") -> Tensor:
     r"""D_ref: the exact T-th directional derivative in float64, on a float64 deep copy of ``model``.
 
     ``fn(module, x)`` gives the function to differentiate (default ``module(x)``, e.g.
     ``lambda m, x: m.log_density(x)``). The copy's parameters need no gradient, and the result is detached:
     it is the reference of ``rel_error = |D - D_ref| / |D_ref|`` (DESIGN.md, measurement rules).
+
+    The default method is Taylor mode: one pass whatever T (nested reverse mode's memory grows exponentially with
+    it), and right through PyTorch's fused normalizations, where nested autograd is not: through ``F.layer_norm``,
+    ``F.instance_norm`` and a batch norm in training mode, ``exact-reverse`` is wrong from T = 3 and
+    ``exact-forward`` from T = 2 (pytorch/pytorch#175754, #186256, #196700; ``tests/test_taylor.py`` pins it).
+    For an f with an op that Taylor mode has no rule for it raises ``NotImplementedError`` naming the op; pass
+    ``method="exact-reverse"`` there (or register the rule, ``fdsm.taylor.register_rule``).
     """
     if method not in EXACT_METHODS:
         raise ValueError(f"float64_reference: expected an exact method {EXACT_METHODS}, got {method!r}")

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,74 @@ def test_a_users_model_from_a_file_runs_through_derivatives(tmp_path):
                  "--methods", "exact-reverse,exact-taylor,fd-batched", "--orders", "1,2"]) == 0
     rows = pd.read_csv(tmp_path / "derivatives.csv")
     assert set(rows.model) == {USER_MODEL} and set(rows["size"]) == {"user"} and (rows.status == "ok").all()
-    exact = rows[rows.method == "exact-taylor"]
-    assert (exact.rel_error < 1e-4).all()  # Taylor mode through the user's network, against float64 reverse mode
+    assert set(rows.reference) == {"exact-taylor"}  # NOTE [the reference method] in bench/derivative_case.py
+    exact = rows[rows.method.str.startswith("exact")]
+    assert (exact.rel_error < 1e-4).all()  # float32 against the float64 reference: rounding only
+    # The deep EBM's default step knows nothing of this network: the step is the automatic step's, fixed.
+    assert set(rows.eps_source) == {"probed"} and rows.eps.nunique() == 2
+    assert (rows[rows.method == "fd-batched"].rel_error < 1e-2).all()
+
+
+def test_a_registered_model_without_the_deep_ebms_width_runs_under_quick(tmp_path):
+    """--quick sets n_chan = 2, the deep EBM's width: a model that has none ignores it (its n_chan cell is empty)."""
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path), "--model", "mlp-ebm",
+                 "--methods", "fd-batched,exact-taylor", "--orders", "1"]) == 0
+    rows = pd.read_csv(tmp_path / "derivatives.csv")
+    assert (rows.status == "ok").all() and rows.n_chan.isna().all() and (tmp_path / "figure2.png").exists()
+
+
+NORMED_MODELS = """
+    import torch
+    from torch import nn
+
+    class Normed(nn.Module):  # a LayerNorm: PyTorch's nested autograd through it is wrong from T = 3
+        event_shape = (4,)
+
+        def __init__(self):
+            super().__init__()
+            self.inner, self.norm, self.outer = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.outer(torch.tanh(self.norm(self.inner(x)))).squeeze(1)
+
+    class Erf(nn.Module):  # an op with no Taylor rule
+        event_shape = (4,)
+
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return torch.special.erf(self.inner(x)).squeeze(1)
+
+    def normed():
+        return Normed()
+
+    def erf():
+        return Erf()
+"""
+
+
+def test_the_reference_is_taylor_mode_and_an_exact_row_that_disagrees_says_so(tmp_path):
+    models = tmp_path / "normed.py"
+    models.write_text(textwrap.dedent(NORMED_MODELS))
+    out = tmp_path / "normed"
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:normed",
+                 "--methods", "exact-reverse,exact-taylor", "--orders", "3"]) == 0
+    rows = pd.read_csv(out / "derivatives.csv").set_index("method")
+    assert set(rows.reference) == {"exact-taylor"} and (rows.status == "ok").all()
+    assert rows.rel_error["exact-taylor"] < 1e-4
+    reverse = rows.loc["exact-reverse"]
+    if reverse.rel_error > 1e-4:  # torch 2.13: about 1e-2; a torch that fixes its layer norm drops the message
+        assert "one of them is wrong on this f" in reverse.message and "normalizations" in reverse.message
+    else:
+        assert pd.isna(reverse.message)
+    out = tmp_path / "erf"  # no Taylor rule for erf: the reference falls back to nested reverse mode
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:erf",
+                 "--methods", "exact-reverse,exact-taylor", "--orders", "1"]) == 1  # 1: an error row
+    rows = pd.read_csv(out / "derivatives.csv").set_index("method")
+    assert rows.reference["exact-reverse"] == "exact-reverse" and rows.rel_error["exact-reverse"] < 1e-4
+    assert rows.status["exact-taylor"] == "error" and "erf" in rows.message["exact-taylor"]
 
 
 def test_a_users_model_and_score_model_run_through_train_steps(tmp_path):

@@ -5,12 +5,15 @@ and file faults are in tests/test_faults_workers.py and tests/test_faults_files.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
 from bench.cli import main
+
+EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}:make_model"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -34,6 +37,11 @@ from bench.cli import main
     (["train", "--dtype", "bfloat16"], "--dtype bfloat16: train runs in float32 or float64"),
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
     (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
+    (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),
+    (["derivatives", "--methods="], "argument --methods: expected comma-separated values such as"),
+    (["derivatives", "--event-shape", "4"], "--event-shape 4: a user model's input shape; deep-ebm declares its own"),
+    (["eps-sweep", "--model", EXAMPLE, "--size", "paper"], "--size paper: the registered models' presets"),
+    (["train-steps", "--event-shape", "3"], "--event-shape 3: a user model's input shape; nice declares its own"),
 ])
 def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsys, argv, message):
     try:
@@ -44,6 +52,28 @@ def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsy
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob("*.pt"))  # nothing ran
+
+
+def test_a_checkpoint_or_steps_file_that_is_not_one_is_refused_in_one_line(tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "text.pt").write_text("not a checkpoint")
+    torch.save({"w": torch.ones(2)}, inputs / "other.pt")  # a state_dict, of another model
+    (inputs / "other.csv").write_text("a,b\n1,2\n")
+    (inputs / "binary.csv").write_bytes(bytes(range(256)))
+    for argv, message in [
+        (["--checkpoint", str(inputs / "text.pt")], "not a state_dict that torch.load(weights_only=True) reads"),
+        (["--checkpoint", str(inputs / "other.pt")], "expected a state_dict of 'deep-ebm' at size 'cpu'"),
+        (["--steps-from", str(inputs / "other.csv")], "not an eps_sweep.csv of fdsm-bench eps-sweep: it has no "
+                                                      "column status"),
+        (["--steps-from", str(inputs / "binary.csv")], "binary.csv: not a text CSV"),
+    ]:
+        out = tmp_path / "out"
+        assert main(["derivatives", *argv, "--quick", "--device", "cpu", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"fdsm-bench derivatives: error: {argv[0]} " in err and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not out.exists() or not list(out.rglob("*.csv"))  # nothing ran
 
 
 def test_a_stage_of_the_main_job_that_breaks_is_one_line_with_its_log(tmp_path, capsys, monkeypatch):

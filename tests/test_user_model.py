@@ -198,6 +198,8 @@ def test_check_user_model_errors_are_one_line():
     assert ("forward(x) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 8x32) on x of "
             "shape (2, 3)") in _check_error(_raise)
     assert "not differentiable in x" in _check_error(lambda x: x.sum(1).detach())
+    weight = torch.ones(3, requires_grad=True)  # a graph through the parameters only: x detached inside forward
+    assert "not differentiable in x" in _check_error(lambda x: (x.detach() * weight).sum(1))
 
 
 def test_check_user_model_passes_good_models_and_leaves_the_rng_alone():

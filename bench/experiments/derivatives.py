@@ -18,7 +18,11 @@ log y).
 
 The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
 best measured step of that sweep for the same model (size, n_chan), weights, dtype and accuracy
-(``bench.steps.best_steps``); else ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``).
+(``bench.steps.best_steps``); else, for a registered model, ``default_step(T, accuracy, dtype)`` (NOTE [default FD
+step] in ``bench.steps``), and for a user's model (``--model ...:factory``), whose length scale that default knows
+nothing of, the probed step (``eps_source`` ``probed``): the batch median of the automatic step's per-sample steps
+for the sweep's stencil, picked before the sweep from probes of the model (no reference), then fixed and timed as
+any step.
 ``--eps auto`` is the automatic step of ``fdsm.fd_estimate``, chosen per sample from probes of the model, and
 timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_error.default_accuracy``.
 ``--richardson`` evaluates each FD method's Richardson stencil (accuracy p -> p + 2) instead; its rows name the
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +49,13 @@ import torch
 
 import fdsm
 from bench.config import Shared, UsageError, at_least, central_accuracies, option, positive, positives
+from bench.csvlog import REMEDY, ResultsFileError
 from bench.derivative_case import (
     AUTO_COLUMNS,
     CASE_KEYS,
     COMPILED,
     ERROR_COLUMNS,
+    EXACT_TOLERANCE,
     FUSED,
     PAIRED_COLUMNS,
     RICHARDSON,
@@ -67,6 +74,7 @@ from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
 from bench.memory import peak_memory
 from bench.plots import METHOD_STYLE, failure_note, line_panel, save
 from bench.steps import best_steps, default_step
+from bench.user_model import is_user_model
 from fdsm.derivatives import FD_METHODS
 from fdsm.fd_error import default_accuracy
 from fdsm.models import model_config
@@ -91,6 +99,7 @@ def _methods(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 AUTO = "auto"
+PROBED = "probed"  # eps_source of a user model's default step: the automatic step's, fixed before the sweep
 
 
 def step_or_auto(text: str) -> float | str:
@@ -126,7 +135,8 @@ class DerivativesConfig(ProblemConfig):
     eps: float | str | None = option(None, "FD step |v| for every order, or 'auto': chosen per sample from probes "
                                      "of the model (fdsm.fd_estimate), probes timed", type=step_or_auto,
                                      convert=positive_or_auto("--eps"),
-                                     default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps")
+                                     default_text="per order and dtype, h* = L u^(1/(T+p)), see bench.steps; for "
+                                                  "a user's model the automatic step's batch median, fixed")
     richardson: bool = option(False, "FD methods evaluate their stencil's Richardson extrapolation (accuracy "
                               "p -> p + 2, its points in the same forward); rows name the method <method>+richardson")
     compiled: bool = option(False, "also time every method under torch.compile, as an evaluation (no autograd graph "
@@ -157,13 +167,19 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
         raise UsageError("--compiled with --eps auto: the automatic step's probes are not compiled; drop one")
     accuracy = {order: config.accuracy or (default_accuracy(order, shared.dtype) if auto else 2)
                 for order in config.orders}
+    fd_baseline = FD_BASELINE + (RICHARDSON if config.richardson else "")
     steps = {order: (default_step(order, accuracy[order], shared.dtype), "default") for order in config.orders}
+    if is_user_model(config.model) and config.eps is None:
+        steps = {order: _probed(problem, fd_baseline, order, accuracy[order], dtype, steps[order])
+                 for order in config.orders}
     if config.steps_from is not None and not auto:
         if not config.steps_from.is_file():
             raise UsageError(f"--steps-from {config.steps_from}: no such file; run fdsm-bench eps-sweep first")
         for p in set(accuracy.values()):
-            measured = best_steps(config.steps_from, problem, dtype=dtype, accuracy=p,
-                                  method=FD_BASELINE + (RICHARDSON if config.richardson else ""))
+            try:
+                measured = best_steps(config.steps_from, problem, dtype=dtype, accuracy=p, method=fd_baseline)
+            except (ValueError, ResultsFileError) as err:  # a CSV of something else, or no CSV at all
+                raise UsageError(f"--steps-from {str(err).removesuffix('; ' + REMEDY)}") from err
             steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if accuracy.get(order) == p}
     if config.eps is not None and not auto:
         steps = {order: (config.eps, "--eps") for order in config.orders}
@@ -174,14 +190,29 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
             name = method + (RICHARDSON if config.richardson and fd else "")
             eps, source = steps[order]
             if auto and fd and fdsm.METHODS.entry(method).enabled:
-                eps, source = auto_step(problem, name, order, accuracy[order], dtype), AUTO
+                try:
+                    eps, source = auto_step(problem, name, order, accuracy[order], dtype), AUTO
+                except ValueError as err:  # a probe where f is not finite: the message says where
+                    raise UsageError(f"--eps auto: T = {order}: {err}") from err
             row = {**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
                    "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
             rows.append(row)
             if config.compiled:  # the compiled variants: Taylor mode's rules alone (eager net), the whole call
                 suffixes = (FUSED, COMPILED) if method == "exact-taylor" else (COMPILED,)
                 rows += [{**row, "method": name + suffix} for suffix in suffixes]
-    return _paired(rows, FD_BASELINE + (RICHARDSON if config.richardson else ""), auto)
+    return _paired(rows, fd_baseline, auto)
+
+
+def _probed(problem: dict, method: str, order: int, accuracy: int, dtype: str,
+            default: tuple[float, str]) -> tuple[float, str]:
+    """A user model's step for order T (module docstring): the automatic step's batch median, or where its probes
+    fail (f not finite at one) the default step, with a note saying so."""
+    try:
+        return auto_step(problem, method, order, accuracy, dtype), PROBED
+    except ValueError as err:
+        print(f"fdsm-bench derivatives: note: T = {order}: no probed step ({err}); FD runs at the default step "
+              f"{default[0]:.3g}, calibrated on the deep EBM (set one with --eps or --steps-from)", file=sys.stderr)
+        return default
 
 
 def _paired(rows: list[dict], baseline: str, auto: bool) -> list[dict]:
@@ -237,8 +268,10 @@ def describe(rows: pd.DataFrame) -> str:
     if first["size"] == "user":
         model = f"{first.model} (a user's model)"
     else:
-        n_chan = model_config(first.model, first["size"]).n_chan if pd.isna(first.n_chan) else int(first.n_chan)
-        model = f"{first.model} ({first['size']}, n_chan {n_chan}, {first.weights} weights)"
+        n_chan = getattr(model_config(first.model, first["size"]), "n_chan", None) if pd.isna(first.n_chan) \
+            else int(first.n_chan)  # the deep EBM's; other models have none
+        width = "" if n_chan is None else f", n_chan {n_chan}"
+        model = f"{first.model} ({first['size']}{width}, {first.weights} weights)"
     return (f"T-th directional derivative of log p, {model}, batch {first.batch}, {first['dtype']} on "
             f"{first.device_name} ({first.threads} threads); FD step eps per row in the CSV")
 
@@ -301,11 +334,9 @@ def _time_ratios(ok: pd.DataFrame, exact: str, fd: str, time: pd.DataFrame) -> p
 
 
 # The error each method must stay under in the pytest-benchmark suite (float32, its quick problem): "check what you
-# time", a fast wrong answer fails. Exact methods differ from the float64 reference by float32 rounding only; FD by
-# truncation + roundoff, which grows with T (see eps-sweep): at T >= 3 float32 FD is inherently inaccurate, so the
-# bound there only catches a wrong answer.
-EXACT_TOLERANCE = 1e-4
-
+# time", a fast wrong answer fails. Exact methods differ from the float64 reference by float32 rounding only
+# (EXACT_TOLERANCE); FD by truncation + roundoff, which grows with T (see eps-sweep): at T >= 3 float32 FD is
+# inherently inaccurate, so the bound there only catches a wrong answer.
 
 def tolerance(method: str, order: int) -> float:
     if not method.startswith("fd-"):

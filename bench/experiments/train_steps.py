@@ -67,6 +67,14 @@ def check_models(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
+# NCSN at the paper's batch of 128 is slow on a CPU even at its cpu size; 16 keeps the sweep in minutes.
+CPU_BATCH = {"ncsn": 16}
+
+
+def _cpu_batches() -> str:
+    return ", ".join(f"{batch} for {model}" for model, batch in CPU_BATCH.items())
+
+
 @dataclass(frozen=True)
 class TrainStepsConfig:
     models: tuple[str, ...] = option(("dkef", "deep-ebm", "nice", "ncsn", "vae-score", "wae-score"),
@@ -76,8 +84,8 @@ class TrainStepsConfig:
     objectives: tuple[str, ...] = option((), "row labels, e.g. SSM,FD-SSM", default_text="every row of the models")
     size: str | None = option(None, "model size", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
     batch: int | None = option(None, "batch for every row", type=positive_int,
-                               default_text=f"the paper's per model; on the CPU at size cpu, CPU_BATCH; a user's "
-                                            f"model: {USER_BATCH}")
+                               default_text=f"the paper's per model; on the CPU at size cpu, {_cpu_batches()}; a "
+                                            f"user's model: {USER_BATCH}")
     event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28",
                                                  default_text="the model's event_shape attribute")
     lr: float = option(1e-3, "a user model's Adam learning rate (registered models use their recipe's)",
@@ -95,8 +103,6 @@ class TrainStepsConfig:
     timeout_s: float = option(600.0, "seconds per row", flag="--timeout", convert=positive("--timeout"))
 
 
-# NCSN at the paper's batch of 128 is slow on a CPU even at its cpu size; 16 keeps the sweep in minutes.
-CPU_BATCH = {"ncsn": 16}
 # The layout in which every objective's step of the model ran fastest (NOTE [memory format] in fdsm.recipes);
 # models not listed use "contiguous", as the paper's code.
 MEMORY_FORMAT = {"deep-ebm": "channels_last"}
@@ -134,12 +140,18 @@ def _model_cases(model: str, config: TrainStepsConfig, size: str) -> list[tuple[
 def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
     device = shared.device
     size = config.size or ("paper" if device.type == "cuda" else "cpu")
+    if config.event_shape is not None and not any(map(is_user_model, config.models)):
+        raise UsageError(f"--event-shape {','.join(map(str, config.event_shape))}: a user model's input shape; "
+                         f"{', '.join(config.models)} "
+                         f"{'declares its' if len(config.models) == 1 else 'declare their'} own")
     per_model = {model: _model_cases(model, config, size) for model in config.models}
     labels = {objective for rows in per_model.values() for objective, *_ in rows}
     unknown = sorted(set(config.objectives) - labels)
     if unknown:
+        preset = (f" (--quick sets --objectives {','.join(QUICK.objectives)}, the rows of its model {QUICK.models[0]}; "
+                  "pass --objectives for other models)" if config.objectives == QUICK.objectives else "")
         raise UsageError(f"--objectives: {unknown} is not a row of {', '.join(config.models)}; expected some of "
-                         f"{sorted(labels)}")
+                         f"{sorted(labels)}{preset}")
     rows = []
     for model, model_rows in per_model.items():
         for objective, batch, event, available in model_rows:

@@ -53,7 +53,7 @@ import operator
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fdsm.models.spec import check_event
 
@@ -232,6 +232,12 @@ def _probe_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return torch.float32, torch.device("cpu")
 
 
+def _no_path(out: Tensor, x: Tensor) -> bool:
+    """Whether out, which has a graph, has none from x (x detached inside forward, the graph is the parameters')."""
+    with torch.enable_grad():  # the caller may run under torch.no_grad()
+        return torch.autograd.grad(out.sum(), x, allow_unused=True)[0] is None
+
+
 def check_user_model(model: UserModel, *, batch: int = 2) -> None:
     r"""Run ``forward`` once on a seeded standard-normal batch x: (batch, \*event) and check what it returns.
 
@@ -240,7 +246,8 @@ def check_user_model(model: UserModel, *, batch: int = 2) -> None:
     autograd path to x is caught (the benchmarks differentiate it); a score model runs under ``torch.no_grad()``.
     Raises ``UserModelError`` with one line when forward raises (the exception named), returns the wrong shape
     (or not a tensor), returns non-finite values, or, for a log-density or energy model, is not differentiable in
-    x. The global RNG is untouched.
+    x (its output has no autograd path from x, even if it has one through the parameters). The global RNG is
+    untouched.
     """
     if not isinstance(model, UserModel):
         raise TypeError(f"check_user_model(model): expected a UserModel, got type {type(model).__name__}; wrap the "
@@ -266,7 +273,8 @@ def check_user_model(model: UserModel, *, batch: int = 2) -> None:
         raise UserModelError(owner, f"forward(x) gave {bad} non-finite value(s) (nan or inf) of {out.numel()} on a "
                                     f"seeded standard-normal x of shape {shape}; check the initialisation and the "
                                     "numerics (log of a non-positive value, exp overflow)")
-    if differentiate and not out.requires_grad:
-        raise UserModelError(owner, "forward(x) is not differentiable in x (its output has no autograd graph); the "
-                                    "benchmarks differentiate log p in x, so avoid .detach(), .item() and "
+    # The output may carry a graph through the parameters alone (x detached inside forward): ask for d out / dx.
+    if differentiate and (not out.requires_grad or _no_path(out, x)):
+        raise UserModelError(owner, "forward(x) is not differentiable in x (no autograd path from x to its output); "
+                                    "the benchmarks differentiate log p in x, so avoid .detach(), .item() and "
                                     "torch.no_grad() inside forward")
