@@ -57,5 +57,15 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def __repr__(self) -> str:
+        """The kind and the names, a disabled one marked (its reason: ``entry(name).reason``).
+
+        >>> r = Registry("colour"); _ = r.register("red", 1); _ = r.register("uv", 2, enabled=False, reason="no lamp")
+        >>> r
+        Registry('colour': red, uv (disabled))
+        """
+        names = ", ".join(e.name + ("" if e.enabled else " (disabled)") for e in self._entries.values())
+        return f"Registry({self.kind!r}: {names})"
+
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries.values())

@@ -10,10 +10,10 @@ vs-jet/README.md says how it was installed here). For each batch and order T, bo
 derivative :math:`(v^\top\nabla)^T \log \tilde p(x)` of the same model, points and direction in float32; they are
 timed alternately, round by round (``bench.timing.measure_interleaved``), on one torch thread, after an untimed call
 that traces each (its trace time is not in the timed calls). Each result is compared with the float64 reference
-(``fdsm.float64_reference``). ``jet``'s T-th output coefficient is the derivative itself (its coefficients are
-those of the jet :math:`f(x + tv)` in derivative form, checked here against the reference), so both are read the
-same way. One row per (batch, T): both medians, the paired ratio jet / ours (above 1: ours is faster) with its
-quartiles, and both errors.
+(``fdsm.float64_reference`` by nested reverse mode, which is neither of them). ``jet``'s T-th output coefficient is
+the derivative itself (its coefficients are those of the jet :math:`f(x + tv)` in derivative form, checked here
+against the reference), so both are read the same way. One row per (batch, T): both medians, the paired ratio
+jet / ours (above 1: ours is faster) with its quartiles, and both errors.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def compare(batch: int, order: int, *, repeats: int, seed: int = 0) -> dict:
     v = u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # unit directions
     ours = lambda: fdsm.directional_derivative(model.log_density, x, v, order, method="exact-taylor")  # noqa: E731
     theirs = jet_call(model, x, v, order)
-    reference = fdsm.float64_reference(model, x.double(), v.double(), order,
-                                       fn=lambda m, inputs: m.log_density(inputs))
+    reference = fdsm.float64_reference(model, x.double(), v.double(), order,  # independent of both: no norms here
+                                       fn=lambda m, inputs: m.log_density(inputs), method="exact-reverse")
     errors = {name: relative_error(call(), reference).median for name, call in (("ours", ours), ("jet", theirs))}
     t_ours, t_jet = measure_interleaved([ours, theirs], torch.device("cpu"), warmup=1, repeats=repeats)
     ratio = paired_ratio(t_jet, t_ours)

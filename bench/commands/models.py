@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.config import Shared, option
-from bench.csvlog import write_atomic
+from bench.config import Shared, UsageError, option
+from bench.csvlog import ResultsFileError, write_atomic
 from bench.experiment import Command
 from fdsm.models import MODELS, SIZES, build, parameter_count
 
@@ -45,9 +45,14 @@ def model_table() -> pd.DataFrame:
 
 def run(config: ModelsConfig, shared: Shared) -> int:
     table = model_table()
+    if config.csv is not None:  # before the table: a path that cannot be written is refused before any output
+        try:
+            write_atomic(table, config.csv)
+        except ResultsFileError as err:
+            raise UsageError(f"--csv {str(err).removesuffix('; choose another --out')}; choose another --csv") \
+                from err
     print(table.drop(columns="summary").to_string(index=False, formatters={"parameters": "{:,}".format}))
     if config.csv is not None:
-        write_atomic(table, config.csv)
         print(f"wrote {config.csv}")
     return 0
 
