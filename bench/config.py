@@ -75,7 +75,7 @@ def comma_floats(text: str) -> tuple[float, ...]:
 
 def comma_words(text: str) -> tuple[str, ...]:
     """``"fd-batched, exact-reverse"`` -> ("fd-batched", "exact-reverse")."""
-    return tuple(_items(text, "fd-batched,exact-reverse"))
+    return tuple(_items(text, "a,b"))
 
 
 def positive_int(text: str) -> int:

@@ -150,6 +150,8 @@ def write_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     ``os.replace``): a crash leaves the old file or the new one, never half of one. For a whole table at once,
     such as a summary derived from a ``CsvLog``."""
     path = Path(path)
+    if path.is_dir():
+        raise ResultsFileError(f"{path}: a folder where a results CSV belongs; choose another --out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

@@ -66,6 +66,9 @@ def best_steps(eps_sweep_csv: Path, problem: Mapping[str, Any], *, dtype: str, a
     if missing := [column for column in needed if column not in rows]:
         raise ValueError(f"{eps_sweep_csv}: not an eps_sweep.csv of fdsm-bench eps-sweep: it has no column "
                          f"{', '.join(missing)}")
+    if "time_ms" in rows:  # a derivatives.csv has every column above, and one step per order: no sweep of it
+        raise ValueError(f"{eps_sweep_csv}: not an eps_sweep.csv of fdsm-bench eps-sweep: it has timings "
+                         "(time_ms), as a derivatives.csv does")
     same = (rows["status"] == "ok") & (rows["dtype"] == dtype) & (rows["accuracy"] == accuracy)
     if method is not None:
         same &= rows["method"] == method

@@ -144,12 +144,14 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
 
 def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
                       fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
-                      method: str = "exact-taylor") -> Tensor:
+                      method: str = "exact-taylor", chunk: int | None = None) -> Tensor:
     r"""D_ref: the exact T-th directional derivative in float64, on a float64 deep copy of ``model``.
 
     ``fn(module, x)`` gives the function to differentiate (default ``module(x)``, e.g.
     ``lambda m, x: m.log_density(x)``). The copy's parameters need no gradient, and the result is detached:
-    it is the reference of ``rel_error = |D - D_ref| / |D_ref|`` (DESIGN.md, measurement rules).
+    it is the reference of ``rel_error = |D - D_ref| / |D_ref|`` (DESIGN.md, measurement rules). With ``chunk``,
+    the samples (independent) go through the one copy ``chunk`` at a time, so that the exact method's memory at
+    high T scales with the chunk, not the batch.
 
     The default method is Taylor mode: one pass whatever T (nested reverse mode's memory grows exponentially with
     it), and right through PyTorch's fused normalizations, where nested autograd is not: through ``F.layer_norm``,
@@ -160,8 +162,11 @@ def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
     """
     if method not in EXACT_METHODS:
         raise ValueError(f"float64_reference: expected an exact method {EXACT_METHODS}, got {method!r}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"float64_reference: expected chunk >= 1 or None, got {chunk}")
     reference = copy.deepcopy(model).double().requires_grad_(False)
     call = fn if fn is not None else (lambda m, inputs: m(inputs))
-    out = directional_derivative(lambda inputs: call(reference, inputs), x.detach().double(), v.detach().double(),
-                                 order, method=method)
-    return out.detach()
+    x, v = x.detach().double(), v.detach().double()
+    size = chunk or max(len(x), 1)
+    return torch.cat([directional_derivative(lambda inputs: call(reference, inputs), xc, vc, order, method=method)
+                      .detach() for xc, vc in zip(x.split(size), v.split(size), strict=True)])

@@ -122,11 +122,38 @@ NORMED_MODELS = """
         def forward(self, x):
             return torch.special.erf(self.inner(x)).squeeze(1)
 
+    class Branchy(nn.Module):  # data-dependent control flow: Taylor mode's trace cannot follow it
+        event_shape = (4,)
+
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 1)
+
+        def forward(self, x):
+            y = self.inner(x).squeeze(1)
+            return torch.tanh(y) if y.sum() > 0 else torch.sigmoid(y)
+
+    class Edge(nn.Module):  # nearly linear, so the automatic step grows long, and not finite past x_0 = 3
+        event_shape = (4,)
+
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return (self.inner(x).squeeze(1) + 1e-4 * x[:, 0] ** 3) * torch.where(x[:, 0] < 3, 1.0, float("nan"))
+
     def normed():
         return Normed()
 
     def erf():
         return Erf()
+
+    def branchy_float64():  # and a factory that returns its model in float64
+        return Branchy().double()
+
+    def edge():
+        return Edge()
 """
 
 
@@ -150,6 +177,28 @@ def test_the_reference_is_taylor_mode_and_an_exact_row_that_disagrees_says_so(tm
     rows = pd.read_csv(out / "derivatives.csv").set_index("method")
     assert rows.reference["exact-reverse"] == "exact-reverse" and rows.rel_error["exact-reverse"] < 1e-4
     assert rows.status["exact-taylor"] == "error" and "erf" in rows.message["exact-taylor"]
+    out = tmp_path / "branchy"  # f does not trace: the same fallback; the float64 model runs as float32
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model",
+                 f"{models}:branchy_float64", "--methods", "exact-reverse,fd-batched", "--orders", "1"]) == 0
+    rows = pd.read_csv(out / "derivatives.csv")
+    assert set(rows.reference) == {"exact-reverse"} and (rows.status == "ok").all()
+    assert set(rows.dtype) == {"float32"} and (rows.rel_error < 1e-2).all()
+
+
+def test_a_user_model_whose_probes_fail_keeps_the_default_step_and_says_so(tmp_path, capsys):
+    models = tmp_path / "edge.py"
+    models.write_text(textwrap.dedent(NORMED_MODELS))
+    spec = f"{models}:edge"
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path / "auto"), "--model", spec,
+                 "--methods", "fd-batched", "--orders", "2", "--eps", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "--eps auto: T = 2: fd_estimate(f, x, v, order): f is not finite at a probe" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path / "probed"), "--model", spec,
+                 "--methods", "fd-batched", "--orders", "2", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "note: T = 2: no probed step (fd_estimate(f, x, v, order): f is not finite at a probe" in err
+    assert "FD runs at the default step 7.81, calibrated on the deep EBM" in err
 
 
 def test_a_users_model_and_score_model_run_through_train_steps(tmp_path):

@@ -38,10 +38,11 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
     (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
     (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),
-    (["derivatives", "--methods="], "argument --methods: expected comma-separated values such as"),
+    (["derivatives", "--methods="], "argument --methods: expected comma-separated values such as a,b, got ''"),
     (["derivatives", "--event-shape", "4"], "--event-shape 4: a user model's input shape; deep-ebm declares its own"),
     (["eps-sweep", "--model", EXAMPLE, "--size", "paper"], "--size paper: the registered models' presets"),
     (["models", "--csv", "/dev/null/x.csv"], "--csv /dev/null/x.csv: cannot write it"),
+    (["models", "--csv", "/tmp"], "--csv /tmp: a folder where a results CSV belongs; choose another --csv"),
     (["train-steps", "--event-shape", "3"], "--event-shape 3: a user model's input shape; nice declares its own"),
 ])
 def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsys, argv, message):

@@ -200,6 +200,8 @@ def test_check_user_model_errors_are_one_line():
     assert "not differentiable in x" in _check_error(lambda x: x.sum(1).detach())
     weight = torch.ones(3, requires_grad=True)  # a graph through the parameters only: x detached inside forward
     assert "not differentiable in x" in _check_error(lambda x: (x.detach() * weight).sum(1))
+    no_backward = torch.special.zeta  # zeta has no derivative in its first argument
+    assert "the backward of forward(x) raised" in _check_error(lambda x: no_backward(x.exp() + 1, 2.0).sum(1))
 
 
 def test_check_user_model_passes_good_models_and_leaves_the_rng_alone():

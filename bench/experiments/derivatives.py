@@ -169,9 +169,6 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
                 for order in config.orders}
     fd_baseline = FD_BASELINE + (RICHARDSON if config.richardson else "")
     steps = {order: (default_step(order, accuracy[order], shared.dtype), "default") for order in config.orders}
-    if is_user_model(config.model) and config.eps is None:
-        steps = {order: _probed(problem, fd_baseline, order, accuracy[order], dtype, steps[order])
-                 for order in config.orders}
     if config.steps_from is not None and not auto:
         if not config.steps_from.is_file():
             raise UsageError(f"--steps-from {config.steps_from}: no such file; run fdsm-bench eps-sweep first")
@@ -183,6 +180,10 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
             steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if accuracy.get(order) == p}
     if config.eps is not None and not auto:
         steps = {order: (config.eps, "--eps") for order in config.orders}
+    if is_user_model(config.model) and config.eps is None and any(m in FD_METHODS for m in methods):
+        # the orders still at the deep EBM's default step: --steps-from may have given some
+        steps |= {order: _probed(problem, fd_baseline, order, accuracy[order], dtype, step)
+                  for order, step in steps.items() if step[1] == "default"}
     rows = []
     for order in config.orders:
         for method in methods:

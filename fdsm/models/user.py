@@ -274,7 +274,12 @@ def check_user_model(model: UserModel, *, batch: int = 2) -> None:
                                     f"seeded standard-normal x of shape {shape}; check the initialisation and the "
                                     "numerics (log of a non-positive value, exp overflow)")
     # The output may carry a graph through the parameters alone (x detached inside forward): ask for d out / dx.
-    if differentiate and (not out.requires_grad or _no_path(out, x)):
+    try:
+        unreachable = differentiate and (not out.requires_grad or _no_path(out, x))
+    except Exception as err:  # an op of forward with no derivative: the benchmarks need one
+        raise UserModelError(owner, f"the backward of forward(x) raised {_one_line(err)}; the benchmarks "
+                                    "differentiate forward in x, so every op in it needs a derivative") from err
+    if unreachable:
         raise UserModelError(owner, "forward(x) is not differentiable in x (no autograd path from x to its output); "
                                     "the benchmarks differentiate log p in x, so avoid .detach(), .item() and "
                                     "torch.no_grad() inside forward")
