@@ -70,7 +70,7 @@ from bench.isolation import is_out_of_memory
 from bench.memory import peak_memory
 from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import first_call_ms, measure_interleaved, paired_ratio, timing_columns
-from bench.user_model import build_user_model, is_user_model
+from bench.user_model import build_user_model, is_user_model, refuse_event_shape
 from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import EXACT_METHODS, FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
@@ -459,9 +459,7 @@ def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
         raise UsageError(f"--model {config.model}: not a registered model; expected one of "
                          f"{', '.join(MODELS.names())}, or a user's package.module:factory or file.py:factory")
     else:
-        if config.event_shape is not None:
-            raise UsageError(f"--event-shape {','.join(map(str, config.event_shape))}: a user model's input shape; "
-                             f"{config.model} declares its own")
+        refuse_event_shape(config.event_shape, (config.model,))
         if "n_chan" not in (f.name for f in dataclasses.fields(MODELS.get(config.model).presets[size])):
             n_chan = None  # the deep EBM's width, which the --quick presets set: this model has none
     try:

@@ -50,6 +50,14 @@ def is_user_model(spec: str) -> bool:
     return ":" in spec
 
 
+def refuse_event_shape(event_shape: tuple[int, ...] | None, models: tuple[str, ...]) -> None:
+    """``--event-shape`` is a user model's input shape: a UsageError where none of ``models`` is a user's."""
+    if event_shape is not None and not any(map(is_user_model, models)):
+        own = "declares its" if len(models) == 1 else "declare their"
+        raise UsageError(f"--event-shape {','.join(map(str, event_shape))}: a user model's input shape; "
+                         f"{', '.join(models)} {own} own")
+
+
 def _one_line(err: BaseException) -> str:
     """``"TypeName: first line of the message"``."""
     lines = str(err).strip().splitlines()

@@ -43,7 +43,7 @@ from bench.markdown import figure, table
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.step_case import USER_BATCH, Stepper, measure_step, recipe_for, recipes_of
-from bench.user_model import build_user_model, is_user_model
+from bench.user_model import build_user_model, is_user_model, refuse_event_shape
 from fdsm.recipes import MEMORY_FORMATS, RECIPES, recipe_available
 from fdsm.training import PHASES
 
@@ -140,10 +140,7 @@ def _model_cases(model: str, config: TrainStepsConfig, size: str) -> list[tuple[
 def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
     device = shared.device
     size = config.size or ("paper" if device.type == "cuda" else "cpu")
-    if config.event_shape is not None and not any(map(is_user_model, config.models)):
-        raise UsageError(f"--event-shape {','.join(map(str, config.event_shape))}: a user model's input shape; "
-                         f"{', '.join(config.models)} "
-                         f"{'declares its' if len(config.models) == 1 else 'declare their'} own")
+    refuse_event_shape(config.event_shape, config.models)
     per_model = {model: _model_cases(model, config, size) for model in config.models}
     labels = {objective for rows in per_model.values() for objective, *_ in rows}
     unknown = sorted(set(config.objectives) - labels)
