@@ -141,29 +141,63 @@ def _problem(key: tuple) -> tuple[nn.Module, Tensor, Tensor]:
 # exact-reverse is wrong from T = 3, by 4% to 340% on a small float64 example (fdsm.float64_reference names the
 # PyTorch issues). A user's network with a LayerNorm got an exact-reverse reference that made exact-taylor look 1%
 # off, and FD's errors meaningless. Taylor mode itself is held to exact-reverse (1e-9, every model family) and to
-# closed forms by the tests; within a sweep, the exact-reverse rows are the cross-check: an exact row more than
-# EXACT_TOLERANCE off the reference says so in its message.
+# closed forms by the tests. Within a sweep, the Taylor reference is checked on the case's own f and batch against
+# nested reverse mode at T = 1, 2 (CHECKED_ORDERS), where nested autograd is right through every op and cheap: a
+# wrong rule (one a user registered, or ours on an op pattern the tests do not reach) would otherwise make every
+# rel_error of the sweep wrong without a sign. Where they disagree, the reference at T <= 2 is exact-reverse, and
+# every row of the problem says so in its message. The exact-reverse rows are a second check: an exact row more
+# than EXACT_TOLERANCE off the reference says so in its message.
 REFERENCE_METHODS = ("exact-taylor", "exact-reverse")  # in order of preference
 EXACT_TOLERANCE = 1e-4  # an exact method in float32 differs from the float64 reference by rounding only
+CHECKED_ORDERS = (1, 2)  # nested reverse mode is right here through every op (the norms go wrong from T = 3)
+CHECK_TOLERANCE = 1e-8  # two exact methods in float64, relative to the batch's largest |D|: rounding is ~1e-13
 
 
 @functools.cache
-def _unit_reference(key: tuple, order: int) -> tuple[Tensor, str]:
-    """D_ref for the unit directions u, in float64: (B,), and the exact method that gave it (NOTE [the reference
-    method]). In chunks of REFERENCE_CHUNK samples (they are independent), so that an exact method's memory at high
-    T scales with the chunk, not the batch."""
+def _by(key: tuple, method: str, order: int) -> Tensor:
+    """D for the unit directions u by the exact ``method`` in float64: (B,). In chunks of REFERENCE_CHUNK samples
+    (they are independent), so that an exact method's memory at high T scales with the chunk, not the batch."""
     model, x, u = _problem(key)
+    return fdsm.float64_reference(model, x, u, order, fn=lambda m, inputs: m.log_density(inputs), method=method,
+                                  chunk=REFERENCE_CHUNK)
 
-    def by(method: str) -> Tensor:
-        return fdsm.float64_reference(model, x, u, order, fn=lambda m, inputs: m.log_density(inputs), method=method,
-                                      chunk=REFERENCE_CHUNK)
 
+@functools.cache
+def _taylor_doubt(key: tuple) -> str:
+    """Why the Taylor-mode reference of this problem is in doubt, or "": it is checked against nested reverse mode
+    at CHECKED_ORDERS (NOTE [the reference method]). A check that cannot run (nested reverse mode out of memory)
+    leaves no doubt: the tests hold the rules to it."""
+    for order in CHECKED_ORDERS:
+        taylor = _by(key, REFERENCE_METHODS[0], order)
+        try:
+            reverse = _by(key, REFERENCE_METHODS[1], order)
+        except Exception:  # the check is extra: the Taylor reference stands unchecked
+            return ""
+        off, scale = float((taylor - reverse).abs().max()), float(reverse.abs().max())
+        if not off <= CHECK_TOLERANCE * scale:
+            return (f"the float64 Taylor-mode reference disagrees with nested reverse mode on this f at T = {order} "
+                    f"(by {off / scale if scale else off:.2g} of the largest |D|), where nested reverse mode is right "
+                    "through every op this suite knows of, the norms included: a Taylor rule for an op of f is "
+                    "wrong (one registered with fdsm.taylor.register_rule?), or f couples its samples (a batch "
+                    "norm without running statistics: fdsm.taylor.CoupledSamplesWarning); rel_error is against "
+                    f"exact-reverse at T <= {CHECKED_ORDERS[-1]} and against the doubtful Taylor mode above")
+    return ""
+
+
+@functools.cache
+def _unit_reference(key: tuple, order: int) -> tuple[Tensor, str, str]:
+    """D_ref for the unit directions u, in float64: (B,), the exact method that gave it, and why it is in doubt
+    or "" (NOTE [the reference method])."""
     try:
-        return by(REFERENCE_METHODS[0]), REFERENCE_METHODS[0]
+        taylor = _by(key, REFERENCE_METHODS[0], order)
     except Exception as err:  # no Taylor rule for an op, or f does not trace (data-dependent control flow)
         if is_out_of_memory(err):  # nested reverse mode would need more: the row says the reference failed
             raise
-        return by(REFERENCE_METHODS[1]), REFERENCE_METHODS[1]
+        return _by(key, REFERENCE_METHODS[1], order), REFERENCE_METHODS[1], ""
+    doubt = _taylor_doubt(key)
+    if doubt and order in CHECKED_ORDERS:
+        return _by(key, REFERENCE_METHODS[1], order), REFERENCE_METHODS[1], doubt
+    return taylor, REFERENCE_METHODS[0], doubt
 
 
 @functools.cache
@@ -253,9 +287,10 @@ def reference_for(case: Mapping[str, Any]) -> Tensor:
     return _unit_reference(_problem_key(case), int(case["order"]))[0] * scale ** int(case["order"])
 
 
-def reference_method(case: Mapping[str, Any]) -> str:
-    """The exact method of the case's D_ref (NOTE [the reference method]), once ``reference_for`` has run."""
-    return _unit_reference(_problem_key(case), int(case["order"]))[1]
+def reference_method(case: Mapping[str, Any]) -> tuple[str, str]:
+    """The exact method of the case's D_ref and why it is in doubt, or "" (NOTE [the reference method]), once
+    ``reference_for`` has run."""
+    return _unit_reference(_problem_key(case), int(case["order"]))[1:]
 
 
 def derivative_call(case: Mapping[str, Any]) -> tuple[Callable[[], Tensor], Tensor]:
@@ -298,22 +333,24 @@ NARROW = ("bfloat16", "float16")  # FD's roundoff u / eps^T there: a few percent
 def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
                   estimate: FDEstimate | None = None) -> dict[str, Any]:
     """rel_error (median and max over the batch) of d against d_ref and the ``reference`` method (NOTE [the
-    reference method]; an exact row more than EXACT_TOLERANCE off it gets a message); for FD, ``estimate``'s
+    reference method]: a reference in doubt, and an exact row more than EXACT_TOLERANCE off it, say so in the
+    message); for FD, ``estimate``'s
     ``err_estimate`` and ``flagged`` beside it, and for the automatic step its cost and steps (``AUTO_COLUMNS``)."""
     err = relative_error(d, d_ref)
     backend = "n/a"
     if case["method"] == "fd-streams":  # one stream or worker thread per stencil point: say how many ran at once
         points = len(fdsm.central_stencil(int(case["order"]), int(case["accuracy"])))
         backend = f"{fdsm.streams_backend(case['device'])} x{points}"
-    reference = reference_method(case)
+    reference, doubt = reference_method(case)
     columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend, "reference": reference}
+    notes = [doubt]  # the row's message: every note that applies, in this order
     method = case["method"]  # exact-taylor+fused and +compiled are other implementations: checked too
     exact = method.removesuffix(COMPILED).removesuffix(FUSED) in EXACT_METHODS
     if exact and method != reference and case["dtype"] not in NARROW and not err.median <= EXACT_TOLERANCE:
-        columns["message"] = (f"{method} is {err.median:.2g} off the float64 {reference} reference, where two exact "
-                              f"methods differ by rounding only (under {EXACT_TOLERANCE:g}): one of them is wrong on "
-                              "this f. PyTorch's nested autograd is, through its fused normalizations (layer, "
-                              "instance, training-mode batch norm) at high order: see fdsm.float64_reference")
+        notes.append(f"{method} is {err.median:.2g} off the float64 {reference} reference, where two exact methods "
+                     f"differ by rounding only (under {EXACT_TOLERANCE:g}): one of them is wrong on this f. "
+                     "PyTorch's nested autograd is, through its fused normalizations (layer, instance, training-mode "
+                     "batch norm) at high order: see fdsm.float64_reference")
     if estimate is not None:
         median = float(estimate.rel_error.median())
         columns |= {"err_estimate": median, "flagged": not median <= TOLERANCE}
@@ -322,13 +359,14 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
             columns |= {"probe_forwards": estimate.probe_forwards, "probe_points": estimate.probe_points,
                         "step_min": float(steps.min()), "step_max": float(steps.max())}
             if not math.isclose(float(steps.median()), float(case["eps"]), rel_tol=1e-6):
-                columns["message"] = (f"the timed call's automatic step, median {float(steps.median()):.6g}, differs "
-                                      f"from the case's eps {float(case['eps']):.6g} chosen before the sweep")
+                notes.append(f"the timed call's automatic step, median {float(steps.median()):.6g}, differs from the "
+                             f"case's eps {float(case['eps']):.6g} chosen before the sweep")
     if fd_variant(case["method"])[0] in FD_METHODS and case["dtype"] in NARROW and not err.median <= 0.01:
         unit = torch.finfo(DTYPES[case["dtype"]]).eps
-        columns["message"] = (f"FD in {case['dtype']} is numerically out of range here: its roundoff, about "
-                              f"u / eps^T with u = {unit:.1e}, swamps the T = {case['order']} derivative "
-                              f"(rel_error {err.median:.2g})")
+        notes.append(f"FD in {case['dtype']} is numerically out of range here: its roundoff, about u / eps^T with "
+                     f"u = {unit:.1e}, swamps the T = {case['order']} derivative (rel_error {err.median:.2g})")
+    if message := "; ".join(filter(None, notes)):
+        columns["message"] = message
     return columns
 
 

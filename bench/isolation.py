@@ -3,16 +3,18 @@
 A ``Worker`` is a spawned Python process that runs the cases it is sent, one after another. For each case the
 outcome is one of the ``status`` values of DESIGN.md:
 
-========= ==========================================================================================
-ok        the case returned; ``result`` holds what it returned (a picklable row, usually a dict)
-timeout   it ran past ``timeout_s``: the worker is killed
-oom       it raised an out-of-memory error (CUDA or CPU allocator, ``MemoryError``): the worker is killed
-error     any other exception, ``message`` is ``"TypeName: text"``; or the worker died while running the
-          case: the message names the signal that killed it (``"worker killed by SIGSEGV while running
-          measure_derivative"``) or its exit code. For SIGKILL it adds that the kernel's OOM killer sends
-          it, so the case *may* have run out of memory: that is no evidence that it did (a person or a
-          supervisor sends SIGKILL too), so it is no ``oom`` row. The worker is killed after any error
-========= ==========================================================================================
+=========== ==========================================================================================
+ok          the case returned; ``result`` holds what it returned (a picklable row, usually a dict)
+timeout     it ran past ``timeout_s``: the worker is killed
+oom         it raised an out-of-memory error (CUDA or CPU allocator, ``MemoryError``): the worker is killed
+error       any other exception, ``message`` is ``"TypeName: text"``; or the worker died while running the
+            case: the message names the signal that killed it (``"worker killed by SIGSEGV while running
+            measure_derivative"``) or its exit code. For SIGKILL it adds that the kernel's OOM killer sends
+            it, so the case *may* have run out of memory: that is no evidence that it did (a person or a
+            supervisor sends SIGKILL too), so it is no ``oom`` row. The worker is killed after any error
+unsupported it raised ``fdsm.NotSupported``: the method does not apply to this f (Taylor mode with no rule
+            for one of its ops); ``message`` says why and what to do
+=========== ==========================================================================================
 
 After a ``timeout``, an ``oom``, an ``error`` or an ``ok`` whose row's ``message`` reports an allocator failure
 that the case caught (``measure_derivative``'s float64 reference), the worker is gone and the next case starts a
@@ -89,6 +91,17 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and reports_out_of_memory(str(err))
 
 
+def failure(err: BaseException) -> tuple[str, str]:
+    """The status and message of a case that raised ``err``: ``oom`` for an allocator failure; ``unsupported`` for a
+    method that does not apply to this f (``fdsm.NotSupported``: Taylor mode with no rule for one of its ops), its
+    message as it is, since it says why; else ``error``. The message names the exception's type but there."""
+    from fdsm.registry import NotSupported
+
+    if isinstance(err, NotSupported):
+        return "unsupported", str(err)
+    return "oom" if is_out_of_memory(err) else "error", f"{type(err).__name__}: {err}"
+
+
 def reports_out_of_memory(text: str) -> bool:
     """Whether a message reports an allocator failure (torch's CUDA and CPU allocators' wording)."""
     return "out of memory" in text or "can't allocate memory" in text
@@ -96,8 +109,9 @@ def reports_out_of_memory(text: str) -> bool:
 
 def is_spent(status: str, result: Any) -> bool:
     """Whether a worker must be replaced after a case that gave ``status`` and ``result`` (NOTE [a worker that ran
-    out of memory is replaced]): it raised, or its row's message reports an allocator failure it caught."""
-    if status != "ok":
+    out of memory is replaced]): it raised (``fdsm.NotSupported`` aside: a method that does not apply leaves the
+    process as it was), or its row's message reports an allocator failure it caught."""
+    if status not in ("ok", "unsupported"):
         return True
     message = result.get("message") if isinstance(result, Mapping) else None
     return isinstance(message, str) and reports_out_of_memory(message)
@@ -159,7 +173,8 @@ def _serve(conn: Connection, threads: int | None, parent_pid: int) -> None:
         try:
             reply = ("ok", fn(*args), "")
         except Exception as err:  # every failure becomes a row; the sweep goes on
-            reply = ("oom" if is_out_of_memory(err) else "error", None, f"{type(err).__name__}: {err}")
+            status, message = failure(err)
+            reply = (status, None, message)
         wall_s = time.perf_counter() - t0
         try:
             conn.send((*reply, wall_s))

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from bench.csvlog import CsvLog, as_key
 from bench.environment import metadata
-from bench.isolation import CaseOutcome, Worker, is_out_of_memory, signals_blocked
+from bench.isolation import CaseOutcome, Worker, failure, signals_blocked
 
 Case = Mapping[str, Any]
 Measure = Callable[[Case], dict[str, Any]]
@@ -56,7 +56,8 @@ def _in_process(measure: Measure, case: Case) -> CaseOutcome:
     try:
         return CaseOutcome("ok", measure(case))
     except Exception as err:  # every failure becomes a row; the sweep goes on
-        return CaseOutcome("oom" if is_out_of_memory(err) else "error", message=f"{type(err).__name__}: {err}")
+        status, message = failure(err)
+        return CaseOutcome(status, message=message)
 
 
 # The one number an ok row may lack, NaN, when its message says why (the float64 reference failed).

@@ -9,12 +9,14 @@ Public names (DESIGN.md): ``Stencil``, ``central_stencil``, ``stencil`` (paper s
 from fdsm.derivatives import METHODS, directional_derivative, float64_reference
 from fdsm.fd import streams_backend
 from fdsm.fd_error import FDAccuracyWarning, FDEstimate, fd_estimate, richardson_stencil
+from fdsm.registry import NotSupported
 from fdsm.stencils import Stencil, central_stencil, stencil
 
 __all__ = [
     "METHODS",
     "FDAccuracyWarning",
     "FDEstimate",
+    "NotSupported",
     "Stencil",
     "central_stencil",
     "directional_derivative",

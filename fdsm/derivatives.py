@@ -157,7 +157,7 @@ def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
     it), and right through PyTorch's fused normalizations, where nested autograd is not: through ``F.layer_norm``,
     ``F.instance_norm`` and a batch norm in training mode, ``exact-reverse`` is wrong from T = 3 and
     ``exact-forward`` from T = 2 (pytorch/pytorch#175754, #186256, #196700; ``tests/test_taylor.py`` pins it).
-    For an f with an op that Taylor mode has no rule for it raises ``NotImplementedError`` naming the op; pass
+    For an f with an op that Taylor mode has no rule for it raises ``fdsm.NotSupported`` naming the op; pass
     ``method="exact-reverse"`` there (or register the rule, ``fdsm.taylor.register_rule``).
     """
     if method not in EXACT_METHODS:

@@ -13,6 +13,13 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class NotSupported(NotImplementedError):
+    """A registered method that cannot run this f, though it runs on this machine: Taylor mode with no rule for one
+    of f's ops, or an f it cannot trace. The message says why and what to do. A benchmark records it as an
+    ``unsupported`` row with that message, as it does a disabled entry, and not as an ``error``: the method is
+    not wrong, it does not apply."""
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str

@@ -112,7 +112,7 @@ NORMED_MODELS = """
         def forward(self, x):
             return self.outer(torch.tanh(self.norm(self.inner(x)))).squeeze(1)
 
-    class Erf(nn.Module):  # an op with no Taylor rule
+    class Bessel(nn.Module):  # an op with no Taylor rule
         event_shape = (4,)
 
         def __init__(self):
@@ -120,7 +120,7 @@ NORMED_MODELS = """
             self.inner = nn.Linear(4, 1)
 
         def forward(self, x):
-            return torch.special.erf(self.inner(x)).squeeze(1)
+            return torch.special.i0(self.inner(x)).squeeze(1)
 
     class Branchy(nn.Module):  # data-dependent control flow: Taylor mode's trace cannot follow it
         event_shape = (4,)
@@ -146,8 +146,8 @@ NORMED_MODELS = """
     def normed():
         return Normed()
 
-    def erf():
-        return Erf()
+    def bessel():
+        return Bessel()
 
     def branchy_float64():  # and a factory that returns its model in float64
         return Branchy().double()
@@ -171,18 +171,68 @@ def test_the_reference_is_taylor_mode_and_an_exact_row_that_disagrees_says_so(tm
         assert "one of them is wrong on this f" in reverse.message and "normalizations" in reverse.message
     else:
         assert pd.isna(reverse.message)
-    out = tmp_path / "erf"  # no Taylor rule for erf: the reference falls back to nested reverse mode
-    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:erf",
-                 "--methods", "exact-reverse,exact-taylor", "--orders", "1"]) == 1  # 1: an error row
+    # No Taylor rule for i0: the reference falls back to nested reverse mode, and Taylor mode's own rows are
+    # `unsupported` (it does not apply to this f; nothing failed), with what to do: the sweep exits 0.
+    out = tmp_path / "bessel"
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:bessel",
+                 "--methods", "exact-reverse,exact-taylor", "--orders", "1", "--compiled"]) == 0
     rows = pd.read_csv(out / "derivatives.csv").set_index("method")
     assert rows.reference["exact-reverse"] == "exact-reverse" and rows.rel_error["exact-reverse"] < 1e-4
-    assert rows.status["exact-taylor"] == "error" and "erf" in rows.message["exact-taylor"]
+    for method in ("exact-taylor", "exact-taylor+fused", "exact-taylor+compiled"):
+        assert rows.status[method] == "unsupported", rows.loc[method].to_dict()
+        assert rows.message[method].startswith("exact-taylor: no Taylor rule for the aten op aten.i0.default")
+        assert "register_rule" in rows.message[method]
     out = tmp_path / "branchy"  # f does not trace: the same fallback; the float64 model runs as float32
     assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model",
-                 f"{models}:branchy_float64", "--methods", "exact-reverse,fd-batched", "--orders", "1"]) == 0
-    rows = pd.read_csv(out / "derivatives.csv")
+                 f"{models}:branchy_float64", "--methods", "exact-reverse,exact-taylor,fd-batched",
+                 "--orders", "1"]) == 0
+    rows = pd.read_csv(out / "derivatives.csv").set_index("method")
+    assert rows.status["exact-taylor"] == "unsupported" and "data-dependent" in rows.message["exact-taylor"]
+    rows = rows.drop("exact-taylor")
     assert set(rows.reference) == {"exact-reverse"} and (rows.status == "ok").all()
     assert set(rows.dtype) == {"float32"} and (rows.rel_error < 1e-2).all()
+
+
+WRONG_RULE_MODEL = """
+    import torch
+    from torch import nn
+
+    from fdsm.taylor import RULES, Jet, register_rule, series
+
+    if "aten.asinh.default" not in RULES:  # a user's rule, wrong: the series of tanh, not of asinh
+        register_rule(torch.ops.aten.asinh.default, lambda z: Jet(series.tanh(z.series)))
+
+    class Asinh(nn.Module):
+        event_shape = (4,)
+
+        def __init__(self):
+            super().__init__()
+            self.inner, self.outer = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.outer(torch.asinh(self.inner(x))).squeeze(1)
+
+    def asinh():
+        return Asinh()
+"""
+
+
+def test_a_wrong_taylor_rule_is_caught_by_the_reference_check_and_every_row_says_so(tmp_path, monkeypatch):
+    from fdsm.taylor import RULES
+
+    monkeypatch.setattr(RULES, "_entries", dict(RULES._entries))  # the model file registers its rule here too
+    models = tmp_path / "wrong_rule.py"
+    models.write_text(textwrap.dedent(WRONG_RULE_MODEL))
+    out = tmp_path / "wrong"
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:asinh",
+                 "--methods", "exact-reverse,exact-taylor", "--orders", "1,3"]) == 0
+    rows = pd.read_csv(out / "derivatives.csv").set_index(["method", "order"])
+    assert (rows.status == "ok").all() and rows.message.str.contains("disagrees with nested reverse mode").all()
+    assert rows.reference.to_dict() == {("exact-reverse", 1): "exact-reverse", ("exact-taylor", 1): "exact-reverse",
+                                        ("exact-reverse", 3): "exact-taylor", ("exact-taylor", 3): "exact-taylor"}
+    assert rows.rel_error["exact-reverse", 1] < 1e-6 and rows.rel_error["exact-taylor", 1] > 1e-2
+    assert "exact-taylor is" in rows.message["exact-taylor", 1] and "one of them is wrong" in rows.message[
+        "exact-taylor", 1]
 
 
 def test_a_user_model_whose_probes_fail_keeps_the_default_step_and_says_so(tmp_path, capsys):
@@ -208,6 +258,7 @@ def test_a_users_model_and_score_model_run_through_train_steps(tmp_path):
     rows = pd.read_csv(tmp_path / "train_steps.csv")
     assert len(rows) == 4 and (rows.status == "ok").all(), rows.message.tolist()
     assert (rows.time_ms > 0).all() and (rows.lr == 1e-3).all() and set(rows.batch) == {8}
+    assert (rows.gflop > 0).all(), rows.message.tolist()  # counted on the meta device, where the model is checked too
     fd = rows[rows.objective.str.startswith("FD")]
     assert fd.speedup.notna().all() and set(fd.versus) == {"SSM", "SSMVR"}
 

@@ -29,6 +29,7 @@ from bench.derivative_case import measure_derivative
 from bench.experiments import derivatives
 from bench.isolation import RLIMIT_ENV, CaseOutcome, Worker, is_spent, run_case
 from bench.sweep import outcome_row, run_sweep
+from fdsm import NotSupported
 
 ROOT = Path(__file__).parents[1]
 CPU = torch.device("cpu")
@@ -64,6 +65,10 @@ def _segfault(_: object = None) -> None:
 
 def _unpicklable(_: object = None):
     return lambda: None
+
+
+def _not_supported(_: object = None) -> None:
+    raise NotSupported("exact-taylor: no Taylor rule for the aten op aten.atan.default")
 
 
 def _caught_oom(_: object = None) -> dict:
@@ -103,13 +108,19 @@ def test_a_worker_killed_by_a_signal_is_an_error_row_that_names_it_and_the_next_
         segfault = worker.run(_segfault, timeout_s=CASE_TIMEOUT_S)
         third = worker.run(_pid, timeout_s=CASE_TIMEOUT_S)
         unpicklable = worker.run(_unpicklable, timeout_s=CASE_TIMEOUT_S)
+        fourth = worker.run(_pid, timeout_s=CASE_TIMEOUT_S)
+        unsupported = worker.run(_not_supported, timeout_s=CASE_TIMEOUT_S)  # a method that does not apply to f
+        same_again = worker.run(_pid, timeout_s=CASE_TIMEOUT_S)  # leaves the worker as it was: it is reused
     assert killed == CaseOutcome("error", message="worker killed by SIGKILL while running _kill_self; the kernel's "
                                  "OOM killer sends SIGKILL, so it may have run out of memory")
     assert segfault == CaseOutcome("error", message="worker killed by SIGSEGV while running _segfault")
     assert unpicklable.status == "error" and unpicklable.message.startswith(
         "the result of _unpicklable could not be sent back (AttributeError: Can't pickle local object")
-    assert first.status == same.status == second.status == third.status == "ok"
-    assert first.result == same.result and len({first.result, second.result, third.result}) == 3
+    assert (unsupported.status, unsupported.message) == (  # the message as raised: it says why
+        "unsupported", "exact-taylor: no Taylor rule for the aten op aten.atan.default")
+    assert first.status == same.status == second.status == third.status == fourth.status == "ok"
+    assert first.result == same.result and len({first.result, second.result, third.result, fourth.result}) == 4
+    assert same_again.result == fourth.result
 
 
 @pytest.mark.parametrize(("status", "result", "spent"), [
@@ -117,6 +128,7 @@ def test_a_worker_killed_by_a_signal_is_an_error_row_that_names_it_and_the_next_
     ("ok", 120, False),
     ("ok", {"status": "unsupported", "message": "needs CUDA"}, False),
     ("ok", _caught_oom(), True),  # an honest row, from a worker that ran out of memory
+    ("unsupported", None, False),  # fdsm.NotSupported: the method does not apply; nothing went wrong
     ("oom", None, True),
     ("error", None, True),  # "could not create a primitive" is an error row of a spent worker
     ("timeout", None, True),

@@ -29,12 +29,13 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
+from numpy.polynomial.hermite import hermval
 from numpy.polynomial.hermite_e import hermeval
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fdsm.models.ncsn as ncsn_module
-from fdsm import METHODS, directional_derivative, float64_reference, taylor
+from fdsm import METHODS, NotSupported, directional_derivative, float64_reference, taylor
 from fdsm.models import MODELS, build
 from fdsm.models.activations import ACTIVATIONS
 from fdsm.taylor import RULES, STATS, Jet, register_rule, rules, series, taylor_coefficients
@@ -292,6 +293,19 @@ def gelu_derivative(x: torch.Tensor, t: int) -> torch.Tensor:
     return x * phi_derivative(t - 1) + t * phi_derivative(t - 2)
 
 
+def atan_derivative(x: torch.Tensor, t: int) -> torch.Tensor:
+    """atan's t-th derivative from partial fractions, 1 / (1 + x^2) = Im 1 / (x - i):
+    (-1)^(t-1) (t-1)! Im (x - i)^(-t)."""
+    return (-1) ** (t - 1) * math.factorial(t - 1) * ((x - 1j) ** -t).imag
+
+
+def erf_derivative(x: torch.Tensor, t: int) -> torch.Tensor:
+    """erf's t-th derivative, 2 / sqrt(pi) (e^(-x^2))^(t-1), with (e^(-x^2))^(n) = (-1)^n H_n e^(-x^2) from numpy's
+    physicists' Hermite series."""
+    hermite = torch.from_numpy(hermval(x.numpy(), [0] * (t - 1) + [1]))
+    return 2 / math.sqrt(math.pi) * (-1) ** (t - 1) * hermite * torch.exp(-x * x)
+
+
 EXPONENT = uniform(4, 6, seed=9, low=-1.5, high=2.5)  # a constant tensor exponent, for x ** EXPONENT
 MIXED, POSITIVE, NEGATIVE, LARGE = (-2.0, 2.0), (0.3, 2.0), (-2.0, -0.3), (25.0, 30.0)
 SELU_SCALE, SELU_ALPHA = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
@@ -333,6 +347,9 @@ ELEMENTWISE = {
                                                                         2.0 ** (1 - t) * torch.exp(x / 2)), MIXED),
     "leaky_relu": (lambda x: F.leaky_relu(x, 0.01), lambda x, t: torch.full_like(x, 0.01 * (t == 1)), NEGATIVE),
     "gelu": (F.gelu, gelu_derivative, (-3.0, 3.0)),
+    "atan": (torch.atan, lambda x, t: atan_derivative(x, t), (-3.0, 3.0)),
+    "erf": (torch.erf, lambda x, t: erf_derivative(x, t), (-2.5, 2.5)),
+    "erfc": (torch.erfc, lambda x, t: -erf_derivative(x, t), (-2.5, 2.5)),
 }
 ELEMENTWISE_CASES = [(n, t) for n in ELEMENTWISE for t in range(1, 7)]
 
@@ -603,29 +620,36 @@ def test_float32_is_within_float32_roundoff_of_float64(order):
 # ---- 6. an op without a rule, and a user's rule ---------------------------------------------------------------
 
 
-def atan_rule(z):
-    """atan: v' = u' / (1 + u^2), the reciprocal series of 1 + u^2."""
+def asinh_rule(z):
+    """asinh: v' = u' / sqrt(1 + u^2), the power -1/2 of the series 1 + u^2."""
     one_plus_square = series.square(z.series)
     one_plus_square[0] += 1
-    return Jet(series.from_derivative(z.series, torch.atan(z.primal), series.power(one_plus_square, -1.0)))
+    return Jet(series.from_derivative(z.series, torch.asinh(z.primal), series.power(one_plus_square, -0.5)))
 
 
-@pytest.mark.parametrize("fn, op", [(torch.atan, "aten.atan.default"), (torch.special.erf, "aten.erf.default")])
+@pytest.mark.parametrize("fn, op", [(torch.asinh, "aten.asinh.default"), (torch.special.i0, "aten.i0.default")])
 def test_an_op_without_a_rule_raises_naming_the_op(fn, op):
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
-    with pytest.raises(NotImplementedError, match=re.escape(f"no Taylor rule for the aten op {op}")):
+    with pytest.raises(NotSupported, match=re.escape(f"no Taylor rule for the aten op {op}")):
         taylor_d(lambda z: fn(z).sum(1), x, v, 2)
+    assert issubclass(NotSupported, NotImplementedError)  # the documented contract: a NotImplementedError
+
+
+def test_data_dependent_control_flow_is_not_supported_and_says_what_to_do():
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    with pytest.raises(NotSupported, match=r"data-dependent control flow.*torch\.where.*'exact-reverse'"):
+        taylor_d(lambda z: torch.tanh(z).sum(1) if z.sum() > 0 else torch.sigmoid(z).sum(1), x, v, 2)
 
 
 def test_a_registered_user_rule_makes_the_op_work(monkeypatch):
     monkeypatch.setattr(RULES, "_entries", dict(RULES._entries))  # registration is global: undone below
-    register_rule(aten.atan.default, atan_rule)
-    f = lambda z: torch.atan(z).sum(1) * torch.tanh(z[:, 0])  # noqa: E731
+    register_rule(aten.asinh.default, asinh_rule)
+    f = lambda z: torch.asinh(z).sum(1) * torch.tanh(z[:, 0])  # noqa: E731
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
     for order in range(1, 7):
         assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
     monkeypatch.undo()
-    assert rule_for(aten.atan.default) is None
+    assert rule_for(aten.asinh.default) is None
 
 
 # ---- 7. lifting the tensors f closes over, and the trace cache (NOTE in fdsm/taylor/trace.py) -----------------

@@ -246,7 +246,8 @@ def check_user_model(model: UserModel, *, batch: int = 2) -> None:
     autograd path to x is caught (the benchmarks differentiate it); a score model runs under ``torch.no_grad()``.
     Raises ``UserModelError`` with one line when forward raises (the exception named), returns the wrong shape
     (or not a tensor), returns non-finite values, or, for a log-density or energy model, is not differentiable in
-    x (its output has no autograd path from x, even if it has one through the parameters). The global RNG is
+    x (its output has no autograd path from x, even if it has one through the parameters). A model built on the
+    meta device (FLOP counting) has no values: its shapes and its path from x are checked. The global RNG is
     untouched.
     """
     if not isinstance(model, UserModel):
@@ -268,7 +269,7 @@ def check_user_model(model: UserModel, *, batch: int = 2) -> None:
     problem = _output_problem(out, batch, model.event_shape, model.interface)
     if problem is not None:
         raise UserModelError(owner, problem)
-    bad = int((~torch.isfinite(out.detach())).sum())
+    bad = 0 if out.is_meta else int((~torch.isfinite(out.detach())).sum())  # on the meta device: shapes only
     if bad:
         raise UserModelError(owner, f"forward(x) gave {bad} non-finite value(s) (nan or inf) of {out.numel()} on a "
                                     f"seeded standard-normal x of shape {shape}; check the initialisation and the "

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from fdsm.registry import NotSupported
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
 from fdsm.taylor.rules import Elementwise, rule_for
@@ -41,9 +42,9 @@ def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
     return frees
 
 
-def _no_rule(node: fx.Node) -> NotImplementedError:
+def _no_rule(node: fx.Node) -> NotSupported:
     op = node.target
-    return NotImplementedError(
+    return NotSupported(
         f"exact-taylor: no Taylor rule for the aten op {op} (node {node.name!r}, applied to a value that depends on "
         f"x); register one with fdsm.taylor.register_rule(torch.ops.{op}, rule), where rule takes the op's "
         "arguments with a fdsm.taylor.Jet for each that depends on x, or use method 'exact-reverse'")

@@ -7,9 +7,9 @@ op's result with a ``Jet`` in place of every output that depends on x:
 
 The interpreter (``fdsm.taylor.propagate``) calls the rule of a node only when one of its arguments is a Jet;
 nodes that do not depend on x (constants, the parameters' own preprocessing) run as they are. An op with a Jet
-argument and no rule raises ``NotImplementedError`` naming the op. ``register_rule(op, rule)`` adds a rule for an op
-of a user's network; the built-in rules below are registered the same way, right after their definition, in
-families (jet's ``deflinear``, ``def_deriv``, ``defzero``):
+argument and no rule raises ``fdsm.NotSupported`` (a ``NotImplementedError``) naming the op.
+``register_rule(op, rule)`` adds a rule for an op of a user's network; the built-in rules below are registered the
+same way, right after their definition, in families (jet's ``deflinear``, ``def_deriv``, ``defzero``):
 
 ================== ===================================================================================
 family             rule
@@ -21,8 +21,8 @@ batch-stacked      convolution, pooling, upsampling, padding: the K+1 coefficien
 affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
                    the primal only
 bilinear           mul, div, a matmul of two Jets: the Cauchy (Leibniz) product
-elementwise        exp, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, ...: their recurrences
-                   (``fdsm.taylor.series``)
+elementwise        exp, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, atan, erf, ...: their
+                   derivative coefficients at z_0, composed by Horner's rule (``fdsm.taylor.compose``)
 piecewise          ReLU, ELU, where, clamp, max: the series of the active branch, chosen on the primal
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
 ================== ===================================================================================
@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from fdsm.registry import Registry
+from fdsm.registry import NotSupported, Registry
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in, primal_of
 from kernels.constants import constant
@@ -113,9 +113,9 @@ def _dims(dims: int | Sequence[int] | None, ndim: int) -> list[int]:
 
 def _no_jet(who: str, *values: object) -> None:
     if any(True for v in values for _ in jets_in(v)):
-        raise NotImplementedError(f"exact-taylor: the Taylor rule of {who} takes a Jet in its first argument only; "
-                                  "here another argument depends on x too; register a rule for it with "
-                                  "fdsm.taylor.register_rule")
+        raise NotSupported(f"exact-taylor: the Taylor rule of {who} takes a Jet in its first argument only; "
+                           "here another argument depends on x too; register a rule for it with "
+                           "fdsm.taylor.register_rule")
 
 
 def _plus_primal(series: Tensor, value: Tensor | float) -> Tensor:
@@ -514,6 +514,37 @@ register_rule(aten.sin, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, s
 register_rule(aten.cos, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
 
 
+def _atan_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    r"""atan: with θ = arccot z_0 ∈ (0, π), so that sin θ = (1 + z_0^2)^{-1/2},
+    :math:`rctan^{(m)}(z_0) = (-1)^{m-1} (m-1)!\, \sin^m	heta\, \sin(m	heta)`, and c_m is that over m!:
+    :math:`c_m = (-1)^{m-1} \sin^m	heta \sin(m	heta) / m`."""
+    theta = torch.atan2(torch.ones_like(z0), z0)
+    s = torch.rsqrt(1 + z0 * z0)
+    c, power = [torch.atan(z0)], torch.ones_like(z0)
+    for m in range(1, order + 1):
+        power = power * s
+        c.append(power * torch.sin(theta * m) * ((-1) ** (m - 1) / m))
+    return c
+
+
+def _erf_coefficients(z0: Tensor, order: int, *, sign: float = 1.0) -> list[Tensor]:
+    r"""erf (``sign`` 1) and erfc = 1 - erf (``sign`` -1): with the physicists' Hermite polynomials
+    (:math:`H_0 = 1`, :math:`H_1 = 2z`, :math:`H_{n+1} = 2z H_n - 2n H_{n-1}`, so that
+    :math:`(e^{-z^2})^{(n)} = (-1)^n H_n e^{-z^2}`),
+    :math:`\mathrm{erf}^{(m)}(z_0) = 	frac{2}{\sqrt\pi} (-1)^{m-1} H_{m-1}(z_0)\, e^{-z_0^2}`; c_m is that over m!."""
+    gauss = torch.exp(-z0 * z0) * (sign * 2 / math.sqrt(math.pi))
+    hermite = [torch.ones_like(z0), 2 * z0]  # H_0, H_1, ...
+    for n in range(1, order - 1):
+        hermite.append(2 * z0 * hermite[n] - 2 * n * hermite[n - 1])
+    first = torch.erf(z0) if sign > 0 else torch.erfc(z0)
+    return [first, *(gauss * hermite[m - 1] * ((-1) ** (m - 1) / math.factorial(m)) for m in range(1, order + 1))]
+
+
+register_rule(aten.atan, Elementwise(_atan_coefficients))
+register_rule(aten.erf, Elementwise(_erf_coefficients))
+register_rule(aten.erfc, Elementwise(lambda z0, k: _erf_coefficients(z0, k, sign=-1.0)))
+
+
 def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: float) -> list[Tensor]:
     r"""softplus(βz)/β, whose derivative is w = σ(βz): c_0 = softplus(z_0), c_1 = w and
     :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for m >= 2. Where βz_0 > threshold torch's softplus is
@@ -620,8 +651,8 @@ def _gelu_coefficients(z0: Tensor, order: int, *, approximate: str) -> Tensor | 
         composed = series.cauchy(u, _plus_primal(series.tanh(inner), 1.0)) * 0.5
         return _replace_first(composed, aten.gelu(z0, approximate="tanh"))  # torch's own primal
     if approximate != "none":
-        raise NotImplementedError(f"exact-taylor: aten.gelu with approximate={approximate!r}; the rule takes 'none' "
-                                  "or 'tanh'")
+        raise NotSupported(f"exact-taylor: aten.gelu with approximate={approximate!r}; the rule takes 'none' "
+                           "or 'tanh'")
     phi = torch.exp(-0.5 * z0 * z0) * (1 / math.sqrt(2 * math.pi))
     hermite = [torch.ones_like(z0), z0]  # He_0, He_1, ...
     for n in range(1, order):

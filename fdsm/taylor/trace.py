@@ -51,6 +51,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.modules import module as module_hooks
 from torch.nn.utils import stateless
 
+from fdsm.registry import NotSupported
+
 aten = torch.ops.aten
 
 # ---- decompositions: composite ops into the ops the rules cover ------------------------------------------------
@@ -540,8 +542,16 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
             return f(inputs)
 
     detached = [t.detach() for t in walk.leaves]
-    with torch.no_grad():
-        return make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(x.detach(), *detached)
+    try:
+        with torch.no_grad():
+            return make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(x.detach(),
+                                                                                                 *detached)
+    except RuntimeError as err:
+        if "data-dependent" not in str(err):  # make_fx's words for a branch on a value of the traced tensor
+            raise
+        raise NotSupported("exact-taylor traces f once, for every x of this shape, and f branches on a value "
+                           "computed from x (data-dependent control flow: an `if` or `.item()` on a tensor); write "
+                           "the branch with torch.where, or use method 'exact-reverse'") from err
 
 
 def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, list[Tensor]]:
