@@ -516,8 +516,8 @@ register_rule(aten.cos, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, s
 
 def _atan_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     r"""atan: with θ = arccot z_0 ∈ (0, π), so that sin θ = (1 + z_0^2)^{-1/2},
-    :math:`rctan^{(m)}(z_0) = (-1)^{m-1} (m-1)!\, \sin^m	heta\, \sin(m	heta)`, and c_m is that over m!:
-    :math:`c_m = (-1)^{m-1} \sin^m	heta \sin(m	heta) / m`."""
+    :math:`\arctan^{(m)}(z_0) = (-1)^{m-1} (m-1)!\, \sin^m\theta\, \sin(m\theta)`, and c_m is that over m!:
+    :math:`c_m = (-1)^{m-1} \sin^m\theta \sin(m\theta) / m`."""
     theta = torch.atan2(torch.ones_like(z0), z0)
     s = torch.rsqrt(1 + z0 * z0)
     c, power = [torch.atan(z0)], torch.ones_like(z0)
@@ -527,17 +527,25 @@ def _atan_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     return c
 
 
+def _hermite(y: Tensor, degree: int) -> list[Tensor]:
+    r"""The probabilists' Hermite polynomials He_0 .. He_degree at y: :math:`He_{n+1} = y He_n - n He_{n-1}`, so
+    that the normal density's derivatives are :math:`\varphi^{(n)} = (-1)^n He_n \varphi`."""
+    hermite = [torch.ones_like(y), y]
+    for n in range(1, degree):
+        hermite.append(y * hermite[n] - n * hermite[n - 1])
+    return hermite[:degree + 1]
+
+
 def _erf_coefficients(z0: Tensor, order: int, *, sign: float = 1.0) -> list[Tensor]:
-    r"""erf (``sign`` 1) and erfc = 1 - erf (``sign`` -1): with the physicists' Hermite polynomials
-    (:math:`H_0 = 1`, :math:`H_1 = 2z`, :math:`H_{n+1} = 2z H_n - 2n H_{n-1}`, so that
-    :math:`(e^{-z^2})^{(n)} = (-1)^n H_n e^{-z^2}`),
-    :math:`\mathrm{erf}^{(m)}(z_0) = 	frac{2}{\sqrt\pi} (-1)^{m-1} H_{m-1}(z_0)\, e^{-z_0^2}`; c_m is that over m!."""
-    gauss = torch.exp(-z0 * z0) * (sign * 2 / math.sqrt(math.pi))
-    hermite = [torch.ones_like(z0), 2 * z0]  # H_0, H_1, ...
-    for n in range(1, order - 1):
-        hermite.append(2 * z0 * hermite[n] - 2 * n * hermite[n - 1])
+    r"""erf (``sign`` 1) and erfc = 1 - erf (``sign`` -1). With y = √2 z_0, erf(z) = 2Φ(√2 z) - 1, so
+    :math:`\mathrm{erf}^{(m)}(z_0) = 2\, 2^{m/2} \varphi^{(m-1)}(y) = 2\, 2^{m/2} (-1)^{m-1} He_{m-1}(y) \varphi(y)`
+    (``_hermite``); c_m is that over m!."""
+    y = z0 * math.sqrt(2.0)
+    density = torch.exp(-z0 * z0) * (sign * 2 / math.sqrt(2 * math.pi))  # 2 φ(y), signed
+    hermite = _hermite(y, order - 1)
     first = torch.erf(z0) if sign > 0 else torch.erfc(z0)
-    return [first, *(gauss * hermite[m - 1] * ((-1) ** (m - 1) / math.factorial(m)) for m in range(1, order + 1))]
+    return [first, *(density * hermite[m - 1] * ((-1) ** (m - 1) * 2 ** (m / 2) / math.factorial(m))
+                     for m in range(1, order + 1))]
 
 
 register_rule(aten.atan, Elementwise(_atan_coefficients))
@@ -654,9 +662,7 @@ def _gelu_coefficients(z0: Tensor, order: int, *, approximate: str) -> Tensor | 
         raise NotSupported(f"exact-taylor: aten.gelu with approximate={approximate!r}; the rule takes 'none' "
                            "or 'tanh'")
     phi = torch.exp(-0.5 * z0 * z0) * (1 / math.sqrt(2 * math.pi))
-    hermite = [torch.ones_like(z0), z0]  # He_0, He_1, ...
-    for n in range(1, order):
-        hermite.append(z0 * hermite[n] - n * hermite[n - 1])
+    hermite = _hermite(z0, order)
     c = [aten.gelu(z0), torch.special.ndtr(z0) + z0 * phi]
     for m in range(2, order + 1):
         c.append(phi * (hermite[m - 2] - hermite[m]) * ((-1) ** m / math.factorial(m)))
