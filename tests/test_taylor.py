@@ -635,6 +635,13 @@ def test_an_op_without_a_rule_raises_naming_the_op(fn, op):
     assert issubclass(NotSupported, NotImplementedError)  # the documented contract: a NotImplementedError
 
 
+def test_an_objective_by_taylor_mode_on_an_op_without_a_rule_says_what_to_use_instead():
+    from fdsm.objectives import ssm_loss
+
+    with pytest.raises(NotSupported, match=r"aten\.i0\.default.*method='reverse' in an objective"):
+        ssm_loss(lambda z: torch.special.i0(z).sum(1), rand(3, 4, seed=1), method="taylor")
+
+
 def test_data_dependent_control_flow_is_not_supported_and_says_what_to_do():
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
     with pytest.raises(NotSupported, match=r"data-dependent control flow.*torch\.where.*'exact-reverse'"):

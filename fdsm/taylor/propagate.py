@@ -25,7 +25,7 @@ from fdsm.registry import NotSupported
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
 from fdsm.taylor.rules import Elementwise, rule_for
-from fdsm.taylor.trace import traced
+from fdsm.taylor.trace import INSTEAD, traced
 
 aten = torch.ops.aten
 
@@ -47,7 +47,7 @@ def _no_rule(node: fx.Node) -> NotSupported:
     return NotSupported(
         f"exact-taylor: no Taylor rule for the aten op {op} (node {node.name!r}, applied to a value that depends on "
         f"x); register one with fdsm.taylor.register_rule(torch.ops.{op}, rule), where rule takes the op's "
-        "arguments with a fdsm.taylor.Jet for each that depends on x, or use method 'exact-reverse'")
+        f"arguments with a fdsm.taylor.Jet for each that depends on x, {INSTEAD}")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from torch import Tensor
 from fdsm.registry import NotSupported, Registry
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in, primal_of
+from fdsm.taylor.trace import INSTEAD
 from kernels.constants import constant
 
 aten = torch.ops.aten
@@ -115,7 +116,7 @@ def _no_jet(who: str, *values: object) -> None:
     if any(True for v in values for _ in jets_in(v)):
         raise NotSupported(f"exact-taylor: the Taylor rule of {who} takes a Jet in its first argument only; "
                            "here another argument depends on x too; register a rule for it with "
-                           "fdsm.taylor.register_rule")
+                           f"fdsm.taylor.register_rule, {INSTEAD}")
 
 
 def _plus_primal(series: Tensor, value: Tensor | float) -> Tensor:

@@ -55,7 +55,13 @@ from fdsm.registry import NotSupported
 
 aten = torch.ops.aten
 
+# What a user does where Taylor mode does not apply, in the messages of its ``NotSupported``.
+INSTEAD = ("or use nested reverse mode instead: method 'exact-reverse' (method='reverse' in an objective: the SSM "
+           "or SSMVR row of train-steps in place of SSM-Taylor or SSMVR-Taylor)")
+
+
 # ---- decompositions: composite ops into the ops the rules cover ------------------------------------------------
+
 
 
 def _reduce_dims(x: Tensor, dims: list[int] | None) -> list[int]:
@@ -551,7 +557,7 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
             raise
         raise NotSupported("exact-taylor traces f once, for every x of this shape, and f branches on a value "
                            "computed from x (data-dependent control flow: an `if` or `.item()` on a tensor); write "
-                           "the branch with torch.where, or use method 'exact-reverse'") from err
+                           f"the branch with torch.where, {INSTEAD}") from err
 
 
 def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, list[Tensor]]:
