@@ -64,7 +64,7 @@ import torch
 from torch import Tensor, nn
 
 import fdsm
-from bench.accuracy import relative_error
+from bench.accuracy import RelativeError, relative_error
 from bench.config import DTYPES, Shared, UsageError, option, positive_int
 from bench.isolation import is_out_of_memory
 from bench.memory import peak_memory
@@ -330,6 +330,19 @@ def unsupported(method: str) -> dict[str, Any] | None:
 NARROW = ("bfloat16", "float16")  # FD's roundoff u / eps^T there: a few percent at T = 1, worse with T
 
 
+def _zero_reference_note(case: Mapping[str, Any], err: RelativeError) -> str | None:
+    """What a row says where some samples' reference is exactly 0 (``bench.accuracy``): how many, left out of
+    rel_error, and their absolute error; where every sample's is, why rel_error is NaN."""
+    if not err.zero_reference:
+        return None
+    which = "every sample" if err.undefined else f"{err.zero_reference} of {case['batch']} samples"
+    left = "no rel_error" if err.undefined else "left out of rel_error"
+    this = ("this row's D is exactly 0 there too" if err.zero_reference_abs == 0 else
+            f"this row's |D| there is up to {err.zero_reference_abs:.3g}, absolute")
+    return (f"{left}: the reference D^{case['order']} is exactly 0 at {which} (f is a polynomial of degree under "
+            f"{case['order']} along v there); {this}")
+
+
 def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
                   estimate: FDEstimate | None = None) -> dict[str, Any]:
     """rel_error (median and max over the batch) of d against d_ref and the ``reference`` method (NOTE [the
@@ -343,10 +356,11 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
         backend = f"{fdsm.streams_backend(case['device'])} x{points}"
     reference, doubt = reference_method(case)
     columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend, "reference": reference}
-    notes = [doubt]  # the row's message: every note that applies, in this order
+    notes = [doubt, _zero_reference_note(case, err)]  # the row's message: every note that applies, in this order
     method = case["method"]  # exact-taylor+fused and +compiled are other implementations: checked too
     exact = method.removesuffix(COMPILED).removesuffix(FUSED) in EXACT_METHODS
-    if exact and method != reference and case["dtype"] not in NARROW and not err.median <= EXACT_TOLERANCE:
+    if (exact and method != reference and case["dtype"] not in NARROW and not err.undefined
+            and not err.median <= EXACT_TOLERANCE):
         notes.append(f"{method} is {err.median:.2g} off the float64 {reference} reference, where two exact methods "
                      f"differ by rounding only (under {EXACT_TOLERANCE:g}): one of them is wrong on this f. "
                      "PyTorch's nested autograd is, through its fused normalizations (layer, instance, training-mode "
@@ -361,7 +375,8 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
             if not math.isclose(float(steps.median()), float(case["eps"]), rel_tol=1e-6):
                 notes.append(f"the timed call's automatic step, median {float(steps.median()):.6g}, differs from the "
                              f"case's eps {float(case['eps']):.6g} chosen before the sweep")
-    if fd_variant(case["method"])[0] in FD_METHODS and case["dtype"] in NARROW and not err.median <= 0.01:
+    if (fd_variant(case["method"])[0] in FD_METHODS and case["dtype"] in NARROW and not err.undefined
+            and not err.median <= 0.01):
         unit = torch.finfo(DTYPES[case["dtype"]]).eps
         notes.append(f"FD in {case['dtype']} is numerically out of range here: its roundoff, about u / eps^T with "
                      f"u = {unit:.1e}, swamps the T = {case['order']} derivative (rel_error {err.median:.2g})")

@@ -69,6 +69,21 @@ def test_eps_sweep_quick_writes_the_csv_and_plot(tmp_path):
     assert (tmp_path / "eps_sweep.png").stat().st_size > 10_000
 
 
+def test_a_derivative_that_is_exactly_zero_gives_ok_rows_that_say_why_they_have_no_relative_error(tmp_path):
+    """A Gaussian's log-density is quadratic: D^3 = 0 exactly, so no relative error exists; the rows are ok, exact
+    and FD alike, say so, and the figures are drawn."""
+    assert main(["derivatives", "--quick", "--device", "cpu", "--model", "gaussian", "--orders", "2,3", "--methods",
+                 "fd-batched,exact-taylor,exact-reverse", "--out", str(tmp_path / "d")]) == 0
+    assert main(["eps-sweep", "--quick", "--device", "cpu", "--model", "gaussian", "--orders", "3", "--dtypes",
+                 "float64", "--out", str(tmp_path / "e")]) == 0
+    for frame in (pd.read_csv(tmp_path / "d" / "derivatives.csv"), pd.read_csv(tmp_path / "e" / "eps_sweep.csv")):
+        zero = frame[frame.order == 3]
+        assert (frame.status == "ok").all() and len(zero), frame.message.tolist()
+        assert zero.rel_error.isna().all() and zero.message.str.contains("exactly 0 at every sample").all()
+        assert not zero.message.str.contains("wrong").any()  # no exact method is blamed
+    assert (tmp_path / "d" / "figure2.png").exists() and (tmp_path / "e" / "eps_sweep.png").exists()
+
+
 def test_pytest_benchmark_rows_go_through_the_same_writer(tmp_path):
     json_path = tmp_path / "out.json"
     subprocess.run([sys.executable, "-m", "pytest", "bench/test_experiments.py", "-q", "-p", "no:cacheprovider",

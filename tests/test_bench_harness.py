@@ -148,6 +148,16 @@ def test_relative_error_median_and_max():
         relative_error(torch.zeros(3), torch.zeros(4))
 
 
+def test_a_reference_of_exactly_zero_has_no_relative_error_and_is_counted_apart():
+    ref = torch.tensor([0.0, 2.0, 0.0, 4.0], dtype=torch.float64)  # f polynomial of degree < T at samples 0, 2
+    err = relative_error(torch.tensor([1e-3, 2.2, -5e-3, 4.0]), ref)
+    assert err.median == pytest.approx(0.05, rel=1e-5) and err.max == pytest.approx(0.1, rel=1e-5)
+    assert (err.zero_reference, err.undefined) == (2, False) and err.zero_reference_abs == pytest.approx(5e-3)
+    err = relative_error(torch.tensor([0.0, 3e-7]), torch.zeros(2, dtype=torch.float64))  # nothing to divide by
+    assert err.undefined and math.isnan(err.median) and math.isnan(err.max) and err.zero_reference == 2
+    assert math.isnan(relative_error(torch.tensor([math.nan, 1.0]), torch.ones(2, dtype=torch.float64)).max)
+
+
 def test_git_commit_can_be_given_for_a_copied_tree(monkeypatch):
     from bench import environment
 

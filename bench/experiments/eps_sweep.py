@@ -109,7 +109,7 @@ def _panel(ax, rows: pd.DataFrame, order: int, p: int) -> None:
     for dtype in rows.dtype.drop_duplicates():
         color = DTYPE_STYLE.get(dtype, {}).get("color", "black")
         ax.axvline(default_step(order, p, DTYPES[dtype]), color=color, linestyle="--", linewidth=1, alpha=0.7)
-        ok = rows[(rows.dtype == dtype) & (rows.status == "ok")]
+        ok = rows[(rows.dtype == dtype) & (rows.status == "ok") & rows.rel_error.notna()]  # NaN: no reference
         if len(ok):
             best = ok.loc[ok.rel_error.idxmin()]
             ax.plot(best.eps, best.rel_error, marker="*", markersize=13, color=color, markeredgecolor="black",
