@@ -99,16 +99,18 @@ PARSERS: dict[Any, Callable[[str], Any]] = {
 def option(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (),
            type: Callable[[str], Any] | None = None, choices: tuple[str, ...] | None = None,
            convert: Callable[[Any], Any] | None = None, default_text: str | None = None,
-           positional: bool = False) -> Any:
+           positional: bool = False, repeats: bool = False) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring).
 
     ``flag`` replaces the generated ``--field-name``; ``aliases`` are further accepted spellings (old flags);
     ``type`` replaces the parser inferred from the annotation; ``convert(value)`` runs after parsing (and on the
     preset's default), returning the value to keep or raising ``UsageError``; ``default_text`` describes a default
     that the code resolves later (``None`` meaning "per device", say); ``positional`` makes a required argument.
+    The items of a list option are distinct (``--orders 1,1`` is refused, a sweep would run its cases twice), but
+    for one with ``repeats``: a sequence such as a shape, ``1,28,28``.
     """
     meta = {"help": help, "flag": flag, "aliases": aliases, "type": type, "choices": choices, "convert": convert,
-            "default_text": default_text, "positional": positional}
+            "default_text": default_text, "positional": positional, "repeats": repeats}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -157,12 +159,22 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, quick: Any = None
                                type=meta["type"] or PARSERS[kind], metavar=metavar)
 
 
+def _refuse_repeats(flag: str, values: tuple) -> None:
+    """A UsageError where an item of a list option's parsed ``values`` repeats (``1,01`` as well as ``1,1``)."""
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise UsageError(f"{flag} {_show(values)}: {twice[0]} given twice; give each item once")
+
+
 def configure(args: argparse.Namespace, default: C, quick: C | None = None) -> C:
     """The preset (``quick`` under ``--quick``) with every option field that ``args`` sets (not None) replaced,
     then each field's ``convert`` hook applied (a ``UsageError`` names the bad value)."""
     preset = quick if quick is not None and getattr(args, "quick", False) else default
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(preset)
              if getattr(args, f.name, None) is not None}
+    for f in options_of(type(preset)):
+        if isinstance(value := given.get(f.name), tuple) and not f.metadata["repeats"]:
+            _refuse_repeats(f.metadata["flag"] or "--" + f.name.replace("_", "-"), value)
     config = dataclasses.replace(preset, **given)
     converted = {f.name: f.metadata["convert"](getattr(config, f.name)) for f in options_of(type(config))
                  if f.metadata["convert"] is not None}

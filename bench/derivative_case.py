@@ -478,7 +478,7 @@ class ProblemConfig:
 
     model: str = option("deep-ebm", "a registered model (fdsm-bench models lists them) or a user's factory, "
                         "package.module:factory or path/file.py:factory (the contract: fdsm/models/user.py)")
-    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28",
+    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28", repeats=True,
                                                  default_text="the model's event_shape attribute")
     size: str | None = option(None, "model preset", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
     n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem (a model without one "

@@ -116,6 +116,14 @@ def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_with
     assert row["status"] == "error" and "a wrong answer" in row["message"] and "time_ms" not in row
 
 
+def test_a_shape_may_repeat_its_items_where_a_list_may_not(tmp_path):
+    models = tmp_path / "square.py"  # a model that declares no event_shape: --event-shape gives it
+    models.write_text("import torch\n\n\ndef square():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                      "torch.nn.Linear(4, 1), torch.nn.Flatten(0))\n")
+    assert main(["derivatives", "--quick", "--dry-run", "--model", f"{models}:square", "--event-shape", "2,2",
+                 "--out", str(tmp_path)]) == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "--recipe", "nope"], "--recipe: unknown training recipe 'nope'"),
     (["derivatives", "--quick", "--methods", "bogus"], "--methods: unknown method 'bogus'"),
@@ -127,6 +135,9 @@ def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_with
     (["train-steps", "--models", "resnet"], "--models resnet: unknown ['resnet']"),
     (["all", "--skip", "bogus"], "--skip bogus: unknown ['bogus']"),
     (["eps-sweep", "--dtypes", "float8"], "--dtypes float8: unknown ['float8']; expected some of float32"),
+    (["derivatives", "--quick", "--orders", "1,2,01"], "--orders 1,2,1: 1 given twice"),  # a sweep ran them twice
+    (["kernels", "--quick", "--sizes-mb", "1,1.0"], "--sizes-mb 1.0,1.0: 1.0 given twice"),
+    (["train", "--quick", "--ebm-objectives", "DSM,DSM"], "--ebm-objectives DSM,DSM: DSM given twice"),
 ])
 def test_a_bad_option_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) if "--threads" in argv else _no_exit() as stopped:

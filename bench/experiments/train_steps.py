@@ -86,7 +86,7 @@ class TrainStepsConfig:
     batch: int | None = option(None, "batch for every row", type=positive_int,
                                default_text=f"the paper's per model; on the CPU at size cpu, {_cpu_batches()}; a "
                                             f"user's model: {USER_BATCH}")
-    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28",
+    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28", repeats=True,
                                                  default_text="the model's event_shape attribute")
     lr: float = option(1e-3, "a user model's Adam learning rate (registered models use their recipe's)",
                        convert=positive("--lr"))
