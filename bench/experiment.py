@@ -110,6 +110,7 @@ class Experiment:
     def plan(self, config: Any, shared: Shared) -> str:
         """What ``run`` would measure: the cases (every check done, the CSV read), and which are already there."""
         todo = self.cases(config, shared)
+        check_writable(shared.out, make=False)  # as run does, without making the folder
         log = self.log(shared.out)
         new = [case for case in todo if not log.done(case)]
         lines = [f"{self.name}: {len(todo)} cases, {len(todo) - len(new)} already in {log.path}, {len(new)} to run"]

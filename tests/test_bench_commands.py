@@ -116,6 +116,15 @@ def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_with
     assert row["status"] == "error" and "a wrong answer" in row["message"] and "time_ms" not in row
 
 
+def test_a_dry_run_checks_the_output_folder_without_making_it(tmp_path, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    assert main(["derivatives", "--quick", "--dry-run", "--orders", "1", "--out", str(file / "out")]) == 2
+    assert f"--out {file / 'out'}: cannot write there ({file} is not a folder)" in capsys.readouterr().err
+    assert main(["derivatives", "--quick", "--dry-run", "--orders", "1", "--out", str(tmp_path / "new" / "x")]) == 0
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_shape_may_repeat_its_items_where_a_list_may_not(tmp_path):
     models = tmp_path / "square.py"  # a model that declares no event_shape: --event-shape gives it
     models.write_text("import torch\n\n\ndef square():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
