@@ -28,6 +28,8 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["derivatives", "--repeats", "0"], "--repeats 0: expected at least 1"),
     (["derivatives", "--dtype", "float8"], "--dtype float8: expected one of float32"),
     (["derivatives", "--steps-from", "no/such.csv"], "--steps-from no/such.csv: no such file"),
+    (["derivatives", "--steps-from", "no/such.csv", "--eps", "auto"], "--steps-from no/such.csv with --eps auto: "
+                                                                      "each sets the FD step; give one of them"),
     (["derivatives", "--checkpoint", "no/such.pt"], "--checkpoint no/such.pt: no such file"),
     (["eps-sweep", "--eps-min", "10", "--eps-max", "1"], "expected 0 < min < max"),
     (["kernels", "--sizes-mb", "0"], "--sizes-mb 0.0: expected positive values"),
@@ -63,12 +65,14 @@ def test_a_checkpoint_or_steps_file_that_is_not_one_is_refused_in_one_line(tmp_p
     torch.save({"w": torch.ones(2)}, inputs / "other.pt")  # a state_dict, of another model
     (inputs / "other.csv").write_text("a,b\n1,2\n")
     (inputs / "binary.csv").write_bytes(bytes(range(256)))
+    (inputs / "empty.csv").write_text("")
     for argv, message in [
         (["--checkpoint", str(inputs / "text.pt")], "not a state_dict that torch.load(weights_only=True) reads"),
         (["--checkpoint", str(inputs / "other.pt")], "expected a state_dict of 'deep-ebm' at size 'cpu'"),
         (["--steps-from", str(inputs / "other.csv")], "not an eps_sweep.csv of fdsm-bench eps-sweep: it has no "
                                                       "column status"),
         (["--steps-from", str(inputs / "binary.csv")], "binary.csv: not a text CSV"),
+        (["--steps-from", str(inputs / "empty.csv")], "no ok fd-batched row of this function (deep-ebm, size cpu"),
     ]:
         out = tmp_path / "out"
         assert main(["derivatives", *argv, "--quick", "--device", "cpu", "--out", str(out)]) == 2

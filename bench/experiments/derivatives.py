@@ -16,13 +16,13 @@ Writes ``derivatives.csv`` (one row per method x order; re-running the same comm
 and ``figure2.png`` (time, its paired ratio to FD, peak memory and relative error against T, one line per method,
 log y).
 
-The FD step is, in this order of precedence: ``--eps`` for every order; with ``--steps-from eps_sweep.csv``, the
-best measured step of that sweep for the same model (size, n_chan), weights, dtype and accuracy
-(``bench.steps.best_steps``); else, for a registered model, ``default_step(T, accuracy, dtype)`` (NOTE [default FD
-step] in ``bench.steps``), and for a user's model (``--model ...:factory``), whose length scale that default knows
-nothing of, the probed step (``eps_source`` ``probed``): the batch median of the automatic step's per-sample steps
-for the sweep's stencil, picked before the sweep from probes of the model (no reference), then fixed and timed as
-any step.
+The FD step is, in this order of precedence: ``--eps`` for every order (not with ``--steps-from``); with
+``--steps-from eps_sweep.csv``, the best measured step of that sweep for the same model (size, n_chan), weights,
+dtype and accuracy (``bench.steps.best_steps``; a sweep with none of the orders is refused); else, for a
+registered model, ``default_step(T, accuracy, dtype)`` (NOTE [default FD step] in ``bench.steps``), and for a
+user's model (``--model ...:factory``), whose length scale that default knows nothing of, the probed step
+(``eps_source`` ``probed``): the batch median of the automatic step's per-sample steps for the sweep's stencil,
+picked before the sweep from probes of the model (no reference), then fixed and timed as any step.
 ``--eps auto`` is the automatic step of ``fdsm.fd_estimate``, chosen per sample from probes of the model, and
 timed with them; its stencil accuracy, unless ``--accuracy`` says, is ``fdsm.fd_error.default_accuracy``.
 ``--richardson`` evaluates each FD method's Richardson stencil (accuracy p -> p + 2) instead; its rows name the
@@ -145,7 +145,8 @@ class DerivativesConfig(ProblemConfig):
                             "and exact-taylor with each elementwise rule one compiled kernel, its graph kept "
                             "(exact-taylor+fused, fdsm.taylor.fused)")
     steps_from: Path | None = option(None, "an eps_sweep.csv of the same model and weights: its best step per order "
-                                     "(orders it lacks fall back to the default step)", default_text="none")
+                                     "(orders it lacks fall back to the default step; one with none of the orders is "
+                                     "refused), not with --eps", default_text="none")
     warmup: int = option(1, "untimed calls per case", convert=at_least("--warmup", 0))
     repeats: int = 7  # timed calls per case (the shared --repeats)
     timeout_s: float = option(90.0, "seconds per case in the worker, reference and warm-up included",
@@ -169,15 +170,8 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
                 for order in config.orders}
     fd_baseline = FD_BASELINE + (RICHARDSON if config.richardson else "")
     steps = {order: (default_step(order, accuracy[order], shared.dtype), "default") for order in config.orders}
-    if config.steps_from is not None and not auto:
-        if not config.steps_from.is_file():
-            raise UsageError(f"--steps-from {config.steps_from}: no such file; run fdsm-bench eps-sweep first")
-        for p in set(accuracy.values()):
-            try:
-                measured = best_steps(config.steps_from, problem, dtype=dtype, accuracy=p, method=fd_baseline)
-            except (ValueError, ResultsFileError) as err:  # a CSV of something else, or no CSV at all
-                raise UsageError(f"--steps-from {str(err).removesuffix('; ' + REMEDY)}") from err
-            steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if accuracy.get(order) == p}
+    if config.steps_from is not None:
+        steps |= _swept_steps(config, problem, accuracy, fd_baseline, dtype)
     if config.eps is not None and not auto:
         steps = {order: (config.eps, "--eps") for order in config.orders}
     if is_user_model(config.model) and config.eps is None and any(m in FD_METHODS for m in methods):
@@ -202,6 +196,33 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
                 suffixes = (FUSED, COMPILED) if method == "exact-taylor" else (COMPILED,)
                 rows += [{**row, "method": name + suffix} for suffix in suffixes]
     return _paired(rows, fd_baseline, auto)
+
+
+def _swept_steps(config: DerivativesConfig, problem: dict, accuracy: dict[int, int], method: str,
+                 dtype: str) -> dict[int, tuple[float, str]]:
+    """{T: (step, "eps-sweep")} from ``--steps-from``: its best step for each order it swept on this function, in
+    this dtype, at the order's stencil accuracy. A file that gives none of the orders is refused, as is ``--eps``
+    beside it (each sets the steps)."""
+    path = config.steps_from
+    if config.eps is not None:
+        raise UsageError(f"--steps-from {path} with --eps {config.eps}: each sets the FD step; give one of them")
+    if not path.is_file():
+        raise UsageError(f"--steps-from {path}: no such file; run fdsm-bench eps-sweep first")
+    steps = {}
+    for p in set(accuracy.values()):
+        try:
+            measured = best_steps(path, problem, dtype=dtype, accuracy=p, method=method)
+        except (ValueError, ResultsFileError) as err:  # a CSV of something else, or no CSV at all
+            raise UsageError(f"--steps-from {str(err).removesuffix('; ' + REMEDY)}") from err
+        steps |= {order: (eps, "eps-sweep") for order, eps in measured.items() if accuracy.get(order) == p}
+    if not steps:
+        accuracies = ",".join(map(str, sorted(set(accuracy.values()))))
+        raise UsageError(f"--steps-from {path}: no ok {method} row of this function ({problem['model']}, size "
+                         f"{problem['size']}, weights {problem['weights']}, seed {problem['seed']}, "
+                         f"{problem['device']}) in {dtype} at accuracy {accuracies} for T = "
+                         f"{','.join(map(str, accuracy))}; run fdsm-bench eps-sweep with the same --model, "
+                         "--checkpoint, --seed and --dtype")
+    return steps
 
 
 def _probed(problem: dict, method: str, order: int, accuracy: int, dtype: str,
