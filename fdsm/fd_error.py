@@ -211,10 +211,16 @@ def _representable(x: Tensor, u: Tensor, h: Tensor, gamma: float) -> Tensor:
     return (kept - delta).flatten(1).norm(dim=1) < 0.5 * delta.flatten(1).norm(dim=1)
 
 
-def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str) -> _Ladder:
+# What a probe where f is not finite was for, and what to do: (the probes of, the remedy), per step="auto" or not.
+_PROBES_OF = {True: ("the automatic step", "Keep f finite there, or pass step=None and choose the step |v| yourself"),
+              False: ("the error estimate at the step |v|", "Keep f finite there, or pass a shorter v")}
+
+
+def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str, auto: bool = True) -> _Ladder:
     """One stacked forward of f, without a graph, at every offset of the ladder around h0 (x, u: (B, *event),
     h0: (B,)); the D_h and roundoff of each level (eqs. S1, S2). The unit roundoff is the coarser of x's and f's
-    dtypes. See NOTE [point-major stacked batch] in fdsm.fd for the layout."""
+    dtypes. See NOTE [point-major stacked batch] in fdsm.fd for the layout. ``auto``: the probes are the automatic
+    step's (else a fixed step's estimate), for the message where f is not finite at one."""
     offsets, index = _ladder_offsets(s, LADDER)
     T, B, K = s.order, x.shape[0], len(offsets)
     shape = (-1, *([1] * (x.dim() - 1)))
@@ -224,10 +230,11 @@ def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str) -> _La
     bad = ~torch.isfinite(out).reshape(K, B, -1).all(-1)  # (K, B)
     if bad.any():
         k, b = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{who}: f is not finite at a probe of the automatic step: sample {b} at x + "
+        what, remedy = _PROBES_OF[auto]
+        raise ValueError(f"{who}: f is not finite at a probe of {what}: sample {b} at x + "
                          f"{offsets[k] * float(h0[b]):.3g} v/|v| gives {out[k, b].flatten()[:3].tolist()}; the "
                          f"probes reach up to {max(abs(g) for g in offsets) * float(h0[b]):.3g} from x along v/|v|. "
-                         "Keep f finite there, or pass step=None and choose the step |v| yourself")
+                         f"{remedy}")
     unit = max(unit_roundoff(x.dtype), unit_roundoff(out.dtype))
     values = out.double().reshape(K, B, -1)  # (K, B, m)
     w = torch.tensor(s.weights, dtype=torch.float64, device=x.device)  # (S,)
@@ -428,7 +435,7 @@ def _fixed_step_error(f: Fn, x: Tensor, u: Tensor, h: Tensor, s: Stencil, who: s
     ladder's C h^p (NOTE [the truncation at a fixed step]); plus the roundoff R / h^T. One probe forward, centred
     on h; returns E and the probe points per sample."""
     T, p = s.order, s.accuracy
-    fit = _fit(_probe(f, x, u, h, s, who), s, [])
+    fit = _fit(_probe(f, x, u, h, s, who, auto=False), s, [])
     truncation = torch.where(fit.centre_measures, fit.tau, fit.c * h.pow(p))
     return _rms(truncation, fit.r / h.pow(T)), len(_ladder_offsets(s, LADDER)[0])
 

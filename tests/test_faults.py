@@ -28,6 +28,8 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["derivatives", "--repeats", "0"], "--repeats 0: expected at least 1"),
     (["derivatives", "--dtype", "float8"], "--dtype float8: expected one of float32"),
     (["derivatives", "--steps-from", "no/such.csv"], "--steps-from no/such.csv: no such file"),
+    (["derivatives", "--eps", "1e300"], "--eps 1e+300: outside float32's normal range (1.18e-38 to 3.4e+38)"),
+    (["derivatives", "--eps", "1e-300"], "--eps 1e-300: outside float32's normal range"),
     (["derivatives", "--steps-from", "no/such.csv", "--eps", "auto"], "--steps-from no/such.csv with --eps auto: "
                                                                       "each sets the FD step; give one of them"),
     (["derivatives", "--checkpoint", "no/such.pt"], "--checkpoint no/such.pt: no such file"),

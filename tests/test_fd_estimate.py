@@ -227,6 +227,9 @@ X, U = batch(F64, size=4)
         (lambda: fd_estimate(lambda x: torch.log(x[:, 0]), torch.full((2, 1), 1e-3, dtype=F64),
                              torch.ones(2, 1, dtype=F64), 1),
          ValueError, r"f is not finite at a probe of the automatic step: sample 0 .*Keep f finite"),
+        (lambda: fd_estimate(lambda x: torch.log(x[:, 0]), torch.full((2, 1), 0.5, dtype=F64),  # probes past 0.5
+                             torch.full((2, 1), 0.4, dtype=F64), 1, step=None),
+         ValueError, r"a probe of the error estimate at the step \|v\|: .*Keep f finite there, or pass a shorter v"),
         (lambda: fd_estimate(ok_f, X.float(), 1e-12 * U.float(), 2, step=None),
          ValueError, r"the step h = 1e-12 of sample 0 underflows in float32.*Use float64"),
         (lambda: fd_estimate(lambda x: torch.sin(1e3 * (x[:, 0] - 3e4)), torch.full((2, 1), 3e4),  # h* ~ 4e-6
