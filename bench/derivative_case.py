@@ -354,9 +354,15 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
     if case["method"] == "fd-streams":  # one stream or worker thread per stencil point: say how many ran at once
         points = len(fdsm.central_stencil(int(case["order"]), int(case["accuracy"])))
         backend = f"{fdsm.streams_backend(case['device'])} x{points}"
+    interpreted = case["method"] == "fd-fused" and torch.device(case["device"]).type != "cuda"
+    if interpreted:  # enabled off CUDA only under TRITON_INTERPRET=1 (NOTE [the Triton interpreter])
+        backend = "triton-interpreter"
     reference, doubt = reference_method(case)
     columns = {"rel_error": err.median, "rel_error_max": err.max, "backend": backend, "reference": reference}
     notes = [doubt, _zero_reference_note(case, err)]  # the row's message: every note that applies, in this order
+    if interpreted:
+        notes.append("the Triton kernels ran under the interpreter (TRITON_INTERPRET=1, in Python on the CPU): "
+                     "its values are checked, its time is the interpreter's, not the kernels'")
     method = case["method"]  # exact-taylor+fused and +compiled are other implementations: checked too
     exact = method.removesuffix(COMPILED).removesuffix(FUSED) in EXACT_METHODS
     if (exact and method != reference and case["dtype"] not in NARROW and not err.undefined

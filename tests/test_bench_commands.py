@@ -45,6 +45,9 @@ def test_derivatives_quick_writes_the_csv_and_figure2_and_resumes(tmp_path):
     assert (ok[(ok.method == "fd-batched") & (ok.order <= 2)].rel_error < 0.05).all(), ok
     fused = frame[frame.method == "fd-fused"]
     assert set(fused.status) <= {"ok", "unsupported", "error"}  # never a crash of the sweep
+    interpreted = fused[fused.status == "ok"]  # on the CPU only under TRITON_INTERPRET=1, whose time it says it is
+    assert (interpreted.backend == "triton-interpreter").all()
+    assert interpreted.message.str.contains("its time is the interpreter's").all()
     assert (frame.weights == "random").all()
     # Each row but the baseline's was timed against fd-batched in pairs: its time over FD's, per round
     paired = ok[ok.method != "fd-batched"]
