@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.cli import main
 from bench.config import UsageError
 from bench.user_model import build_user_model, is_user_model, load_factory, parse_event_shape
 from fdsm.models import INTERFACES, UserModel, UserModelError, check_user_model
@@ -130,6 +131,32 @@ def test_the_module_is_a_submodule():
     assert model.log_density(_x(4, 3)).shape == (4,)
 
 
+class Holder(nn.Module):
+    """A module whose own child is named ``module``: its state_dict keys start ``module.`` as the wrapper's do."""
+
+    event_shape = (3,)
+
+    def __init__(self):
+        super().__init__()
+        self.module = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.module(x).squeeze(1)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), Holder],
+                         ids=["Sequential", "Holder"])
+def test_load_state_dict_takes_the_users_own_state_dict_or_the_wrappers(make):
+    torch.manual_seed(0)
+    trained = UserModel(make(), event_shape=(3,))
+    for state in (trained.module.state_dict(), trained.state_dict()):  # torch.save(module.state_dict()) or ours
+        model = UserModel(make(), event_shape=(3,))
+        model.load_state_dict(state)
+        torch.testing.assert_close(model.state_dict(), trained.state_dict(), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict({"weight": torch.zeros(1, 3)})
+
+
 def test_checks_x_and_the_output_shape_on_every_call():
     model = UserModel(Returns(lambda x: x.sum(1, keepdim=True)))
     with pytest.raises(ValueError, match=r"UserModel\(Returns\)\.log_density: expected x of shape \(B, 3\), got"):
@@ -204,14 +231,34 @@ def test_check_user_model_errors_are_one_line():
     assert "the backward of forward(x) raised" in _check_error(lambda x: no_backward(x.exp() + 1, 2.0).sum(1))
 
 
+def test_check_user_model_runs_a_row_alone_too():
+    """At batch 1 (a .squeeze() without a dim drops the batch dimension), and the row must give what it gives in the
+    batch: an output mixing the rows (x.sum() over the batch, batch statistics) breaks the contract."""
+    message = _check_error(lambda x: x.sum(1).squeeze())
+    assert "expected forward(x) of shape (1,) for interface 'log-density', got ()" in message
+    assert "at batch 1" in message
+    for mixing in (lambda x: x.sum(1) + x.sum(), lambda x: (x - x.mean(0)).pow(2).sum(1)):
+        message = _check_error(mixing)
+        assert "a row alone differs from the same row in a batch of 2" in message
+        assert "rows must be independent samples" in message and "fdsm.models.user" in message
+
+
 def test_check_user_model_passes_good_models_and_leaves_the_rng_alone():
+    def mlp(*norm):  # (B, 3) -> (B,)
+        return nn.Sequential(nn.Linear(3, 8), *norm, nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
+
     models = [UserModel(GaussianLogDensity()), UserModel(GaussianEnergy()), UserModel(GaussianScore()),
               UserModel(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), event_shape=(3,)),
-              UserModel(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)).double(), event_shape=(3,))]  # float64 probe
+              UserModel(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)).double(), event_shape=(3,)),  # float64 probe
+              UserModel(mlp(nn.BatchNorm1d(8), nn.Dropout(0.5)), event_shape=(3,))]  # in training mode
     state = torch.get_rng_state()
     for model in models:
         check_user_model(model, batch=3)
     assert torch.equal(torch.get_rng_state(), state)
+    assert all(m.training for m in models[-1].modules())  # checked in eval mode, then given back its training mode
+    frozen = models[-1].module.eval()
+    check_user_model(models[-1])
+    assert not any(m.training for m in frozen.modules())
     with pytest.raises(TypeError, match="expected a UserModel"):
         check_user_model(GaussianEnergy())
 
@@ -365,6 +412,67 @@ def test_a_module_spec_naming_a_file_here_suggests_the_file_spec(tmp_path, monke
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     assert f"exists but the current directory is not on sys.path: pass --model {name}.py:make" in _usage_error(
         f"{name}:make")
+
+
+ENERGY_FILE = """
+    from torch import nn
+
+    class Energy(nn.Module):
+        interface = "energy"
+        event_shape = (4,)
+
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.Softplus(), nn.Linear(8, 1))
+
+        def forward(self, x):  # (B, 4) -> (B,)
+            return self.net(x).squeeze(1)
+
+    class Squeezed(Energy):
+        def forward(self, x):  # (B, 4) -> (B,), but () at B = 1
+            return self.net(x).squeeze()
+
+    class Mixing(Energy):
+        def forward(self, x):  # row b depends on every row of x
+            return self.net(x).squeeze(1) + x.sum()
+"""
+
+
+@pytest.fixture
+def energy_file(tmp_path) -> Path:
+    return _write(tmp_path, "energies.py", ENERGY_FILE)
+
+
+def _dry_run(tmp_path, command: str, spec: str, *options: str) -> int:
+    return main([command, "--quick", "--dry-run", "--device", "cpu", "--out", str(tmp_path / "out"), "--model", spec,
+                 *options])
+
+
+def _one_line_refusal(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_the_cli_loads_a_user_modules_own_checkpoint(tmp_path, energy_file):
+    spec = f"{energy_file}:Energy"
+    model = build_user_model(spec)
+    own, wrapped = tmp_path / "own.pt", tmp_path / "wrapped.pt"
+    torch.save(model.module.state_dict(), own)  # keys net.0.weight, ..., as a user saves their module
+    torch.save(model.state_dict(), wrapped)  # keys module.net.0.weight, ...
+    for checkpoint in (own, wrapped):
+        assert _dry_run(tmp_path, "derivatives", spec, "--checkpoint", str(checkpoint)) == 0
+
+
+def test_the_cli_refuses_a_model_broken_at_batch_1_or_mixing_rows_before_any_work(tmp_path, capsys, energy_file):
+    assert _dry_run(tmp_path, "derivatives", f"{energy_file}:Squeezed") == 2
+    err = _one_line_refusal(capsys)
+    assert f"--model {energy_file}:Squeezed: expected forward(x) of shape (1,)" in err and "got ()" in err
+    assert _dry_run(tmp_path, "train-steps", f"{energy_file}:Mixing") == 2
+    err = _one_line_refusal(capsys)
+    assert f"--model {energy_file}:Mixing: forward(x) of a row alone differs" in err
+    assert "rows must be independent samples" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_parse_event_shape():

@@ -15,7 +15,8 @@ contract:
    =========================== ===================================== ===================================
 
    (``"log_density"``, the model registry's spelling, is accepted for ``"log-density"``.) Rows are independent
-   samples: row b of the output depends on row b of x only, since the benchmarks differentiate the batch sum.
+   samples: row b of the output depends on row b of x only, since the benchmarks differentiate the batch sum
+   (``check_user_model`` compares a row alone with the same row in a batch).
 
 2. **The event shape** is a tuple of ints, declared as an attribute ``event_shape`` (class attribute, instance
    attribute or property), or passed by the caller (``UserModel(module, event_shape=(1, 28, 28))``; on the CLI
@@ -34,7 +35,7 @@ A minimal model (``examples/user_model.py`` is a fuller one to copy):
 ...     def forward(self, x):            # x: (B, 3) -> (B,)
 ...         return 0.5 * x.pow(2).sum(1)
 >>> model = UserModel(Quadratic())
->>> check_user_model(model)              # one seeded forward; raises UserModelError on a broken model
+>>> check_user_model(model)              # seeded forwards (batch 2 and 1); UserModelError on a broken model
 >>> x = torch.randn(4, 3, dtype=torch.float64)
 >>> model.log_density(x).shape, model.score(x).shape
 (torch.Size([4]), torch.Size([4, 3]))
@@ -44,13 +45,16 @@ True
 ``UserModel`` mirrors the built-in models (``fdsm.models.energy``, ``fdsm.models.gaussian``): ``.event_shape``,
 ``log_density(x)`` (B, \*event) -> (B,), ``score(x)`` (B, \*event) -> (B, \*event), and ``forward`` is
 ``log_density``, or ``score`` for a score model. The user's module is a submodule (``model.module``), so
-``parameters()``, ``.to()`` and ``state_dict()`` reach its parameters.
+``parameters()``, ``.to()`` and ``state_dict()`` reach its parameters; ``load_state_dict`` takes that state_dict or the
+user's module's own (``torch.save(module.state_dict(), path)``, keys without the ``module.`` prefix).
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -175,6 +179,18 @@ class UserModel(nn.Module):
     def extra_repr(self) -> str:
         return f"interface={self.interface!r}, event_shape={self.event_shape}"
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load a ``state_dict`` of the user's module itself (``torch.save(module.state_dict(), path)``: keys
+        ``net.0.weight``) or of this wrapper (``UserModel.state_dict()``: the same keys after ``module.``)."""
+        if self._is_wrapped(state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _is_wrapped(self, state_dict: Mapping[str, Any]) -> bool:
+        """Whether every key starts ``module.`` and the keys are not the user's own (a child named ``module``)."""
+        keys = set(state_dict)
+        return all(key.startswith("module.") for key in keys) and not keys <= set(self.module.state_dict())
+
     def _forward_checked(self, x: torch.Tensor, call: str) -> torch.Tensor:
         """``module(x)`` after checking x: (B, *event), with its output shape checked (cheap, no sync)."""
         owner = f"UserModel({self.name}).{call}"
@@ -238,17 +254,76 @@ def _no_path(out: Tensor, x: Tensor) -> bool:
         return torch.autograd.grad(out.sum(), x, allow_unused=True)[0] is None
 
 
+# NOTE [the check runs in eval mode]: ``check_user_model`` runs the user's module in eval mode, as the derivative
+# sweeps run it, and then restores each submodule's own training flag. A batch norm then uses its running statistics
+# and dropout is off, so a row alone and the same row inside a batch must agree. In training mode a batch norm mixes
+# the rows of a batch by construction (its statistics are the batch's) and cannot run at batch 1; train-steps trains
+# in that mode, and the check does not refuse such a model for it.
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block; see NOTE [the check runs in eval mode]."""
+    flags = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in flags:
+            submodule.training = training
+
+
+def _checked_forward(model: UserModel, owner: str, x: Tensor) -> Tensor:
+    r"""``model.module(x)`` for x: (B, \*event); a ``UserModelError`` when it raises, returns the wrong shape (or not
+    a tensor) or gives non-finite values. Grad is enabled exactly when x requires it."""
+    shape = tuple(x.shape)
+    try:
+        with torch.set_grad_enabled(x.requires_grad):
+            out = model.module(x)
+    except Exception as err:  # any failure of the user's code is reported, one line
+        raise UserModelError(owner, f"forward(x) raised {_one_line(err)} on x of shape {shape}, {x.dtype}; check "
+                                    f"that the module takes (B, *event) with event_shape {model.event_shape}") from err
+    problem = _output_problem(out, shape[0], model.event_shape, model.interface)
+    if problem is not None:
+        at_one = " (at batch 1: the benchmarks run any --batch, 1 included)" if shape[0] == 1 else ""
+        raise UserModelError(owner, problem + at_one)
+    bad = 0 if out.is_meta else int((~torch.isfinite(out.detach())).sum())  # on the meta device: shapes only
+    if bad:
+        raise UserModelError(owner, f"forward(x) gave {bad} non-finite value(s) (nan or inf) of {out.numel()} on a "
+                                    f"seeded standard-normal x of shape {shape}; check the initialisation and the "
+                                    "numerics (log of a non-positive value, exp overflow)")
+    return out
+
+
+def _check_rows_independent(owner: str, out: Tensor, row: Tensor, dtype: torch.dtype) -> None:
+    """Refuse a forward whose first row alone, ``row`` = forward(x[:1]), differs from the first row of ``out`` =
+    forward(x), beyond rounding: sqrt(eps) of ``dtype`` relative to the output's size (another batch size may take
+    another kernel, which rounds differently, by a few eps)."""
+    if out.is_meta:  # no values
+        return
+    alone, inside = row.detach().double(), out[:1].detach().double()  # (1,) or (1, *event)
+    tolerance = torch.finfo(dtype).eps ** 0.5 * max(1.0, float(inside.abs().max()))
+    gap = float((alone - inside).abs().max())
+    if gap > tolerance:
+        raise UserModelError(owner, f"forward(x) of a row alone differs from the same row in a batch of {len(out)} by "
+                                    f"{gap:.3g} (tolerance {tolerance:.2g}); rows must be independent samples, row b "
+                                    "of the output depending on row b of x only (the contract of fdsm.models.user: "
+                                    "the benchmarks differentiate the batch sum), so no batch statistics such as "
+                                    "x.sum() or x.mean(0) inside forward")
+
+
 def check_user_model(model: UserModel, *, batch: int = 2) -> None:
-    r"""Run ``forward`` once on a seeded standard-normal batch x: (batch, \*event) and check what it returns.
+    r"""Run ``forward`` on a seeded standard-normal batch x: (batch, \*event) and on its first row alone, x[:1], and
+    check what it returns.
 
     x is float32 on the CPU, or the dtype and device of the model's parameters when it has some (a factory that
-    calls ``.double()``). A log-density or energy model runs with grad enabled for x, so that an output with no
-    autograd path to x is caught (the benchmarks differentiate it); a score model runs under ``torch.no_grad()``.
+    calls ``.double()``). The module runs in eval mode, its training flags restored after (see NOTE [the check runs
+    in eval mode]). A log-density or energy model runs with grad enabled for x, so that an output with no autograd
+    path to x is caught (the benchmarks differentiate it); a score model runs under ``torch.no_grad()``.
     Raises ``UserModelError`` with one line when forward raises (the exception named), returns the wrong shape
-    (or not a tensor), returns non-finite values, or, for a log-density or energy model, is not differentiable in
-    x (its output has no autograd path from x, even if it has one through the parameters). A model built on the
-    meta device (FLOP counting) has no values: its shapes and its path from x are checked. The global RNG is
-    untouched.
+    (or not a tensor) at either batch size, returns non-finite values, gives the first row alone another value
+    than inside the batch (the rows are not independent), or, for a log-density or energy model, is not
+    differentiable in x (its output has no autograd path from x, even if it has one through the parameters). A
+    model built on the meta device (FLOP counting) has no values: its shapes and its path from x are checked. The
+    global RNG is untouched.
     """
     if not isinstance(model, UserModel):
         raise TypeError(f"check_user_model(model): expected a UserModel, got type {type(model).__name__}; wrap the "
@@ -257,23 +332,13 @@ def check_user_model(model: UserModel, *, batch: int = 2) -> None:
         raise ValueError(f"check_user_model(model, batch={batch}): expected batch >= 1")
     owner = f"check_user_model({model.name})"
     dtype, device = _probe_dtype_device(model)
-    shape = (batch, *model.event_shape)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
     differentiate = model.interface != "score"
-    try:
-        with torch.enable_grad() if differentiate else torch.no_grad():
-            out = model.module(x.requires_grad_(differentiate))
-    except Exception as err:  # any failure of the user's code is reported, one line
-        raise UserModelError(owner, f"forward(x) raised {_one_line(err)} on x of shape {shape}, {dtype}; check "
-                                    f"that the module takes (B, *event) with event_shape {model.event_shape}") from err
-    problem = _output_problem(out, batch, model.event_shape, model.interface)
-    if problem is not None:
-        raise UserModelError(owner, problem)
-    bad = 0 if out.is_meta else int((~torch.isfinite(out.detach())).sum())  # on the meta device: shapes only
-    if bad:
-        raise UserModelError(owner, f"forward(x) gave {bad} non-finite value(s) (nan or inf) of {out.numel()} on a "
-                                    f"seeded standard-normal x of shape {shape}; check the initialisation and the "
-                                    "numerics (log of a non-positive value, exp overflow)")
+    x = torch.randn((batch, *model.event_shape), generator=torch.Generator().manual_seed(0))
+    x = x.to(device=device, dtype=dtype).requires_grad_(differentiate)  # (batch, *event)
+    with _eval_mode(model.module):
+        out = _checked_forward(model, owner, x)
+        row = _checked_forward(model, owner, x[:1].detach().requires_grad_(differentiate))  # (1, *event)
+    _check_rows_independent(owner, out, row, dtype)
     # The output may carry a graph through the parameters alone (x detached inside forward): ask for d out / dx.
     try:
         unreachable = differentiate and (not out.requires_grad or _no_path(out, x))
