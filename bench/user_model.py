@@ -148,14 +148,17 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     return obj
 
 
-def build_user_model(spec: str, event_shape: tuple[int, ...] | None = None) -> UserModel:
+def build_user_model(spec: str, event_shape: tuple[int, ...] | None = None, *, trains: bool = False) -> UserModel:
     """``factory()`` for ``--model spec``, wrapped in ``UserModel`` and checked by ``check_user_model``.
 
     ``event_shape`` (``--event-shape``) is for a module that does not declare one; if it does, the two must agree.
-    Each call builds a fresh model (new parameters); only the loading is cached. Raises ``UsageError``
-    (``"--model SPEC: ..."``) when loading fails, the factory raises or returns something other than an
-    ``nn.Module``, or the model breaks the contract of ``fdsm.models.user``.
+    ``trains`` says that the command trains the model (train-steps), which then needs a parameter that requires
+    grad; the derivative sweeps take a model without parameters. Each call builds a fresh model (new parameters);
+    only the loading is cached. Raises ``UsageError``: ``"--event-shape ..."`` for a size below 1
+    (``check_event_shape``), else ``"--model SPEC: ..."`` when loading fails, the factory raises or returns something
+    other than an ``nn.Module``, the model breaks the contract of ``fdsm.models.user``, or it has nothing to train.
     """
+    check_event_shape(event_shape)
     factory = load_factory(spec)
     name = spec.rpartition(":")[2]
     try:
@@ -173,7 +176,23 @@ def build_user_model(spec: str, event_shape: tuple[int, ...] | None = None) -> U
         check_user_model(model)
     except UserModelError as err:
         raise UsageError(f"--model {spec}: {err.detail}") from err
+    if trains and not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(f"--model {spec}: has no parameters to train; train-steps times optimizer steps, so the "
+                         "module needs an nn.Parameter that requires grad (derivatives and eps-sweep take it as it is)")
     return model
+
+
+def _bad_event_shape(text: str) -> UsageError:
+    """The refusal of a bad ``--event-shape``, ``text`` as typed (or as the parsed sizes joined by commas)."""
+    return UsageError(f"--event-shape {text}: expected positive integers, e.g. 1,28,28")
+
+
+def check_event_shape(event_shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``event_shape`` as given (``None`` too), or a ``UsageError`` naming ``--event-shape`` unless every size is at
+    least 1; fit to be the option's ``convert``."""
+    if event_shape is not None and (not event_shape or min(event_shape) < 1):
+        raise _bad_event_shape(",".join(map(str, event_shape)))
+    return event_shape
 
 
 def parse_event_shape(text: str) -> tuple[int, ...]:
@@ -188,6 +207,5 @@ def parse_event_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or min(shape) < 1:
-        raise UsageError(f"--event-shape {text}: expected positive integers separated by commas, such as 16 or "
-                         "1,28,28")
+        raise _bad_event_shape(text)
     return shape

@@ -435,6 +435,13 @@ ENERGY_FILE = """
     class Mixing(Energy):
         def forward(self, x):  # row b depends on every row of x
             return self.net(x).squeeze(1) + x.sum()
+
+    class NoParameters(nn.Module):
+        interface = "energy"
+        event_shape = (4,)
+
+        def forward(self, x):  # E(x) = |x|^2 / 2
+            return 0.5 * x.pow(2).sum(1)
 """
 
 
@@ -475,12 +482,27 @@ def test_the_cli_refuses_a_model_broken_at_batch_1_or_mixing_rows_before_any_wor
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_event_shape_is_blamed_on_event_shape(tmp_path, capsys, energy_file):
+    for bad in ("4,0", "0", "4,-2"):
+        assert _dry_run(tmp_path, "derivatives", f"{energy_file}:Energy", f"--event-shape={bad}") == 2
+        err = _one_line_refusal(capsys)
+        assert f"--event-shape {bad}: expected positive integers, e.g. 1,28,28" in err and "--model" not in err
+
+
+def test_only_a_model_to_train_needs_parameters(energy_file):
+    spec = f"{energy_file}:NoParameters"
+    assert build_user_model(spec).interface == "energy"  # the derivative sweeps take it
+    with pytest.raises(UsageError, match=f"^--model {re.escape(spec)}: has no parameters to train; train-steps"):
+        build_user_model(spec, trains=True)
+    assert build_user_model(f"{energy_file}:Energy", trains=True).interface == "energy"
+
+
 def test_parse_event_shape():
     assert parse_event_shape("1,28,28") == (1, 28, 28)
     assert parse_event_shape(" 16 ") == (16,)
     assert parse_event_shape("(3, 4)") == (3, 4) and parse_event_shape("16,") == (16,)
     for bad in ["", "a", "1,,2", "0", "1,-2", "1.5"]:
-        with pytest.raises(UsageError, match=f"--event-shape {bad}: expected positive integers separated by"):
+        with pytest.raises(UsageError, match=f"--event-shape {bad}: expected positive integers, e.g. 1,28,28"):
             parse_event_shape(bad)
 
 
