@@ -69,7 +69,7 @@ if __name__ == "__main__":
 
     for factory in (make_model, make_score_model):
         model = UserModel(factory())  # reads interface and event_shape from the module
-        check_user_model(model)  # one seeded forward: shape and finiteness, as the CLI checks
+        check_user_model(model)  # as the CLI checks: shape, finiteness and independent rows at batch 2 and 1
         x = torch.randn(4, *model.event_shape)  # (B, 16)
         print(f"{factory.__name__}: interface {model.interface!r}, event_shape {model.event_shape}, "
               f"score(x) {tuple(model.score(x).shape)}")

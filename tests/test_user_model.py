@@ -497,6 +497,12 @@ def test_only_a_model_to_train_needs_parameters(energy_file):
     assert build_user_model(f"{energy_file}:Energy", trains=True).interface == "energy"
 
 
+def test_train_steps_refuses_a_model_with_nothing_to_train_before_any_work(tmp_path, capsys, energy_file):
+    assert _dry_run(tmp_path, "train-steps", f"{energy_file}:NoParameters") == 2
+    assert "has no parameters to train" in _one_line_refusal(capsys)
+    assert _dry_run(tmp_path, "derivatives", f"{energy_file}:NoParameters") == 0  # nothing to train there
+
+
 def test_parse_event_shape():
     assert parse_event_shape("1,28,28") == (1, 28, 28)
     assert parse_event_shape(" 16 ") == (16,)

@@ -121,7 +121,7 @@ def _event_shape(recipe_name: str, size: str) -> tuple[int, ...]:
 def _model_cases(model: str, config: TrainStepsConfig, size: str) -> list[tuple[str, int, tuple[int, ...], bool]]:
     """(objective, batch, event shape, available) per row of one model."""
     if is_user_model(model):
-        event = tuple(build_user_model(model, config.event_shape).event_shape)  # loaded and checked here
+        event = tuple(build_user_model(model, config.event_shape, trains=True).event_shape)  # loaded and checked
         batch = config.batch or USER_BATCH
         labels = recipes_of({"model": model, "batch": batch, "lr": config.lr,
                              "event_shape": ",".join(map(str, config.event_shape or ()))})
