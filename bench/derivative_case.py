@@ -109,8 +109,10 @@ def build_model(case: Mapping[str, Any]) -> nn.Module:
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"--checkpoint {case['checkpoint']}: expected a state_dict of {case['model']!r} at "
-                             f"size {case['size']!r}, n_chan {case['n_chan']}; loading it failed: {err}") from err
+            which = ("" if is_user_model(case["model"]) else
+                     f" at size {case['size']!r}, n_chan {case['n_chan']}")  # a user's model has one size
+            raise ValueError(f"--checkpoint {case['checkpoint']}: expected a state_dict of {case['model']!r}{which}; "
+                             f"loading it failed: {err}") from err
     return model.to(torch.device(case["device"])).eval()
 
 
