@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands():
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         add_options(p, type(command.default), quick=command.quick, title=command.name, skip=SHARED_OPTIONS)
-        add_options(p, Shared, title="shared options")
+        add_options(p, Shared, title="shared options", skip=command.ignores)  # an ignored one: argparse's exit 2
         p.set_defaults(command_object=command)
     return parser
 

@@ -292,7 +292,9 @@ def _at_least_one(option_name: str) -> Callable[[int | None], int | None]:
 
 @dataclasses.dataclass(frozen=True)
 class Shared:
-    """The options every command takes (DESIGN.md, 'CLI'); ``device`` and ``dtype`` arrive resolved."""
+    """The options every command takes (DESIGN.md, 'CLI'), but those it has no use for (``Command.ignores``:
+    ``--dtype`` where it takes ``--dtypes``, ``--repeats`` where nothing is timed); ``device`` and ``dtype`` arrive
+    resolved."""
 
     device: torch.device = option("auto", "auto | cpu | cuda[:N]", type=str, convert=resolve_device)
     dtype: torch.dtype = option("float32", f"one of {', '.join(DTYPES)}", type=str, convert=resolve_dtype)

@@ -15,8 +15,9 @@ everything about a sweep:
 - ``benchmark(case)``: optional, the pytest-benchmark view of one case (``Bench``), which
   ``bench/test_experiments.py`` generates a suite from;
 - ``isolate`` (each case in a worker process, the default), ``aliases`` (old column names of older CSVs),
-  ``png`` (another figure name), ``in_main_job`` (``fdsm-bench all`` runs it) and ``numbers`` (the measured
-  columns without which an ``ok`` row would be dishonest: ``run_sweep`` makes such a row an ``error``).
+  ``png`` (another figure name), ``in_main_job`` (``fdsm-bench all`` runs it), ``numbers`` (the measured
+  columns without which an ``ok`` row would be dishonest: ``run_sweep`` makes such a row an ``error``) and
+  ``ignores`` (the shared options it has no use for: its parser refuses them).
 
 ``Experiment.run(config, shared)`` is the one runner: cases, the resumable ``CsvLog``, ``run_sweep`` (a progress
 bar, one row per case, failures as rows), the figure, the summary and the exit status. ``bench.experiments`` holds
@@ -49,7 +50,9 @@ def _describe(config: Any, shared: Shared) -> str:
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its name and help, its config (``default``, ``quick``), ``run(config, shared) -> int`` and
-    ``plan(config, shared) -> str``, what ``--dry-run`` prints instead of running (after every check)."""
+    ``plan(config, shared) -> str``, what ``--dry-run`` prints instead of running (after every check), and
+    ``ignores``: the shared options it has no use for, which its parser then refuses (``--dtype`` where the
+    command takes ``--dtypes``, ``--repeats`` where nothing is timed)."""
 
     name: str
     help: str
@@ -57,6 +60,7 @@ class Command:
     run: Callable[[Any, Shared], int]
     quick: Any = None
     plan: Callable[[Any, Shared], str] = _describe
+    ignores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Experiment:
     png: str | None = None  # the figure's file name; None: ``<stem>.png``
     in_main_job: bool = True  # ``fdsm-bench all`` runs it, in the registry's order
     numbers: tuple[str, ...] = ()  # the measured columns an ``ok`` row must carry, finite (else it is an error row)
+    ignores: tuple[str, ...] = ()  # shared options the sweep has no use for (``Command.ignores``)
 
     @property
     def csv(self) -> str:
@@ -105,7 +110,7 @@ class Experiment:
         return CsvLog(folder / self.csv, key_columns=self.keys, columns=self.columns, aliases=self.aliases)
 
     def command(self) -> Command:
-        return Command(self.name, self.help, self.default, self.run, self.quick, self.plan)
+        return Command(self.name, self.help, self.default, self.run, self.quick, self.plan, self.ignores)
 
     def plan(self, config: Any, shared: Shared) -> str:
         """What ``run`` would measure: the cases (every check done, the CSV read), and which are already there."""

@@ -48,6 +48,9 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["models", "--csv", "/dev/null/x.csv"], "--csv /dev/null/x.csv: cannot write it"),
     (["models", "--csv", "/tmp"], "--csv /tmp: a folder where a results CSV belongs; choose another --csv"),
     (["train-steps", "--event-shape", "3"], "--event-shape 3: a user model's input shape; nice declares its own"),
+    (["kernels", "--repeats", "3"], "unrecognized arguments: --repeats 3"),  # do_bench repeats by time
+    (["grad-agreement", "--repeats", "3"], "unrecognized arguments: --repeats 3"),  # nothing is timed
+    (["models", "--seed", "3"], "unrecognized arguments: --seed 3"),
 ])
 def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsys, argv, message):
     try:

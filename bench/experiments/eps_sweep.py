@@ -188,4 +188,5 @@ EXPERIMENT = Experiment(
     isolate=False,  # no timing and no memory: the cases run in this process (errors still become rows)
     aliases={"width": "n_chan"},
     numbers=("rel_error",),
+    ignores=("dtype", "repeats"),  # its dtypes are --dtypes; it times nothing
 )

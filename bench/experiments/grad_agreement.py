@@ -179,4 +179,5 @@ EXPERIMENT = Experiment(
     axes=("model", "pair", "dtype", "eps"),
     isolate=False,  # no timing and no memory: in this process
     numbers=("cosine", "grad_norm_ratio"),
+    ignores=("dtype", "repeats"),  # its dtypes are --dtypes; it times nothing
 )

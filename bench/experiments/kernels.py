@@ -292,4 +292,5 @@ EXPERIMENT = Experiment(
     isolate=False,  # do_bench times in this process, with CUDA events
     in_main_job=False,  # it times nothing on a CPU; a GPU runner runs it beside the main job (tox -e gpu)
     numbers=("time_ms", "gb_per_s", "rel_error"),
+    ignores=("repeats",),  # do_bench repeats by time: --rep-ms
 )
