@@ -16,6 +16,9 @@ timeout message, not a hang. Tolerances, float64 throughout: the DDP step sums t
 order, and a gradient through FD amplifies that rounding (``GRAD_RTOL``); fd-distributed adds its points' terms in
 another order and evaluates f on other batch sizes, so D agrees with fd-batched to ``D_RTOL`` of sum_i |w_i f_i|
 (not of |D|, which FD's cancellation makes far smaller than the terms' rounding).
+
+The sweeps' side, without a launch: a ``--launcher`` whose program is not on PATH is one line and exit 2, and the
+plots and summaries of launches that all failed say so.
 """
 
 from __future__ import annotations
@@ -248,3 +251,36 @@ def test_a_hung_rank_under_torchrun_is_a_timeout_error_naming_the_rank_not_a_hun
     assert "rank 0 of 2, while building the DDP models of deep-ebm (FD-SSM)" in message  # its first collective
     assert "Timed out" in message and "another rank died, raised or hung" in message
     assert "the process-group timeout is 3 s" in message and os.environ[FAULT_ENV] == "hang:1"
+
+
+@pytest.mark.parametrize("argv", [
+    ["scaling", "--quick", "--world-sizes", "2", "--scalings", "strong", "--launcher", "nonexistent-launcher-xyz"],
+    ["stencil-scaling", "--quick", "--orders", "1", "--world-sizes", "1", "--launcher", "nonexistent-launcher-xyz -n 2",
+     "--dry-run"],
+])
+def test_a_launcher_that_is_not_on_path_is_refused_in_one_line_before_any_launch(tmp_path, capsys, argv):
+    from bench.cli import main
+
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--launcher 'nonexistent-launcher-xyz" in err and "'nonexistent-launcher-xyz' is not found on PATH" in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.glob("*.csv"))
+
+
+def test_the_scaling_plots_and_summaries_of_failed_launches_say_so_without_an_empty_legend_or_table(tmp_path):
+    import warnings
+
+    import pandas as pd
+
+    from bench.experiments import scaling
+
+    failed = {"status": "error", "message": "a rank raised", "world_size": 2, "backend": "gloo", "device": "cpu",
+              "dtype": "float32", "model": "deep-ebm", "size": "cpu", "batch": 2, "repeats": 3}
+    steps = pd.DataFrame([{**failed, "objective": o, "scaling": "strong"} for o in ("FD-SSM", "SSM")])
+    stencil = pd.DataFrame([{**failed, "method": m, "order": 1} for m in scaling.STENCIL_METHODS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+        scaling.plot(steps, tmp_path / "scaling.png")
+        scaling.plot_stencil(stencil, tmp_path / "stencil_scaling.png")
+    for text in (scaling.summary(steps), scaling.stencil_summary(stencil)):
+        assert text.endswith("no row ran ok; the status and message columns say why") and "Empty" not in text

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,23 @@ CPU_BATCH = {"deep-ebm": 16, "ncsn": 8}
 SCALINGS = ("strong", "weak")
 LAUNCHER_HELP = ("the command prefix that starts the ranks of several nodes, e.g. \"srun ... torchrun --nnodes 2 "
                  "--nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT\" (docs/gpu.md); it must start "
-                 "--world-sizes ranks in all, and --out must be on a filesystem every node shares")
+                 "--world-sizes ranks in all, its program must be on PATH, and --out must be on a filesystem every "
+                 "node shares")
+LAUNCHER_EXPECTED = "expected a command prefix whose first word is a program on PATH, such as \"srun ... torchrun ...\""
+
+
+def _check_launcher(prefix: str) -> str:
+    """``--launcher``: empty (torchrun on this node), or a command prefix whose program is on this node's PATH, so
+    that a typo costs one line before any launch rather than an ``error`` row per case."""
+    if not prefix:
+        return prefix
+    try:
+        program = next(iter(shlex.split(prefix)), "")
+    except ValueError as err:  # an unclosed quote
+        raise UsageError(f"--launcher {prefix!r}: {err}; {LAUNCHER_EXPECTED}") from None
+    if shutil.which(program) is None:
+        raise UsageError(f"--launcher {prefix!r}: the program {program!r} is not found on PATH; {LAUNCHER_EXPECTED}")
+    return prefix
 
 
 def _launcher(config: Any, shared: Shared) -> dict[str, str]:
@@ -116,7 +134,8 @@ class LaunchOptions:
     world_sizes: tuple[int, ...] = option((1, 2), "ranks N per launch (one node)", convert=_check_world_sizes)
     collective_timeout_s: float = option(120.0, "seconds a rank waits in a collective (process-group timeout)",
                                          flag="--collective-timeout", convert=positive("--collective-timeout"))
-    launcher: str = option("", LAUNCHER_HELP, default_text="torchrun --standalone on this node")
+    launcher: str = option("", LAUNCHER_HELP, default_text="torchrun --standalone on this node",
+                           convert=_check_launcher)
 
 
 @dataclass(frozen=True)
@@ -241,6 +260,12 @@ PALETTE = {"FD-SSM": "tab:orange", "SSM": "tab:blue", "SSM-Taylor": "goldenrod",
            "DSM": "tab:purple", "FD-SSMVR": "tab:green", "SSMVR": "tab:cyan"}
 
 
+def legend(ax: plt.Axes, fontsize: float) -> None:
+    """The panel's legend, where it has labelled lines (none where every case failed: no matplotlib warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
 def plot(rows: pd.DataFrame, path: Path) -> None:
     table = scaling_table(rows)
     fig, axes = plt.subplots(1, 4, figsize=(22, 5.2))
@@ -258,7 +283,7 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("ranks N")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
+    legend(axes[0], 7)
     fd = table[table.speedup.notna()]
     labels = [f"{r.model}\n{r.objective}/{r.versus}\nN={r.world_size} {r.scaling}" for r in fd.itertuples()]
     axes[2].bar(range(len(fd)), fd.speedup, color=[PALETTE.get(o) for o in fd.objective],
@@ -279,7 +304,7 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
     axes[3].set_xticks(range(len(split)), labels, fontsize=6, rotation=90)
     axes[3].set_ylabel("ms per step")
     axes[3].set_title("where a data-parallel step's time goes (N > 1)", fontsize=10)
-    axes[3].legend(fontsize=7)
+    legend(axes[3], 7)
     axes[3].grid(True, axis="y", alpha=0.3)
     meta = rows.iloc[0]
     fig.suptitle(f"Data-parallel training steps (DistributedDataParallel, {meta['backend']}, {meta['device']}, "
@@ -288,10 +313,16 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
     finish(fig, rows, ("model", "objective", "world_size", "scaling"), path)
 
 
+def summary_table(title: str, table: pd.DataFrame) -> str:
+    """``title`` and the ok rows' ``table``; where no row ran ok, one line saying so (not an empty DataFrame)."""
+    if table.empty:
+        return f"{title}: no row ran ok; the status and message columns say why"
+    return f"{title}:\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+
+
 def summary(rows: pd.DataFrame) -> str:
-    table = scaling_table(rows)
-    return "Data-parallel steps (speed-up and efficiency against N = 1; FD speed-up paired at each N):\n" + \
-        table.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+    return summary_table("Data-parallel steps (speed-up and efficiency against N = 1; FD speed-up paired at each N)",
+                         scaling_table(rows))
 
 
 EXPERIMENT = Experiment(
@@ -384,7 +415,7 @@ def plot_stencil(rows: pd.DataFrame, path: Path) -> None:
     axes[0].set_xlabel("order T")
     axes[0].set_ylabel("time per derivative (ms)")
     axes[0].set_title("latency of one T-th directional derivative", fontsize=10)
-    axes[0].legend(fontsize=8)
+    legend(axes[0], 8)
     axes[0].grid(True, alpha=0.3)
     dist_rows = ok[(ok.method == "fd-distributed") & ok.speedup.notna()] if "speedup" in ok else ok.iloc[:0]
     for world, part in dist_rows.groupby("world_size"):
@@ -396,7 +427,7 @@ def plot_stencil(rows: pd.DataFrame, path: Path) -> None:
     axes[1].set_xlabel("order T (S = T + 1 stencil points, split over the N ranks)")
     axes[1].set_ylabel("fd-batched time / fd-distributed time")
     axes[1].set_title("fd-distributed's speed-up over fd-batched (paired per round)", fontsize=10)
-    axes[1].legend(fontsize=8)
+    legend(axes[1], 8)
     axes[1].grid(True, alpha=0.3)
     meta = rows.iloc[0]
     fig.suptitle(f"Stencil-parallel FD: the S points over N ranks, partial sums all-reduced ({meta['backend']}, "
@@ -409,9 +440,8 @@ def stencil_summary(rows: pd.DataFrame) -> str:
     ok = rows[rows.status == "ok"]
     columns = [c for c in ("method", "order", "world_size", "points_per_rank", "time_ms", "time_ms_iqr", "speedup",
                            "speedup_q1", "speedup_q3", "rel_diff", "peak_mem_mb") if c in ok]
-    return "fd-distributed against fd-batched (speed-up: fd-batched / fd-distributed, paired per round):\n" + \
-        ok[columns].sort_values(["world_size", "order", "method"]).to_string(
-            index=False, float_format=lambda v: f"{v:.3g}")
+    return summary_table("fd-distributed against fd-batched (speed-up: fd-batched / fd-distributed, paired per round)",
+                         ok[columns].sort_values(["world_size", "order", "method"]))
 
 
 STENCIL_EXPERIMENT = Experiment(
