@@ -484,11 +484,10 @@ def measure_stencil(cases: Sequence[Mapping[str, Any]], device: torch.device, ba
         for k, (i, case) in enumerate(mine):
             outputs: list[Tensor] = []
             peak = peak_memory(lambda call=calls[k], kept=outputs: kept.append(call()), device).peak_mb
-            share = len(points_of(0, world, len(stencil))) if case["method"] == "fd-distributed" else len(stencil)
             row = {**_time_columns(times[k].tolist()), "repeats": int(case["repeats"]),
                    "peak_mem_mb": _across_ranks(peak, device, dist.ReduceOp.MAX, "the peak memory"),
                    "world_size": world, "backend": backend, "threads": torch.get_num_threads(),
-                   "points": len(stencil), "points_per_rank": share}
+                   "points": len(stencil), **_stencil_shares(case["method"], world, len(stencil))}
             if case["method"] == "fd-distributed" and "fd-batched" in methods:
                 j = methods.index("fd-batched")
                 ratio = _ratio(times[j], times[k])
@@ -496,10 +495,17 @@ def measure_stencil(cases: Sequence[Mapping[str, Any]], device: torch.device, ba
                         "speedup_q3": ratio["q3"]}
                 if rank == 0:  # local work only: no collective
                     row["rel_diff"] = _rel_diff(outputs[0].detach(), f, x, v, stencil)
-            if case["method"] == "fd-batched":
-                row["ranks_busy"] = 1
             rows[i] = row
     return [rows[i] for i in range(len(cases))]
+
+
+def _stencil_shares(method: str, world: int, points: int) -> dict[str, int]:
+    """``points_per_rank`` (the most stencil points one rank evaluates) and ``ranks_busy`` (the ranks that evaluate
+    any) of a ``measure_stencil`` row: fd-distributed deals the S points over the N ranks (``points_of``: rank 0
+    holds ceil(S / N), and min(N, S) ranks hold some); fd-batched evaluates all S on rank 0 alone."""
+    if method == "fd-distributed":
+        return {"points_per_rank": len(points_of(0, world, points)), "ranks_busy": min(world, points)}
+    return {"points_per_rank": points, "ranks_busy": 1}
 
 
 def _idle() -> None:

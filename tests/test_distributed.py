@@ -9,6 +9,7 @@ One spawn of two ranks (``_ranks``) runs, in float64 and at tiny sizes:
   the roundoff scale of the stencil sum, sum_i |w_i f_i|, and its parameter gradients (NOTE [the gradient contract
   of fd-distributed]): the ranks' gradients sum to the single-process gradient, ``sum_gradients`` gives it to every
   rank, and a naive differentiable all-reduce would have doubled it;
+- ``measure_stencil`` (stencil-scaling's rows) at T = 1, 2: how many points each rank evaluates, and on how many ranks;
 - then rank 1 raises, and rank 0's next collective fails with a clear message within the group's timeout.
 
 A second test launches ``bench.distributed_case`` under torchrun with rank 1 hanging: the launch fails with rank 0's
@@ -79,10 +80,18 @@ def _stencil_inputs():
     return x, EPS * u / u.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
 
 
+def _stencil_cases() -> list[dict]:
+    """stencil-scaling's cases at T = 1, 2 (S = 2, 3 points) on the ranks, tiny and timed once."""
+    problem = {"model": "deep-ebm", "size": "cpu", "n_chan": 2, "weights": "random", "seed": 0, "batch": 2,
+               "device": "cpu", "checkpoint": "", "event_shape": "", "accuracy": 2, "dtype": "float64",
+               "world_size": WORLD, "warmup": 0, "repeats": 1}
+    return [{**problem, "method": m, "order": t, "eps": 0.1} for t in (1, 2) for m in ("fd-batched", "fd-distributed")]
+
+
 def _ranks(rank: int, store: str, out: str) -> None:
     """One rank of the spawned test (module docstring); writes its results to out/rank<r>.pt."""
     torch.set_num_threads(1)
-    from bench.distributed_case import DataParallelStepper
+    from bench.distributed_case import DataParallelStepper, measure_stencil
     from fdsm import Stencil, central_stencil, directional_derivative
     from fdsm.distributed import fd_distributed, points_of, sum_gradients
     from fdsm.fd import stencil_inputs
@@ -121,6 +130,7 @@ def _ranks(rank: int, store: str, out: str) -> None:
             (torch.distributed.nn.functional.all_reduce(partial) ** 2).sum().backward()
             sum_gradients(model)
             result[order]["naive"] = _grads(model.parameters())
+        result["stencil_rows"] = measure_stencil(_stencil_cases(), torch.device("cpu"), "gloo")
         torch.save(result, Path(out) / f"rank{rank}.pt")
         # a rank that raises: the other gets a clear error within the group's timeout
         if rank == 1:
@@ -219,6 +229,17 @@ def test_fd_distributed_is_fd_batched_at_the_roundoff_of_the_stencil_sum_and_so_
         worst = _max_diff(summed, grad) / _norm(grad)
         assert worst <= STENCIL_GRAD_RTOL, f"T = {order}: the ranks' gradients sum to it, up to {worst:.2g} of its norm"
         assert _max_diff(results[0][order]["grad"], grad) > 1e-3 * _norm(grad)  # a share, not the whole
+
+
+def test_a_stencil_row_says_how_many_ranks_evaluate_its_points(ranks):
+    from bench.distributed_case import _stencil_shares
+
+    results, _ = ranks
+    rows = results[0]["stencil_rows"]
+    assert [(r["points"], r["points_per_rank"], r["ranks_busy"]) for r in rows] == [
+        (2, 2, 1), (2, 1, 2),  # T = 1: fd-batched on rank 0, fd-distributed one point per rank
+        (3, 3, 1), (3, 2, 2)]  # T = 2: rank 0 holds points 0 and 2, rank 1 point 1
+    assert _stencil_shares("fd-distributed", 4, 3) == {"points_per_rank": 1, "ranks_busy": 3}  # N > S: one idles
 
 
 def test_a_rank_that_raises_gives_the_others_a_clear_error_within_the_timeout(ranks):
