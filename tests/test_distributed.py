@@ -305,3 +305,15 @@ def test_the_scaling_plots_and_summaries_of_failed_launches_say_so_without_an_em
         scaling.plot_stencil(stencil, tmp_path / "stencil_scaling.png")
     for text in (scaling.summary(steps), scaling.stencil_summary(stencil)):
         assert text.endswith("no row ran ok; the status and message columns say why") and "Empty" not in text
+
+
+def test_stencil_scaling_refuses_a_user_model_naming_the_option_and_offers_no_event_shape(tmp_path, capsys):
+    from bench.cli import build_parser, main
+
+    spec = f"{Path(__file__).parents[1] / 'examples' / 'user_model.py'}:make_model"
+    assert main(["stencil-scaling", "--quick", "--dry-run", "--model", spec, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {spec}: stencil-scaling takes a registered model" in err and "derivatives --model" in err
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    help_text = sub.choices["stencil-scaling"].format_help()
+    assert "--event-shape" not in help_text and "file.py:factory" not in help_text

@@ -52,6 +52,7 @@ from bench.experiments.train_steps import MEMORY_FORMAT
 from bench.plots import finish
 from bench.step_case import COUNTERPART
 from bench.steps import default_step
+from bench.user_model import is_user_model
 from fdsm.recipes import RECIPES
 
 # The pairs this study runs: each FD (or Taylor) objective and the nested-autograd step it replaces.
@@ -355,8 +356,21 @@ STENCIL_REQUIRED = ("model", "method", "order", "batch", "dtype", "device", "wor
                     "time_ms_iqr", "peak_mem_mb", "status")
 
 
+def _registered_model(name: str) -> str:
+    """``--model`` of stencil-scaling: a registered name (``problem_columns`` checks which); its ranks build the
+    model by name, so a user's factory is refused here, before it is loaded."""
+    if is_user_model(name):
+        raise UsageError(f"--model {name}: stencil-scaling takes a registered model (fdsm-bench models lists "
+                         f"them), not a user's factory; run it in the derivatives sweep: fdsm-bench derivatives "
+                         f"--model {name}")
+    return name
+
+
 @dataclass(frozen=True)
 class StencilScalingConfig(ProblemConfig, LaunchOptions):
+    model: str = option("deep-ebm", "a registered model (fdsm-bench models lists them); a user's model runs in the "
+                        "derivatives sweep", convert=_registered_model)
+    event_shape: tuple[int, ...] | None = None  # a user model's input shape: not an option here
     batch: int | None = option(None, "points per call", type=positive_int, default_text="64 on CUDA, else 8")
     orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=positives("--orders"))
     threads: int | None = option(1, "torch threads per rank on the CPU", type=positive_int)
@@ -375,8 +389,6 @@ def stencil_cases(config: StencilScalingConfig, shared: Shared) -> list[dict[str
     """One launch per N: its cases (every order and method) follow each other."""
     batch = config.batch or (64 if shared.device.type == "cuda" else 8)
     problem = problem_columns(dataclasses.replace(config, batch=batch), shared)
-    if problem["size"] == "user":
-        raise UsageError("stencil-scaling: a user's model is not supported here; use the derivatives sweep")
     rows = []
     for world in config.world_sizes:
         for order in config.orders:
