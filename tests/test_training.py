@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -196,6 +197,27 @@ def test_flops_command_counts_the_cases_and_the_rate_of_a_timed_run(tmp_path, ca
     assert "no such file" in capsys.readouterr().err
     assert main(["flops", "--models", "resnet", "--out", str(tmp_path)]) == 2
     assert "unknown ['resnet']" in capsys.readouterr().err
+
+
+def test_flops_times_rates_a_user_models_rows_and_refuses_a_run_with_no_ok_row(tmp_path, capsys):
+    from bench.flops import step_gflop
+
+    spec = f"{Path(__file__).parents[1] / 'examples' / 'user_model.py'}:make_model"
+    run = tmp_path / "train_steps.csv"  # as train-steps writes it: event_shape empty where the model declares it
+    pd.DataFrame({"model": spec, "objective": ["SSM", "FD-SSM"], "size": "user", "batch": 8, "time_ms": 2.0,
+                  "status": "ok", "event_shape": ["", "16"], "lr": 1e-3}).to_csv(run, index=False)
+    assert main(["flops", "--times", str(run), "--out", str(tmp_path)]) == 0
+    rates = pd.read_csv(tmp_path / "flops.csv")
+    case = {"model": spec, "objective": "SSM", "size": "user", "batch": 8, "event_shape": "", "lr": 1e-3}
+    assert rates.gflop[0] == pytest.approx(step_gflop(case, recipe_for(case))) and (rates.gflop > 0).all()
+    assert rates.tflops.tolist() == pytest.approx((rates.gflop / 2.0).tolist())
+
+    pd.DataFrame({"model": ["nice"], "objective": ["SSM"], "size": "cpu", "batch": 8, "time_ms": [float("nan")],
+                  "status": ["error"]}).to_csv(run, index=False)
+    capsys.readouterr()
+    assert main(["flops", "--times", str(run), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--times {run}: no ok rows to rate" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("command, csv, columns", [

@@ -6,8 +6,9 @@ message where a model cannot run on meta):
 
     fdsm-bench flops --size paper --models deep-ebm,ncsn --out results/local
 
-``--times RUN/train_steps.csv`` counts the ``ok`` rows of that run instead, at their own size and batch, and adds
-each row's ``time_ms`` and the rate it ran its arithmetic at,
+``--times RUN/train_steps.csv`` counts the ``ok`` rows of that run instead (a file with none is refused), at their own
+size and batch (a user's model as train-steps built it: its spec, ``event_shape`` and ``lr``), and adds each row's
+``time_ms`` and the rate it ran its arithmetic at,
 
 .. math::
     \text{tflops} = \frac{\text{gflop}}{\text{time\_ms}} \quad (\text{GFLOP / ms} = \text{TFLOP/s}),
@@ -46,15 +47,23 @@ class FlopsConfig:
 
 
 def timed_cases(path: Path) -> pd.DataFrame:
-    """The ``ok`` rows of a train-steps CSV: their case columns and ``time_ms``."""
+    """The ``ok`` rows of a train-steps CSV: their case columns and ``time_ms``; for a user's model also how it was
+    built (``event_shape`` as train-steps wrote it, "" where the model declares its own, and ``lr``)."""
     if not path.is_file():
         raise UsageError(f"--times {path}: no such file (expected a train_steps.csv)")
-    rows = pd.read_csv(path)
+    rows = pd.read_csv(path, dtype={"event_shape": str})  # "4" or "1,28,28", not 4.0 beside empty cells
     missing = {*CASE_COLUMNS, "time_ms", "status"} - set(rows)
     if missing:
         raise UsageError(f"--times {path}: not a train_steps.csv, it lacks the columns {sorted(missing)}")
+    ok = rows.status == "ok"
+    if not ok.any():
+        raise UsageError(f"--times {path}: no ok rows to rate (its {len(rows)} rows' status and message say why); "
+                         "expected a train_steps.csv with ok rows")
     user = [c for c in ("event_shape", "lr") if c in rows]  # how a user's model row was built
-    return rows.loc[rows.status == "ok", [*CASE_COLUMNS, "time_ms", *user]].reset_index(drop=True)
+    rows = rows.loc[ok, [*CASE_COLUMNS, "time_ms", *user]].reset_index(drop=True)
+    if "event_shape" in rows:
+        rows["event_shape"] = rows.event_shape.fillna("")  # an empty cell: the model's own event_shape
+    return rows
 
 
 def _counted(case: dict) -> tuple[float, str]:
@@ -77,7 +86,7 @@ def run(config: FlopsConfig, shared: Shared) -> int:
         rows["tflops"] = rows.gflop / rows.time_ms
     rows = rows[[*CASE_COLUMNS, *(c for c in ("time_ms", "gflop", "tflops") if c in rows), "message"]]
     write_atomic(rows, shared.out / "flops.csv")
-    print(rows.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(rows.to_string(index=False, float_format=lambda v: f"{v:.3g}"))  # a user's small model: 9.2e-05 GFLOP
     print(f"\nwrote {shared.out / 'flops.csv'}")
     return 0
 
