@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from fdsm import NotSupported
 from fdsm import objectives as obj
 from fdsm.models import build
 
@@ -125,6 +126,29 @@ def test_fd_is_exact_for_a_quadratic_on_the_same_v(gaussian):
     ]
     for fd, exact in pairs:
         torch.testing.assert_close(fd, exact, rtol=1e-8, atol=1e-10)
+
+
+def test_fd_ssm_in_float16_takes_the_norm_of_a_v_whose_squares_underflow():
+    # ||v|| = 0.01 over d = 4096 components of 1.6e-4, whose squares (2.4e-8) are below float16's smallest
+    # subnormal: summed in float16, ||v||^2 was 0. log p = -a^2 ||x||^2 / 2 at x = 0: FD-SSM is exact, -a^2.
+    a = 100.0
+    x = torch.zeros(2, 4096, dtype=torch.float16)
+    v = torch.full_like(x, 0.01 / 64)
+    loss = obj.fd_ssm_loss(lambda z: -0.5 * (a * z).pow(2).sum(1), x, v=v, backend="torch", reduction="none")
+    assert loss.dtype == torch.float16
+    torch.testing.assert_close(loss.float(), torch.full((2,), -a**2), rtol=2e-3, atol=0)  # float16: 2^-11 = 5e-4
+
+
+@pytest.mark.parametrize("loss", [
+    lambda x, v: obj.fd_ssm_loss(lambda z: -0.5 * z.pow(2).sum(1), x, v=v),
+    lambda x, v: obj.fd_dsm_loss(lambda z: -0.5 * z.pow(2).sum(1), x, 0.1, v=v),
+    lambda x, v: obj.fd_ssmvr_loss(lambda z: -z, x, v=v),
+])
+def test_fd_in_float16_at_a_step_whose_inverse_square_overflows_is_not_supported_and_says_why(loss):
+    x = torch.rand(2, 784, dtype=torch.float16)
+    v = torch.full_like(x, 1e-3 / 28)  # ||v|| = 1e-3: 1/eps^2 = 1e6, beyond float16's 65504
+    with pytest.raises(NotSupported, match=r"1/eps\^2 = 1e\+06 is beyond float16's range .* use eps >= 0.0039"):
+        loss(x, v)
 
 
 @pytest.mark.parametrize("name, loss", [

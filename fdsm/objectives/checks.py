@@ -12,7 +12,9 @@ rademacher   :math:`v = (\varepsilon/\sqrt d)\, \mathrm{sign}(u)` (gradient-base
 
 The norm is taken per sample over the whole flattened event, d = prod(event shape). An explicit ``v=`` overrides
 the draw; its scale is then ``eps`` when given, else :math:`\varepsilon^2 = \mathrm{mean}_b \|v_b\|^2` (exact for
-sphere and Rademacher directions).
+sphere and Rademacher directions), summed in float32 or wider (``widened``). The FD objectives divide by
+:math:`\varepsilon^2`; where :math:`1/\varepsilon^2` is beyond the dtype's range (float16 below eps = 3.9e-3) they
+raise ``fdsm.NotSupported`` (``check_fd_scale``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from fdsm.fd_error import auto_step
+from fdsm.registry import NotSupported
 from fdsm.stencils import central_stencil
 
 NOISES = ("sphere", "gaussian", "rademacher")
@@ -85,6 +88,13 @@ def draw_directions(x: Tensor, eps: float, noise: str = "sphere", generator: tor
     return v.view_as(x)  # (B, d) -> (B, *event)
 
 
+def widened(t: Tensor) -> Tensor:
+    """t in float32, or its own dtype where that is wider: for the norm of a direction, whose squares underflow
+    float16 and bfloat16 at a small eps (||v|| = 1e-3 over d = 784 components of 3.6e-5: squares of 1.3e-9, below
+    float16's smallest subnormal, 6e-8)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: str,
                default_eps: float) -> tuple[Tensor, float]:
     """The direction v and its scale eps^2 = C_v for one objective call (see the module docstring)."""
@@ -98,7 +108,7 @@ def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: 
                          f"got {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
     v = v.detach().to(x.dtype)
     if eps is None:
-        eps2 = v.flatten(1).pow(2).sum(1).mean().item()  # mean_b ||v_b||^2
+        eps2 = widened(v.flatten(1)).pow(2).sum(1).mean().item()  # mean_b ||v_b||^2
         check_positive(who, "||v|| (the scale of the given v)", eps2)
         return v, eps2
     return v, float(eps) ** 2
@@ -115,8 +125,23 @@ def auto_directions(who: str, f: Callable[[Tensor], Tensor], x: Tensor, v: Tenso
         raise ValueError(f"{who}: expected v of x's shape {tuple(x.shape)}, "
                          f"got {tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}")
     h = auto_step(f, x, u, order, stencil=central_stencil(order), who=who).to(x.dtype)  # (B,), detached
-    u = u / u.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    u = (widened(u) / widened(u.flatten(1)).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)  # unit
     return h.view(-1, *([1] * (x.dim() - 1))) * u, h.square()
+
+
+def check_fd_scale(who: str, eps2: float | Tensor, dtype: torch.dtype) -> None:
+    """An FD objective divides its stencil sums by eps^2, and its gradient carries 1/eps^2: where that is beyond
+    ``dtype``'s largest number (float16: 65504, so eps < 3.9e-3), the loss and its gradient overflow to inf, and
+    ``fdsm.NotSupported`` says so and what to do instead. ``eps2``: a number or a (B,) tensor (``eps="auto"``)."""
+    if isinstance(eps2, Tensor) and eps2.is_meta:
+        return
+    smallest = eps2.min().item() if isinstance(eps2, Tensor) else eps2
+    largest = torch.finfo(dtype).max
+    name = str(dtype).removeprefix("torch.")
+    if 1.0 / smallest > largest:
+        raise NotSupported(f"{who}: 1/eps^2 = {1.0 / smallest:.3g} is beyond {name}'s range (largest "
+                           f"{largest:.6g}): the FD loss and its gradient would overflow; use eps >= "
+                           f"{largest ** -0.5:.2g} in {name}, or float32")
 
 
 # Said when a callable gets the wrong shape inside an FD objective, whose inputs the user never sees.

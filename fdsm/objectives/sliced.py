@@ -54,6 +54,7 @@ from fdsm import fd, taylor
 from fdsm.objectives.checks import (
     auto_directions,
     check_batch,
+    check_fd_scale,
     check_reduction,
     checked_log_density,
     checked_score,
@@ -306,6 +307,7 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | str | None = None, v
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
     v, eps2 = _directions(who, log_density, x, eps, v, order=2)
+    check_fd_scale(who, eps2, x.dtype)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x, v, THREE_POINT,
                             serial=serial)  # (3, B)
     head = fused_head("fd_ssm_head", backend) if not isinstance(eps2, Tensor) else None
@@ -329,6 +331,7 @@ def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tenso
     x_noisy = noisy(x, sig, xi)
     if isinstance(eps, str):  # eps="auto": the step of the points the stencil runs at
         v, eps2 = _directions(who, log_density, x_noisy, eps, v, order=1)
+    check_fd_scale(who, eps2, x.dtype)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x_noisy, v, TWO_POINT,
                             serial=serial)  # (2, B)
     v_dot_delta = _dot(v, x_noisy - x)
@@ -364,6 +367,7 @@ def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | str | None = None, v: Te
     check_reduction(who, reduction)
     x = check_batch(who, x).detach()
     v, eps2 = _directions(who, lambda z: score(z).flatten(1), x, eps, v, order=1)
+    check_fd_scale(who, eps2, x.dtype)
     s = fd.stencil_outputs(checked_score(who, score, stacked=not serial), x, v, TWO_POINT,
                            serial=serial)  # (2, B, *event)
     head = fused_head("fd_ssmvr_head", backend) if not isinstance(eps2, Tensor) else None
