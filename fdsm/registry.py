@@ -15,7 +15,8 @@ T = TypeVar("T")
 
 class NotSupported(NotImplementedError):
     """A registered method that cannot run this f, though it runs on this machine: Taylor mode with no rule for one
-    of f's ops, or an f it cannot trace. The message says why and what to do. A benchmark records it as an
+    of f's ops, or an f it cannot trace; an FD objective whose 1/eps^2 overflows its dtype (float16 at a small
+    eps). The message says why and what to do. A benchmark records it as an
     ``unsupported`` row with that message, as it does a disabled entry, and not as an ``error``: the method is
     not wrong, it does not apply."""
 
