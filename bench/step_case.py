@@ -43,6 +43,7 @@ COUNTERPART = {"FD-SSM": "SSM", "FD-SSM*": "SSM", "FD-DSM": "DSM", "FD-DSM*": "D
 # from the same interleaved rounds. FD-DSM has none: DSM needs only first derivatives.
 STRONGEST = {"FD-SSM": "SSM-Taylor", "FD-SSM*": "SSM-Taylor", "FD-SSMVR": "SSMVR-Taylor"}
 USER_BATCH = 64  # a user model's batch when --batch is not given
+USER_LR = 1e-3  # a user model's Adam learning rate when --lr is not given
 
 
 def _event(case: Mapping[str, Any]) -> tuple[int, ...] | None:

@@ -52,10 +52,16 @@ def is_user_model(spec: str) -> bool:
 
 def refuse_event_shape(event_shape: tuple[int, ...] | None, models: tuple[str, ...]) -> None:
     """``--event-shape`` is a user model's input shape: a UsageError where none of ``models`` is a user's."""
-    if event_shape is not None and not any(map(is_user_model, models)):
+    if event_shape is not None:
+        refuse_for_registered(f"--event-shape {','.join(map(str, event_shape))}", "input shape", models)
+
+
+def refuse_for_registered(given: str, what: str, models: tuple[str, ...]) -> None:
+    """An option of a user's model only (``given``: the option and its value): a UsageError where none of
+    ``models`` is a user's, since the registered ones have their own ``what``."""
+    if not any(map(is_user_model, models)):
         own = "declares its" if len(models) == 1 else "declare their"
-        raise UsageError(f"--event-shape {','.join(map(str, event_shape))}: a user model's input shape; "
-                         f"{', '.join(models)} {own} own")
+        raise UsageError(f"{given}: a user model's {what}; {', '.join(models)} {own} own")
 
 
 def _one_line(err: BaseException) -> str:

@@ -36,6 +36,7 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["eps-sweep", "--eps-min", "10", "--eps-max", "1"], "expected 0 < min < max"),
     (["kernels", "--sizes-mb", "0"], "--sizes-mb 0.0: expected positive values"),
     (["train-steps", "--lr", "nan"], "--lr nan: expected a positive finite number"),
+    (["train-steps", "--lr", "0.05"], "--lr 0.05: a user model's learning rate (of Adam); nice declares its own"),
     (["fit", "--budget", "0"], "--budget 0.0: expected a positive finite number"),
     (["fit", "--samples", "8"], "--samples 8: fewer than the batch of deep-ebm/DSM"),
     (["train", "--dtype", "bfloat16"], "--dtype bfloat16: train runs in float32 or float64"),

@@ -42,8 +42,8 @@ from bench.experiment import Bench, Experiment
 from bench.markdown import figure, table
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
-from bench.step_case import USER_BATCH, Stepper, measure_step, recipe_for, recipes_of
-from bench.user_model import build_user_model, is_user_model, refuse_event_shape
+from bench.step_case import USER_BATCH, USER_LR, Stepper, measure_step, recipe_for, recipes_of
+from bench.user_model import build_user_model, is_user_model, refuse_event_shape, refuse_for_registered
 from fdsm.recipes import MEMORY_FORMATS, RECIPES, recipe_available
 from fdsm.training import PHASES
 
@@ -88,8 +88,8 @@ class TrainStepsConfig:
                                             f"user's model: {USER_BATCH}")
     event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28", repeats=True,
                                                  default_text="the model's event_shape attribute")
-    lr: float = option(1e-3, "a user model's Adam learning rate (registered models use their recipe's)",
-                       convert=positive("--lr"))
+    lr: float | None = option(None, "a user model's Adam learning rate (registered models use their recipe's)",
+                              convert=positive("--lr"), default_text=f"{USER_LR:g}")
     memory_format: str = option("auto", "layout of image models and batches", choices=("auto", *MEMORY_FORMATS),
                                 default_text="auto, the faster one per model: channels_last for deep-ebm, "
                                              "contiguous for the others")
@@ -123,7 +123,7 @@ def _model_cases(model: str, config: TrainStepsConfig, size: str) -> list[tuple[
     if is_user_model(model):
         event = tuple(build_user_model(model, config.event_shape, trains=True).event_shape)  # loaded and checked
         batch = config.batch or USER_BATCH
-        labels = recipes_of({"model": model, "batch": batch, "lr": config.lr,
+        labels = recipes_of({"model": model, "batch": batch, "lr": config.lr or USER_LR,
                              "event_shape": ",".join(map(str, config.event_shape or ()))})
         return [(label, batch, event, True) for label in labels]
     rows = []
@@ -141,6 +141,8 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
     device = shared.device
     size = config.size or ("paper" if device.type == "cuda" else "cpu")
     refuse_event_shape(config.event_shape, config.models)
+    if config.lr is not None:
+        refuse_for_registered(f"--lr {config.lr:g}", "learning rate (of Adam)", config.models)
     per_model = {model: _model_cases(model, config, size) for model in config.models}
     labels = {objective for rows in per_model.values() for objective, *_ in rows}
     unknown = sorted(set(config.objectives) - labels)
@@ -163,7 +165,7 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
                          **SINGLE_PROCESS,
                          "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda",
                          "float32_math": config.float32_math if device.type == "cuda" else "ieee",  # no TF32 on CPUs
-                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr}
+                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr or USER_LR}
                             if is_user_model(model) else {})})
     return rows
 
