@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.cli import main
 from bench.commands import compare
 from bench.commands.compare import COMMAND, CompareConfig, keys_for, run
 from bench.config import Shared, UsageError, add_options, configure
@@ -100,6 +101,18 @@ def test_compare_fails_when_new_lost_rows_or_files_and_refuses_a_metric_it_canno
     assert "is missing" in capsys.readouterr().out
     with pytest.raises(UsageError, match="nothing was compared"):
         compare_folders(old, write(tmp_path / "same", [10.0, 2.0]), metric="time-ms")
+
+
+@pytest.mark.parametrize("metric, why", [
+    ("status", "not a numeric column"), ("message", "not a numeric column"), ("model", "not a numeric column"),
+    ("timestamp", "not a numeric column"), ("flagged", "not a numeric column"), ("order", "a key or metadata column"),
+])
+def test_a_metric_that_is_not_a_measured_number_is_refused_in_one_line(tmp_path, capsys, metric, why):
+    old = write(tmp_path / "old", [10.0, 2.0], message=["", "no rule"], flagged=[False, None], peak_mem_mb=1.5)
+    assert main(["compare", str(old), str(old), "--metric", metric]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--metric {metric}: {why} of derivatives.csv" in err
+    assert err.endswith("expected one of time_ms, peak_mem_mb")
 
 
 # ---- like with like -------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ of NEW was measured on another machine than its row of OLD (``device_name``, ``t
 its ratio is shown but does not count as a regression unless ``--across-machines`` is given; missing rows and
 rows no longer ``ok`` still do.
 
-A metric that no CSV of OLD has is a usage error (exit 2): a gate that compared nothing must not pass. The exit
+A metric that no CSV of OLD has is a usage error (exit 2): a gate that compared nothing must not pass; so is one
+that a CSV of OLD holds but not as measured numbers (``status``, ``model``, a key: ``check_metric``). The exit
 status is 1 when anything regressed, so CI can gate on it; pytest-benchmark's ``--benchmark-compare-fail`` plays
 the same role for its JSON.
 """
@@ -101,6 +102,45 @@ def keys_for(csv_name: str, old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
     return [c for c in shared if c not in NOT_KEYS
             and any(f(old[c]) for f in (types.is_string_dtype, types.is_object_dtype, types.is_integer_dtype,
                                        types.is_bool_dtype))]
+
+
+# ---- the metric -----------------------------------------------------------------------------------------------
+
+def holds_numbers(column: pd.Series) -> bool:
+    """Whether a column is one of numbers: empty, a numeric dtype, or text some of whose cells are numbers (the
+    others are damaged cells, not a text column); not ``status``, ``model`` or a column of booleans (``flagged``)."""
+    types = pd.api.types
+    cells = column.dropna()
+    if types.is_bool_dtype(column) or any(isinstance(v, bool) for v in cells):
+        return False
+    return cells.empty or types.is_numeric_dtype(column) or pd.to_numeric(cells, errors="coerce").notna().any()
+
+
+def not_metrics(csv_name: str) -> set[str]:
+    """The columns of ``csv_name`` that are not measurements: its declared keys, metadata, status and message."""
+    return {*NOT_KEYS, *(declared_keys(csv_name) or ())}
+
+
+def measured_columns(csv_name: str, frame: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` that ``--metric`` can name and that hold a number."""
+    return [c for c in frame.columns
+            if c not in not_metrics(csv_name) and holds_numbers(frame[c]) and frame[c].notna().any()]
+
+
+def check_metric(csv_name: str, old: pd.DataFrame, metric: str) -> None:
+    """A ``UsageError`` where OLD's ``csv_name`` has a column ``metric`` that is not a measured number (``status``,
+    ``model``, a key): its ratios would be NaN or meaningless, and a gate on them would pass having compared nothing.
+    An empty column passes (every row of a CSV may have failed): there is nothing of it to lose."""
+    if metric not in old.columns:
+        return
+    if not holds_numbers(old[metric]):
+        why = f"not a numeric column of {csv_name}"
+    elif metric in not_metrics(csv_name):
+        why = f"a key or metadata column of {csv_name}, not a measurement"
+    else:
+        return
+    raise UsageError(f"--metric {metric}: {why}; expected one of "
+                     f"{', '.join(measured_columns(csv_name, old)) or '(none)'}")
 
 
 # ---- one CSV --------------------------------------------------------------------------------------------------
@@ -209,6 +249,7 @@ def run(config: CompareConfig, shared: Shared) -> int:
         name = old_path.name
         aliases = aliases_for(name)
         old = _read(old_path, aliases)
+        check_metric(name, old, metric)
         if metric not in old.columns:  # e.g. time_ms in grad_agreement.csv: nothing of this metric to lose
             sections.append(f"{name}: no column {metric!r}, skipped")
             continue
