@@ -19,10 +19,15 @@ from bench.results import normalize, weights_digest, weights_label
 DERIVATIVE_KEYS = ("model", "size", "n_chan", "weights", "seed", "batch", "device", "method", "order", "accuracy",
                    "eps", "dtype")
 TRAIN_STEP_KEYS = ("model", "objective", "size", "batch", "dtype", "device", "seed")
+DERIVATIVE_COLUMNS = ("model", "method", "order", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb",
+                      "rel_error", "status")  # DESIGN.md's required columns
+TRAIN_STEP_COLUMNS = ("model", "objective", "batch", "dtype", "device", "time_ms", "time_ms_iqr", "peak_mem_mb",
+                      "loss", "status")
 
 
-def declared(csv, keys, compare_keys=None):
-    return types.SimpleNamespace(csv=csv, keys=keys, compare_keys=compare_keys, aliases={"width": "n_chan"})
+def declared(csv, keys, compare_keys=None, columns=()):
+    return types.SimpleNamespace(csv=csv, keys=keys, compare_keys=compare_keys, columns=columns,
+                                 aliases={"width": "n_chan"})
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +35,10 @@ def registry(monkeypatch):
     """A registry that declares derivatives.csv and train_steps.csv as bench/experiments does, so that these tests
     do not depend on the experiments' modules (test_registry_declares_what_compare_joins_on checks the real one)."""
     fake = {e.csv: e for e in (
-        declared("derivatives.csv", DERIVATIVE_KEYS, tuple(k for k in DERIVATIVE_KEYS if k != "eps")),
-        declared("train_steps.csv", TRAIN_STEP_KEYS, tuple(k for k in TRAIN_STEP_KEYS if k != "seed")),
+        declared("derivatives.csv", DERIVATIVE_KEYS, tuple(k for k in DERIVATIVE_KEYS if k != "eps"),
+                 DERIVATIVE_COLUMNS),
+        declared("train_steps.csv", TRAIN_STEP_KEYS, tuple(k for k in TRAIN_STEP_KEYS if k != "seed"),
+                 TRAIN_STEP_COLUMNS),
     )}
     monkeypatch.setattr(compare, "registry", lambda: fake)
     return fake
@@ -174,6 +181,23 @@ def test_runs_from_two_machines_are_told_apart_and_their_times_not_gated(tmp_pat
     assert "ok -> error" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("value, why", [("fast", "time_ms not a number"), (None, "no time_ms"),
+                                        (-1.0, "time_ms <= 0"), (0.0, "time_ms <= 0"), ("inf", "time_ms not finite")])
+def test_an_ok_row_of_new_that_lost_its_number_regressed_whatever_the_machine(tmp_path, capsys, value, why):
+    old = write(tmp_path / "old", [10.0, 2.0], **XEON)
+    assert compare_folders(old, write(tmp_path / "new", [10.0, value], **EPYC)) == 1
+    out = capsys.readouterr().out
+    assert f"ok -> ok ({why})" in out and "1 of 2 rows worse" in out
+    assert "-0.5" not in out  # -1 / 2: never divided
+
+
+def test_a_number_that_old_lacks_too_or_a_memory_of_zero_is_not_lost(tmp_path, capsys):
+    old = write(tmp_path / "old", [10.0, None], peak_mem_mb=[0.0, 1.0])  # an ok row without a time (a speed-up)
+    assert compare_folders(old, write(tmp_path / "new", [10.0, None], peak_mem_mb=[0.0, 1.0])) == 0
+    assert compare_folders(old, tmp_path / "new", metric="peak_mem_mb") == 0  # no memory above the baseline
+    assert "(no " not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("column, value", [("torch", "2.11.0+cu130"), ("threads", 16)])
 def test_another_torch_or_thread_count_is_another_machine(tmp_path, capsys, column, value):
     old = write(tmp_path / "old", [10.0], **XEON)
@@ -224,6 +248,23 @@ def test_keys_for_takes_the_declared_compare_keys_that_both_csvs_have(registry):
     assert keys_for("other.csv", old, new) == ["model", "method", "extra"]
 
 
+@pytest.mark.parametrize("side, column", [("NEW", "method"), ("NEW", "status"), ("OLD", "status"), ("OLD", "order")])
+def test_a_results_file_without_a_column_the_suite_always_writes_is_refused(tmp_path, capsys, side, column):
+    full = write(tmp_path / "full", [10.0, 2.0])
+    (tmp_path / "cut").mkdir()
+    pd.read_csv(full / "derivatives.csv").drop(columns=column).to_csv(tmp_path / "cut" / "derivatives.csv", index=False)
+    old, new = (full, tmp_path / "cut") if side == "NEW" else (tmp_path / "cut", full)
+    assert main(["compare", str(old), str(new)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"({side}): no column {column}," in err and "malformed" in err
+
+
+def test_an_older_csv_without_a_later_key_is_joined_on_fewer_keys(tmp_path, capsys):
+    old = write(tmp_path / "old", [10.0, 2.0])  # written before n_chan was a column
+    assert compare_folders(old, write(tmp_path / "new", [10.0, 2.0], n_chan=32)) == 0
+    assert "key column(s) ['n_chan'] in only one of OLD and NEW: not joined on" in capsys.readouterr().out
+
+
 def test_registry_declares_what_compare_joins_on(monkeypatch):
     monkeypatch.undo()  # the real registry
     from bench.experiments import EXPERIMENTS
@@ -232,6 +273,9 @@ def test_registry_declares_what_compare_joins_on(monkeypatch):
     derivatives = by_csv["derivatives.csv"]
     assert "eps" in derivatives.keys and "eps" not in derivatives.compare_keys
     assert "seed" not in by_csv["train_steps.csv"].compare_keys
+    assert set(DERIVATIVE_COLUMNS) <= set(derivatives.columns)
+    assert set(TRAIN_STEP_COLUMNS) <= set(by_csv["train_steps.csv"].columns)
+    assert compare.required_columns("train_steps.csv") == ("model", "objective", "batch", "dtype", "device", "status")
     assert set(compare.registry()) == set(by_csv)
 
 

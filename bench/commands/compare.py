@@ -8,8 +8,10 @@ the registered experiment's ``compare_keys`` (``keys`` when None), or, for a CSV
 or integer column that is not metadata (``keys_for``). For each row of OLD it prints ``old``, ``new`` and
 ``ratio = new / old`` of ``--metric``, and marks a regression where the metric got worse by more than
 ``--threshold`` (for time, memory and error: ratio > 1 + threshold; for throughput and speedups:
-ratio < 1 / (1 + threshold)), where a row that was ``ok`` is not ``ok`` any more, and where a row, a CSV or the
-metric's column of OLD is missing from NEW.
+ratio < 1 / (1 + threshold)), where a row that was ``ok`` is not ``ok`` any more or lost its number (NOTE [a lost
+number]: the metric empty, text, or a time <= 0), and where a row, a CSV or the metric's column of OLD is missing
+from NEW. A CSV of OLD or NEW that lacks ``status`` or a key that the suite always writes (``method``), where the
+other has it, is malformed: a usage error (exit 2), not a join on fewer keys (``check_columns``).
 
 Before the tables it lists the metadata (``bench.environment.METADATA_COLUMNS``, but the timestamp) whose values
 differ between OLD and NEW. A ratio between two machines says more about the machines than the code: where a row
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.config import Shared, UsageError, option
@@ -46,6 +49,11 @@ NOT_KEYS = (*METADATA_COLUMNS, "status", "message")
 # a row measured where any of these differ was measured on another machine: its times are not comparable
 MACHINE_COLUMNS = ("device_name", "torch", "threads")
 UNREPORTED_METADATA = ("timestamp",)  # differs between any two runs: says nothing
+# the values a measured metric can take (NOTE [a lost number]); any other metric: any finite number
+POSITIVE = ("time_ms", "time_compute_ms", "time_loss_ms", "time_backward_ms", "time_update_ms", "time_ms_per_step",
+            "trace_ms", "compile_ms", "gb_per_s", "tflops", "speedup", "speedup_taylor", "time_ratio")  # > 0
+NON_NEGATIVE = ("time_ms_iqr", "peak_mem_mb", "reserved_mb", "nvml_used_mb", "comm_allreduce_ms", "rel_error",
+                "rel_error_max", "err_estimate")  # >= 0: a peak above the baseline, an error, a spread
 
 
 def _positive(threshold: float) -> float:
@@ -89,6 +97,26 @@ def aliases_for(csv_name: str) -> Mapping[str, str]:
     """The column renames to apply when reading ``csv_name``: the suite's and its experiment's."""
     experiment = registry().get(csv_name)
     return {**ALIASES, **(dict(experiment.aliases) if experiment is not None else {})}
+
+
+def required_columns(csv_name: str) -> tuple[str, ...]:
+    """The columns that every results file ``csv_name`` of the suite has, whatever its version: ``status`` and the
+    declared keys among the experiment's required ``columns``. The other keys came later (``cudnn_benchmark`` and
+    ``float32_math`` of train_steps.csv, say): an older CSV without one is joined on fewer keys, and says so."""
+    experiment = registry().get(csv_name)
+    required = set(experiment.columns) if experiment is not None else set()
+    return (*(k for k in declared_keys(csv_name) or () if k in required), "status")
+
+
+def check_columns(csv_name: str, old: pd.DataFrame, new: pd.DataFrame, paths: tuple[Path, Path]) -> None:
+    """A ``UsageError`` where OLD or NEW lacks a ``required_columns`` column that the other has: a malformed results
+    file (``status`` or ``method`` cut off), whose rows would otherwise be read as ok, or merged on fewer keys."""
+    sides = (("OLD", old, paths[0], "NEW", new), ("NEW", new, paths[1], "OLD", old))
+    for label, frame, path, other_label, other in sides:
+        lacks = [c for c in required_columns(csv_name) if c in other.columns and c not in frame.columns]
+        if lacks:
+            raise UsageError(f"{path} ({label}): no column {', '.join(lacks)}, which {other_label}'s {csv_name} has "
+                             "and the suite always writes: a malformed results file, not compared")
 
 
 def keys_for(csv_name: str, old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
@@ -145,6 +173,28 @@ def check_metric(csv_name: str, old: pd.DataFrame, metric: str) -> None:
 
 # ---- one CSV --------------------------------------------------------------------------------------------------
 
+# NOTE [a lost number]
+# An ok row always carries its numbers (``bench.sweep`` makes an ok row without them an error row). Where NEW's row
+# is ok but its metric is empty, text, infinite or a value the quantity cannot take (a time, a rate or a speed-up
+# <= 0; a memory, an error or a spread < 0), while OLD's ok row had a valid one, NEW lost its number: the row counts
+# as regressed, whatever the machines, and its status says why ("ok -> ok (time_ms <= 0)"). An invalid value is
+# never divided: its ratio is empty. An ok row of OLD without a valid value (a speed-up on a row that has none) is
+# not gated on the metric.
+
+def why_invalid(column: pd.Series, metric: str) -> pd.Series:
+    """Per cell of ``metric``'s column, why it is not a value of ``metric`` ("" where it is; NOTE [a lost
+    number])."""
+    number = pd.to_numeric(column, errors="coerce").astype(float)
+    below, bound = pd.Series(False, index=column.index), ""
+    if metric in POSITIVE:
+        below, bound = number <= 0, "<= 0"
+    elif metric in NON_NEGATIVE:
+        below, bound = number < 0, "< 0"
+    why = np.select([column.isna(), number.isna(), number.abs() == np.inf, below],
+                    [f"no {metric}", f"{metric} not a number", f"{metric} not finite", f"{metric} {bound}"], "")
+    return pd.Series(why, index=column.index, dtype=object)
+
+
 def _text(column: pd.Series) -> pd.Series:
     """Values as join keys: numbers normalized (``1`` == ``1.0``), empty cells as ""; robust to dtypes that a
     CSV round trip chose differently in OLD and NEW (an empty column reads as float, a full one as text)."""
@@ -155,10 +205,10 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: Sequence[str], me
                    across_machines: bool = False) -> pd.DataFrame:
     """One row per configuration of OLD: keys, old, new, ratio, status, machine, regressed.
 
-    A row that was ``ok`` in OLD and is not ``ok`` in NEW, or is not in NEW at all (status ``missing``), counts as
-    regressed; so does a metric worse than the threshold, but only where both rows come from the same machine
-    (``machine`` is "" there, else the ``MACHINE_COLUMNS`` that differ) unless ``across_machines``. A key that
-    occurs more than once in a frame is compared by its last (newest) row."""
+    A row that was ``ok`` in OLD and is not ``ok`` in NEW, or is not in NEW at all (status ``missing``), or lost its
+    number (NOTE [a lost number]), counts as regressed; so does a metric worse than the threshold, but only where
+    both rows come from the same machine (``machine`` is "" there, else the ``MACHINE_COLUMNS`` that differ) unless
+    ``across_machines``. A key that occurs more than once in a frame is compared by its last (newest) row."""
     keys = list(keys)
     machine = [c for c in MACHINE_COLUMNS if c in old.columns and c in new.columns and c not in keys]
     on = [f"_k{i}" for i in range(len(keys))] or ["_k"]  # no keys: every row of OLD against NEW's last row
@@ -167,6 +217,7 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: Sequence[str], me
         part = pd.DataFrame({f"_k{i}": _text(frame[k]) for i, k in enumerate(keys)} or {"_k": ""},
                             index=frame.index)
         part[metric + suffix] = pd.to_numeric(frame[metric], errors="coerce")
+        part["invalid" + suffix] = why_invalid(frame[metric], metric)
         part["status" + suffix] = frame["status"].astype(object) if "status" in frame.columns else "ok"
         for c in machine:
             part[c + suffix] = _text(frame[c])
@@ -180,7 +231,8 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: Sequence[str], me
     status_old = joined["status_old"].fillna("").astype(str)
     found = joined["found_new"].notna()
     status_new = joined["status_new"].where(found, "missing").fillna("").astype(str)
-    ratio = joined[f"{metric}_new"] / joined[f"{metric}_old"]
+    valid_old, why_new = joined["invalid_old"] == "", joined["invalid_new"].fillna("")
+    ratio = (joined[f"{metric}_new"] / joined[f"{metric}_old"]).where(valid_old & (why_new == ""))
     worse = (ratio < 1 / (1 + threshold) if metric in HIGHER_IS_BETTER else ratio > 1 + threshold).fillna(False)
     a = {c: joined[f"{c}_old"] for c in machine}
     b = {c: joined[f"{c}_new"].fillna("") for c in machine}
@@ -188,11 +240,13 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, keys: Sequence[str], me
     other = pd.Series(["+".join(c for c in machine if differs[c].iloc[i]) for i in range(len(joined))],
                       index=joined.index, dtype=object)
     lost = (status_old == "ok") & (status_new != "ok")
+    lost_number = (status_old == "ok") & (status_new == "ok") & valid_old & (why_new != "")  # NOTE [a lost number]
     gated = worse if across_machines else worse & (other == "")
+    status = status_old + " -> " + status_new + (" (" + why_new + ")").where(lost_number, "")
     return pd.DataFrame({
         **{k: joined[k] for k in keys},
         "old": joined[f"{metric}_old"], "new": joined[f"{metric}_new"], "ratio": ratio,
-        "status": status_old + " -> " + status_new, "machine": other, "regressed": gated | lost,
+        "status": status, "machine": other, "regressed": gated | lost | lost_number,
     }).reset_index(drop=True)
 
 
@@ -260,6 +314,7 @@ def run(config: CompareConfig, shared: Shared) -> int:
             sections.append(f"\n{name}: REGRESSED, {new_path} {lost} ({len(old)} rows of OLD)")
             compared, regressions = compared + len(old), regressions + len(old)
             continue
+        check_columns(name, old, new, (old_path, new_path))
         read_olds.append(old)
         read_news.append(new)
         keys = keys_for(name, old, new)
@@ -308,7 +363,7 @@ def run(config: CompareConfig, shared: Shared) -> int:
     verdict = "REGRESSED" if regressions else "ok"
     caveat = f"; {ungated} rows from other machines not gated on {metric}" if ungated else ""
     print(f"\n{verdict}: {regressions} of {compared} rows worse than {1 + config.threshold:.2f}x on {metric}, "
-          f"missing or no longer ok{caveat}")
+          f"missing, no longer ok or without their {metric}{caveat}")
     return 1 if regressions else 0
 
 
