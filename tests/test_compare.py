@@ -114,12 +114,29 @@ def test_compare_fails_when_new_lost_rows_or_files_and_refuses_a_metric_it_canno
     ("status", "not a numeric column"), ("message", "not a numeric column"), ("model", "not a numeric column"),
     ("timestamp", "not a numeric column"), ("flagged", "not a numeric column"), ("order", "a key or metadata column"),
 ])
-def test_a_metric_that_is_not_a_measured_number_is_refused_in_one_line(tmp_path, capsys, metric, why):
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_metric_that_is_not_a_measured_number_is_refused_in_one_line(tmp_path, capsys, metric, why, dry_run):
     old = write(tmp_path / "old", [10.0, 2.0], message=["", "no rule"], flagged=[False, None], peak_mem_mb=1.5)
-    assert main(["compare", str(old), str(old), "--metric", metric]) == 2
+    assert main(["compare", str(old), str(old), "--metric", metric, *dry_run]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--metric {metric}: {why} of derivatives.csv" in err
     assert err.endswith("expected one of time_ms, peak_mem_mb")
+
+
+def test_dry_run_says_what_would_be_compared(tmp_path, capsys):
+    old = write(tmp_path / "old", [10.0, 2.0])
+    write(old, [1.0], name="train_steps.csv", objective="FD-SSM")
+    pd.DataFrame({"model": ["nice"], "pair": ["fd-ssm/ssm"], "cosine": [0.99]}).to_csv(old / "grad_agreement.csv")
+    new = write(tmp_path / "new", [10.0])
+    assert main(["compare", str(old), str(new), "--dry-run", "--threshold", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"would compare time_ms of OLD {old} with NEW {new}, row by row")
+    assert "worse by more than 20% (on one machine)" in out
+    assert "derivatives.csv: 2 rows of OLD against 1 of NEW, joined on model, batch, device, method, order, dtype" \
+        in out  # the declared keys, in their order
+    assert "grad_agreement.csv: no column 'time_ms', skipped" in out
+    assert "train_steps.csv is missing: its 1 rows of OLD would count as regressed" in out
+    assert "CompareConfig" not in out and "ratio" not in out  # a plan, not a repr and not a comparison
 
 
 # ---- like with like -------------------------------------------------------------------------------------------
@@ -249,12 +266,13 @@ def test_keys_for_takes_the_declared_compare_keys_that_both_csvs_have(registry):
 
 
 @pytest.mark.parametrize("side, column", [("NEW", "method"), ("NEW", "status"), ("OLD", "status"), ("OLD", "order")])
-def test_a_results_file_without_a_column_the_suite_always_writes_is_refused(tmp_path, capsys, side, column):
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_results_file_without_a_column_the_suite_always_writes_is_refused(tmp_path, capsys, side, column, dry_run):
     full = write(tmp_path / "full", [10.0, 2.0])
     (tmp_path / "cut").mkdir()
     pd.read_csv(full / "derivatives.csv").drop(columns=column).to_csv(tmp_path / "cut" / "derivatives.csv", index=False)
     old, new = (full, tmp_path / "cut") if side == "NEW" else (tmp_path / "cut", full)
-    assert main(["compare", str(old), str(new)]) == 2
+    assert main(["compare", str(old), str(new), *dry_run]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"({side}): no column {column}," in err and "malformed" in err
 

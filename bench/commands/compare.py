@@ -22,7 +22,8 @@ rows no longer ``ok`` still do.
 A metric that no CSV of OLD has is a usage error (exit 2): a gate that compared nothing must not pass; so is one
 that a CSV of OLD holds but not as measured numbers (``status``, ``model``, a key: ``check_metric``). The exit
 status is 1 when anything regressed, so CI can gate on it; pytest-benchmark's ``--benchmark-compare-fail`` plays
-the same role for its JSON.
+the same role for its JSON. ``--dry-run`` makes the same checks (``pairs``) and says, per CSV, what would be
+compared and on which keys (``plan``).
 """
 
 from __future__ import annotations
@@ -284,7 +285,54 @@ def _read(path: Path, aliases) -> pd.DataFrame:
     frame = read_rows(path, aliases)
     return pd.DataFrame() if frame is None else frame
 
-def run(config: CompareConfig, shared: Shared) -> int:
+
+@dataclass(frozen=True)
+class Pair:
+    """One CSV of OLD and its namesake in NEW, read and checked (``pairs``)."""
+
+    name: str
+    metric: str
+    old: pd.DataFrame
+    new_path: Path
+    new: pd.DataFrame | None  # None: NEW has no such file
+
+    @property
+    def skipped(self) -> bool:
+        """OLD has no column of the metric (time_ms in grad_agreement.csv): nothing of it to lose."""
+        return self.metric not in self.old.columns
+
+    @property
+    def lost(self) -> str:
+        """What NEW lost that OLD had, the whole CSV or the metric's column ("" when nothing)."""
+        if self.new is None:
+            return f"{self.new_path} is missing"
+        return "" if self.metric in self.new.columns else f"{self.new_path} has no column {self.metric!r}"
+
+    @property
+    def keys(self) -> list[str]:
+        """The columns the two are joined on (``keys_for``)."""
+        return keys_for(self.name, self.old, self.new)
+
+    def notes(self) -> list[str]:
+        """What the reader of the table should know: keys not joined on, checkpoints named by a path."""
+        notes = []
+        one_sided = [k for k in (declared_keys(self.name) or ()) if (k in self.old.columns) != (k in self.new.columns)]
+        if one_sided:
+            notes.append(f"  key column(s) {one_sided} in only one of OLD and NEW: not joined on")
+        for label, frame in (("OLD", self.old), ("NEW", self.new)):
+            if "weights" in frame.columns:
+                paths = sorted({v for v in frame["weights"].dropna().unique()
+                                if isinstance(v, str) and v != RANDOM_WEIGHTS and not is_digest(v)})
+                if paths:
+                    notes.append(f"  weights of {label} named by a path that is not here, so not by content: "
+                                 f"{_show(paths)}")
+        return notes
+
+
+def pairs(config: CompareConfig) -> list[Pair]:
+    """Every CSV of OLD, in file order, with its namesake in NEW, after every check that comes before comparing
+    (the folders, the threshold, ``check_metric``, ``check_columns``, some row of OLD to compare): ``run`` and
+    ``--dry-run`` make the same ones."""
     for name, folder in (("OLD", config.old), ("NEW", config.new)):
         if folder is None or not Path(folder).is_dir():
             raise UsageError(f"{folder}: expected a result folder holding CSV files ({name})")
@@ -293,42 +341,60 @@ def run(config: CompareConfig, shared: Shared) -> int:
     olds = sorted(old_folder.glob("*.csv"))
     if not olds:
         raise UsageError(f"{old_folder} holds no CSV file")
+    found = []
+    for old_path in olds:
+        name, aliases = old_path.name, aliases_for(old_path.name)
+        old = _read(old_path, aliases)
+        check_metric(name, old, metric)
+        new_path = new_folder / name
+        pair = Pair(name, metric, old, new_path, _read(new_path, aliases) if new_path.exists() else None)
+        if not pair.skipped and not pair.lost:
+            check_columns(name, old, pair.new, (old_path, new_path))
+        found.append(pair)
+    if not any(len(pair.old) for pair in found if not pair.skipped):
+        raise UsageError(f"no CSV in {old_folder} has a column {metric!r}: nothing was compared")
+    return found
 
+
+def plan(config: CompareConfig, shared: Shared) -> str:
+    """What ``run`` would compare (``--dry-run``, after the same checks): per CSV of OLD, its rows and NEW's and the
+    keys that join them."""
+    machines = "" if config.across_machines else " (on one machine)"
+    lines = [f"would compare {config.metric} of OLD {config.old} with NEW {config.new}, row by row: a row regresses "
+             f"where {config.metric} got worse by more than {config.threshold:.0%}{machines}, or in NEW is missing, "
+             "no longer ok or without its number"]
+    for pair in pairs(config):
+        if pair.skipped:
+            lines.append(f"{pair.name}: no column {config.metric!r}, skipped")
+        elif pair.lost:
+            lines.append(f"{pair.name}: {pair.lost}: its {len(pair.old)} rows of OLD would count as regressed")
+        else:
+            lines.append(f"{pair.name}: {len(pair.old)} rows of OLD against {len(pair.new)} of NEW, joined on "
+                         f"{', '.join(pair.keys)}")
+            lines.extend(pair.notes())
+    return "\n".join(lines)
+
+
+def run(config: CompareConfig, shared: Shared) -> int:
+    """Print the tables of ratios and the verdict; 1 when anything regressed (see the module docstring)."""
+    metric = config.metric
     sections: list[str] = []  # printed after the metadata, in OLD's file order
     read_olds: list[pd.DataFrame] = []
     read_news: list[pd.DataFrame] = []
     regressions = compared = ungated = 0
     machines: set[str] = set()
-    for old_path in olds:
-        name = old_path.name
-        aliases = aliases_for(name)
-        old = _read(old_path, aliases)
-        check_metric(name, old, metric)
-        if metric not in old.columns:  # e.g. time_ms in grad_agreement.csv: nothing of this metric to lose
-            sections.append(f"{name}: no column {metric!r}, skipped")
+    for pair in pairs(config):
+        old, new = pair.old, pair.new
+        if pair.skipped:
+            sections.append(f"{pair.name}: no column {metric!r}, skipped")
             continue
-        new_path = new_folder / name
-        new = _read(new_path, aliases) if new_path.exists() else None
-        if new is None or metric not in new.columns:
-            lost = "is missing" if new is None else f"has no column {metric!r}"
-            sections.append(f"\n{name}: REGRESSED, {new_path} {lost} ({len(old)} rows of OLD)")
+        if pair.lost:
+            sections.append(f"\n{pair.name}: REGRESSED, {pair.lost} ({len(old)} rows of OLD)")
             compared, regressions = compared + len(old), regressions + len(old)
             continue
-        check_columns(name, old, new, (old_path, new_path))
         read_olds.append(old)
         read_news.append(new)
-        keys = keys_for(name, old, new)
-        notes = []
-        one_sided = [k for k in (declared_keys(name) or ()) if (k in old.columns) != (k in new.columns)]
-        if one_sided:
-            notes.append(f"  key column(s) {one_sided} in only one of OLD and NEW: not joined on")
-        for label, frame in (("OLD", old), ("NEW", new)):
-            if "weights" in frame.columns:
-                paths = sorted({v for v in frame["weights"].dropna().unique()
-                                if isinstance(v, str) and v != RANDOM_WEIGHTS and not is_digest(v)})
-                if paths:
-                    notes.append(f"  weights of {label} named by a path that is not here, so not by content: "
-                                 f"{_show(paths)}")
+        keys = pair.keys
         table = compare_frames(old, new, keys, metric, config.threshold, across_machines=config.across_machines)
         compared += len(table)
         regressions += int(table["regressed"].sum())
@@ -338,8 +404,8 @@ def run(config: CompareConfig, shared: Shared) -> int:
             ungated += int(across.sum())
         if not across.any():
             table = table.drop(columns="machine")
-        sections.append(f"\n{name}: {metric}, new / old ({len(table)} rows of OLD, joined on {', '.join(keys)})")
-        sections.extend(notes)
+        sections.append(f"\n{pair.name}: {metric}, new / old ({len(table)} rows of OLD, joined on {', '.join(keys)})")
+        sections.extend(pair.notes())
         sections.append(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
     differences = metadata_differences(read_olds, read_news)
@@ -354,12 +420,10 @@ def run(config: CompareConfig, shared: Shared) -> int:
                   "as asked (--across-machines)")
         else:
             print(f"OLD and NEW come from different machines ({what} differ): time-like metrics are not compared "
-                  f"across machines, so {metric} is shown but only missing rows and status changes (ok -> not ok) "
-                  "count as regressions there; --across-machines compares it")
+                  f"across machines, so {metric} is shown but only missing rows, status changes (ok -> not ok) and "
+                  "lost numbers count as regressions there; --across-machines compares it")
     for section in sections:
         print(section)
-    if compared == 0:
-        raise UsageError(f"no CSV in {old_folder} has a column {metric!r}: nothing was compared")
     verdict = "REGRESSED" if regressions else "ok"
     caveat = f"; {ungated} rows from other machines not gated on {metric}" if ungated else ""
     print(f"\n{verdict}: {regressions} of {compared} rows worse than {1 + config.threshold:.2f}x on {metric}, "
@@ -367,4 +431,4 @@ def run(config: CompareConfig, shared: Shared) -> int:
     return 1 if regressions else 0
 
 
-COMMAND = Command(NAME, HELP, DEFAULT, run)
+COMMAND = Command(NAME, HELP, DEFAULT, run, plan=plan)
