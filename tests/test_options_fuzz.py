@@ -25,9 +25,13 @@ VALUES = st.one_of(st.sampled_from(WORDS), st.integers(-5, 50).map(str),
 SKIPPED = {"help", "command_object", "device", "out", "dry_run"}  # set by the test itself
 
 
-def _options(name: str) -> list:
+def _actions(name: str) -> list:
     (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
-    return [a for a in sub.choices[name]._actions if a.dest not in SKIPPED and a.option_strings]
+    return sub.choices[name]._actions
+
+
+def _options(name: str) -> list:
+    return [a for a in _actions(name) if a.dest not in SKIPPED and a.option_strings]
 
 
 def _argv(name: str):
@@ -49,6 +53,9 @@ def _argv(name: str):
 def test_random_option_values_are_accepted_or_refused_in_one_line(name):
     folder = Path(tempfile.mkdtemp(prefix="fdsm-fuzz-"))
     positional = [str(folder), str(folder)] if name == "compare" else []
+    takes = {a.dest for a in _actions(name)}  # compare takes no --device and no --out
+    shared = [*(["--device", "cpu"] if "device" in takes else []),
+              *(["--out", str(folder / "out")] if "out" in takes else [])]
 
     @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(argv=_argv(name))
@@ -56,7 +63,7 @@ def test_random_option_values_are_accepted_or_refused_in_one_line(name):
         err, out = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             try:
-                code = main([name, *positional, *argv, "--dry-run", "--device", "cpu", "--out", str(folder / "out")])
+                code = main([name, *positional, *argv, "--dry-run", *shared])
             except SystemExit as stop:  # argparse's own refusals
                 code = stop.code
         message = err.getvalue()

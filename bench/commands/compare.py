@@ -431,4 +431,5 @@ def run(config: CompareConfig, shared: Shared) -> int:
     return 1 if regressions else 0
 
 
-COMMAND = Command(NAME, HELP, DEFAULT, run, plan=plan)
+# It reads two folders: no device, dtype, seed, size, timing or output folder of its own.
+COMMAND = Command(NAME, HELP, DEFAULT, run, plan=plan, ignores=("device", "dtype", "out", "quick", "seed", "repeats"))
