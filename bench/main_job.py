@@ -98,7 +98,9 @@ def run(config: AllConfig, shared: Shared) -> int:
 def plan(config: AllConfig, shared: Shared) -> str:
     """The stages in order, each with its own plan (before fit has run: the sweeps' weights show as random)."""
     stages = [s for s in STAGES if s not in config.skip]
-    return "\n".join([f"all: {', '.join(stages)}, then report.md",
+    first = (", ".join(stages) + ", then report.md" if stages else
+             f"every stage skipped: report.md from the CSVs in {shared.out}")
+    return "\n".join([f"all: {first}",
                       *(stage_command(s).plan(stage_config(s, shared), shared).splitlines()[0] for s in stages)])
 
 
