@@ -8,6 +8,8 @@ line and exit with status 2 before any work starts, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from bench import main_job
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:  # a run that diverged: what happened and what to try, in one line
         print(f"fdsm-bench {command.name}: failed: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # stdout's reader left (``| head``): stop quietly, as a process killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # outside a sweep (which says how much it kept): every finished row is on disk
         print(f"fdsm-bench {command.name}: interrupted; the rows written so far are kept, and running the same "
               "command again resumes", file=sys.stderr)

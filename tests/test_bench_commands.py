@@ -119,6 +119,13 @@ def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_with
     assert row["status"] == "error" and "a wrong answer" in row["message"] and "time_ms" not in row
 
 
+def test_output_piped_into_a_reader_that_leaves_early_stops_quietly(tmp_path):
+    run = subprocess.Popen([sys.executable, "-m", "bench", "eps-sweep", "--dry-run", "--out", str(tmp_path)],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.close()  # `| head -0`: the plan's first line meets a closed pipe
+    assert run.wait(timeout=120) == 141 and b"Traceback" not in run.stderr.read()  # 128 + SIGPIPE, as for a tool
+
+
 def test_a_dry_run_checks_the_output_folder_without_making_it(tmp_path, capsys):
     file = tmp_path / "a-file"
     file.write_text("")
