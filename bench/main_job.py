@@ -71,6 +71,7 @@ def command_line(shared: Shared, skip: tuple[str, ...]) -> str:
 
 
 def run(config: AllConfig, shared: Shared) -> int:
+    fit.check_folder("--out", shared.out)  # before any stage: each would fail on it alone, after fit had trained
     stages = [s for s in STAGES if s not in config.skip]
     outcomes: dict[str, str] = {}
     start = time.perf_counter()
@@ -97,6 +98,7 @@ def run(config: AllConfig, shared: Shared) -> int:
 
 def plan(config: AllConfig, shared: Shared) -> str:
     """The stages in order, each with its own plan (before fit has run: the sweeps' weights show as random)."""
+    fit.check_folder("--out", shared.out)
     stages = [s for s in STAGES if s not in config.skip]
     first = (", ".join(stages) + ", then report.md" if stages else
              f"every stage skipped: report.md from the CSVs in {shared.out}")

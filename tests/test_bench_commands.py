@@ -7,6 +7,7 @@ timings. Together they take well under a minute on 2 cores.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,23 @@ def test_fit_keeps_a_checkpoint_only_if_it_was_trained_as_asked_and_quick_does_n
     assert main([*args, "--steps", "4", "--overwrite"]) == 0
     # rows are keyed by the weights' content: those measured on the replaced weights match no new case
     assert weights_label(checkpoint) != before
+
+
+def test_fit_quick_gives_its_n_chan_only_to_a_model_that_has_one(tmp_path):
+    assert main(["fit", "--quick", "--recipe", "dkef/SSM", "--steps", "1", "--device", "cpu", "--out",
+                 str(tmp_path)]) == 0
+    note = json.loads((tmp_path / "checkpoints" / "dkef-SSM.json").read_text())
+    assert note["width"] is None and note["steps"] == 1
+
+
+def test_fit_trains_in_the_dtype_asked_and_keeps_the_checkpoint_only_for_it(tmp_path, capsys):
+    args = ["fit", "--quick", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert main([*args, "--dtype", "float64"]) == 0
+    state = torch.load(tmp_path / "checkpoints" / "deep-ebm-DSM.pt", weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float64}
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "trained with other settings (dtype float64 (asked: float32))" in capsys.readouterr().err
 
 
 def test_a_sweep_with_an_error_row_or_no_ok_row_exits_1(capsys):

@@ -171,6 +171,14 @@ def test_wine_quality_rejects_wrong_format(tmp_path, text, message):
         load_wine_quality(tmp_path / "w.csv")
 
 
+def test_a_csv_that_pandas_cannot_parse_is_refused_in_one_line(tmp_path):
+    rows = [";".join(f"c{i}" for i in range(12))] + [";".join(["1"] * 12)] * 3 + [";".join(["1"] * 14)]
+    (tmp_path / "w.csv").write_text("\n".join(rows))
+    with pytest.raises(DataFormatError, match="cannot parse .*Expected 12 fields in line 5, saw 14") as err:
+        load_wine_quality(tmp_path / "w.csv")
+    assert "\n" not in str(err.value)
+
+
 def test_preprocessing_and_embedded_defaults():
     images = load("mnist")  # embedded: sklearn digits resized to 28x28
     assert images.shape[1:] == (1, 28, 28) and 0 <= images.min() and images.max() <= 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import gzip
+import json
+import pickle
 import re
 import shlex
 import shutil
@@ -283,22 +285,64 @@ def _idx_images(path: Path, images: np.ndarray) -> None:
         handle.write(struct.pack(">IIII", 0x0803, *images.shape) + images.astype(np.uint8).tobytes())
 
 
-def test_fit_trains_on_an_idx_file_and_refuses_a_corrupt_one(tmp_path, capsys):
+def _wine_csv(path: Path, rows: int) -> Path:
+    """A UCI wine-quality CSV: a header, 11 features and the quality, ';'-separated."""
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.normal(size=(rows, 11)).round(2), rng.integers(3, 9, rows)])
+    pd.DataFrame(table, columns=[f"c{i}" for i in range(11)] + ["quality"]).to_csv(path, sep=";", index=False)
+    return path
+
+
+def test_fit_trains_on_an_idx_file_resumes_by_that_file_and_refuses_a_corrupt_one(tmp_path, capsys):
     rng = np.random.default_rng(0)
     good = tmp_path / "train-images-idx3-ubyte.gz"
     _idx_images(good, rng.integers(0, 256, size=(80, 28, 28)))
     out = tmp_path / "out"
-    assert main(["fit", "--quick", "--device", "cpu", "--out", str(out), "--data", f"mnist:{good}",
-                 "--samples", "64"]) == 0
-    note = (out / "checkpoints" / "deep-ebm-DSM.json").read_text()
-    assert f"mnist:{good}, 64 rows fitted to (1, 32, 32)" in note
+    args = ["fit", "--quick", "--device", "cpu", "--out", str(out), "--samples", "64"]
+    assert main([*args, "--data", f"mnist:{good}"]) == 0
+    note = json.loads((out / "checkpoints" / "deep-ebm-DSM.json").read_text())
+    assert note["data"] == f"mnist:{good}" and note["data_source"] == f"mnist:{good}, 64 rows fitted to (1, 32, 32)"
+    assert main([*args, "--data", f"mnist:{good}"]) == 0 and "with these settings, kept" in capsys.readouterr().out
+    assert main(args) == 2  # the embedded data is not what the checkpoint was trained on
+    assert f"trained with other settings (data mnist:{good} (asked: embedded))" in capsys.readouterr().err
     bad = tmp_path / "bad.gz"
     with gzip.open(bad, "wb") as handle:
         handle.write(b"not an idx file")
-    capsys.readouterr()
     assert main(["fit", "--quick", "--device", "cpu", "--out", str(tmp_path / "bad"), "--data", f"mnist:{bad}"]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("command, data, message", [
+    ("fit", "mnist:5", "5 rows; deep-ebm/DSM needs at least 64 (its batch)"),
+])
+def test_data_with_too_few_rows_is_refused_in_one_line_before_any_training(tmp_path, capsys, dry_run, command, data,
+                                                                            message):
+    name, rows = data.split(":")
+    path = tmp_path / "data.gz"
+    if name == "mnist":
+        _idx_images(path, np.zeros((int(rows), 28, 28)))
+    else:
+        _wine_csv(path, int(rows))
+    out = tmp_path / "out"
+    assert main([command, "--quick", "--device", "cpu", "--out", str(out), "--data", f"{name}:{path}",
+                 *["--dry-run"] * dry_run]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {name}:{path}: {message}" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_fit_flattens_images_for_a_flat_model_and_builds_dkef_at_the_tables_dimension(tmp_path):
+    images, table = tmp_path / "data_batch_1", _wine_csv(tmp_path / "wine.csv", 300)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(128, 3072), dtype=np.uint8)  # CIFAR-10: (3, 32, 32)
+    images.write_bytes(pickle.dumps({b"data": pixels, b"labels": [0] * 128}))
+    for recipe, data, event in (("nice/SSM", f"cifar10:{images}", "(784,)"),  # as (1, 28, 28), flattened
+                                ("dkef/SSM", f"wine-red:{table}", "(11,)")):
+        assert main(["fit", "--quick", "--steps", "1", "--device", "cpu", "--out", str(tmp_path), "--recipe", recipe,
+                     "--data", data]) == 0
+        note = json.loads((tmp_path / "checkpoints" / f"{recipe.replace('/', '-')}.json").read_text())
+        assert note["data_source"].endswith(f"rows fitted to {event}"), note
 
 
 def test_the_benchmark_json_holds_training_step_rows_as_well_as_derivative_rows(tmp_path):

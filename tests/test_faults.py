@@ -40,6 +40,13 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["fit", "--budget", "0"], "--budget 0.0: expected a positive finite number"),
     (["fit", "--samples", "8"], "--samples 8: fewer than the batch of deep-ebm/DSM"),
     (["train", "--dtype", "bfloat16"], "--dtype bfloat16: train runs in float32 or float64"),
+    (["fit", "--dtype", "float16"], "--dtype float16: fit trains in float32 or float64"),
+    (["fit", "--recipe", "nice/SSM", "--n-chan", "4"], "--n-chan 4: nice has no n_chan; its settings are dim"),
+    (["fit", "--recipe", "nice/SSM", "--n-chan", "4", "--dry-run"], "--n-chan 4: nice has no n_chan"),
+    (["fit", "--samples", "1", "--dry-run"], "--samples 1: fewer than the batch of deep-ebm/DSM"),
+    (["fit", "--data", "wine-red", "--dry-run"], "--data wine-red: rows of shape (11,) do not fit the model's input "
+                                                  "(1, 32, 32)"),
+    (["fit", "--data", "mnist:" + "a" * 5000, "--dry-run"], "cannot look for the file (File name too long)"),
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
     (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
     (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),

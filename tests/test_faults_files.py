@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.cli import main
 from bench.config import UsageError
 from bench.csvlog import CsvLog, ResultsFileError, check_writable, read_rows, write_atomic
 from fdsm import objectives as obj
@@ -184,6 +185,28 @@ def test_write_atomic_under_a_regular_file_is_one_line_too(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ResultsFileError, match=r"file/out/t.csv: cannot write it \(NotADirectoryError"):
         write_atomic(pd.DataFrame({"a": [1]}), tmp_path / "file" / "out" / "t.csv")
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fit", "--out", "{file}"], "--out {file}: is a file, not a folder; choose another --out"),
+    (["fit", "--out", "{file}/out"], "--out {file}/out: lies under the file {file}, not a folder"),
+    (["all", "--out", "{file}"], "--out {file}: is a file, not a folder"),
+    (["fit", "--save", "{folder}"], "--save {folder}: a folder; expected the checkpoint file to write"),
+    (["fit", "--save", "{folder}", "--overwrite"], "--save {folder}: a folder"),
+    (["fit", "--save", "{file}"], "--save: {file} exists but is not a checkpoint written by fit (no note file.json"),
+    (["fit", "--save", "{file}", "--overwrite"], "--save: {file} exists but is not a checkpoint written by fit"),
+])
+def test_an_output_path_fit_or_all_cannot_use_is_refused_before_any_training(tmp_path, capsys, dry_run, argv, message):
+    file, folder = tmp_path / "file.csv", tmp_path / "folder"
+    file.write_text("not a checkpoint")
+    folder.mkdir()
+    args = [a.format(file=file, folder=folder) for a in argv]
+    assert main([*args, "--quick", "--device", "cpu", *["--out", str(tmp_path / "out")] * ("--out" not in args),
+                 *["--dry-run"] * dry_run]) == 2
+    err = capsys.readouterr().err
+    assert message.format(file=file, folder=folder) in err and len(err.strip().splitlines()) == 1, err
+    assert file.read_text() == "not a checkpoint" and not list(folder.iterdir()) and not (tmp_path / "out").exists()
 
 
 # ---- the CLI, for real ----------------------------------------------------------------------------------------

@@ -2,14 +2,20 @@
 
 The paper measures Figure 2 on a deep EBM *trained* on MNIST; ``fit`` makes such a checkpoint on the embedded
 default data (scikit-learn's digits, resized to the model's input: ``fdsm.data.for_event_shape``), or on a file
-the user names with ``--data NAME[:PATH]`` (``bench.data_option``; e.g. ``--data mnist:train-images-idx3-ubyte.gz``).
+the user names with ``--data NAME[:PATH]`` (``bench.data_option``; e.g. ``--data mnist:train-images-idx3-ubyte.gz``):
+images are fitted to the model's input (flattened for a flat one, such as NICE's), and a model with a ``dim``
+(DKEF) is built at the dimension of tabular rows, as ``train`` builds it.
 It runs ``fdsm.training.train`` with a recipe of ``fdsm.recipes.RECIPES`` (the model, objective, optimizer and
-batch of a paper table row) for ``--steps`` steps or ``--budget`` seconds, whichever ends first, and writes the
-``state_dict`` to ``--save`` (default ``OUT/checkpoints/<model>-<objective>.pt``) with a JSON note of how it was
-made beside it. ``fdsm-bench derivatives --checkpoint PATH`` then measures that model. Like the sweeps, it
-resumes: an existing checkpoint is kept (the rows measured on it stay valid) if its note records the settings asked
-for; other settings are a usage error, and ``--overwrite`` trains again. The CSVs' ``weights`` column names the
-checkpoint by a digest of its content, so rows measured on weights that ``--overwrite`` replaced no longer match.
+batch of a paper table row) for ``--steps`` steps or ``--budget`` seconds, whichever ends first, in ``--dtype``
+(float32 or float64), and writes the ``state_dict`` to ``--save`` (default ``OUT/checkpoints/<model>-<objective>.pt``)
+with a JSON note of how it was made beside it. ``fdsm-bench derivatives --checkpoint PATH`` then measures that model.
+Like the sweeps, it resumes: an existing checkpoint is kept (the rows measured on it stay valid) if its note records
+the settings asked for (``data`` is the ``--data`` text, ``embedded`` without one; ``data_source`` describes the
+rows); other settings are a usage error, and ``--overwrite`` trains again. A ``--save`` that is a folder, or a file
+that ``fit`` did not write (no note beside it), is refused, with or without ``--overwrite``; so is an ``--out`` that
+is a file. Every check (``prepare``) is made before any training, by ``--dry-run`` too. ``--repeats`` is taken (the
+main job passes it to every stage) and unused: nothing is timed. The CSVs' ``weights`` column names the checkpoint by
+a digest of its content, so rows measured on weights that ``--overwrite`` replaced no longer match.
 """
 
 from __future__ import annotations
@@ -20,16 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from bench.config import Shared, UsageError, option, positive, positive_int
 from bench.data_option import check_data, fit_to_event, read_data, sample_rows
 from bench.environment import metadata
 from bench.experiment import Command
 from fdsm.data import for_event_shape
-from fdsm.recipes import RECIPES
+from fdsm.models import model_config
+from fdsm.recipes import RECIPES, Recipe
 from fdsm.training import Record, train
 
-QUICK_N_CHAN = 2  # the quick derivative sweeps' deep EBM width, so that they can load the quick checkpoint
+QUICK_N_CHAN = 2  # --quick's n_chan for models that have one (the deep EBM), so that the quick sweeps can load it
 
 
 def _recipe(name: str) -> str:
@@ -44,23 +52,25 @@ def _recipe(name: str) -> str:
 class FitConfig:
     recipe: str = option("deep-ebm/DSM", f"a recipe, one of {', '.join(RECIPES.names())}", convert=_recipe)
     size: str | None = option(None, "model preset", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
-    n_chan: int | None = option(None, "the deep EBM's n_chan", aliases=("--width",), type=positive_int,
-                                default_text="the preset's")
+    n_chan: int | None = option(None, "the deep EBM's n_chan (models without one refuse it)", aliases=("--width",),
+                                type=positive_int,
+                                default_text=f"the preset's; --quick: {QUICK_N_CHAN} where the model has an n_chan")
     steps: int = option(400, "training steps", type=positive_int)
     # The step count, not the clock, should end a default run, so that the checkpoint is the same on a loaded
     # machine; the budget is a safety stop.
     budget_s: float = option(300.0, "training seconds, whichever of steps and budget ends first", flag="--budget",
                              convert=positive("--budget"))
     lr: float = option(1e-3, "learning rate (the paper's rates are for 300k steps)", convert=positive("--lr"))
-    samples: int = option(2048, "training samples", type=positive_int)
+    samples: int = option(2048, "training samples (at least the recipe's batch)", type=positive_int)
     data: str | None = option(None, "training data NAME[:PATH] through fdsm.data, e.g. mnist:FILE.gz",
                               convert=check_data, default_text="the embedded data for the model's input")
-    save: Path | None = option(None, "where to write the state_dict", default_text="OUT/checkpoints/<recipe>.pt")
+    save: Path | None = option(None, "where to write the state_dict (a file; its JSON note goes beside it)",
+                               default_text="OUT/checkpoints/<recipe>.pt")
     overwrite: bool = option(False, "train again even if the checkpoint exists")
 
 
 DEFAULT = FitConfig()
-QUICK = dataclasses.replace(DEFAULT, steps=3, n_chan=QUICK_N_CHAN)
+QUICK = dataclasses.replace(DEFAULT, steps=3)
 
 
 def checkpoint_path(out: Path, recipe_name: str) -> Path:
@@ -68,11 +78,49 @@ def checkpoint_path(out: Path, recipe_name: str) -> Path:
     return out / "checkpoints" / (recipe_name.replace("/", "-").replace("*", "-serial") + ".pt")
 
 
-def kept_settings(path: Path, asked: dict) -> str:
-    """How the settings in the checkpoint's JSON note differ from ``asked`` ("" when they agree; a setting that an
-    older note does not record is not compared)."""
-    note_path = path.with_suffix(".json")
-    note = json.loads(note_path.read_text()) if note_path.is_file() else {}
+def _check_dtype(shared: Shared) -> None:
+    if shared.dtype not in (torch.float32, torch.float64):  # half precision: non-finite losses, no DKEF solve
+        raise UsageError(f"--dtype {shared.dtype_name}: fit trains in float32 or float64 (in half precision the "
+                         "losses overflow and DKEF's solve does not run)")
+
+
+def check_folder(option_name: str, folder: Path) -> None:
+    """Refuse, before any work, an output ``folder`` that is a file or lies under one (the nearest existing path of
+    ``folder`` and its parents must be a folder); nothing is made."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under the file {existing}"
+        raise UsageError(f"{option_name} {folder}: {where}, not a folder; choose another {option_name}")
+
+
+def _note(path: Path) -> dict | None:
+    """The JSON note that ``fit`` wrote beside the checkpoint ``path``, or None when there is none (or it is not
+    one: unreadable, not JSON, or without the recipe every note records)."""
+    try:
+        note = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return note if isinstance(note, dict) and "recipe" in note else None
+
+
+def _check_save(path: Path, given: bool) -> None:
+    """``path`` must be a file ``fit`` may write: not a folder, not under a file, and, if it exists, a checkpoint
+    that ``fit`` wrote (its note beside it), never another file taken for one or overwritten."""
+    option_name = "--save" if given else "--out"
+    check_folder(option_name, path.parent)
+    if path.is_dir():
+        raise UsageError(f"--save {path}: a folder; expected the checkpoint file to write, e.g. "
+                         f"{path / 'model.pt'}")
+    if path.exists() and _note(path) is None:
+        raise UsageError(f"{option_name}: {path} exists but is not a checkpoint written by fit (no note "
+                         f"{path.with_suffix('.json').name} beside it); move it away or choose another --save")
+
+
+def kept_settings(note: dict, asked: dict) -> str:
+    """How the settings in a checkpoint's note differ from ``asked`` ("" when they agree; a setting that an older
+    note does not record is not compared)."""
+    if "data_source" not in note and str(note.get("data", "")).startswith("embedded default"):
+        note = {**note, "data": "embedded"}  # an older note described its data; this is how it said "embedded"
     return ", ".join(f"{k} {note[k]} (asked: {v})" for k, v in asked.items() if k in note and note[k] != v)
 
 
@@ -80,57 +128,113 @@ def _size(config: FitConfig, shared: Shared) -> str:
     return config.size or ("paper" if shared.device.type == "cuda" else "cpu")
 
 
-def plan(config: FitConfig, shared: Shared) -> str:
+@dataclass(frozen=True)
+class Job:
+    """What ``fit`` will do, every check made: the recipe, the model's build settings, the training rows (N,
+    *event) and where they came from, the checkpoint path and the settings its note must record."""
+
+    recipe: Recipe
+    size: str
+    overrides: dict
+    data: Tensor
+    source: str
+    path: Path
+    asked: dict
+    kept: bool  # the checkpoint exists, made with the settings asked for
+
+
+def _overrides(config: FitConfig, shared: Shared, recipe: Recipe, size: str, raw: Tensor | None) -> dict:
+    """The model settings beside the preset: ``--n-chan`` (``--quick``'s where the model has an n_chan), and for
+    tabular ``--data`` the dimension of its rows where the model has a ``dim`` (DKEF, as ``train`` builds it)."""
+    fields = {f.name for f in dataclasses.fields(model_config(recipe.model, size))}
+    if config.n_chan is not None and "n_chan" not in fields:
+        raise UsageError(f"--n-chan {config.n_chan}: {recipe.model} has no n_chan; its settings are "
+                         f"{', '.join(sorted(fields))}")
+    n_chan = config.n_chan if config.n_chan is not None else QUICK_N_CHAN if shared.quick else None
+    overrides = {"n_chan": n_chan} if n_chan is not None and "n_chan" in fields else {}
+    if raw is not None and raw.dim() == 2 and "dim" in fields:
+        overrides["dim"] = raw.shape[1]
+    return overrides
+
+
+def _event_shape(config: FitConfig, recipe: Recipe, size: str, overrides: dict) -> tuple[int, ...]:
+    """The input shape of the model fit will build, from a build on the meta device (no memory, no time)."""
+    try:
+        with torch.device("meta"):
+            return tuple(recipe.build_model(size, **overrides).event_shape)
+    except ValueError as err:  # e.g. NICE at an odd --data dimension
+        raise UsageError(f"--recipe {recipe.name} on --data {config.data}: {err}") from err
+
+
+def _training_rows(config: FitConfig, shared: Shared, recipe: Recipe, raw: Tensor | None,
+                   event_shape: tuple[int, ...]) -> tuple[Tensor, str]:
+    """The training rows (N, *event_shape), at least the recipe's batch of them, and where they came from."""
+    if raw is None:
+        return (for_event_shape(event_shape, config.samples, shared.seed),
+                f"embedded default for {event_shape} (fdsm.data.for_event_shape)")
+    if len(raw) < recipe.batch:
+        raise UsageError(f"--data {config.data}: {len(raw)} rows; {recipe.name} needs at least {recipe.batch} (its "
+                         "batch)")
+    data = sample_rows(fit_to_event(raw, event_shape, f"--data {config.data}"), config.samples, shared.seed)
+    return data, f"{config.data}, {len(data)} rows fitted to {event_shape}"
+
+
+def prepare(config: FitConfig, shared: Shared) -> Job:
+    """Every check of ``fit``, made alike by ``--dry-run`` and a run, before any training: the dtype, the output
+    paths, the recipe's batch against ``--samples`` and the data's rows, the model settings against the recipe's
+    model, the data against its input, and an existing checkpoint's note against the settings asked for."""
+    _check_dtype(shared)
+    check_folder("--out", shared.out)
     path = config.save or checkpoint_path(shared.out, config.recipe)
-    state = "exists: kept if trained with these settings" if path.exists() and not config.overwrite else "new"
-    return (f"fit: would train {config.recipe} (size {_size(config, shared)}) for {config.steps} steps or "
-            f"{config.budget_s:g} s on {config.data or 'the embedded data'}, into {path} ({state})")
+    _check_save(path, given=config.save is not None)
+    recipe = RECIPES.get(config.recipe)
+    if config.samples < recipe.batch:
+        raise UsageError(f"--samples {config.samples}: fewer than the batch of {config.recipe}; expected at least "
+                         f"{recipe.batch}")
+    size = _size(config, shared)
+    raw = read_data(config.data) if config.data is not None else None  # a bad file: one line, exit 2
+    overrides = _overrides(config, shared, recipe, size, raw)
+    data, source = _training_rows(config, shared, recipe, raw, _event_shape(config, recipe, size, overrides))
+    asked = {"recipe": config.recipe, "size": size, "width": overrides.get("n_chan"), "lr": config.lr,
+             "steps_asked": config.steps, "samples": config.samples, "seed": shared.seed,
+             "data": config.data or "embedded", "dtype": shared.dtype_name}
+    note = _note(path) if path.exists() and not config.overwrite else None
+    if note is not None and (differ := kept_settings(note, asked)):
+        raise UsageError(f"{path} exists but was trained with other settings ({differ}); --overwrite trains again")
+    return Job(dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, lr=config.lr)), size, overrides,
+               data, source, path, asked, kept=note is not None)
+
+
+def plan(config: FitConfig, shared: Shared) -> str:
+    job = prepare(config, shared)
+    state = "exists with these settings: kept" if job.kept else "new" if not job.path.exists() else "trained again"
+    return (f"fit: would train {config.recipe} (size {job.size}) for {config.steps} steps or {config.budget_s:g} s "
+            f"on {job.source}, in {shared.dtype_name}, into {job.path} ({state})")
 
 
 def run(config: FitConfig, shared: Shared) -> int:
-    size = _size(config, shared)
-    asked = {"recipe": config.recipe, "size": size, "width": config.n_chan, "lr": config.lr,
-             "steps_asked": config.steps, "samples": config.samples, "seed": shared.seed,
-             **({"data": config.data} if config.data else {})}
-    path = config.save or checkpoint_path(shared.out, config.recipe)
-    if path.exists() and not config.overwrite:
-        kept = kept_settings(path, asked)
-        if kept:
-            raise UsageError(f"{path} exists but was trained with other settings ({kept}); --overwrite trains "
-                             "again")
-        print(f"{path} exists with these settings, kept (--overwrite trains again)")
+    job = prepare(config, shared)
+    if job.kept:
+        print(f"{job.path} exists with these settings, kept (--overwrite trains again)")
         return 0
-    base = RECIPES.get(config.recipe)
-    if config.samples < base.batch:
-        raise UsageError(f"--samples {config.samples}: fewer than the batch of {config.recipe}; expected at least "
-                         f"{base.batch}")
-    recipe = dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr=config.lr))
     torch.manual_seed(shared.seed)
-    model = recipe.build_model(size, **({} if config.n_chan is None else {"n_chan": config.n_chan}))
-    event_shape = tuple(model.event_shape)
-    if config.data is None:
-        data, source = for_event_shape(event_shape, config.samples, shared.seed), \
-            f"embedded default for {event_shape} (fdsm.data.for_event_shape)"
-    else:  # read before any training: a bad file is one line, exit 2
-        data = sample_rows(fit_to_event(read_data(config.data), event_shape), config.samples, shared.seed)
-        source = f"{config.data}, {len(data)} rows fitted to {event_shape}"
-    model = model.to(shared.device)
-    data = data.to(shared.device)  # (N, *event)
-    recipe.prepare_model(model, data)
+    model = job.recipe.build_model(job.size, **job.overrides).to(device=shared.device, dtype=shared.dtype)
+    data = job.data.to(device=shared.device, dtype=shared.dtype)  # (N, *event)
+    job.recipe.prepare_model(model, data)
 
     def report(record: Record) -> None:
         print(f"{config.recipe} step {record.step:5d}  {record.wall_s:6.1f} s  loss {record.loss:+.5g}", flush=True)
 
-    records = train(model, recipe, data, steps=config.steps, evaluate=dict, eval_every=max(1, config.steps // 10),
-                    generator=torch.Generator().manual_seed(shared.seed), time_budget_s=config.budget_s,
-                    on_record=report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    records = train(model, job.recipe, data, steps=config.steps, evaluate=dict,
+                    eval_every=max(1, config.steps // 10), generator=torch.Generator().manual_seed(shared.seed),
+                    time_budget_s=config.budget_s, on_record=report)
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), job.path)
     last = records[-1]
-    note = {**asked, "batch": recipe.batch, "steps": last.step, "train_seconds": round(last.wall_s, 1),
-            "final_loss": last.loss, "data": source, **metadata(shared.device)}
-    path.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
-    print(f"wrote {path} after {last.step} steps ({last.wall_s:.0f} s), final loss {last.loss:+.5g}")
+    note = {**job.asked, "batch": job.recipe.batch, "steps": last.step, "train_seconds": round(last.wall_s, 1),
+            "final_loss": last.loss, "data_source": job.source, **metadata(shared.device)}
+    job.path.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
+    print(f"wrote {job.path} after {last.step} steps ({last.wall_s:.0f} s), final loss {last.loss:+.5g}")
     return 0
 
 

@@ -42,7 +42,8 @@ def _read_csv(path: str | Path, expected: str, sep: str, min_columns: int) -> np
     try:
         frame = pd.read_csv(io.BytesIO(raw), sep=sep)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataFormatError(f"{path}: cannot parse ({err}); expected {expected}") from err
+        reason = " ".join(str(err).split())  # pandas' messages hold newlines; an error is one line
+        raise DataFormatError(f"{path}: cannot parse ({reason}); expected {expected}") from err
     if all(_is_number(name) for name in frame.columns):
         raise DataFormatError(f"{path}: the first line holds numbers, not column names; expected {expected}")
     if frame.shape[1] < min_columns or len(frame) < 2:
