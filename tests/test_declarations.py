@@ -316,6 +316,8 @@ def test_fit_trains_on_an_idx_file_resumes_by_that_file_and_refuses_a_corrupt_on
 @pytest.mark.parametrize("dry_run", [False, True])
 @pytest.mark.parametrize("command, data, message", [
     ("fit", "mnist:5", "5 rows; deep-ebm/DSM needs at least 64 (its batch)"),
+    ("train", "mnist:100", "100 rows; train needs at least 216 (200 held out and a batch of 16)"),
+    ("train", "wine-red:20", "20 rows; train needs at least 61 (dkef_split holds out a tenth twice"),
 ])
 def test_data_with_too_few_rows_is_refused_in_one_line_before_any_training(tmp_path, capsys, dry_run, command, data,
                                                                             message):

@@ -47,6 +47,11 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["fit", "--data", "wine-red", "--dry-run"], "--data wine-red: rows of shape (11,) do not fit the model's input "
                                                   "(1, 32, 32)"),
     (["fit", "--data", "mnist:" + "a" * 5000, "--dry-run"], "cannot look for the file (File name too long)"),
+    (["train", "--dkef-objectives", "FOO", "--dry-run"], "--dkef-objectives FOO: unknown ['FOO']; expected some of "
+                                                         "SSM, SSM-Taylor, SSMVR, FD-SSM"),
+    (["train", "--ebm-objectives", "FOO"], "--ebm-objectives FOO: unknown ['FOO']; expected some of DSM"),
+    (["train", "--dkef-objectives", "SSM,SSM", "--dry-run"], "--dkef-objectives SSM,SSM: SSM given twice"),
+    (["train", "--repeats", "3", "--dry-run"], "--repeats 3: train repeats nothing"),
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
     (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
     (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),

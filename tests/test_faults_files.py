@@ -209,6 +209,14 @@ def test_an_output_path_fit_or_all_cannot_use_is_refused_before_any_training(tmp
     assert file.read_text() == "not a checkpoint" and not list(folder.iterdir()) and not (tmp_path / "out").exists()
 
 
+def test_train_refuses_a_file_as_its_output_folder_before_any_training(tmp_path, capsys):
+    (tmp_path / "file.csv").write_text("not a folder")
+    assert main(["train", "--quick", "--device", "cpu", "--out", str(tmp_path / "file.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'file.csv'}: cannot write there (FileExistsError" in err
+    assert "dkef" not in capsys.readouterr().out and (tmp_path / "file.csv").read_text() == "not a folder"
+
+
 # ---- the CLI, for real ----------------------------------------------------------------------------------------
 
 def _cli(out: Path) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +15,7 @@ from bench.step_case import recipe_for
 from fdsm import objectives as obj
 from fdsm.models import build
 from fdsm.recipes import RECIPES, Recipe, in_memory_format, recipe_available
-from fdsm.training import PHASES, NonFiniteLossError, OptimConfig, make_optimizer, train, training_step
+from fdsm.training import PHASES, NonFiniteLossError, OptimConfig, Record, make_optimizer, train, training_step
 from tests.conftest import load_script
 
 
@@ -381,6 +382,29 @@ def test_each_deep_ebm_objective_in_train_sees_the_same_batches_however_far_the_
     config = dataclasses.replace(train_command.QUICK, ebm_objectives=("DSM", "FD-DSM"), ebm_steps=3)
     train_command._run_ebm(config, seed=0, device=torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(seen["DSM"], seen["FD-DSM"], strict=True))
+
+
+def test_train_labels_each_run_with_the_data_it_trained_on_and_resumes_by_it(tmp_path, monkeypatch, capsys):
+    from bench.commands import train as train_command
+
+    shapes = []
+
+    def one_record(model, recipe, data, *, steps, on_record, **kwargs):  # train's rows, without the training
+        shapes.append(tuple(data.shape))
+        on_record(Record(steps, 0.1, 1.0, {"sm_loss": 1.0, "nll": 2.0}))
+
+    monkeypatch.setattr(train_command, "train", one_record)
+    wine = tmp_path / "winequality-red.csv"
+    table = np.column_stack([np.random.default_rng(0).normal(size=(300, 11)).round(2), np.full(300, 5)])
+    pd.DataFrame(table, columns=[f"c{i}" for i in range(12)]).to_csv(wine, sep=";", index=False)
+    args = ["train", "--quick", "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert main([*args, "--data", f"wine-red:{wine}"]) == 0
+    assert main(args) == 0  # DKEF again, on its embedded data; the deep EBM's run on digits is kept
+    rows = pd.read_csv(tmp_path / "out" / "train.csv")
+    assert rows[["model", "data"]].values.tolist() == [["dkef", f"wine-red:{wine}"], ["deep-ebm", "embedded"],
+                                                       ["dkef", "embedded"]]
+    assert shapes == [(243, 11), (1597, 1, 8, 8), (145, 13)]  # the rows each run trained on
+    assert "train: deep-ebm FD-DSM on embedded already in" in capsys.readouterr().out
 
 
 def test_every_fd_and_taylor_row_is_paired_with_the_gradient_objective_of_its_own_name():

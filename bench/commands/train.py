@@ -13,29 +13,37 @@ r"""``fdsm-bench train``: short real training runs that compare the objectives, 
 Each run trains for ``steps`` steps or ``budget_s`` seconds of training wall-clock, whichever comes first; the
 metrics are evaluated every ``eval_every`` steps outside the timed window. ``--data NAME[:PATH]``
 (``bench.data_option``) replaces the data of the run of its kind: images feed the deep EBM (resized to 8x8, since
-the held-out exact SM metric takes d backward passes), tabular rows feed DKEF. ``--dtype`` is float32 or float64.
+the held-out exact SM metric takes d backward passes), tabular rows feed DKEF; the other model keeps its embedded
+data. ``--dtype`` is float32 or float64; ``--repeats`` is refused (nothing is repeated). The objectives are those of
+the model's recipes, each once. Every check (``_check``: options, the data and its rows, the existing CSV) is made
+before any training, by ``--dry-run`` too.
 
 Writes ``train.csv`` through the crash-safe ``CsvLog``, one row per evaluation as it happens (model, objective,
-step, wall_s, loss, sm_loss, nll, time_ms_per_step; the run's last row has ``last`` true): a re-run skips the runs
-that finished. A run that fails (a non-finite loss, say) gets an ``error`` row and the others go on; the exit
-status is then 1. Also ``train_table.csv`` (the final row per run, as in table 1) and ``train.png`` (held-out SM
-loss against training wall-clock, a panel per model, as in figure 4).
+step, wall_s, loss, sm_loss, nll, time_ms_per_step; the run's last row has ``last`` true), each labelled with the
+data its run trained on (``data``: the ``--data`` text, or ``embedded``). A run is keyed by model, objective, dtype,
+device, seed and data (``RUN_KEYS``): a re-run skips the runs that ended. A run that fails (a non-finite loss, say)
+gets an ``error`` row and the others go on; the exit status is then 1. As in the sweeps, an ended run is kept
+whatever its status (a failure at the same seed would fail again): moving ``train.csv`` away runs it again. Also
+``train_table.csv`` (the final row per run, as in table 1) and ``train.png`` (held-out SM loss against training
+wall-clock, a panel per model, as in figure 4).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from bench.config import Shared, UsageError, option, positive, positive_int
-from bench.csvlog import CsvLog, write_atomic
+from bench.config import Shared, UsageError, option, positive, positive_int, some_of
+from bench.csvlog import CsvLog, as_key, check_writable, write_atomic
 from bench.data_option import check_data, fit_to_event, read_data
 from bench.environment import metadata
 from bench.experiment import Command
@@ -43,20 +51,40 @@ from bench.plots import save
 from bench.sweep import exit_status
 from bench.timing import fix_cpu_threads
 from fdsm import objectives as obj
-from fdsm.data import digits, dkef_split, sklearn_wine
+from fdsm.data import digits, dkef_split, dkef_split_sizes, sklearn_wine
+from fdsm.models import model_config
 from fdsm.recipes import RECIPES
 from fdsm.training import Record, train
 
-KEYS = ("model", "objective", "step", "dtype", "device", "seed")
+RUN_KEYS = ("model", "objective", "dtype", "device", "seed", "data")  # one training run; "data" as it was used
+KEYS = ("model", "objective", "step", *RUN_KEYS[2:])  # one evaluation of a run
 COLUMNS = ("wall_s", "loss", "sm_loss", "nll", "time_ms_per_step", "last", "status")
 EBM_EVENT = (1, 8, 8)  # the deep EBM's input here: d = 64 backward passes per held-out SM evaluation
+EBM_HELD_OUT = 200  # images held out for the deep EBM's SM metric; it trains on the rest
 Emit = Callable[[dict], None]
+
+
+def _objectives(model: str, option_name: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """A ``convert`` hook: objectives of ``model``'s recipes (``fdsm.recipes.RECIPES``), each given once."""
+    known = some_of(option_name, [n.split("/", 1)[1] for n in RECIPES.names(enabled_only=True)
+                                  if n.startswith(f"{model}/")])
+
+    def check(names: tuple[str, ...]) -> tuple[str, ...]:
+        twice = sorted({n for n in known(names) if names.count(n) > 1})
+        if twice:
+            raise UsageError(f"{option_name} {','.join(names)}: {', '.join(twice)} given twice; expected each "
+                             "objective once")
+        return names
+
+    return check
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dkef_objectives: tuple[str, ...] = option(("SSM", "SSMVR", "FD-SSM"), "DKEF objectives")
-    ebm_objectives: tuple[str, ...] = option(("DSM", "FD-DSM", "SSM", "FD-SSM"), "deep EBM objectives")
+    dkef_objectives: tuple[str, ...] = option(("SSM", "SSMVR", "FD-SSM"), "DKEF objectives",
+                                              convert=_objectives("dkef", "--dkef-objectives"))
+    ebm_objectives: tuple[str, ...] = option(("DSM", "FD-DSM", "SSM", "FD-SSM"), "deep EBM objectives",
+                                             convert=_objectives("deep-ebm", "--ebm-objectives"))
     dkef_steps: int = 300
     ebm_steps: int = 400
     budget_s: float = option(20.0, "training seconds per run", flag="--budget", convert=positive("--budget"))
@@ -125,7 +153,7 @@ def _run_ebm(config: TrainConfig, seed: int, device: torch.device, dtype: torch.
     data = digits(EBM_EVENT) if images is None else fit_to_event(images, EBM_EVENT)  # (N, 1, 8, 8)
     data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))].to(device=device,
                                                                                             dtype=dtype)
-    held_out, train_x = data[:200], data[200:]
+    held_out, train_x = data[:EBM_HELD_OUT], data[EBM_HELD_OUT:]
     rows = []
     for objective in config.ebm_objectives:
         torch.manual_seed(seed)
@@ -188,60 +216,117 @@ def _check_dtype(shared: Shared) -> None:
                          "metrics need the precision)")
 
 
-def run(config: TrainConfig, shared: Shared) -> int:
-    _check_dtype(shared)
-    data = read_data(config.data) if config.data is not None else None  # a bad file: one line, before training
-    images = data if data is not None and data.dim() == 4 else None
-    table = data if data is not None and data.dim() == 2 else None
-    if data is not None and images is None and table is None:
+def _dkef_rows(config: TrainConfig) -> int:
+    """The fewest table rows with which DKEF trains: ``dkef_split`` must leave a training set of at least the
+    inducing points and a batch."""
+    need = max(model_config("dkef", "cpu").n_inducing, config.dkef_batch)
+    return next(n for n in itertools.count(need) if dkef_split_sizes(n)[2] >= need)
+
+
+def _data(config: TrainConfig) -> tuple[Tensor | None, Tensor | None]:
+    """``--data`` read and checked: (images, None) for the deep EBM, (None, table) for DKEF, or (None, None)."""
+    if config.data is None:
+        return None, None
+    data = read_data(config.data)  # a bad file: one line
+    if data.dim() == 4:
+        need, why = EBM_HELD_OUT + config.ebm_batch, f"{EBM_HELD_OUT} held out and a batch of {config.ebm_batch}"
+    elif data.dim() == 2:
+        need, why = _dkef_rows(config), ("dkef_split holds out a tenth twice; the rest must hold the inducing "
+                                         "points and a batch")
+    else:
         raise UsageError(f"--data {config.data}: expected images (N, C, H, W) or rows (N, D), got {tuple(data.shape)}")
-    fix_cpu_threads()
-    log = CsvLog(shared.out / "train.csv", key_columns=KEYS, columns=COLUMNS)
-    common = {"dtype": shared.dtype_name, "device": str(shared.device), "seed": shared.seed,
-              "data": config.data or "embedded", **metadata(shared.device)}
-    finished = {(r["model"], r["objective"]) for r in log.frame.to_dict("records")
-                if str(r.get("last")) == "True" and r.get("dtype") == shared.dtype_name} if len(log.frame) else set()
+    if len(data) < need:
+        raise UsageError(f"--data {config.data}: {len(data)} rows; train needs at least {need} ({why})")
+    return (fit_to_event(data, EBM_EVENT, f"--data {config.data}"), None) if data.dim() == 4 else (None, data)
+
+
+def _check(config: TrainConfig, shared: Shared) -> tuple[Tensor | None, Tensor | None, CsvLog]:
+    """Every check of ``train``, made alike by ``--dry-run`` and a run, before any training: the shared options it
+    takes, the data and the existing ``train.csv``. -> (images, table) as ``_data``, and the log."""
+    _check_dtype(shared)
+    if shared.repeats is not None:
+        raise UsageError(f"--repeats {shared.repeats}: train repeats nothing (each run trains once, for --budget "
+                         "seconds at most); leave it out")
+    images, table = _data(config)
+    return images, table, CsvLog(shared.out / "train.csv", key_columns=KEYS, columns=COLUMNS)
+
+
+def _runs(config: TrainConfig, shared: Shared, images: Tensor | None, table: Tensor | None) -> list[dict]:
+    """The run keys (``RUN_KEYS``) of this command, each with the data it trains on: ``--data`` for the model of
+    its kind, the embedded data for the other."""
+    common = {"dtype": shared.dtype_name, "device": str(shared.device), "seed": shared.seed}
+    used = {"dkef": table, "deep-ebm": images}
+    objectives = {"dkef": config.dkef_objectives, "deep-ebm": config.ebm_objectives}
+    return [{"model": model, "objective": objective, **common,
+             "data": config.data if used[model] is not None else "embedded"}
+            for model in ("dkef", "deep-ebm") for objective in objectives[model]]
+
+
+def _run_key(row: dict) -> tuple[str, ...]:
+    return tuple(as_key(row.get(k)) for k in RUN_KEYS)
+
+
+def _ended(log: CsvLog) -> dict[tuple[str, ...], str]:
+    """The runs of ``log`` that ended (a ``last`` row), with their status: ``ok``, or ``error`` for a run that
+    failed, which is kept and not run again, as the sweeps keep theirs."""
+    return {_run_key(r): r["status"] for r in log.frame.to_dict("records") if str(r.get("last")) == "True"}
+
+
+def _train(key: dict, config: TrainConfig, shared: Shared, log: CsvLog, images: Tensor | None,
+           table: Tensor | None) -> None:
+    """Train the run ``key`` (``_runs``), its rows into ``log`` as they come; a failure is its ``error`` row."""
+    run_model, field, data_kw = {"dkef": (_run_dkef, "dkef_objectives", {"table": table}),
+                                 "deep-ebm": (_run_ebm, "ebm_objectives", {"images": images})}[key["model"]]
 
     def emit(row: dict) -> None:
-        row = {**row, **common}
+        row = {**row, **key, **metadata(shared.device)}
         if not log.done(row):  # a run cut short by a crash is run again; its rows already kept stay as they were
             log.append(row)
 
-    def todo(objectives: tuple[str, ...], model: str) -> tuple[str, ...]:
-        kept = tuple(o for o in objectives if (model, o) in finished)
-        if kept:
-            print(f"train: {model} {', '.join(kept)} already in {log.path}, skipped")
-        return tuple(o for o in objectives if o not in kept)
+    try:
+        run_model(dataclasses.replace(config, **{field: (key["objective"],)}), shared.seed, shared.device,
+                  shared.dtype, emit=emit, **data_kw)
+    except Exception as err:  # one failed run must not cost the others theirs
+        print(f"train: {key['model']} {key['objective']} failed: {type(err).__name__}: {err}")
+        emit({"step": 0, "last": True, "status": "error", "message": f"{type(err).__name__}: {err}"})
 
-    runs = (("dkef", _run_dkef, "dkef_objectives", {"table": table}),
-            ("deep-ebm", _run_ebm, "ebm_objectives", {"images": images}))
-    for model, run_model, field, data_kw in runs:
-        for objective in todo(getattr(config, field), model):
-            one = dataclasses.replace(config, **{field: (objective,)})
-            try:
-                run_model(one, shared.seed, shared.device, shared.dtype, emit=emit, **data_kw)
-            except Exception as err:  # one failed run must not cost the others theirs
-                print(f"train: {model} {objective} failed: {type(err).__name__}: {err}")
-                emit({"model": model, "objective": objective, "step": 0, "last": True, "status": "error",
-                      "message": f"{type(err).__name__}: {err}"})
-    rows = log.frame[log.frame["dtype"] == shared.dtype_name] if len(log.frame) else log.frame
-    ok = rows[rows.status == "ok"]
+
+def _summarize(log: CsvLog, runs: list[dict], out: Path) -> int:
+    """The table and the plot of the ``ok`` rows of ``runs``, and the exit status of their rows."""
+    wanted = {_run_key(k) for k in runs}
+    rows = log.frame[[_run_key(r) in wanted for r in log.frame.to_dict("records")]] if len(log.frame) else log.frame
+    ok = rows[rows.status == "ok"] if len(rows) else rows
     if len(ok):
         final = ok.groupby(["model", "objective"], sort=False).tail(1)[
             ["model", "objective", "step", "nll", "sm_loss", "time_ms_per_step"]]
-        write_atomic(final, shared.out / "train_table.csv")
-        plot(ok, shared.out / "train.png")
+        write_atomic(final, out / "train_table.csv")
+        plot(ok, out / "train.png")
         print("\nfinal held-out metrics (table 1 / table 2 analogue):")
         print(final.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"\nwrote {log.path}, {shared.out / 'train_table.csv'} and {shared.out / 'train.png'}")
+        print(f"\nwrote {log.path}, {out / 'train_table.csv'} and {out / 'train.png'}")
     return exit_status(rows, "train") if len(rows) else 1
 
 
+def run(config: TrainConfig, shared: Shared) -> int:
+    images, table, log = _check(config, shared)
+    check_writable(shared.out)  # before any training: a file there, say
+    fix_cpu_threads()
+    runs, ended = _runs(config, shared, images, table), _ended(log)
+    for key in runs:
+        if _run_key(key) in ended:
+            print(f"train: {key['model']} {key['objective']} on {key['data']} already in {log.path} "
+                  f"({ended[_run_key(key)]}), skipped; move it away or use another --out to train it again")
+        else:
+            _train(key, config, shared, log, images, table)
+    return _summarize(log, runs, shared.out)
+
+
 def plan(config: TrainConfig, shared: Shared) -> str:
-    _check_dtype(shared)
-    runs = [f"dkef {o}" for o in config.dkef_objectives] + [f"deep-ebm {o}" for o in config.ebm_objectives]
-    return (f"train: would run {', '.join(runs)} ({config.budget_s:g} s each at most) on "
-            f"{config.data or 'the embedded data'} in {shared.dtype_name}, into {shared.out / 'train.csv'}")
+    images, table, log = _check(config, shared)
+    runs, ended = _runs(config, shared, images, table), _ended(log)
+    todo = [f"{k['model']} {k['objective']} on {k['data']}" for k in runs if _run_key(k) not in ended]
+    return (f"train: would run {', '.join(todo) or 'nothing'} ({config.budget_s:g} s each at most) in "
+            f"{shared.dtype_name}, into {log.path}; {len(runs) - len(todo)} of {len(runs)} runs already there")
 
 
 COMMAND = Command("train", "Short training runs (DKEF on wine, deep EBM on digits, or --data): held-out SM loss and "

@@ -28,7 +28,7 @@ import torch
 from fdsm.data.embedded import digits, for_event_shape, mixture, sklearn_wine
 from fdsm.data.files import DataFormatError
 from fdsm.data.images import dequantize_256, load_cifar10, load_mnist, logit_transform, pad_to_32
-from fdsm.data.tabular import dkef_split, load_parkinsons, load_wine_quality
+from fdsm.data.tabular import dkef_split, dkef_split_sizes, load_parkinsons, load_wine_quality
 from fdsm.registry import Registry
 
 # name -> (loader of a file, the embedded default of the same kind)
@@ -53,6 +53,7 @@ __all__ = [
     "dequantize_256",
     "digits",
     "dkef_split",
+    "dkef_split_sizes",
     "for_event_shape",
     "load",
     "load_cifar10",

@@ -128,12 +128,19 @@ def load_wine_quality(path: str | Path, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(_whitened(path, features, WINE_EXPECTED)).float()
 
 
+def dkef_split_sizes(n: int) -> tuple[int, int, int]:
+    """The (test, validation, train) row counts of ``dkef_split`` for n rows: min(1000, n/10), min(1000, rest/10),
+    the remainder."""
+    n_test = min(1000, n // 10)
+    n_val = min(1000, (n - n_test) // 10)
+    return n_test, n_val, n - n_test - n_val
+
+
 def dkef_split(x: torch.Tensor, seed: int = 0, noise: float = 0.05) -> dict[str, torch.Tensor]:
-    """Shuffle, add ``noise`` N(0, I) once, and split as released: test = min(1000, N/10) rows, validation =
-    min(1000, rest/10), the remainder train. -> {"train", "val", "test"}: (N_*, D) each."""
+    """Shuffle, add ``noise`` N(0, I) once, and split as released (``dkef_split_sizes``): test, validation, the
+    remainder train. -> {"train", "val", "test"}: (N_*, D) each."""
     g = torch.Generator().manual_seed(seed)
     x = x[torch.randperm(len(x), generator=g)]
     x = x + noise * torch.randn(x.shape, generator=g)
-    n_test = min(1000, len(x) // 10)
-    n_val = min(1000, (len(x) - n_test) // 10)
+    n_test, n_val, _ = dkef_split_sizes(len(x))
     return {"test": x[:n_test], "val": x[n_test : n_test + n_val], "train": x[n_test + n_val :]}
