@@ -58,11 +58,11 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def check_writable(folder: str | os.PathLike, *, make: bool = True) -> None:
+def check_writable(folder: str | os.PathLike, *, make: bool = True, option: str = "--out") -> None:
     """Make ``folder`` (and its parents) and create and delete a temporary file in it; a folder that cannot be made
-    or written (a path under a regular file, a read-only place) is a ``ResultsFileError`` naming it. With
-    ``make=False`` (a dry run) nothing is made: the folder, or else its nearest existing parent, must be a folder
-    this process may write to.
+    or written (a path under a regular file, a read-only place) is a ``ResultsFileError`` naming it (as the value
+    of ``option``). With ``make=False`` (a check before any work, a dry run) nothing is made: the folder, or else its
+    nearest existing parent, must be a folder this process may write to.
 
     >>> import tempfile
     >>> file = Path(tempfile.mkdtemp()) / "a-file"
@@ -77,7 +77,8 @@ def check_writable(folder: str | os.PathLike, *, make: bool = True) -> None:
         there = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
         if not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
             what = "not a folder" if not there.is_dir() else "not writable"
-            raise ResultsFileError(f"--out {folder}: cannot write there ({there} is {what}); choose another --out")
+            raise ResultsFileError(f"{option} {folder}: cannot write there ({there} is {what}); choose another "
+                                   f"{option}")
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.commands import fit
 from bench.config import Shared, comma_words, option, some_of
+from bench.csvlog import check_writable
 from bench.experiment import Command
 from bench.experiments import EXPERIMENTS, experiment
 from bench.report import write_report
@@ -71,7 +72,7 @@ def command_line(shared: Shared, skip: tuple[str, ...]) -> str:
 
 
 def run(config: AllConfig, shared: Shared) -> int:
-    fit.check_folder("--out", shared.out)  # before any stage: each would fail on it alone, after fit had trained
+    check_writable(shared.out, make=False)  # before any stage: each would fail on it alone, after fit had trained
     stages = [s for s in STAGES if s not in config.skip]
     outcomes: dict[str, str] = {}
     start = time.perf_counter()
@@ -98,7 +99,7 @@ def run(config: AllConfig, shared: Shared) -> int:
 
 def plan(config: AllConfig, shared: Shared) -> str:
     """The stages in order, each with its own plan (before fit has run: the sweeps' weights show as random)."""
-    fit.check_folder("--out", shared.out)
+    check_writable(shared.out, make=False)
     stages = [s for s in STAGES if s not in config.skip]
     first = (", ".join(stages) + ", then report.md" if stages else
              f"every stage skipped: report.md from the CSVs in {shared.out}")

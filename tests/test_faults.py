@@ -51,7 +51,7 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
                                                          "SSM, SSM-Taylor, SSMVR, FD-SSM"),
     (["train", "--ebm-objectives", "FOO"], "--ebm-objectives FOO: unknown ['FOO']; expected some of DSM"),
     (["train", "--dkef-objectives", "SSM,SSM", "--dry-run"], "--dkef-objectives SSM,SSM: SSM given twice"),
-    (["train", "--repeats", "3", "--dry-run"], "--repeats 3: train repeats nothing"),
+    (["train", "--repeats", "3", "--dry-run"], "unrecognized arguments: --repeats 3"),  # each run trains once
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
     (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
     (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),

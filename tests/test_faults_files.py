@@ -189,9 +189,9 @@ def test_write_atomic_under_a_regular_file_is_one_line_too(tmp_path):
 
 @pytest.mark.parametrize("dry_run", [False, True])
 @pytest.mark.parametrize(("argv", "message"), [
-    (["fit", "--out", "{file}"], "--out {file}: is a file, not a folder; choose another --out"),
-    (["fit", "--out", "{file}/out"], "--out {file}/out: lies under the file {file}, not a folder"),
-    (["all", "--out", "{file}"], "--out {file}: is a file, not a folder"),
+    (["fit", "--out", "{file}"], "--out {file}: cannot write there ({file} is not a folder); choose another --out"),
+    (["fit", "--out", "{file}/out"], "--out {file}/out: cannot write there ({file} is not a folder)"),
+    (["all", "--out", "{file}"], "--out {file}: cannot write there ({file} is not a folder)"),
     (["fit", "--save", "{folder}"], "--save {folder}: a folder; expected the checkpoint file to write"),
     (["fit", "--save", "{folder}", "--overwrite"], "--save {folder}: a folder"),
     (["fit", "--save", "{file}"], "--save: {file} exists but is not a checkpoint written by fit (no note file.json"),
@@ -209,11 +209,13 @@ def test_an_output_path_fit_or_all_cannot_use_is_refused_before_any_training(tmp
     assert file.read_text() == "not a checkpoint" and not list(folder.iterdir()) and not (tmp_path / "out").exists()
 
 
-def test_train_refuses_a_file_as_its_output_folder_before_any_training(tmp_path, capsys):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_train_refuses_a_file_as_its_output_folder_before_any_training(tmp_path, capsys, dry_run):
     (tmp_path / "file.csv").write_text("not a folder")
-    assert main(["train", "--quick", "--device", "cpu", "--out", str(tmp_path / "file.csv")]) == 2
+    assert main(["train", "--quick", "--device", "cpu", "--out", str(tmp_path / "file.csv"),
+                 *["--dry-run"] * dry_run]) == 2
     err = capsys.readouterr().err
-    assert f"--out {tmp_path / 'file.csv'}: cannot write there (FileExistsError" in err
+    assert f"--out {tmp_path / 'file.csv'}: cannot write there ({tmp_path / 'file.csv'} is not a folder)" in err
     assert "dkef" not in capsys.readouterr().out and (tmp_path / "file.csv").read_text() == "not a folder"
 
 

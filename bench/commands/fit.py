@@ -13,9 +13,9 @@ Like the sweeps, it resumes: an existing checkpoint is kept (the rows measured o
 the settings asked for (``data`` is the ``--data`` text, ``embedded`` without one; ``data_source`` describes the
 rows); other settings are a usage error, and ``--overwrite`` trains again. A ``--save`` that is a folder, or a file
 that ``fit`` did not write (no note beside it), is refused, with or without ``--overwrite``; so is an ``--out`` that
-is a file. Every check (``prepare``) is made before any training, by ``--dry-run`` too. ``--repeats`` is taken (the
-main job passes it to every stage) and unused: nothing is timed. The CSVs' ``weights`` column names the checkpoint by
-a digest of its content, so rows measured on weights that ``--overwrite`` replaced no longer match.
+is a file. Every check (``prepare``) is made before any training, by ``--dry-run`` too. The CSVs' ``weights`` column
+names the checkpoint by a digest of its content, so rows measured on weights that ``--overwrite`` replaced no longer
+match.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from bench.config import Shared, UsageError, option, positive, positive_int
+from bench.csvlog import check_writable
 from bench.data_option import check_data, fit_to_event, read_data, sample_rows
 from bench.environment import metadata
 from bench.experiment import Command
@@ -84,15 +85,6 @@ def _check_dtype(shared: Shared) -> None:
                          "losses overflow and DKEF's solve does not run)")
 
 
-def check_folder(option_name: str, folder: Path) -> None:
-    """Refuse, before any work, an output ``folder`` that is a file or lies under one (the nearest existing path of
-    ``folder`` and its parents must be a folder); nothing is made."""
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        where = "is a file" if existing == folder else f"lies under the file {existing}"
-        raise UsageError(f"{option_name} {folder}: {where}, not a folder; choose another {option_name}")
-
-
 def _note(path: Path) -> dict | None:
     """The JSON note that ``fit`` wrote beside the checkpoint ``path``, or None when there is none (or it is not
     one: unreadable, not JSON, or without the recipe every note records)."""
@@ -107,7 +99,7 @@ def _check_save(path: Path, given: bool) -> None:
     """``path`` must be a file ``fit`` may write: not a folder, not under a file, and, if it exists, a checkpoint
     that ``fit`` wrote (its note beside it), never another file taken for one or overwritten."""
     option_name = "--save" if given else "--out"
-    check_folder(option_name, path.parent)
+    check_writable(path.parent, make=False, option=option_name)
     if path.is_dir():
         raise UsageError(f"--save {path}: a folder; expected the checkpoint file to write, e.g. "
                          f"{path / 'model.pt'}")
@@ -184,7 +176,7 @@ def prepare(config: FitConfig, shared: Shared) -> Job:
     paths, the recipe's batch against ``--samples`` and the data's rows, the model settings against the recipe's
     model, the data against its input, and an existing checkpoint's note against the settings asked for."""
     _check_dtype(shared)
-    check_folder("--out", shared.out)
+    check_writable(shared.out, make=False)
     path = config.save or checkpoint_path(shared.out, config.recipe)
     _check_save(path, given=config.save is not None)
     recipe = RECIPES.get(config.recipe)
@@ -239,4 +231,4 @@ def run(config: FitConfig, shared: Shared) -> int:
 
 
 COMMAND = Command("fit", "train one model with one recipe (default deep-ebm/DSM) on the embedded data or --data, "
-                  "and save its weights", DEFAULT, run, QUICK, plan)
+                  "and save its weights", DEFAULT, run, QUICK, plan, ignores=("repeats",))  # nothing timed

@@ -14,7 +14,8 @@ Each run trains for ``steps`` steps or ``budget_s`` seconds of training wall-clo
 metrics are evaluated every ``eval_every`` steps outside the timed window. ``--data NAME[:PATH]``
 (``bench.data_option``) replaces the data of the run of its kind: images feed the deep EBM (resized to 8x8, since
 the held-out exact SM metric takes d backward passes), tabular rows feed DKEF; the other model keeps its embedded
-data. ``--dtype`` is float32 or float64; ``--repeats`` is refused (nothing is repeated). The objectives are those of
+data. ``--dtype`` is float32 or float64; it takes no ``--repeats``
+(each run trains once). The objectives are those of
 the model's recipes, each once. Every check (``_check``: options, the data and its rows, the existing CSV) is made
 before any training, by ``--dry-run`` too.
 
@@ -244,9 +245,7 @@ def _check(config: TrainConfig, shared: Shared) -> tuple[Tensor | None, Tensor |
     """Every check of ``train``, made alike by ``--dry-run`` and a run, before any training: the shared options it
     takes, the data and the existing ``train.csv``. -> (images, table) as ``_data``, and the log."""
     _check_dtype(shared)
-    if shared.repeats is not None:
-        raise UsageError(f"--repeats {shared.repeats}: train repeats nothing (each run trains once, for --budget "
-                         "seconds at most); leave it out")
+    check_writable(shared.out, make=False)  # a file there, say: before any training
     images, table = _data(config)
     return images, table, CsvLog(shared.out / "train.csv", key_columns=KEYS, columns=COLUMNS)
 
@@ -309,7 +308,7 @@ def _summarize(log: CsvLog, runs: list[dict], out: Path) -> int:
 
 def run(config: TrainConfig, shared: Shared) -> int:
     images, table, log = _check(config, shared)
-    check_writable(shared.out)  # before any training: a file there, say
+    check_writable(shared.out)
     fix_cpu_threads()
     runs, ended = _runs(config, shared, images, table), _ended(log)
     for key in runs:
@@ -330,4 +329,4 @@ def plan(config: TrainConfig, shared: Shared) -> str:
 
 
 COMMAND = Command("train", "Short training runs (DKEF on wine, deep EBM on digits, or --data): held-out SM loss and "
-                  "NLL against wall-clock", DEFAULT, run, QUICK, plan)
+                  "NLL against wall-clock", DEFAULT, run, QUICK, plan, ignores=("repeats",))  # each run trains once
