@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             print(command.plan(config, shared))
             return 0
         return int(command.run(config, shared) or 0)
-    except (UsageError, DataFormatError) as err:
-        print(f"fdsm-bench {command.name}: error: {err}", file=sys.stderr)
+    except (UsageError, DataFormatError) as err:  # one line, whatever a library's message embedded in it holds
+        print(f"fdsm-bench {command.name}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:  # a run that diverged: what happened and what to try, in one line
-        print(f"fdsm-bench {command.name}: failed: {err}", file=sys.stderr)
+        print(f"fdsm-bench {command.name}: failed: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # stdout's reader left (``| head``): stop quietly, as a process killed by SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.config import UsageError
 from bench.csvlog import CsvLog, rows_from_pytest_benchmark
 from bench.derivative_case import CASE_KEYS
 from bench.environment import METADATA_COLUMNS
@@ -118,6 +119,18 @@ def test_a_wrong_answer_in_the_benchmark_suite_fails_and_its_row_says_error_with
                         f"--benchmark-json={json_path}"]) == pytest.ExitCode.TESTS_FAILED
     (row,) = rows_from_pytest_benchmark(json_path)
     assert row["status"] == "error" and "a wrong answer" in row["message"] and "time_ms" not in row
+
+
+def test_a_usage_error_whose_message_holds_a_library_s_newline_is_still_one_line(monkeypatch, capsys):
+    import bench.cli
+
+    def refuse(args, default, quick=None):
+        raise UsageError("--data x.csv: pandas says: Expected 12 fields in line 52, saw 14\n; expected a CSV")
+
+    monkeypatch.setattr(bench.cli, "configure", refuse)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == ("fdsm-bench models: error: --data x.csv: pandas says: Expected 12 fields in "
+                                       "line 52, saw 14 ; expected a CSV\n")
 
 
 def test_output_piped_into_a_reader_that_leaves_early_stops_quietly(tmp_path):
