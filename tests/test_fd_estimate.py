@@ -268,7 +268,9 @@ SCALAR = {
     "sin": (np.sin, torch.sin, lambda t, order: np.sin(t + order * math.pi / 2)),
     "sigmoid": (lambda t: 1 / (1 + np.exp(-t)), torch.sigmoid, lambda t, order: SIGMOID[order](1 / (1 + np.exp(-t)))),
 }
-TS = np.linspace(-1.3, 1.6, 8)
+# 32 points: near float64's floor (T = 2 at p = 4) each error is a draw of the roundoff, so a median of 8 crossed
+# the factor 2 on another CPU (its libm rounds exp differently); a median of 32 compares the typical errors.
+TS = np.linspace(-1.3, 1.6, 32)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
