@@ -290,6 +290,11 @@ def _at_least_one(option_name: str) -> Callable[[int | None], int | None]:
     return check
 
 
+# The statuses of a kept row that ``--retry`` can name: a row ``ok`` is always kept (move the CSV away to measure
+# it again); ``error`` is retried by default, since the cause (a bug, a file) may be gone.
+RETRIED = ("error", "timeout", "oom", "unsupported")
+
+
 @dataclasses.dataclass(frozen=True)
 class Shared:
     """The options every command takes (DESIGN.md, 'CLI'), but those it has no use for (``Command.ignores``:
@@ -303,6 +308,8 @@ class Shared:
     seed: int = option(0, "random seed", convert=_seed)
     repeats: int | None = option(None, "timed repeats per measurement", default_text="per command",
                                  convert=_at_least_one("--repeats"))
+    retry: tuple[str, ...] = option(("error",), "the statuses of rows already in the CSV that a sweep measures "
+                                    "again, replacing them", convert=some_of("--retry", RETRIED))
     dry_run: bool = option(False, "check the options and list what would run (the cases, and which are already "
                            "in the CSV), then stop")
 

@@ -4,8 +4,9 @@
 same values in ``key_columns`` (the configuration: model, method, order, ...) is already there, and
 ``log.append(row)`` adds one row and rewrites the file atomically (write a temporary file beside it, flush, fsync,
 ``os.replace``), so that an interrupted sweep leaves every finished row on disk and never a half-written line.
-Re-running the same command then skips the finished rows. The whole file is rewritten each time; sweeps here have
-hundreds of rows, not millions.
+Re-running the same command then skips the finished rows, but for those whose status is one to ``retry``
+(``CsvLog(..., retry=("error",))``, the CLI's ``--retry``): they are not done, and the row measured again takes
+their place. The whole file is rewritten each time; sweeps here have hundreds of rows, not millions.
 
 Rows are dicts; the columns are ``key_columns`` and ``columns`` (the schema, always present, in that order), then
 any other keys of the rows in first-seen order; a row without a column gets an empty cell.
@@ -37,7 +38,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,9 @@ class CsvLog:
     """The rows of one CSV file, appended one at a time and rewritten atomically (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, key_columns: Sequence[str], columns: Sequence[str] = (),
-                 aliases: Mapping[str, str] | None = None):
+                 aliases: Mapping[str, str] | None = None, retry: Collection[str] = ()):
         self.path = Path(path)
+        self.retry = frozenset(retry)  # the statuses of kept rows that are not done: measured again, then replaced
         self.key_columns = tuple(key_columns)
         self.columns = tuple(dict.fromkeys([*self.key_columns, *columns]))  # always present, first, in this order
         self.frame = read_rows(self.path, aliases)
@@ -123,8 +125,13 @@ class CsvLog:
         return tuple(as_key(row[c]) for c in self.key_columns)
 
     def done(self, row: Mapping[str, Any]) -> bool:
-        """Whether a row with the same key values is already in the file."""
-        return self._key(row) in self._rows
+        """Whether a row with the same key values is already in the file, with a status not to ``retry``."""
+        kept = self._rows.get(self._key(row))
+        return kept is not None and kept.get("status") not in self.retry
+
+    def retried(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """How many of ``rows`` are in the file but with a status to ``retry``: measured again by this run."""
+        return sum(self._key(row) in self._rows and not self.done(row) for row in rows)
 
     def stored(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The newest row of the file with the same key values as ``row`` ({} when there is none)."""
@@ -137,10 +144,15 @@ class CsvLog:
         return self.frame[mask].reset_index(drop=True)
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Add one row and rewrite the file atomically."""
+        """Add one row, in place of a row with the same key values (one measured again), and rewrite the file
+        atomically."""
         key = self._key(row)  # checks the key columns before anything is written
-        new = pd.DataFrame([dict(row)])
-        frame = new if self.frame.empty else pd.concat([self.frame, new], ignore_index=True)
+        if key in self._rows:  # in its place, so that the file keeps the sweep's order
+            frame = pd.DataFrame([dict(row) if self._key(kept) == key else kept
+                                  for kept in self.frame.to_dict("records")])
+        else:
+            new = pd.DataFrame([dict(row)])
+            frame = new if self.frame.empty else pd.concat([self.frame, new], ignore_index=True)
         rest = [c for c in frame.columns if c not in self.columns]
         self.frame = frame.reindex(columns=[*self.columns, *rest])
         self._write()

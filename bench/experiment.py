@@ -106,8 +106,9 @@ class Experiment:
     def figure(self) -> str:
         return self.png or f"{self.stem}.png"
 
-    def log(self, folder: Path) -> CsvLog:
-        return CsvLog(folder / self.csv, key_columns=self.keys, columns=self.columns, aliases=self.aliases)
+    def log(self, folder: Path, retry: tuple[str, ...] = ()) -> CsvLog:
+        return CsvLog(folder / self.csv, key_columns=self.keys, columns=self.columns, aliases=self.aliases,
+                      retry=retry)
 
     def command(self) -> Command:
         return Command(self.name, self.help, self.default, self.run, self.quick, self.plan, self.ignores)
@@ -116,9 +117,12 @@ class Experiment:
         """What ``run`` would measure: the cases (every check done, the CSV read), and which are already there."""
         todo = self.cases(config, shared)
         check_writable(shared.out, make=False)  # as run does, without making the folder
-        log = self.log(shared.out)
+        log = self.log(shared.out, shared.retry)
         new = [case for case in todo if not log.done(case)]
-        lines = [f"{self.name}: {len(todo)} cases, {len(todo) - len(new)} already in {log.path}, {len(new)} to run"]
+        retried = log.retried(todo)
+        again = f" ({retried} of them again: --retry {','.join(shared.retry)})" if retried else ""
+        lines = [f"{self.name}: {len(todo)} cases, {len(todo) - len(new)} already in {log.path}, {len(new)} to run"
+                 f"{again}"]
         if new:
             frame = pd.DataFrame(new)
             varying = [k for k in self.keys if k in frame and frame[k].astype(str).nunique() > 1]
@@ -130,7 +134,7 @@ class Experiment:
         threads = fix_cpu_threads(getattr(config, "threads", None))
         todo = self.cases(config, shared)
         check_writable(shared.out)  # after the options' checks, before any case
-        log = self.log(shared.out)
+        log = self.log(shared.out, shared.retry)
         timeout_s = getattr(config, "timeout_s", math.inf) if self.isolate else math.inf
         rows = run_sweep(todo, self.measure, log, device=shared.device, timeout_s=timeout_s, isolate=self.isolate,
                          threads=threads, desc=self.name, numbers=self.numbers)

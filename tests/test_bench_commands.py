@@ -89,6 +89,21 @@ def test_a_derivative_that_is_exactly_zero_gives_ok_rows_that_say_why_they_have_
     assert (tmp_path / "d" / "figure2.png").exists() and (tmp_path / "e" / "eps_sweep.png").exists()
 
 
+def test_a_rerun_measures_an_error_row_again_and_retry_names_what_else_to(tmp_path, capsys):
+    argv = ["eps-sweep", "--quick", "--device", "cpu", "--orders", "1", "--dtypes", "float64", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "eps_sweep.csv"
+    first = pd.read_csv(path)
+    pd.read_csv(path).assign(status=["error", "timeout", *first.status[2:]]).to_csv(path, index=False)
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    assert f"1 already in {path}" not in (out := capsys.readouterr().out) and "(1 of them again: --retry error)" in out
+    assert main(argv) == 0  # the error row measured again is ok; the timeout row is kept
+    again = pd.read_csv(path)
+    assert list(again.status[:2]) == ["ok", "timeout"] and len(again) == len(first)
+    assert main([*argv, "--retry", "timeout"]) == 0 and (pd.read_csv(path).status == "ok").all()
+
+
 def test_pytest_benchmark_rows_go_through_the_same_writer(tmp_path):
     json_path = tmp_path / "out.json"
     subprocess.run([sys.executable, "-m", "pytest", "bench/test_experiments.py", "-q", "-p", "no:cacheprovider",

@@ -211,6 +211,22 @@ def test_sweep_turns_failures_into_rows_and_resumes(tmp_path):
     assert set(METADATA_COLUMNS) <= set(frame.columns)
 
 
+def test_a_rerun_measures_again_the_rows_of_the_statuses_to_retry_and_replaces_them(tmp_path, capsys):
+    cases = [{"method": "m", "order": t} for t in (1, 2)]
+    path = tmp_path / "sweep.csv"
+    run_sweep(cases, _measure_case, CsvLog(path, ("method", "order")), device=CPU, timeout_s=30, isolate=False)
+    pd.read_csv(path).assign(status=["timeout", "error"]).to_csv(path, index=False)  # as if order 1 timed out
+    log = CsvLog(path, ("method", "order"), retry=("error",))  # the default of --retry
+    assert log.done(cases[0]) and not log.done(cases[1]) and log.retried(cases) == 1
+    frame = run_sweep(cases, _measure_case, log, device=CPU, timeout_s=30, isolate=False)
+    assert "1 rows kept in" in capsys.readouterr().out  # and says so
+    assert list(frame.status) == ["timeout", "error"] and "broken on purpose" in frame.message[1]  # measured again
+    frame = run_sweep(cases, _measure_case, CsvLog(path, ("method", "order"), retry=("timeout",)), device=CPU,
+                      timeout_s=30, isolate=False)
+    assert list(frame.status) == ["ok", "error"] and list(frame.time_ms[:1]) == [1.0]
+    assert len(pd.read_csv(path)) == 2  # each key once: a row measured again replaces the kept one
+
+
 def test_a_resumed_sweep_says_when_the_rows_it_keeps_were_measured_with_other_settings(tmp_path, capsys):
     log = CsvLog(tmp_path / "sweep.csv", key_columns=("method", "order"), columns=("time_ms", "status"))
     run_sweep([{"method": "m", "order": 1, "repeats": 2}], _measure_case, log, device=CPU, timeout_s=30,

@@ -432,4 +432,5 @@ def run(config: CompareConfig, shared: Shared) -> int:
 
 
 # It reads two folders: no device, dtype, seed, size, timing or output folder of its own.
-COMMAND = Command(NAME, HELP, DEFAULT, run, plan=plan, ignores=("device", "dtype", "out", "quick", "seed", "repeats"))
+COMMAND = Command(NAME, HELP, DEFAULT, run, plan=plan, ignores=("device", "dtype", "out", "quick", "seed", "repeats",
+                                                            "retry"))

@@ -93,4 +93,4 @@ def run(config: FlopsConfig, shared: Shared) -> int:
 
 COMMAND = Command("flops", "model FLOPs per training step of each train-steps case (meta device), and the rate of "
                   "a train-steps run", FlopsConfig(), run,
-                  ignores=("device", "dtype", "quick", "seed", "repeats"))  # float32 counts on the meta device
+                  ignores=("device", "dtype", "quick", "seed", "repeats", "retry"))  # float32 counts on the meta device

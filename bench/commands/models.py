@@ -58,4 +58,4 @@ def run(config: ModelsConfig, shared: Shared) -> int:
 
 
 COMMAND = Command("models", "list the models (name, size, input shape, parameter count); --csv writes them",
-                  ModelsConfig(), run, ignores=("dtype", "seed", "repeats"))  # counts, on the meta device
+                  ModelsConfig(), run, ignores=("dtype", "seed", "repeats", "retry"))  # counts, on the meta device

@@ -329,4 +329,5 @@ def plan(config: TrainConfig, shared: Shared) -> str:
 
 
 COMMAND = Command("train", "Short training runs (DKEF on wine, deep EBM on digits, or --data): held-out SM loss and "
-                  "NLL against wall-clock", DEFAULT, run, QUICK, plan, ignores=("repeats",))  # each run trains once
+                  "NLL against wall-clock", DEFAULT, run, QUICK, plan,
+                  ignores=("repeats", "retry"))  # each run trains once; it resumes by run
