@@ -6,8 +6,9 @@ random weights, and their CSVs say which (the ``weights`` column). Then ``eps-sw
 the step on that model, and ``derivatives`` times FD at the best step it found for each order (``eps_source``).
 
 The stages run in order (``STAGES``), each exactly as its own subcommand would with the same shared options (its
-config's preset, ``--quick`` or not, with the stage's few settings), so a stage can be re-run alone and a finished
-row is never measured twice (each command resumes from its CSV). A stage that fails is reported and the job goes
+config's preset, ``--quick`` or not, with the stage's few settings; fit in float32 under a half ``--dtype``), so a
+stage can be re-run alone and a finished row is not measured again (each command resumes from its CSV; a sweep's
+``--retry`` statuses, ``error`` by default, are). A stage that fails is reported and the job goes
 on; the exit status is 1 if any stage failed. ``--device cuda`` runs the
 same stages, and each command picks its GPU size (paper-size models) from the device.
 """
@@ -18,11 +19,14 @@ import dataclasses
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from bench.commands import fit
 from bench.config import Shared, comma_words, option, some_of
-from bench.csvlog import check_writable
+from bench.csvlog import check_writable, read_rows
 from bench.experiment import Command
 from bench.experiments import EXPERIMENTS, experiment
 from bench.report import write_report
@@ -50,9 +54,26 @@ def stage_settings(stage: str, shared: Shared) -> dict[str, Any]:
         settings = {"recipe": FIGURE2_RECIPE, "save": checkpoint}
     elif stage in ("derivatives", "eps-sweep") and checkpoint.is_file():
         settings = {"checkpoint": checkpoint}
-    if stage == "derivatives" and (shared.out / "eps_sweep.csv").is_file():
+    if stage == "derivatives" and _swept(shared.out / "eps_sweep.csv", shared.dtype_name):
         settings["steps_from"] = shared.out / "eps_sweep.csv"  # FD at the step the sweep found best
     return settings
+
+
+def _swept(path: Path, dtype: str) -> bool:
+    """Whether the job's eps-sweep measured ``dtype`` (it sweeps its own ``--dtypes``, not ``--dtype``): else the
+    derivatives stage keeps its default steps, as it would without a sweep."""
+    rows = read_rows(path) if path.is_file() else None
+    if rows is None or not {"status", "dtype"} <= set(rows):
+        return False
+    return bool(((rows.status == "ok") & (rows.dtype == dtype)).any())
+
+
+def stage_shared(stage: str, shared: Shared) -> Shared:
+    """The shared options a stage runs with: the job's, but fit trains in float32 where the job's dtype is a half
+    one (fit trains in float32 or float64; the sweeps cast its weights to their dtype)."""
+    if stage == "fit" and shared.dtype not in (torch.float32, torch.float64):
+        return dataclasses.replace(shared, dtype=torch.float32)
+    return shared
 
 
 def stage_config(stage: str, shared: Shared) -> Any:
@@ -68,6 +89,8 @@ def command_line(shared: Shared, skip: tuple[str, ...]) -> str:
     """The ``fdsm-bench all`` command line that makes this job, for the report."""
     words = ["fdsm-bench", "all", "--device", str(shared.device), "--out", str(shared.out), "--seed", str(shared.seed)]
     words += ["--quick"] * shared.quick + (["--repeats", str(shared.repeats)] if shared.repeats else [])
+    words += ["--dtype", shared.dtype_name] * (shared.dtype != Shared().dtype)
+    words += ["--retry", ",".join(shared.retry)] * (shared.retry != Shared().retry)
     return " ".join(words + (["--skip", ",".join(skip)] if skip else []))
 
 
@@ -82,7 +105,7 @@ def run(config: AllConfig, shared: Shared) -> int:
               flush=True)
         t0 = time.perf_counter()
         try:
-            code = int(stage_command(stage).run(stage_config(stage, shared), shared) or 0)
+            code = int(stage_command(stage).run(stage_config(stage, shared), stage_shared(stage, shared)) or 0)
             outcomes[stage] = "ok" if code == 0 else f"exit status {code}"
         except Exception as err:  # one broken stage must not cost the others their results: one line, and its log
             log = shared.out / "logs" / f"{stage}.log"
@@ -104,7 +127,8 @@ def plan(config: AllConfig, shared: Shared) -> str:
     first = (", ".join(stages) + ", then report.md" if stages else
              f"every stage skipped: report.md from the CSVs in {shared.out}")
     return "\n".join([f"all: {first}",
-                      *(stage_command(s).plan(stage_config(s, shared), shared).splitlines()[0] for s in stages)])
+                      *(stage_command(s).plan(stage_config(s, shared), stage_shared(s, shared)).splitlines()[0]
+                        for s in stages)])
 
 
 COMMAND = Command("all", "the main job: fit, eps-sweep, derivatives, train-steps and grad-agreement, then report.md",

@@ -1,11 +1,15 @@
 """`fdsm-bench all --quick`: every stage runs, the derivative sweeps measure the fitted checkpoint, and report.md
 has every figure and the headline tables (the CI-size version of the README's first command)."""
 
+import dataclasses
+
 import pandas as pd
+import torch
 
 from bench.cli import main
 from bench.commands.fit import checkpoint_path
-from bench.main_job import FIGURE2_RECIPE, STAGES
+from bench.config import Shared
+from bench.main_job import FIGURE2_RECIPE, STAGES, stage_settings, stage_shared
 from bench.results import weights_label
 
 
@@ -43,3 +47,17 @@ def test_main_job_resumes_without_measuring_again(tmp_path, capsys):
     assert "exists with these settings, kept" in capsys.readouterr().out  # so the rows stay valid
     second = pd.read_csv(tmp_path / "derivatives.csv")
     pd.testing.assert_frame_equal(first, second)  # nothing measured twice, nothing lost
+
+
+def test_a_half_dtype_trains_fit_in_float32_and_finds_no_steps_in_a_sweep_without_it(tmp_path, capsys):
+    """eps-sweep sweeps its own --dtypes, so the job's --dtype may have no row there: derivatives then keeps its
+    default steps (as without a sweep), not a refusal; and fit, which trains in float32 or float64, trains float32."""
+    pd.DataFrame({"status": ["ok"], "dtype": ["float32"], "method": ["fd-batched"]}).to_csv(tmp_path / "eps_sweep.csv",
+                                                                                           index=False)
+    shared = Shared(device="cpu", dtype="bfloat16", out=tmp_path)
+    assert "steps_from" not in stage_settings("derivatives", shared)
+    assert stage_settings("derivatives", dataclasses.replace(shared, dtype=torch.float32))["steps_from"].is_file()
+    assert stage_shared("fit", shared).dtype == torch.float32 and stage_shared("eps-sweep", shared) is shared
+    assert main(["all", "--quick", "--device", "cpu", "--dtype", "bfloat16", "--dry-run", "--skip", "eps-sweep",
+                 "--out", str(tmp_path / "job")]) == 0
+    assert "in float32, into" in capsys.readouterr().out

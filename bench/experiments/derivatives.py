@@ -232,7 +232,7 @@ def _swept_steps(config: DerivativesConfig, problem: dict, accuracy: dict[int, i
                          f"{problem['size']}, weights {problem['weights']}, seed {problem['seed']}, "
                          f"{problem['device']}) in {dtype} at accuracy {accuracies} for T = "
                          f"{','.join(map(str, accuracy))}; run fdsm-bench eps-sweep with the same --model, "
-                         "--checkpoint, --seed and --dtype")
+                         f"--checkpoint and --seed, and --dtypes {dtype}")
     return steps
 
 
