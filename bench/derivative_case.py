@@ -332,6 +332,17 @@ def unsupported(method: str) -> dict[str, Any] | None:
 NARROW = ("bfloat16", "float16")  # FD's roundoff u / eps^T there: a few percent at T = 1, worse with T
 
 
+def _exact_gap(err: RelativeError, d_ref: Tensor) -> str:
+    """How far an exact row is off the reference past rounding ("" where it is not): its relative error, or its
+    |D| where the reference is exactly 0, against the batch's largest reference (1 where all of it is 0)."""
+    if not err.undefined and not err.median <= EXACT_TOLERANCE:
+        return f"by {err.median:.2g}"
+    scale = float(d_ref.detach().double().reshape(d_ref.shape[0], -1).norm(dim=1).max()) or 1.0
+    if err.zero_reference and err.zero_reference_abs > EXACT_TOLERANCE * scale:
+        return f"by {err.zero_reference_abs:.2g} (absolute) where it is exactly 0"
+    return ""
+
+
 def _zero_reference_note(case: Mapping[str, Any], err: RelativeError) -> str | None:
     """What a row says where some samples' reference is exactly 0 (``bench.accuracy``): how many, left out of
     rel_error, and their absolute error; where every sample's is, why rel_error is NaN."""
@@ -367,9 +378,8 @@ def error_columns(case: Mapping[str, Any], d: Tensor, d_ref: Tensor,
                      "its values are checked, its time is the interpreter's, not the kernels'")
     method = case["method"]  # exact-taylor+fused and +compiled are other implementations: checked too
     exact = method.removesuffix(COMPILED).removesuffix(FUSED) in EXACT_METHODS
-    if (exact and method != reference and case["dtype"] not in NARROW and not err.undefined
-            and not err.median <= EXACT_TOLERANCE):
-        notes.append(f"{method} is {err.median:.2g} off the float64 {reference} reference, where two exact methods "
+    if exact and method != reference and case["dtype"] not in NARROW and (off := _exact_gap(err, d_ref)):
+        notes.append(f"{method} is off the float64 {reference} reference {off}, where two exact methods "
                      f"differ by rounding only (under {EXACT_TOLERANCE:g}): one of them is wrong on this f. "
                      "PyTorch's nested autograd is, through its fused normalizations (layer, instance, training-mode "
                      "batch norm) at high order: see fdsm.float64_reference")

@@ -148,6 +148,22 @@ def test_relative_error_median_and_max():
         relative_error(torch.zeros(3), torch.zeros(4))
 
 
+def test_an_exact_row_that_is_not_zero_where_the_reference_is_says_one_of_them_is_wrong(monkeypatch):
+    import bench.derivative_case as derivative_case
+
+    monkeypatch.setattr(derivative_case, "reference_method", lambda case: ("exact-reverse", ""))
+    case = {"method": "exact-taylor", "order": 3, "batch": 4, "dtype": "float32", "device": "cpu"}
+    zero = torch.zeros(4, dtype=torch.float64)  # a Gaussian at T = 3: D_ref = 0 at every sample
+    wrong = derivative_case.error_columns(case, torch.full((4,), 5.0), zero)
+    assert math.isnan(wrong["rel_error"]) and "exactly 0 at every sample" in wrong["message"]
+    assert "is off the float64 exact-reverse reference by 5 (absolute) where it is exactly 0" in wrong["message"]
+    right = derivative_case.error_columns(case, torch.zeros(4), zero)
+    assert "off the float64" not in right["message"] and "exactly 0 there too" in right["message"]
+    part = derivative_case.error_columns(case, torch.tensor([2.0, 1e-3, 3.0, 0.0]),
+                                         torch.tensor([2.0, 0.0, 3.0, 0.0], dtype=torch.float64))
+    assert "by 0.001 (absolute)" in part["message"] and part["rel_error"] == 0.0  # 1e-3 against |D_ref| up to 3
+
+
 def test_a_reference_of_exactly_zero_has_no_relative_error_and_is_counted_apart():
     ref = torch.tensor([0.0, 2.0, 0.0, 4.0], dtype=torch.float64)  # f polynomial of degree < T at samples 0, 2
     err = relative_error(torch.tensor([1e-3, 2.2, -5e-3, 4.0]), ref)
