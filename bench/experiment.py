@@ -43,10 +43,6 @@ from bench.timing import fix_cpu_threads
 Case = Mapping[str, Any]
 
 
-def _describe(config: Any, shared: Shared) -> str:
-    return f"would run with {config} and {shared}"
-
-
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its name and help, its config (``default``, ``quick``), ``run(config, shared) -> int`` and
@@ -58,8 +54,8 @@ class Command:
     help: str
     default: Any
     run: Callable[[Any, Shared], int]
+    plan: Callable[[Any, Shared], str]
     quick: Any = None
-    plan: Callable[[Any, Shared], str] = _describe
     ignores: tuple[str, ...] = ()
 
 
@@ -111,7 +107,7 @@ class Experiment:
                       retry=retry)
 
     def command(self) -> Command:
-        return Command(self.name, self.help, self.default, self.run, self.quick, self.plan, self.ignores)
+        return Command(self.name, self.help, self.default, self.run, self.plan, self.quick, self.ignores)
 
     def plan(self, config: Any, shared: Shared) -> str:
         """What ``run`` would measure: the cases (every check done, the CSV read), and which are already there."""

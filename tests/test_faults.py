@@ -60,6 +60,8 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["eps-sweep", "--model", EXAMPLE, "--size", "paper"], "--size paper: the registered models' presets"),
     (["models", "--csv", "/dev/null/x.csv"], "--csv /dev/null/x.csv: cannot write it"),
     (["models", "--csv", "/tmp"], "--csv /tmp: a folder where a results CSV belongs; choose another --csv"),
+    (["models", "--csv", "/tmp", "--dry-run"], "--csv /tmp: a folder where a results CSV belongs"),
+    (["models", "--csv", "/dev/null/x.csv", "--dry-run"], "--csv /dev/null: cannot write there"),
     (["train-steps", "--event-shape", "3"], "--event-shape 3: a user model's input shape; nice declares its own"),
     (["kernels", "--repeats", "3"], "unrecognized arguments: --repeats 3"),  # do_bench repeats by time
     (["grad-agreement", "--repeats", "3"], "unrecognized arguments: --repeats 3"),  # nothing is timed

@@ -194,8 +194,9 @@ def test_flops_command_counts_the_cases_and_the_rate_of_a_timed_run(tmp_path, ca
     assert rates.gflop[0] == pytest.approx(gflop) and rates.tflops[0] == pytest.approx(gflop / 4.0)
 
     capsys.readouterr()
-    assert main(["flops", "--times", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 2
-    assert "no such file" in capsys.readouterr().err
+    for dry_run in ([], ["--dry-run"]):  # the dry run makes the run's checks
+        assert main(["flops", "--times", str(tmp_path / "missing.csv"), "--out", str(tmp_path), *dry_run]) == 2
+        assert "no such file" in capsys.readouterr().err
     assert main(["flops", "--models", "resnet", "--out", str(tmp_path)]) == 2
     assert "unknown ['resnet']" in capsys.readouterr().err
 

@@ -231,5 +231,5 @@ def run(config: FitConfig, shared: Shared) -> int:
 
 
 COMMAND = Command("fit", "train one model with one recipe (default deep-ebm/DSM) on the embedded data or --data, "
-                  "and save its weights", DEFAULT, run, QUICK, plan,
+                  "and save its weights", DEFAULT, run, plan, QUICK,
                   ignores=("repeats", "retry"))  # nothing timed; it resumes by its note, not by rows

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from bench.config import Shared, UsageError, option, positive_int
-from bench.csvlog import write_atomic
+from bench.csvlog import check_writable, write_atomic
 from bench.experiment import Command
 from bench.experiments import train_steps
 from bench.flops import counted_gflop
@@ -74,13 +74,24 @@ def _counted(case: dict) -> tuple[float, str]:
     return counted_gflop(case, recipe)
 
 
-def run(config: FlopsConfig, shared: Shared) -> int:
+def _cases(config: FlopsConfig, shared: Shared) -> pd.DataFrame:
+    """The cases to count, every check made (``--times``' file, ``--out``): a run's ok rows, or train-steps'."""
+    check_writable(shared.out, make=False)
     if config.times is not None:
-        rows = timed_cases(config.times)
-    else:
-        steps = dataclasses.replace(train_steps.DEFAULT, models=config.models, size=config.size, batch=config.batch)
-        todo = train_steps.cases(steps, dataclasses.replace(shared, device=torch.device("cpu"), dtype=torch.float32))
-        rows = pd.DataFrame(todo)
+        return timed_cases(config.times)
+    steps = dataclasses.replace(train_steps.DEFAULT, models=config.models, size=config.size, batch=config.batch)
+    return pd.DataFrame(train_steps.cases(steps, dataclasses.replace(shared, device=torch.device("cpu"),
+                                                                     dtype=torch.float32)))
+
+
+def plan(config: FlopsConfig, shared: Shared) -> str:
+    rows = _cases(config, shared)
+    source = f"the ok rows of {config.times}" if config.times is not None else "train-steps' cases"
+    return f"flops: would count {len(rows)} cases ({source}) into {shared.out / 'flops.csv'}"
+
+
+def run(config: FlopsConfig, shared: Shared) -> int:
+    rows = _cases(config, shared)
     rows["gflop"], rows["message"] = zip(*map(_counted, rows.to_dict("records")), strict=True)
     if "time_ms" in rows:
         rows["tflops"] = rows.gflop / rows.time_ms
@@ -92,5 +103,5 @@ def run(config: FlopsConfig, shared: Shared) -> int:
 
 
 COMMAND = Command("flops", "model FLOPs per training step of each train-steps case (meta device), and the rate of "
-                  "a train-steps run", FlopsConfig(), run,
+                  "a train-steps run", FlopsConfig(), run, plan=plan,
                   ignores=("device", "dtype", "quick", "seed", "repeats", "retry"))  # float32 counts on the meta device

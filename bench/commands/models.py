@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from bench.config import Shared, UsageError, option
-from bench.csvlog import ResultsFileError, write_atomic
+from bench.csvlog import ResultsFileError, check_writable, write_atomic
 from bench.experiment import Command
 from fdsm.models import MODELS, SIZES, build, parameter_count
 
@@ -43,6 +43,16 @@ def model_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def plan(config: ModelsConfig, shared: Shared) -> str:
+    """What ``run`` would print and write, after the check of ``--csv`` that ``write_atomic`` makes when it writes
+    (a folder, a place that cannot be written), without writing."""
+    if config.csv is not None:
+        if config.csv.is_dir():
+            raise UsageError(f"--csv {config.csv}: a folder where a results CSV belongs; choose another --csv")
+        check_writable(config.csv.parent, make=False, option="--csv")
+    return f"models: would list {len(MODELS.names())} models" + (f", into {config.csv}" if config.csv else "")
+
+
 def run(config: ModelsConfig, shared: Shared) -> int:
     table = model_table()
     if config.csv is not None:  # before the table: a path that cannot be written is refused before any output
@@ -58,4 +68,4 @@ def run(config: ModelsConfig, shared: Shared) -> int:
 
 
 COMMAND = Command("models", "list the models (name, size, input shape, parameter count); --csv writes them",
-                  ModelsConfig(), run, ignores=("dtype", "seed", "repeats", "retry"))  # counts, on the meta device
+                  ModelsConfig(), run, plan, ignores=("dtype", "seed", "repeats", "retry"))  # meta-device counts

@@ -329,5 +329,5 @@ def plan(config: TrainConfig, shared: Shared) -> str:
 
 
 COMMAND = Command("train", "Short training runs (DKEF on wine, deep EBM on digits, or --data): held-out SM loss and "
-                  "NLL against wall-clock", DEFAULT, run, QUICK, plan,
+                  "NLL against wall-clock", DEFAULT, run, plan, QUICK,
                   ignores=("repeats", "retry"))  # each run trains once; it resumes by run
