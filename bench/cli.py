@@ -35,6 +35,25 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Refused(argparse.Action):
+    """A shared option the command has no use for (``Command.ignores``), declared so that argparse neither takes it
+    for a prefix of another option (``--dtype`` of ``--dtypes``) nor says only "unrecognized": one line, exit 2."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        near = [f for a in parser._actions for f in a.option_strings
+                if f.startswith(option_string) and f != option_string and a.help != argparse.SUPPRESS]
+        hint = f"; did you mean {near[0]}?" if near else ""
+        given = option_string if values is None else f"{option_string} {values}"
+        parser.error(f"{given}: {parser.prog.removeprefix('fdsm-bench ')} has no use for it and takes no "
+                     f"{option_string}{hint} (--help lists its options)")
+
+
+def _refuse(parser: argparse.ArgumentParser, ignored: tuple[str, ...]) -> None:
+    for name in ignored:
+        parser.add_argument("--" + name.replace("_", "-"), action=_Refused, nargs="?", dest=f"refused_{name}",
+                            help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="fdsm-bench",
@@ -45,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands():
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         add_options(p, type(command.default), quick=command.quick, title=command.name, skip=SHARED_OPTIONS)
-        add_options(p, Shared, title="shared options", skip=command.ignores)  # an ignored one: argparse's exit 2
+        add_options(p, Shared, title="shared options", skip=command.ignores)
+        _refuse(p, command.ignores)
         p.set_defaults(command_object=command)
     return parser
 

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from argparse import SUPPRESS
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def _subparsers() -> dict:
 @pytest.mark.parametrize("command", commands(), ids=lambda c: c.name)
 def test_every_option_of_a_command_is_a_field_of_its_config_or_a_shared_one(command):
     parser = _subparsers()[command.name]
-    dests = {a.dest for a in parser._actions if a.dest not in ("help", "command_object")}
+    dests = {a.dest for a in parser._actions if a.dest not in ("help", "command_object") and a.help != SUPPRESS}
     fields = {f.name for f in options_of(type(command.default))} | (set(SHARED_OPTIONS) - set(command.ignores))
     assert dests == fields
 

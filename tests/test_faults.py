@@ -51,7 +51,7 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
                                                          "SSM, SSM-Taylor, SSMVR, FD-SSM"),
     (["train", "--ebm-objectives", "FOO"], "--ebm-objectives FOO: unknown ['FOO']; expected some of DSM"),
     (["train", "--dkef-objectives", "SSM,SSM", "--dry-run"], "--dkef-objectives SSM,SSM: SSM given twice"),
-    (["train", "--repeats", "3", "--dry-run"], "unrecognized arguments: --repeats 3"),  # each run trains once
+    (["train", "--repeats", "3", "--dry-run"], "--repeats 3: train has no use for it and takes no --repeats"),
     (["derivatives", "--seed", str(2**64)], "expected an integer that fits in 64 bits"),
     (["derivatives", "--compiled", "--eps", "auto"], "--compiled with --eps auto: the automatic step's probes"),
     (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),
@@ -63,9 +63,11 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["models", "--csv", "/tmp", "--dry-run"], "--csv /tmp: a folder where a results CSV belongs"),
     (["models", "--csv", "/dev/null/x.csv", "--dry-run"], "--csv /dev/null: cannot write there"),
     (["train-steps", "--event-shape", "3"], "--event-shape 3: a user model's input shape; nice declares its own"),
-    (["kernels", "--repeats", "3"], "unrecognized arguments: --repeats 3"),  # do_bench repeats by time
-    (["grad-agreement", "--repeats", "3"], "unrecognized arguments: --repeats 3"),  # nothing is timed
-    (["models", "--seed", "3"], "unrecognized arguments: --seed 3"),
+    (["kernels", "--repeats", "3"], "--repeats 3: kernels has no use for it and takes no --repeats"),
+    (["grad-agreement", "--repeats", "3"], "--repeats 3: grad-agreement has no use for it"),  # nothing is timed
+    (["models", "--seed", "3"], "--seed 3: models has no use for it and takes no --seed"),
+    (["eps-sweep", "--dtype", "float64"], "--dtype float64: eps-sweep has no use for it and takes no --dtype; did "
+                                          "you mean --dtypes?"),  # not taken as a prefix of --dtypes
 ])
 def test_a_bad_value_is_refused_in_one_line_before_any_case_runs(tmp_path, capsys, argv, message):
     try:
