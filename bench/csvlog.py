@@ -144,12 +144,13 @@ class CsvLog:
         return self.frame[mask].reset_index(drop=True)
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Add one row, in place of a row with the same key values (one measured again), and rewrite the file
-        atomically."""
+        """Add one row, in place of the newest row with the same key values where there is one (a row measured
+        again), and rewrite the file atomically."""
         key = self._key(row)  # checks the key columns before anything is written
-        if key in self._rows:  # in its place, so that the file keeps the sweep's order
-            frame = pd.DataFrame([dict(row) if self._key(kept) == key else kept
-                                  for kept in self.frame.to_dict("records")])
+        if key in self._rows:  # in the place of the newest row of that key (``done``'s), keeping the sweep's order
+            kept = self.frame.to_dict("records")
+            kept[max(i for i, r in enumerate(kept) if self._key(r) == key)] = dict(row)
+            frame = pd.DataFrame(kept)
         else:
             new = pd.DataFrame([dict(row)])
             frame = new if self.frame.empty else pd.concat([self.frame, new], ignore_index=True)

@@ -241,6 +241,11 @@ def test_a_rerun_measures_again_the_rows_of_the_statuses_to_retry_and_replaces_t
                       timeout_s=30, isolate=False)
     assert list(frame.status) == ["ok", "error"] and list(frame.time_ms[:1]) == [1.0]
     assert len(pd.read_csv(path)) == 2  # each key once: a row measured again replaces the kept one
+    pd.DataFrame({"method": ["m", "m"], "order": [1, 1], "status": ["ok", "error"], "time_ms": [5.0, None]}).to_csv(
+        path, index=False)  # an older file with a key twice: the newest row is the one done() reads, and replaced
+    log = CsvLog(path, ("method", "order"), retry=("error",))
+    log.append({"method": "m", "order": 1, "status": "ok", "time_ms": 1.0})
+    assert pd.read_csv(path).time_ms.tolist() == [5.0, 1.0]
 
 
 def test_a_resumed_sweep_says_when_the_rows_it_keeps_were_measured_with_other_settings(tmp_path, capsys):

@@ -151,6 +151,15 @@ def test_fd_in_float16_at_a_step_whose_inverse_square_overflows_is_not_supported
         loss(x, v)
 
 
+
+def test_an_fd_scale_of_zero_is_not_supported_rather_than_a_division_by_zero():
+    from fdsm.objectives.checks import check_fd_scale
+
+    with pytest.raises(NotSupported, match=r"1/eps\^2 = inf \(eps\^2 = 0\) is beyond float32's range"):
+        check_fd_scale("fd_ssm_loss(log_density, x)", torch.zeros(3), torch.float32)  # steps underflowed to 0
+    check_fd_scale("fd_ssm_loss(log_density, x)", 1e-30, torch.float32)  # 1/eps^2 = 1e30: in range
+
+
 @pytest.mark.parametrize("name, loss", [
     ("mlp-ebm", lambda model, x, v, method: obj.ssm_loss(model.log_density, x, v=v, method=method)),
     ("nice", lambda model, x, v, method: obj.ssm_loss(model.log_density, x, v=v, method=method)),

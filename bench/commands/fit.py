@@ -199,7 +199,9 @@ def prepare(config: FitConfig, shared: Shared) -> Job:
 
 def plan(config: FitConfig, shared: Shared) -> str:
     job = prepare(config, shared)
-    state = "exists with these settings: kept" if job.kept else "new" if not job.path.exists() else "trained again"
+    if job.kept:
+        return f"fit: {job.path} exists, trained with these settings: kept, nothing to train (--overwrite trains again)"
+    state = "new" if not job.path.exists() else "trained again"
     return (f"fit: would train {config.recipe} (size {job.size}) for {config.steps} steps or {config.budget_s:g} s "
             f"on {job.source}, in {shared.dtype_name}, into {job.path} ({state})")
 

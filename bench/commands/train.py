@@ -23,8 +23,9 @@ Writes ``train.csv`` through the crash-safe ``CsvLog``, one row per evaluation a
 step, wall_s, loss, sm_loss, nll, time_ms_per_step; the run's last row has ``last`` true), each labelled with the
 data its run trained on (``data``: the ``--data`` text, or ``embedded``). A run is keyed by model, objective, dtype,
 device, seed and data (``RUN_KEYS``): a re-run skips the runs that ended. A run that fails (a non-finite loss, say)
-gets an ``error`` row and the others go on; the exit status is then 1. As in the sweeps, an ended run is kept
-whatever its status (a failure at the same seed would fail again): moving ``train.csv`` away runs it again. Also
+gets an ``error`` row and the others go on; the exit status is then 1. Unlike a sweep's error rows (``--retry``),
+an ended run is kept whatever its status, since its rows are a training curve, not one measurement to replace:
+moving ``train.csv`` away runs it again. Also
 ``train_table.csv`` (the final row per run, as in table 1) and ``train.png`` (held-out SM loss against training
 wall-clock, a panel per model, as in figure 4).
 """
@@ -66,18 +67,10 @@ Emit = Callable[[dict], None]
 
 
 def _objectives(model: str, option_name: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
-    """A ``convert`` hook: objectives of ``model``'s recipes (``fdsm.recipes.RECIPES``), each given once."""
-    known = some_of(option_name, [n.split("/", 1)[1] for n in RECIPES.names(enabled_only=True)
-                                  if n.startswith(f"{model}/")])
-
-    def check(names: tuple[str, ...]) -> tuple[str, ...]:
-        twice = sorted({n for n in known(names) if names.count(n) > 1})
-        if twice:
-            raise UsageError(f"{option_name} {','.join(names)}: {', '.join(twice)} given twice; expected each "
-                             "objective once")
-        return names
-
-    return check
+    """A ``convert`` hook: objectives of ``model``'s recipes (``fdsm.recipes.RECIPES``); each once, as every list
+    option (``bench.config.configure``)."""
+    return some_of(option_name, [n.split("/", 1)[1] for n in RECIPES.names(enabled_only=True)
+                                 if n.startswith(f"{model}/")])
 
 
 @dataclass(frozen=True)
@@ -267,7 +260,7 @@ def _run_key(row: dict) -> tuple[str, ...]:
 
 def _ended(log: CsvLog) -> dict[tuple[str, ...], str]:
     """The runs of ``log`` that ended (a ``last`` row), with their status: ``ok``, or ``error`` for a run that
-    failed, which is kept and not run again, as the sweeps keep theirs."""
+    failed, which is kept and not run again (the module docstring)."""
     return {_run_key(r): r["status"] for r in log.frame.to_dict("records") if str(r.get("last")) == "True"}
 
 

@@ -138,8 +138,9 @@ def check_fd_scale(who: str, eps2: float | Tensor, dtype: torch.dtype) -> None:
     smallest = eps2.min().item() if isinstance(eps2, Tensor) else eps2
     largest = torch.finfo(dtype).max
     name = str(dtype).removeprefix("torch.")
-    if 1.0 / smallest > largest:
-        raise NotSupported(f"{who}: 1/eps^2 = {1.0 / smallest:.3g} is beyond {name}'s range (largest "
+    if not smallest * largest > 1.0:  # 1/eps^2 beyond the range, eps^2 = 0 (an underflowed step) included
+        inverse = f"{1.0 / smallest:.3g}" if smallest > 0 else "inf (eps^2 = 0)"
+        raise NotSupported(f"{who}: 1/eps^2 = {inverse} is beyond {name}'s range (largest "
                            f"{largest:.6g}): the FD loss and its gradient would overflow; use eps >= "
                            f"{largest ** -0.5:.2g} in {name}, or float32")
 
