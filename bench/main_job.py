@@ -51,7 +51,7 @@ def stage_settings(stage: str, shared: Shared) -> dict[str, Any]:
     checkpoint = fit.checkpoint_path(shared.out, FIGURE2_RECIPE)
     settings: dict[str, Any] = {}
     if stage == "fit":
-        settings = {"recipe": FIGURE2_RECIPE, "save": checkpoint}
+        settings = {"recipe": FIGURE2_RECIPE}  # into fit's own default path, checkpoint: its messages name --out
     elif stage in ("derivatives", "eps-sweep") and checkpoint.is_file():
         settings = {"checkpoint": checkpoint}
     if stage == "derivatives" and _swept(shared.out / "eps_sweep.csv", shared.dtype_name):

@@ -105,7 +105,7 @@ def _check_save(path: Path, given: bool) -> None:
                          f"{path / 'model.pt'}")
     if path.exists() and _note(path) is None:
         raise UsageError(f"{option_name}: {path} exists but is not a checkpoint written by fit (no note "
-                         f"{path.with_suffix('.json').name} beside it); move it away or choose another --save")
+                         f"{path.with_suffix('.json').name} beside it); move it away or choose another {option_name}")
 
 
 def kept_settings(note: dict, asked: dict) -> str:
