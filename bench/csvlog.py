@@ -129,9 +129,9 @@ class CsvLog:
         kept = self._rows.get(self._key(row))
         return kept is not None and kept.get("status") not in self.retry
 
-    def retried(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """How many of ``rows`` are in the file but with a status to ``retry``: measured again by this run."""
-        return sum(self._key(row) in self._rows and not self.done(row) for row in rows)
+    def retried(self, rows: Iterable[Mapping[str, Any]]) -> list[str]:
+        """The statuses of the kept rows of ``rows`` whose status is one to ``retry``: measured again by this run."""
+        return [kept["status"] for row in rows if (kept := self._rows.get(self._key(row))) and not self.done(row)]
 
     def stored(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The newest row of the file with the same key values as ``row`` ({} when there is none)."""

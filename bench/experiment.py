@@ -115,7 +115,7 @@ class Experiment:
         check_writable(shared.out, make=False)  # as run does, without making the folder
         log = self.log(shared.out, shared.retry)
         new = [case for case in todo if not log.done(case)]
-        retried = log.retried(todo)
+        retried = len(log.retried(todo))
         again = f" ({retried} of them again: --retry {','.join(shared.retry)})" if retried else ""
         lines = [f"{self.name}: {len(todo)} cases, {len(todo) - len(new)} already in {log.path}, {len(new)} to run"
                  f"{again}"]

@@ -76,6 +76,12 @@ def line_panel(ax: Axes, rows: pd.DataFrame, *, x: str, y: str, line: str, style
     ax.grid(True, which="minor", alpha=0.12)
 
 
+def legend(ax: Axes, **kwargs) -> None:
+    """The panel's legend where it has labelled lines: none where every case failed (no matplotlib warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def failure_note(rows: pd.DataFrame, columns: tuple[str, ...]) -> str:
     """The rows that are not ``ok``, per status, named by ``columns``; rows that differ only in the last column
     share one name with its values listed (``unsupported: exact-reverse+compiled (order 1, 2, 3)``). Empty when

@@ -185,9 +185,8 @@ def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: t
     SIGTERM ends it with ``SystemExit(130)`` or ``SystemExit(143)`` once the worker is killed."""
     todo = [case for case in cases if not log.done(case)]
     if retried := log.retried(cases):
-        found = sorted({log.stored(case)["status"] for case in cases if log.stored(case) and not log.done(case)})
-        tqdm.write(f"{desc}: {retried} rows kept in {log.path} with status {', '.join(found)} are measured again "
-                   "(--retry)")
+        tqdm.write(f"{desc}: {len(retried)} rows kept in {log.path} with status {', '.join(sorted(set(retried)))} "
+                   "are measured again (--retry)")
     if len(todo) < len(cases):
         tqdm.write(f"{desc}: {len(cases) - len(todo)} of {len(cases)} rows already in {log.path}, skipped")
         differ = kept_with_other_settings([c for c in cases if log.done(c)], log, threads)

@@ -233,7 +233,7 @@ def test_a_rerun_measures_again_the_rows_of_the_statuses_to_retry_and_replaces_t
     run_sweep(cases, _measure_case, CsvLog(path, ("method", "order")), device=CPU, timeout_s=30, isolate=False)
     pd.read_csv(path).assign(status=["timeout", "error"]).to_csv(path, index=False)  # as if order 1 timed out
     log = CsvLog(path, ("method", "order"), retry=("error",))  # the default of --retry
-    assert log.done(cases[0]) and not log.done(cases[1]) and log.retried(cases) == 1
+    assert log.done(cases[0]) and not log.done(cases[1]) and log.retried(cases) == ["error"]
     frame = run_sweep(cases, _measure_case, log, device=CPU, timeout_s=30, isolate=False)
     assert "1 rows kept in" in capsys.readouterr().out  # and says so
     assert list(frame.status) == ["timeout", "error"] and "broken on purpose" in frame.message[1]  # measured again

@@ -72,7 +72,7 @@ from bench.derivative_case import (
 from bench.experiment import Bench, Experiment
 from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
 from bench.memory import peak_memory
-from bench.plots import METHOD_STYLE, failure_note, line_panel, save
+from bench.plots import METHOD_STYLE, failure_note, legend, line_panel, save
 from bench.steps import best_steps, default_step
 from bench.user_model import is_user_model
 from fdsm.derivatives import FD_METHODS
@@ -288,8 +288,7 @@ def figure2(rows: pd.DataFrame, title: str):
     axes[-1].axhline(0.01, color="grey", linestyle=":", linewidth=1)
     axes[-1].annotate("1% (the paper's bound)", (axes[-1].get_xlim()[0], 0.01), xytext=(4, 3),
                       textcoords="offset points", fontsize=8, color="grey")
-    if axes[0].get_legend_handles_labels()[0]:  # a run with no ok row draws no line to name
-        axes[0].legend(title="method", fontsize=8)
+    legend(axes[0], title="method", fontsize=8)
     fig.suptitle(title, fontsize=10)
     note = failure_note(rows, ("method", "order"))
     if note:

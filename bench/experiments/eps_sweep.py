@@ -47,7 +47,7 @@ from bench.derivative_case import (
 )
 from bench.experiment import Experiment
 from bench.markdown import TRUSTWORTHY, figure, ok_rows, table
-from bench.plots import DTYPE_STYLE, failure_note, line_panel, save
+from bench.plots import DTYPE_STYLE, failure_note, legend, line_panel, save
 from bench.steps import default_step
 
 REQUIRED = ("model", "method", "order", "eps", "accuracy", "dtype", "rel_error", "status")  # DESIGN.md
@@ -139,8 +139,7 @@ def eps_sweep_figure(rows: pd.DataFrame, title: str):
             _panel(axes[i][j], rows[(rows.order == order) & (rows.accuracy == p)], order, p)
             axes[i][j].set_xlabel("step eps = |v|" if i == len(accuracies) - 1 else "")
         axes[i][0].set_ylabel("relative error vs float64 exact")
-    if axes[0][0].get_legend_handles_labels()[0]:  # nothing to label where every case failed
-        axes[0][0].legend(fontsize=7, loc="lower left")
+    legend(axes[0][0], fontsize=7, loc="lower left")
     fig.suptitle(f"{title}\ndashed verticals: theoretical optimum h* = L u^(1/(T+p)) per dtype;  stars: best "
                  f"measured step;  dotted: FD's own error estimate;  green band: error <= {TRUSTWORTHY:.0%}",
                  fontsize=10)

@@ -49,7 +49,7 @@ from bench.distributed_case import LaunchFailed, launch
 from bench.experiment import Experiment
 from bench.experiments.train_steps import KEYS as STEP_KEYS
 from bench.experiments.train_steps import MEMORY_FORMAT
-from bench.plots import finish
+from bench.plots import finish, legend
 from bench.step_case import COUNTERPART
 from bench.steps import default_step
 from bench.user_model import is_user_model
@@ -261,12 +261,6 @@ PALETTE = {"FD-SSM": "tab:orange", "SSM": "tab:blue", "SSM-Taylor": "goldenrod",
            "DSM": "tab:purple", "FD-SSMVR": "tab:green", "SSMVR": "tab:cyan"}
 
 
-def legend(ax: plt.Axes, fontsize: float) -> None:
-    """The panel's legend, where it has labelled lines (none where every case failed: no matplotlib warning)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=fontsize)
-
-
 def plot(rows: pd.DataFrame, path: Path) -> None:
     table = scaling_table(rows)
     fig, axes = plt.subplots(1, 4, figsize=(22, 5.2))
@@ -284,7 +278,7 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("ranks N")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-    legend(axes[0], 7)
+    legend(axes[0], fontsize=7)
     fd = table[table.speedup.notna()]
     labels = [f"{r.model}\n{r.objective}/{r.versus}\nN={r.world_size} {r.scaling}" for r in fd.itertuples()]
     axes[2].bar(range(len(fd)), fd.speedup, color=[PALETTE.get(o) for o in fd.objective],
@@ -305,7 +299,7 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
     axes[3].set_xticks(range(len(split)), labels, fontsize=6, rotation=90)
     axes[3].set_ylabel("ms per step")
     axes[3].set_title("where a data-parallel step's time goes (N > 1)", fontsize=10)
-    legend(axes[3], 7)
+    legend(axes[3], fontsize=7)
     axes[3].grid(True, axis="y", alpha=0.3)
     meta = rows.iloc[0]
     fig.suptitle(f"Data-parallel training steps (DistributedDataParallel, {meta['backend']}, {meta['device']}, "
@@ -427,7 +421,7 @@ def plot_stencil(rows: pd.DataFrame, path: Path) -> None:
     axes[0].set_xlabel("order T")
     axes[0].set_ylabel("time per derivative (ms)")
     axes[0].set_title("latency of one T-th directional derivative", fontsize=10)
-    legend(axes[0], 8)
+    legend(axes[0], fontsize=8)
     axes[0].grid(True, alpha=0.3)
     dist_rows = ok[(ok.method == "fd-distributed") & ok.speedup.notna()] if "speedup" in ok else ok.iloc[:0]
     for world, part in dist_rows.groupby("world_size"):
@@ -439,7 +433,7 @@ def plot_stencil(rows: pd.DataFrame, path: Path) -> None:
     axes[1].set_xlabel("order T (S = T + 1 stencil points, split over the N ranks)")
     axes[1].set_ylabel("fd-batched time / fd-distributed time")
     axes[1].set_title("fd-distributed's speed-up over fd-batched (paired per round)", fontsize=10)
-    legend(axes[1], 8)
+    legend(axes[1], fontsize=8)
     axes[1].grid(True, alpha=0.3)
     meta = rows.iloc[0]
     fig.suptitle(f"Stencil-parallel FD: the S points over N ranks, partial sums all-reduced ({meta['backend']}, "

@@ -123,7 +123,7 @@ def _model_cases(model: str, config: TrainStepsConfig, size: str) -> list[tuple[
     if is_user_model(model):
         event = tuple(build_user_model(model, config.event_shape, trains=True).event_shape)  # loaded and checked
         batch = config.batch or USER_BATCH
-        labels = recipes_of({"model": model, "batch": batch, "lr": config.lr or USER_LR,
+        labels = recipes_of({"model": model, "batch": batch, "lr": config.lr,
                              "event_shape": ",".join(map(str, config.event_shape or ()))})
         return [(label, batch, event, True) for label in labels]
     rows = []
@@ -143,6 +143,7 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
     refuse_event_shape(config.event_shape, config.models)
     if config.lr is not None:
         refuse_for_registered(f"--lr {config.lr:g}", "learning rate (of Adam)", config.models)
+    config = dataclasses.replace(config, lr=config.lr or USER_LR)
     per_model = {model: _model_cases(model, config, size) for model in config.models}
     labels = {objective for rows in per_model.values() for objective, *_ in rows}
     unknown = sorted(set(config.objectives) - labels)
@@ -165,7 +166,7 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
                          **SINGLE_PROCESS,
                          "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda",
                          "float32_math": config.float32_math if device.type == "cuda" else "ieee",  # no TF32 on CPUs
-                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr or USER_LR}
+                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr}
                             if is_user_model(model) else {})})
     return rows
 
