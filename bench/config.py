@@ -321,5 +321,11 @@ class Shared:
     def dtype_name(self) -> str:
         return dtype_name(self.dtype)
 
+    def require_full_precision(self, does: str, why: str) -> None:
+        """A UsageError unless ``--dtype`` is float32 or float64: ``does`` says what the command does in them,
+        ``why`` why half precision cannot serve."""
+        if self.dtype not in (torch.float32, torch.float64):
+            raise UsageError(f"--dtype {self.dtype_name}: {does} in float32 or float64 ({why})")
+
 
 SHARED_OPTIONS = tuple(f.name for f in dataclasses.fields(Shared))

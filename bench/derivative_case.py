@@ -70,7 +70,7 @@ from bench.isolation import is_out_of_memory
 from bench.memory import peak_memory
 from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import first_call_ms, measure_interleaved, paired_ratio, timing_columns
-from bench.user_model import build_user_model, is_user_model, refuse_event_shape
+from bench.user_model import build_user_model, event_shape_option, is_user_model, refuse_event_shape
 from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import EXACT_METHODS, FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
@@ -496,8 +496,7 @@ class ProblemConfig:
 
     model: str = option("deep-ebm", "a registered model (fdsm-bench models lists them) or a user's factory, "
                         "package.module:factory or path/file.py:factory (the contract: fdsm/models/user.py)")
-    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28", repeats=True,
-                                                 default_text="the model's event_shape attribute")
+    event_shape: tuple[int, ...] | None = event_shape_option()
     size: str | None = option(None, "model preset", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
     n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem (a model without one "
                                 "ignores it)", aliases=("--width",), type=positive_int, default_text="the preset's")

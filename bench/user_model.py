@@ -38,7 +38,7 @@ from types import ModuleType
 
 from torch import nn
 
-from bench.config import UsageError
+from bench.config import UsageError, option
 from fdsm.models.user import UserModel, UserModelError, check_user_model
 
 _SHOWN_CALLABLES = 8  # how many of a module's callables an "no such attribute" error lists
@@ -48,6 +48,12 @@ def is_user_model(spec: str) -> bool:
     """Whether ``--model spec`` names a user's factory (``module:factory``, ``file.py:factory``) rather than a
     registered model; registered names never contain ``":"``."""
     return ":" in spec
+
+
+def event_shape_option() -> tuple[int, ...] | None:
+    """The ``--event-shape`` field of a config that may run a user's model (``refuse_event_shape`` checks it)."""
+    return option(None, "a user model's input shape, e.g. 1,28,28", repeats=True,
+                  default_text="the model's event_shape attribute")
 
 
 def refuse_event_shape(event_shape: tuple[int, ...] | None, models: tuple[str, ...]) -> None:

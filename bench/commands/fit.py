@@ -79,12 +79,6 @@ def checkpoint_path(out: Path, recipe_name: str) -> Path:
     return out / "checkpoints" / (recipe_name.replace("/", "-").replace("*", "-serial") + ".pt")
 
 
-def _check_dtype(shared: Shared) -> None:
-    if shared.dtype not in (torch.float32, torch.float64):  # half precision: non-finite losses, no DKEF solve
-        raise UsageError(f"--dtype {shared.dtype_name}: fit trains in float32 or float64 (in half precision the "
-                         "losses overflow and DKEF's solve does not run)")
-
-
 def _note(path: Path) -> dict | None:
     """The JSON note that ``fit`` wrote beside the checkpoint ``path``, or None when there is none (or it is not
     one: unreadable, not JSON, or without the recipe every note records)."""
@@ -175,7 +169,7 @@ def prepare(config: FitConfig, shared: Shared) -> Job:
     """Every check of ``fit``, made alike by ``--dry-run`` and a run, before any training: the dtype, the output
     paths, the recipe's batch against ``--samples`` and the data's rows, the model settings against the recipe's
     model, the data against its input, and an existing checkpoint's note against the settings asked for."""
-    _check_dtype(shared)
+    shared.require_full_precision("fit trains", "in half precision the losses overflow and DKEF's solve does not run")
     check_writable(shared.out, make=False)
     path = config.save or checkpoint_path(shared.out, config.recipe)
     _check_save(path, given=config.save is not None)

@@ -204,12 +204,6 @@ def plot(rows: pd.DataFrame, path) -> None:
     save(fig, path)
 
 
-def _check_dtype(shared: Shared) -> None:
-    if shared.dtype not in (torch.float32, torch.float64):
-        raise UsageError(f"--dtype {shared.dtype_name}: train runs in float32 or float64 (the exact held-out "
-                         "metrics need the precision)")
-
-
 def _dkef_rows(config: TrainConfig) -> int:
     """The fewest table rows with which DKEF trains: ``dkef_split`` must leave a training set of at least the
     inducing points and a batch."""
@@ -237,7 +231,7 @@ def _data(config: TrainConfig) -> tuple[Tensor | None, Tensor | None]:
 def _check(config: TrainConfig, shared: Shared) -> tuple[Tensor | None, Tensor | None, CsvLog]:
     """Every check of ``train``, made alike by ``--dry-run`` and a run, before any training: the shared options it
     takes, the data and the existing ``train.csv``. -> (images, table) as ``_data``, and the log."""
-    _check_dtype(shared)
+    shared.require_full_precision("train runs", "the exact held-out metrics need the precision")
     check_writable(shared.out, make=False)  # a file there, say: before any training
     images, table = _data(config)
     return images, table, CsvLog(shared.out / "train.csv", key_columns=KEYS, columns=COLUMNS)

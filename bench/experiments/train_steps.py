@@ -43,7 +43,13 @@ from bench.markdown import figure, table
 from bench.memory import peak_memory
 from bench.plots import finish, quartile_bar
 from bench.step_case import USER_BATCH, USER_LR, Stepper, measure_step, recipe_for, recipes_of
-from bench.user_model import build_user_model, is_user_model, refuse_event_shape, refuse_for_registered
+from bench.user_model import (
+    build_user_model,
+    event_shape_option,
+    is_user_model,
+    refuse_event_shape,
+    refuse_for_registered,
+)
 from fdsm.recipes import MEMORY_FORMATS, RECIPES, recipe_available
 from fdsm.training import PHASES
 
@@ -86,8 +92,7 @@ class TrainStepsConfig:
     batch: int | None = option(None, "batch for every row", type=positive_int,
                                default_text=f"the paper's per model; on the CPU at size cpu, {_cpu_batches()}; a "
                                             f"user's model: {USER_BATCH}")
-    event_shape: tuple[int, ...] | None = option(None, "a user model's input shape, e.g. 1,28,28", repeats=True,
-                                                 default_text="the model's event_shape attribute")
+    event_shape: tuple[int, ...] | None = event_shape_option()
     lr: float | None = option(None, "a user model's Adam learning rate (registered models use their recipe's)",
                               convert=positive("--lr"), default_text=f"{USER_LR:g}")
     memory_format: str = option("auto", "layout of image models and batches", choices=("auto", *MEMORY_FORMATS),
