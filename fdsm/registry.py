@@ -36,8 +36,9 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, value: T, *, enabled: bool = True, reason: str = "") -> T:
-        if name in self._entries:
+    def register(self, name: str, value: T, *, enabled: bool = True, reason: str = "", replace: bool = False) -> T:
+        """Add ``name``; one registered already is a ValueError, unless ``replace``."""
+        if name in self._entries and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = Entry(name, value, enabled, reason)
         return value

@@ -482,6 +482,93 @@ def test_other_rules_match_exact_reverse(name, order):
     assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
 
 
+def written_in_place(z):
+    """Writes that functionalize turns into copy / fill / slice_scatter / select_scatter."""
+    y = z ** 2
+    y.add_(1)
+    y[:, 0, 1] = 0.5
+    y[:, 1, :, 2] = torch.tanh(z[:, 0, :, 0])
+    y[:, :, 0].fill_(2.0)
+    return y * z
+
+
+# Ops that arrive through torch's own decompositions (DECOMPOSITIONS), or as writes that survive the first
+# functionalization, and the picking and elementwise rules beside them; a piecewise-linear op is multiplied by z so
+# that its D^T is not zero. At T = 2 and 3: the rules they reach are tested at every order above.
+OP_P = torch.tensor([2.0, 3.0, 1.0, 4.0], dtype=F64)
+COMPOSITE_OPS = {
+    "pow-with-a-constant-tensor-exponent": lambda z: (z - 0.5) ** torch.tensor(3.0, dtype=F64) + z ** OP_P,
+    "pow-of-relu-by-a-tensor-at-zero": lambda z: F.relu(z) ** torch.tensor(2.0, dtype=F64),
+    "circular_pad": lambda z: F.pad(z, (1, 1, 1, 1), mode="circular") ** 2,
+    "channels-last-global-pool": lambda z: F.adaptive_avg_pool2d(z.contiguous(memory_format=torch.channels_last) ** 2,
+                                                                   1),
+    "written-in-place": written_in_place,
+    "normalize": lambda z: F.normalize(z, dim=-1),
+    "cosine_similarity": lambda z: F.cosine_similarity(z, z ** 2, dim=-1),
+    "vector_norm": lambda z: torch.linalg.vector_norm(z, dim=(-2, -1)) * z.norm(dim=(1, 2))[:, :2],
+    "max_pool2d": lambda z: F.max_pool2d(z ** 2, 2) * z[:, :, :1, :2],
+    "max_pool1d": lambda z: F.max_pool1d(z.flatten(2), 3),
+    "max-min-dim": lambda z: z.max(-1).values * z.min(2, keepdim=True).values.squeeze(2)[..., :3] ** 2,
+    "max-of-all": lambda z: torch.stack([z[i].max() * z[i].min() for i in range(len(z))])[:, None],
+    "sort-topk": lambda z: torch.sort(z, -1).values ** 2 * torch.topk(z, 2, dim=2).values.sum(2, keepdim=True),
+    "cumsum": lambda z: torch.cumsum(z ** 2, -1) * z,
+    "sinh-cosh": lambda z: torch.sinh(z) * torch.cosh(z[:, :1]),
+    "exp2": lambda z: torch.exp2(z),
+    "mish": F.mish,
+    "hardswish": lambda z: F.hardswish(2 * z) * z,
+    "logsigmoid": F.logsigmoid,
+    "prelu": lambda z: F.prelu(z, OP_R[:2].abs()) * z,
+    "softshrink-hardshrink": lambda z: (F.softshrink(z, 0.3) + F.hardshrink(z, 0.4)) * z,
+    "threshold": lambda z: F.threshold(z, 0.1, -1.0) * z,
+    "glu": lambda z: F.glu(z, -1),
+    "logaddexp": lambda z: torch.logaddexp(z, z ** 2),
+    "logit-xlogy": lambda z: torch.logit(torch.sigmoid(z)) ** 2 + torch.xlogy(z, z ** 2 + 1),
+    "addcmul-addcdiv-lerp": lambda z: torch.addcmul(z, z, z, value=0.5) + torch.addcdiv(z, z, z ** 2 + 1)
+    + torch.lerp(z, z ** 2, 0.3),
+    "baddbmm-addmv": lambda z: torch.baddbmm(z[:, 0, :, :3], z[:, 0], z[:, 1].transpose(1, 2) ** 2)
+    + torch.stack([torch.addmv(z[i, 0, 0, :3], z[i, 1, :, :3].t(), z[i, 0, :, 0]) for i in range(len(z))])[:, None],
+    "masked_fill": lambda z: (z ** 2).masked_fill(OP_C > 0, 1.0),
+    "clamp-by-tensors": lambda z: torch.clamp(z, min=-OP_RV[0], max=OP_C.abs()) * z,
+    "losses": lambda z: torch.stack([F.mse_loss(z[i], OP_C, reduction="none") + F.huber_loss(z[i], OP_C, delta=0.5,
+                                     reduction="none") + F.smooth_l1_loss(z[i], OP_C, reduction="none")
+                                     for i in range(len(z))]),
+    "tril-triu-dot-trace": lambda z: torch.tril(z) ** 2 + torch.triu(z, 1) * z
+    + torch.stack([torch.dot(z[i, 0, 0], z[i, 1, 1]) + torch.trace(z[i, 0])
+                   for i in range(len(z))])[:, None, None, None],
+}
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("name", COMPOSITE_OPS)
+def test_composite_ops_and_in_place_writes_match_exact_reverse(name, order):
+    op = COMPOSITE_OPS[name]
+    x, v = rand(2, 2, 3, 4, seed=1), rand(2, 2, 3, 4, seed=2)
+    w = torch.cos(1.7 * torch.arange(op(x.clone()).flatten(1).shape[1], dtype=F64) + 0.3)
+    f = lambda z: op(z).flatten(1) @ w  # noqa: E731
+    assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
+
+
+def attention(z):
+    return F.scaled_dot_product_attention(z, z ** 2, torch.sin(z))
+
+
+WRITTEN_OUT = {  # ops whose double backward PyTorch lacks, against the same maths in ops it can differentiate
+    "hardsigmoid": (lambda z: F.hardsigmoid(2 * z) * z, lambda z: torch.clamp(z / 3 + 0.5, 0, 1) * z),
+    "scaled_dot_product_attention": (attention, lambda z: torch.softmax(z @ (z ** 2).transpose(-1, -2) / 2, -1)
+                                     @ torch.sin(z)),
+}
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("name", WRITTEN_OUT)
+def test_ops_without_a_double_backward_match_their_written_out_form(name, order):
+    op, written = WRITTEN_OUT[name]
+    x, v = rand(2, 2, 3, 4, seed=1), rand(2, 2, 3, 4, seed=2)
+    w = torch.cos(1.7 * torch.arange(24, dtype=F64) + 0.3)
+    assert_agree(taylor_d(lambda z: op(z).flatten(1) @ w, x, v, order),
+                 reverse_d(lambda z: written(z).flatten(1) @ w, x, v, order), rtol=1e-10)
+
+
 @pytest.mark.parametrize("order", [1, 3])
 @pytest.mark.parametrize("reused", [False, True], ids=["shift-only-user", "activation-reused"])
 def test_a_constant_shift_of_an_activation_folds_into_its_rule_only_where_nothing_else_reads_it(reused, order):
@@ -646,6 +733,64 @@ def test_data_dependent_control_flow_is_not_supported_and_says_what_to_do():
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
     with pytest.raises(NotSupported, match=r"data-dependent control flow.*torch\.where.*'exact-reverse'"):
         taylor_d(lambda z: torch.tanh(z).sum(1) if z.sum() > 0 else torch.sigmoid(z).sum(1), x, v, 2)
+
+
+def test_a_branch_on_a_closed_over_tensor_names_it_not_only_x():
+    labels = torch.tensor([0, 2, 1])
+    with pytest.raises(NotSupported, match=r"computed from x or from a tensor it closes over"):
+        taylor_d(lambda z: z.sum(1) * F.one_hot(labels, 3).sum(1), rand(3, 4, seed=1), rand(3, 4, seed=2), 2)
+
+
+@pytest.mark.parametrize("read", ["numpy", "tolist", "asarray"])
+@pytest.mark.parametrize("of", ["x", "a constant made in f"])
+def test_reading_values_into_python_or_numpy_while_traced_is_refused(read, of):
+    """Under functionalize a tensor has no storage: .numpy() returned uninitialized memory, kept as a constant."""
+    import numpy as np
+
+    reads = {"numpy": lambda t: float(t.detach().numpy().sum()), "tolist": lambda t: sum(t.detach().flatten().tolist()),
+             "asarray": lambda t: float(np.asarray(t.detach()).sum())}
+    source = (lambda z: z) if of == "x" else (lambda z: torch.ones(3, dtype=F64))
+    f = lambda z: torch.tanh(z).sum(1) * reads[read](source(z))  # noqa: E731
+    with pytest.raises(NotSupported, match=r"reads a tensor's values into Python or NumPy"):
+        taylor_d(f, rand(3, 4, seed=1), rand(3, 4, seed=2), 2)
+
+
+def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
+    memory = torch.zeros(3, dtype=F64)
+
+    def into_x(z):
+        z.mul_(2.0)
+        return torch.tanh(z).sum(1)
+
+    def into_memory(z):
+        memory.copy_(z[:, 0])
+        return torch.tanh(z).sum(1)
+
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    with pytest.raises(NotSupported, match=r"writes in place into its input x"):
+        taylor_d(into_x, x, v, 2)
+    with pytest.raises(NotSupported, match=r"writes a value computed from x in place into a tensor it closes over"):
+        taylor_d(into_memory, x, v, 2)
+
+
+@pytest.mark.parametrize("order, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_taylor_coefficients_checks_the_order(order, error):
+    with pytest.raises(error, match=r"taylor_coefficients: expected order"):
+        taylor_coefficients(lambda z: z.sum(1), rand(3, 4, seed=1), rand(3, 4, seed=2), order)
+
+
+def test_a_rule_is_replaced_only_when_asked(monkeypatch):
+    monkeypatch.setattr(RULES, "_entries", dict(RULES._entries))  # registration is global: undone below
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    f = lambda z: torch.tanh(z).sum(1)  # noqa: E731
+    before = taylor_d(f, x, v, 2)  # traced and planned with the built-in rule
+    with pytest.raises(ValueError, match=r"aten\.tanh has a Taylor rule already; pass replace=True"):
+        register_rule(aten.tanh, lambda z: z)
+    register_rule(aten.tanh, lambda z: Jet(2 * z.series), replace=True)  # 2 z: D^2 = 0
+    assert taylor_d(f, x, v, 2).abs().max() == 0 and before.abs().max() > 0
+    monkeypatch.undo()
+    taylor.clear_cache()
+    torch.testing.assert_close(taylor_d(f, x, v, 2), before)
 
 
 def test_a_registered_user_rule_makes_the_op_work(monkeypatch):

@@ -22,6 +22,7 @@ from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from fdsm.registry import NotSupported
+from fdsm.stencils import check_order
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
 from fdsm.taylor.rules import Elementwise, rule_for
@@ -186,6 +187,7 @@ def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, ord
     >>> taylor_coefficients(lambda x: (x[:, 0] + 3 * x[:, 1]) ** 4, x, v, 4)[:, 0].tolist()  # D^k of s^4, s = 7
     [2401.0, -3430.0, 3675.0, -2625.0, 937.5]
     """
+    check_order(order, "taylor_coefficients")
     graph, leaves = traced(f, x)
     return _derivatives(graph, x, v, order, leaves)
 

@@ -14,18 +14,28 @@ same way, right after their definition, in families (jet's ``deflinear``, ``def_
 ================== ===================================================================================
 family             rule
 ================== ===================================================================================
-structural         views, permutes, slices, cat, sums and means act on every coefficient at once: the op
-                   with its dims shifted past the leading coefficient axis
-batch-stacked      convolution, pooling, upsampling, padding: the K+1 coefficients stacked along the batch
-                   axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
+structural         views, permutes, slices, diagonals, cat, sums, cumulative sums and means act on every
+                   coefficient at once: the op with its dims shifted past the leading coefficient axis
+batch-stacked      convolution, average pooling, upsampling, padding: the K+1 coefficients stacked along the
+                   batch axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
 affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
                    the primal only
 bilinear           mul, div, a matmul of two Jets: the Cauchy (Leibniz) product
-elementwise        exp, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, atan, erf, ...: their
-                   derivative coefficients at z_0, composed by Horner's rule (``fdsm.taylor.compose``)
-piecewise          ReLU, ELU, where, clamp, max: the series of the active branch, chosen on the primal
+elementwise        exp, exp2, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, sinh, cosh, atan,
+                   erf, ...: their derivative coefficients at z_0, composed by Horner's rule
+                   (``fdsm.taylor.compose``)
+piecewise          ReLU, ELU, where, clamp, amax / max / min: the series of the active branch, chosen on the
+                   primal
+picking            max / min over a dim, sort, topk: the series at the indices the primal picks
+writes             copy, fill, slice_scatter, select_scatter (functionalize's form of in-place writes): the
+                   op on the series of both sides
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
 ================== ===================================================================================
+
+Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU, logaddexp, addcmul, lerp,
+baddbmm, masked_fill, a vector norm, max pooling, scaled dot-product attention, the regression losses, ...) reach the
+rules above through torch's own decompositions (``fdsm.taylor.trace.TORCH_DECOMPOSED``). Ops with neither (tan,
+asin, atan2, hypot, prod, logcumsumexp, cdist, adaptive max pooling, ...) raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f.
 """
@@ -43,7 +53,7 @@ from torch import Tensor
 from fdsm.registry import NotSupported, Registry
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in, primal_of
-from fdsm.taylor.trace import INSTEAD
+from fdsm.taylor.trace import INSTEAD, clear_cache
 from kernels.constants import constant
 
 aten = torch.ops.aten
@@ -62,10 +72,17 @@ def rule_key(op: object) -> str:
                     f"name, got {type(op).__name__}")
 
 
-def register_rule(op: object, rule: Rule) -> Rule:
+def register_rule(op: object, rule: Rule, *, replace: bool = False) -> Rule:
     """Register ``rule`` for ``op``: an ``OpOverload`` (one overload), an ``OpOverloadPacket`` (every overload) or
-    the name of either. The rule takes the op's arguments, with a ``Jet`` for each that depends on x. Returns it."""
-    return RULES.register(rule_key(op), rule)
+    the name of either. The rule takes the op's arguments, with a ``Jet`` for each that depends on x. An op that has
+    a rule already is a ValueError, unless ``replace=True``: the new rule then serves every later call (the traced
+    graphs, whose plans hold the old one, are forgotten). Returns the rule."""
+    key = rule_key(op)
+    if key in RULES and not replace:
+        raise ValueError(f"register_rule: {key} has a Taylor rule already; pass replace=True to replace it")
+    if replace:
+        clear_cache()
+    return RULES.register(key, rule, replace=replace)
 
 
 def rule_for(op: object) -> Rule | None:
@@ -193,6 +210,9 @@ register_rule(aten.index_select, lambda z, d, index: Jet(z.series.index_select(_
 register_rule(aten.index.Tensor, lambda z, indices: Jet(aten.index.Tensor(z.series, [None, *indices])))
 register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
               Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
+_register_all([aten.diagonal, aten.diagonal_copy], lambda z, offset=0, dim1=0, dim2=1:
+              Jet(torch.diagonal(z.series, offset, _dim(dim1, z.ndim), _dim(dim2, z.ndim))))
+register_rule(aten.cumsum, lambda z, dim, *, dtype=None: Jet(z.series.cumsum(_dim(dim, z.ndim), dtype=dtype)))
 register_rule(aten.detach, lambda z: z.primal.detach())  # no derivative flows through detach, as in autograd
 
 
@@ -343,6 +363,8 @@ def _div(a: object, b: object, *, rounding_mode: str | None = None) -> object:
 
 _register_all([aten.add.Tensor, aten.add.Scalar], _add)
 _register_all([aten.sub.Tensor, aten.sub.Scalar], _sub)
+
+
 def _rsub(a: object, b: object, *, alpha: float = 1) -> object:
     """b - alpha * a."""
     return _add(_mul(a, -alpha) if isinstance(a, Jet) else -alpha * a, b)
@@ -515,6 +537,18 @@ register_rule(aten.sin, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, s
 register_rule(aten.cos, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
 
 
+def _sinh_cosh_coefficients(z0: Tensor, order: int, *, shift: int) -> list[Tensor]:
+    """sinh (shift 0) and cosh (shift 1): the derivatives alternate between them, c_m = (sinh, cosh)[m + shift] / m!."""
+    pair = (torch.sinh(z0), torch.cosh(z0))
+    return [pair[(m + shift) % 2] * (1.0 / math.factorial(m)) for m in range(order + 1)]
+
+
+register_rule(aten.sinh, Elementwise(lambda z0, k: _sinh_cosh_coefficients(z0, k, shift=0)))
+register_rule(aten.cosh, Elementwise(lambda z0, k: _sinh_cosh_coefficients(z0, k, shift=1)))
+register_rule(aten.exp2, Elementwise(lambda z0, k: compose.scaled_rows(  # 2^z = e^{z ln 2}: c_m = 2^{z_0} ln^m 2 / m!
+    [math.log(2.0) ** m / math.factorial(m) for m in range(k + 1)], torch.exp2(z0))))
+
+
 def _atan_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     r"""atan: with θ = arccot z_0 ∈ (0, π), so that sin θ = (1 + z_0^2)^{-1/2},
     :math:`\arctan^{(m)}(z_0) = (-1)^{m-1} (m-1)!\, \sin^m\theta\, \sin(m\theta)`, and c_m is that over m!:
@@ -582,13 +616,26 @@ def _integer_power(u: Tensor, p: int) -> Tensor:
     return result
 
 
+def _tensor_power_coefficients(z0: Tensor, order: int, p: Tensor) -> list[Tensor]:
+    r"""z^p for a constant tensor p, elementwise: :math:`c_m = \binom{p}{m} z_0^{p - m}`, each power taken as it is,
+    so that a negative z_0 with an integer p, and z_0 = 0 with p >= m, are exact (as ``torch.pow``'s own). Where the
+    binomial is zero (an integer p < m) the power is taken at exponent 0, so that z_0 = 0 gives 0, not 0 · inf."""
+    c, binomial = [torch.pow(z0, p)], 1.0
+    for m in range(1, order + 1):
+        binomial = binomial * (p - (m - 1)) / m
+        c.append(binomial * torch.pow(z0, torch.where(binomial == 0, 0.0, p - m)))
+    return c
+
+
 def _pow(a: object, b: object) -> Jet:
-    r""":math:`a^b`: an integer power p >= 0 by Cauchy products; any other scalar power by the power recurrence;
-    a tensor or Jet exponent as :math:`\exp(b \log a)`."""
+    r""":math:`a^b`: an integer power p >= 0 by Cauchy products; any other scalar power by the power recurrence; a
+    constant tensor exponent by its binomial coefficients; a Jet exponent as :math:`\exp(b \log a)`."""
     if isinstance(a, Jet) and isinstance(b, (int, float)):
         if float(b).is_integer() and b >= 0:
             return Jet(_integer_power(a.series, int(b)) if b else series.constant(torch.ones_like(a.primal), a.order))
         return _composed(a, functools.partial(_power_coefficients, p=float(b)))
+    if isinstance(a, Jet) and isinstance(b, Tensor):
+        return _composed(a, functools.partial(_tensor_power_coefficients, p=b))
     log_a = _log(a) if isinstance(a, Jet) else torch.log(torch.as_tensor(a, dtype=b.dtype))
     return _exp(_mul(b, log_a))  # one of b, log a is a Jet
 
@@ -699,6 +746,8 @@ def _select_max(z: Jet, dims: Sequence[int], keepdim: bool, which: Callable[...,
 
 
 register_rule(aten.amax, lambda z, dim=(), keepdim=False: _select_max(z, dim, keepdim, torch.amax))
+register_rule(aten.max.default, lambda z: _select_max(z, (), False, torch.amax))
+register_rule(aten.min.default, lambda z: _select_max(z, (), False, torch.amin))
 register_rule(aten.amin, lambda z, dim=(), keepdim=False: _select_max(z, dim, keepdim, torch.amin))
 
 
@@ -717,8 +766,63 @@ def _binary_extreme(pick_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:
     return rule
 
 
+def _gathered(z: Jet, picked: tuple[Tensor, Tensor], dim: int, keepdim: bool = True) -> tuple[Jet, Tensor]:
+    """An op that picks elements of z along dim by its primal (max / min over a dim, sort, topk): the series at the
+    primal's indices, and the indices themselves, a constant. As autograd, a tie takes the index the op returns."""
+    indices = picked[1] if keepdim else picked[1].unsqueeze(dim)
+    d = _dim(dim, z.ndim)
+    values = z.series.gather(d, indices.expand(z.order + 1, *indices.shape))
+    return Jet(values if keepdim else values.squeeze(d)), picked[1]
+
+
+register_rule(aten.max.dim, lambda z, dim, keepdim=False: _gathered(z, torch.max(z.primal, dim, keepdim), dim, keepdim))
+register_rule(aten.min.dim, lambda z, dim, keepdim=False: _gathered(z, torch.min(z.primal, dim, keepdim), dim, keepdim))
+register_rule(aten.sort.default, lambda z, dim=-1, descending=False: _gathered(z, torch.sort(z.primal, dim, descending),
+                                                                                dim))
+register_rule(aten.sort.stable, lambda z, *, stable=None, dim=-1, descending=False:
+              _gathered(z, torch.sort(z.primal, stable=stable, dim=dim, descending=descending), dim))
+register_rule(aten.topk, lambda z, k, dim=-1, largest=True, sorted=True:
+              _gathered(z, torch.topk(z.primal, k, dim, largest, sorted), dim))
 register_rule(aten.maximum, _binary_extreme(torch.gt))
 register_rule(aten.minimum, _binary_extreme(torch.lt))
+
+
+# ---- writes, as functionalize spells them: a new tensor with some elements replaced -------------------------
+
+def _copy(destination: object, source: object, non_blocking: bool = False) -> object:
+    """``copy(destination, source)``: source, broadcast to the destination's shape and cast to its dtype (none of
+    the destination's values survive)."""
+    shape, dtype = primal_of(destination).shape, primal_of(destination).dtype
+    if not isinstance(source, Jet):
+        return source.to(dtype).expand(shape)
+    return Jet(source.aligned(len(shape)).to(dtype).expand(source.order + 1, *shape))
+
+
+def _scatter(op: Callable[..., Tensor]) -> Rule:
+    """``slice_scatter`` / ``select_scatter(base, source, dim, ...)``: the op on the series of both (a constant one
+    as (value, 0, ..., 0)), dim shifted past the coefficient axis."""
+
+    def rule(base: object, source: object, dim: int = 0, *args) -> Jet:
+        order, ndim = _order(base, source), _ndim(base)
+        return Jet(op(_as_series(base, order, ndim), _as_series(source, order, _ndim(source)), _dim(dim, ndim), *args))
+
+    return rule
+
+
+register_rule(aten.copy.default, _copy)
+register_rule(aten.slice_scatter, _scatter(aten.slice_scatter))
+register_rule(aten.select_scatter, _scatter(aten.select_scatter))
+register_rule(aten.fill.Tensor, _copy)
+
+
+def _copy_into_a_leaf(destination: Tensor, source: object, non_blocking: bool = False) -> None:
+    """functionalize's write-back of a value into a tensor f closes over (``fdsm.taylor.trace._functional``): where
+    that value depends on x, the tensor would hold a Jet's primal only, and later calls would read it."""
+    raise NotSupported("exact-taylor: f writes a value computed from x in place into a tensor it closes over (a "
+                       f"parameter, a buffer, a captured tensor); compute it out of place, {INSTEAD}")
+
+
+register_rule(aten.copy_, _copy_into_a_leaf)  # fill(z, value): value everywhere, a Jet where it depends on x
 
 
 # ---- zero: piecewise constant, or no dependence on the values at all ------------------------------------------
@@ -732,5 +836,5 @@ for _op in (aten.gt, aten.lt, aten.ge, aten.le, aten.eq, aten.ne, aten.sign, ate
             aten.trunc, aten.argmax, aten.argmin, aten.isnan, aten.isinf, aten.logical_not, aten.logical_and,
             aten.logical_or, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.rand_like,
             aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_empty, aten.new_full, aten.sym_size,
-            aten.lift_fresh):
+            aten.lift_fresh, aten.fill.Scalar, aten.zero):
     register_rule(_op, _zero(_op))

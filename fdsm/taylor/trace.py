@@ -4,7 +4,15 @@ r"""Tracing f once to an aten-level graph, with the tensors it closes over lifte
 ``leaves`` tensor, so that ``graph(x, *leaves)`` computes f(x). The graph comes from
 ``torch.fx.experimental.proxy_tensor.make_fx`` over ``torch.func.functionalize`` (no in-place ops reach the rules),
 with ``DECOMPOSITIONS`` keeping the op set small: the normalizations, variances and softmaxes become the means,
-products, rsqrt and exp that have rules.
+products, rsqrt and exp that have rules, and the composites without a rule of their own (mish, hardswish, addcmul,
+lerp, masked_fill, a vector norm, max pooling, attention, ...) become torch's own decompositions of them
+(``torch._decomp``).
+
+An in-place op that torch implements in C++ (circular padding's slice copies, a channels-last pool's
+``as_strided_``, a ``clamp_min_`` inside ``F.normalize``) can survive the first functionalization; such a graph is
+functionalized once more (``_functional``), so that no rule ever sees a mutation. f that writes into x itself, or
+that reads a tensor's values into Python or NumPy while it is traced (``.numpy()``, ``.tolist()``,
+``np.asarray``: the trace would keep whatever those values were), raises ``NotSupported`` saying so.
 
 NOTE [lifting the tensors f closes over]
 The objectives pass closures over per-batch tensors (DKEF's alpha, NCSN's labels), ``directional_derivative`` wraps
@@ -47,9 +55,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, fx, nn
+from torch._decomp import get_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.modules import module as module_hooks
 from torch.nn.utils import stateless
+from torch.overrides import TorchFunctionMode
 
 from fdsm.registry import NotSupported
 
@@ -187,7 +197,20 @@ def _logsumexp(x: Tensor, dim: list[int], keepdim: bool = False) -> Tensor:
     return out if keepdim else aten.squeeze.dims(out, dim)
 
 
+# Composites with no rule of their own whose torch decompositions reach ops that have one (each is tested against
+# nested autograd in tests/test_taylor.py). Not here: the elementwise ops that torch decomposes into prims of their
+# own (sinh, tan, exp2, ...), which have rules or none.
+TORCH_DECOMPOSED = (
+    aten.mish, aten.hardswish, aten.hardsigmoid, aten._prelu_kernel, aten.log_sigmoid_forward, aten.softshrink,
+    aten.hardshrink, aten.glu, aten.logaddexp, aten.logit, aten.xlogy, aten.addcmul, aten.addcdiv, aten.lerp,
+    aten.baddbmm, aten.addmv, aten.masked_fill, aten.clamp.Tensor, aten.clamp_min.Tensor, aten.clamp_max.Tensor,
+    aten.threshold, aten.linalg_vector_norm, aten.max_pool2d_with_indices, aten._safe_softmax,
+    aten._scaled_dot_product_flash_attention_for_cpu, aten.mse_loss, aten.huber_loss, aten.smooth_l1_loss,
+    aten.tril, aten.triu, aten.dot, aten.trace,
+)
+
 DECOMPOSITIONS: dict = {
+    **get_decompositions(TORCH_DECOMPOSED),
     aten.var.correction: _var,
     aten.var_mean.correction: _var_mean,
     aten.std.correction: _std,
@@ -542,22 +565,75 @@ _CACHE: OrderedDict[_Key, tuple[fx.GraphModule, float]] = OrderedDict()  # key -
 CACHE_SIZE = 64
 
 
+class _NoValueReads(TorchFunctionMode):
+    """Refuses to read a traced tensor's values into Python or NumPy: under ``functionalize`` a tensor has no storage
+    of its own, so ``.numpy()`` returns whatever memory is there and the trace keeps it as a constant."""
+
+    READS = frozenset({Tensor.numpy, Tensor.tolist, Tensor.__array__})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if func in self.READS and torch._is_functional_tensor(args[0]):
+            raise NotSupported(f"exact-taylor traces f once, to torch ops, and f reads a tensor's values into Python "
+                               f"or NumPy ({func.__name__}): the trace cannot follow them; keep that computation in "
+                               f"torch ops, {INSTEAD}")
+        return func(*args, **(kwargs or {}))
+
+
+def _mutates(node: fx.Node) -> bool:
+    return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+
+
+def _functional(graph: fx.GraphModule, inputs: list[Tensor]) -> fx.GraphModule:
+    """The graph with no in-place op but functionalize's write-backs into the leaves: as it is, or functionalized
+    once more where a mutation survived the first pass (module docstring). A write into x is refused; one into a
+    leaf (a batch norm's ``num_batches_tracked += 1``) runs as in f, and is refused where its value depends on x
+    (the rule of ``copy_``)."""
+    if not any(map(_mutates, graph.graph.nodes)):
+        return graph
+    graph = make_fx(torch.func.functionalize(graph), decomposition_table=DECOMPOSITIONS)(*inputs)
+    x = next(node for node in graph.graph.nodes if node.op == "placeholder")
+    if any(_mutates(node) and node.args[0] is x for node in graph.graph.nodes):  # functionalize's write-back
+        raise NotSupported("exact-taylor: f writes in place into its input x (an x.mul_(...), an x[...] = ...): "
+                           f"write that step out of place, {INSTEAD}")
+    return graph
+
+
+def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
+    """Drop each ``as_strided`` that views a tensor as itself (the same size, offset and strides on every dim of
+    size > 1), as functionalize writes a channels-last pool's ``as_strided_``; any other has no rule."""
+    for node in list(graph.graph.nodes):
+        if node.target is not aten.as_strided.default:
+            continue
+        base, size, stride, *offset = node.args
+        val = base.meta.get("val")
+        if val is None or list(size) != list(val.shape) or (offset[0] if offset else 0) not in (None,
+                                                                                                 val.storage_offset()):
+            continue
+        if all(n == 1 or a == b for n, a, b in zip(size, stride, val.stride(), strict=True)):
+            node.replace_all_uses_with(base)
+            graph.graph.erase_node(node)
+    graph.recompile()
+    return graph
+
+
 def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphModule:
     def lifted(inputs: Tensor, *leaves: Tensor) -> Tensor:
         with _swapped(walk, leaves):
             return f(inputs)
 
-    detached = [t.detach() for t in walk.leaves]
+    inputs = [x.detach(), *(t.detach() for t in walk.leaves)]
     try:
         with torch.no_grad():
-            return make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(x.detach(),
-                                                                                                 *detached)
+            with _NoValueReads():
+                graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
+            return _drop_identity_strides(_functional(graph, inputs))
     except RuntimeError as err:
         if "data-dependent" not in str(err):  # make_fx's words for a branch on a value of the traced tensor
             raise
         raise NotSupported("exact-taylor traces f once, for every x of this shape, and f branches on a value "
-                           "computed from x (data-dependent control flow: an `if` or `.item()` on a tensor); write "
-                           f"the branch with torch.where, {INSTEAD}") from err
+                           "computed from x or from a tensor it closes over (data-dependent control flow: an `if` "
+                           "or `.item()` on a tensor, or an op that checks its input's values, such as one_hot); "
+                           f"write the branch with torch.where, {INSTEAD}") from err
 
 
 def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, list[Tensor]]:
