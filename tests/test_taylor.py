@@ -499,6 +499,8 @@ OP_P = torch.tensor([2.0, 3.0, 1.0, 4.0], dtype=F64)
 COMPOSITE_OPS = {
     "pow-with-a-constant-tensor-exponent": lambda z: (z - 0.5) ** torch.tensor(3.0, dtype=F64) + z ** OP_P,
     "pow-of-relu-by-a-tensor-at-zero": lambda z: F.relu(z) ** torch.tensor(2.0, dtype=F64),
+    "relu-and-max-beside-minus-infinity": lambda z: torch.exp(F.relu(z.masked_fill(OP_C > 0.5, -math.inf)))
+    * torch.amax(z.masked_fill(OP_C > 0.5, -math.inf), -1, keepdim=True),
     "circular_pad": lambda z: F.pad(z, (1, 1, 1, 1), mode="circular") ** 2,
     "channels-last-global-pool": lambda z: F.adaptive_avg_pool2d(z.contiguous(memory_format=torch.channels_last) ** 2,
                                                                    1),
@@ -548,14 +550,23 @@ def test_composite_ops_and_in_place_writes_match_exact_reverse(name, order):
     assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
 
 
-def attention(z):
-    return F.scaled_dot_product_attention(z, z ** 2, torch.sin(z))
+CAUSAL = torch.ones(3, 3, dtype=torch.bool).tril()
+
+
+def attention(z, causal=False):
+    return F.scaled_dot_product_attention(z, z ** 2, torch.sin(z), is_causal=causal)
+
+
+def written_out_attention(z, causal=False):
+    scores = z @ (z ** 2).transpose(-1, -2) / 2  # 1 / sqrt(4)
+    return torch.softmax(scores.masked_fill(~CAUSAL, -math.inf) if causal else scores, -1) @ torch.sin(z)
 
 
 WRITTEN_OUT = {  # ops whose double backward PyTorch lacks, against the same maths in ops it can differentiate
     "hardsigmoid": (lambda z: F.hardsigmoid(2 * z) * z, lambda z: torch.clamp(z / 3 + 0.5, 0, 1) * z),
-    "scaled_dot_product_attention": (attention, lambda z: torch.softmax(z @ (z ** 2).transpose(-1, -2) / 2, -1)
-                                     @ torch.sin(z)),
+    "scaled_dot_product_attention": (attention, written_out_attention),
+    "causal-attention": (functools.partial(attention, causal=True), functools.partial(written_out_attention,
+                                                                                      causal=True)),
 }
 
 

@@ -33,9 +33,10 @@ zero               comparisons, sign, floor, ``*_like``: the op on the primals, 
 ================== ===================================================================================
 
 Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU, logaddexp, addcmul, lerp,
-baddbmm, masked_fill, a vector norm, max pooling, scaled dot-product attention, the regression losses, ...) reach the
-rules above through torch's own decompositions (``fdsm.taylor.trace.TORCH_DECOMPOSED``). Ops with neither (tan,
-asin, atan2, hypot, prod, logcumsumexp, cdist, adaptive max pooling, ...) raise ``NotSupported`` naming the op.
+baddbmm, masked_fill, a vector norm, max pooling, the regression losses, scaled dot-product attention on the CPU,
+...) reach the rules above through torch's own decompositions (``fdsm.taylor.trace.TORCH_DECOMPOSED``). Ops with
+neither (tan, asin, atan2, hypot, prod, logcumsumexp, cdist, adaptive max pooling, attention's CUDA kernels, ...)
+raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f.
 """
@@ -655,8 +656,9 @@ register_rule(aten.where.self, _where)
 
 
 def _relu(z: Jet) -> Jet:
-    """max(z, 0): z's series where z_0 > 0, else 0 (at z_0 = 0 the zero branch, as relu's backward)."""
-    return Jet(z.series * (z.primal > 0))
+    """max(z, 0): z's series where z_0 > 0, else 0 (at z_0 = 0 the zero branch, as relu's backward; at z_0 = -inf
+    0 too, where a product with the mask would be 0 · inf)."""
+    return Jet(torch.where(z.primal > 0, z.series, 0.0))
 
 
 register_rule(aten.relu, _relu)
@@ -738,11 +740,13 @@ register_rule(aten.abs, lambda z: Jet(z.series * torch.sign(z.primal)))  # sign(
 
 
 def _select_max(z: Jet, dims: Sequence[int], keepdim: bool, which: Callable[..., Tensor]) -> Jet:
-    """max / min over dims: the series of the extreme element (ties share it equally, as autograd's amax does)."""
+    """max / min over dims: the series of the extreme element (ties share it equally, as autograd's amax does).
+    The primal is the extreme itself, so that an infinite element elsewhere (attention's -inf mask) is not 0 · inf."""
     extreme = which(z.primal, dims, True)
     hit = (z.primal == extreme).to(z.dtype)
     weights = hit / hit.sum(dims, keepdim=True)
-    return Jet((z.series * weights).sum(_dims(dims, z.ndim), keepdim=keepdim))
+    higher = (z.series[1:] * weights).sum(_dims(dims, z.ndim), keepdim=keepdim)
+    return Jet(torch.cat([(extreme if keepdim else which(z.primal, dims, False)).unsqueeze(0), higher]))
 
 
 register_rule(aten.amax, lambda z, dim=(), keepdim=False: _select_max(z, dim, keepdim, torch.amax))

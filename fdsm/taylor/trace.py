@@ -204,9 +204,9 @@ TORCH_DECOMPOSED = (
     aten.mish, aten.hardswish, aten.hardsigmoid, aten._prelu_kernel, aten.log_sigmoid_forward, aten.softshrink,
     aten.hardshrink, aten.glu, aten.logaddexp, aten.logit, aten.xlogy, aten.addcmul, aten.addcdiv, aten.lerp,
     aten.baddbmm, aten.addmv, aten.masked_fill, aten.clamp.Tensor, aten.clamp_min.Tensor, aten.clamp_max.Tensor,
-    aten.threshold, aten.linalg_vector_norm, aten.max_pool2d_with_indices, aten._safe_softmax,
-    aten._scaled_dot_product_flash_attention_for_cpu, aten.mse_loss, aten.huber_loss, aten.smooth_l1_loss,
-    aten.tril, aten.triu, aten.dot, aten.trace,
+    aten.threshold, aten.linalg_vector_norm, aten.max_pool2d_with_indices, aten._safe_softmax, aten.mse_loss,
+    aten.huber_loss, aten.smooth_l1_loss, aten.tril, aten.triu, aten.dot, aten.trace,
+    aten._scaled_dot_product_flash_attention_for_cpu,  # attention on the CPU; its CUDA kernels have no decomposition
 )
 
 DECOMPOSITIONS: dict = {
