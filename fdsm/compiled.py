@@ -77,6 +77,9 @@ def compiled_derivative(f: Callable[[Tensor], Tensor], order: int, *, method: st
         raise ValueError(f"{who}: method {method!r} is not compiled here: {reason}; compiled methods: "
                          f"{', '.join(COMPILABLE)}")
     check_order(order, who)
+    if not callable(f):
+        raise TypeError(f"{who}: expected f to be callable, got {type(f).__name__}")
+    f = derivatives._checked(f, None, who)  # its output's shape and dtype, checked in the trace
     points = derivatives._check_stencil(stencil, order, method, who)  # the central stencil by default (FD)
     run = _compiled_taylor(f, order, compile_options) if method == "exact-taylor" else torch.compile(
         own_code(_fd_pass, f=f, method=method, order=order, stencil=points), **compile_options)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from fdsm import distributed, exact, fd, taylor
 from fdsm.fd_error import TOLERANCE, check_fd_options, checked_estimate, richardson_stencil
 from fdsm.registry import Registry
-from fdsm.stencils import Stencil, central_stencil, check_order
+from fdsm.stencils import Stencil, central_stencil, check_moments, check_order
 from kernels.backend import triton_unavailable_reason
 
 METHODS: Registry[Callable[..., Tensor]] = Registry("method")
@@ -59,8 +59,8 @@ def _check_inputs(f: object, x: object, v: object, who: str = _WHO) -> None:
             raise TypeError(f"{who}: expected {name} to be a Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{who}: expected {name} to be floating point, got {t.dtype}")
-    if x.dim() < 1:
-        raise ValueError(f"{who}: expected x of shape (B, *event), got a 0-d tensor")
+    if x.dim() < 1 or len(x) == 0:
+        raise ValueError(f"{who}: expected x of shape (B, *event) with B >= 1, got shape {tuple(x.shape)}")
     if v.shape != x.shape:
         raise ValueError(f"{who}: expected v of the same shape as x {tuple(x.shape)}, got {tuple(v.shape)}")
     if v.dtype != x.dtype or v.device != x.device:
@@ -78,20 +78,23 @@ def _check_stencil(stencil: object, order: int, method: str, who: str = _WHO) ->
                          f"build it with central_stencil({order})")
     if method not in FD_METHODS:
         raise ValueError(f"{who}: method {method!r} is exact and takes no stencil; pass stencil=None")
-    return stencil
+    return check_moments(stencil, who)
 
 
-def _checked(f: Callable[[Tensor], Tensor], batch: int, who: str = _WHO) -> Callable[[Tensor], Tensor]:
-    """f, with its output checked: (N, *event) -> (N,) or (N, k), the same N as its input. ``batch`` is the
-    user's B: where N differs (the batched FD methods stack their points), an error says so."""
+def _checked(f: Callable[[Tensor], Tensor], batch: int | None, who: str = _WHO) -> Callable[[Tensor], Tensor]:
+    """f, with its output checked: (N, *event) -> (N,) or (N, k), floating point, the same N as its input.
+    ``batch`` is the user's B: where N differs (the batched FD methods stack their points), an error says so
+    (None: not known when f is wrapped, as in ``fdsm.compiled``)."""
 
     def wrapped(inputs: Tensor) -> Tensor:
         out = f(inputs)
         if not isinstance(out, Tensor):
             raise TypeError(f"{who}: expected f to return a Tensor, got {type(out).__name__}")
+        if not out.is_floating_point():  # an integer or bool output has no derivative, and the methods would
+            raise TypeError(f"{who}: expected f to return a floating-point tensor, got {out.dtype}")  # disagree
         if out.dim() not in (1, 2) or out.shape[0] != inputs.shape[0]:
             stacked = (f" (the {inputs.shape[0] // batch} stencil points of the batch of {batch}, stacked into one"
-                       " call)" if inputs.shape[0] != batch else "")
+                       " call)" if batch and inputs.shape[0] != batch else "")
             raise ValueError(f"{who}: expected f to map a batch of {inputs.shape[0]}{stacked} to shape "
                              f"({inputs.shape[0]},) or ({inputs.shape[0]}, k), got {tuple(out.shape)}")
         return out
@@ -160,10 +163,16 @@ def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
     For an f with an op that Taylor mode has no rule for it raises ``fdsm.NotSupported`` naming the op; pass
     ``method="exact-reverse"`` there (or register the rule, ``fdsm.taylor.register_rule``).
     """
+    who = "float64_reference(model, x, v, order)"
     if method not in EXACT_METHODS:
-        raise ValueError(f"float64_reference: expected an exact method {EXACT_METHODS}, got {method!r}")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"float64_reference: expected chunk >= 1 or None, got {chunk}")
+        raise ValueError(f"{who}: expected an exact method {EXACT_METHODS}, got {method!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"{who}: expected chunk to be an int >= 1 or None, got {chunk!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who}: expected model to be a torch.nn.Module (fn(model, x) gives the function), got "
+                        f"{type(model).__name__}")
+    check_order(order, who)
+    _check_inputs(model if fn is None else fn, x, v, who)  # before the cast to float64
     reference = copy.deepcopy(model).double().requires_grad_(False)
     call = fn if fn is not None else (lambda m, inputs: m(inputs))
     x, v = x.detach().double(), v.detach().double()

@@ -480,6 +480,17 @@ def fd_estimate(f: Fn, x: Tensor, v: Tensor, order: int, *, method: str = "fd-ba
                             tolerance=tolerance, warn=warn, who=_WHO)
 
 
+def _unit_directions(v: Tensor, dtype: torch.dtype, who: str) -> tuple[Tensor, Tensor]:
+    """(|v|, v/|v|): (B,) float64 and (B, *event) in ``dtype``, detached; v must be finite and non-zero per sample
+    (along v = 0 the derivative is 0, with no step to choose)."""
+    norm_v = v.detach().double().flatten(1).norm(dim=1)  # (B,)
+    if not (torch.isfinite(norm_v) & (norm_v > 0)).all():
+        b = int((~(torch.isfinite(norm_v) & (norm_v > 0))).nonzero()[0])
+        raise ValueError(f"{who}: expected finite, non-zero directions v, got |v| = {float(norm_v[b])} at sample "
+                         f"{b}")
+    return norm_v, (v.detach().double() / norm_v.view(-1, *([1] * (v.dim() - 1)))).to(dtype)
+
+
 def auto_step(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil | None = None,
               who: str = "auto_step(f, x, v, order)") -> Tensor:
     """The steps ``fd_estimate(..., step="auto")`` would choose along v/|v|, (B,) float64, detached, from its
@@ -491,12 +502,7 @@ def auto_step(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil | Non
     derivatives._check_inputs(f, x, v, who)
     s = derivatives._check_stencil(stencil or central_stencil(order, default_accuracy(order, x.dtype)), order,
                                    "fd-batched", who)
-    shape = (-1, *([1] * (x.dim() - 1)))
-    norm_v = v.detach().double().flatten(1).norm(dim=1)  # (B,)
-    if not (norm_v > 0).all():
-        raise ValueError(f"{who}: expected non-zero directions v, got |v| = 0 at sample "
-                         f"{int((~(norm_v > 0)).nonzero()[0])}")
-    u = (v.detach().double() / norm_v.view(shape)).to(x.dtype)
+    _, u = _unit_directions(v, x.dtype, who)
     with torch.no_grad():
         h, _, _, _ = _auto_step(derivatives._checked(f, len(x), who), x.detach(), u, s, who)
     finest = min(abs(g) for g in s.offsets if g != 0)
@@ -510,9 +516,11 @@ def auto_step(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil | Non
 def check_fd_options(method: str, step: object, richardson: object, who: str) -> None:
     """The FD-only options: an FD method, ``step`` ``"auto"`` or None, ``richardson`` a bool."""
     if not method.startswith("fd-"):
-        raise ValueError(f"{who}: step={step!r} and richardson={richardson!r} need an FD method, got {method!r}, "
-                         "which is exact: it has no step to choose and no FD error to estimate; pass step=None "
-                         "and richardson=False")
+        given = " and ".join(f"{name}={value!r}" for name, value, unset in
+                             (("step", step, None), ("richardson", richardson, False)) if value is not unset)
+        raise ValueError(f"{who}: {given or 'an FD error estimate'} needs an FD method, got {method!r}, which is "
+                         "exact: it has no step to choose and no FD error to estimate; pass step=None and "
+                         "richardson=False")
     if step not in ("auto", None):
         raise ValueError(f"{who}: expected step='auto' or None (|v| is the step), got {step!r}")
     if not isinstance(richardson, bool):
@@ -542,12 +550,7 @@ def _estimate(f: Fn, run: Callable[..., Tensor], x: Tensor, v: Tensor, s: Stenci
               tolerance: float, warn: bool, who: str) -> FDEstimate:
     T, B = s.order, x.shape[0]
     shape = (-1, *([1] * (x.dim() - 1)))
-    norm_v = v.detach().double().flatten(1).norm(dim=1)  # (B,)
-    if not (norm_v > 0).all():
-        b = int((~(norm_v > 0)).nonzero()[0])
-        raise ValueError(f"{who}: expected non-zero directions v, got |v| = {float(norm_v[b])} at sample {b}: the "
-                         "derivative along v = 0 is 0, with no step to choose")
-    u = (v.detach().double() / norm_v.view(shape)).to(x.dtype)  # (B, *event): v / |v|
+    norm_v, u = _unit_directions(v, x.dtype, who)
     if step == "auto":
         h, error, forwards, points = _auto_step(f, x, u, s, who)
     else:

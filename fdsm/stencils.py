@@ -25,6 +25,7 @@ Example: the 3-point second difference of eq. (8).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,31 @@ def check_order(order: object, who: str) -> int:
     if order < 1:
         raise ValueError(f"{who}: expected order >= 1, got {order}")
     return order
+
+
+@functools.lru_cache(maxsize=256)
+def check_moments(stencil: Stencil, who: str) -> Stencil:
+    r"""``stencil`` if its weights are a T-th difference of the accuracy it claims: the moment conditions
+    :math:`\sum_i w_i \gamma_i^t = T!\,\delta_{tT}` for t = 0 .. T + accuracy - 1, each to 1e-9 of
+    :math:`\sum_i |w_i \gamma_i^t|` (the rounding of weights solved exactly); else a ValueError naming the first t
+    that fails. For a stencil a user builds by hand (``fdsm.Stencil`` is a plain dataclass); cached, as the
+    methods check their stencil on every call."""
+    if len(stencil.offsets) != len(stencil.weights) or not stencil.offsets:
+        raise ValueError(f"{who}: expected a stencil with as many weights as offsets (at least one), got "
+                         f"{len(stencil.weights)} weights for {len(stencil.offsets)} offsets")
+    if not all(math.isfinite(float(c)) for c in (*stencil.offsets, *stencil.weights)):
+        raise ValueError(f"{who}: expected finite stencil offsets and weights, got {stencil}")
+    if isinstance(stencil.accuracy, bool) or not isinstance(stencil.accuracy, int) or stencil.accuracy < 1:
+        raise ValueError(f"{who}: expected a stencil accuracy that is an int >= 1, got {stencil.accuracy!r}")
+    T = stencil.order
+    for t in range(T + stencil.accuracy):
+        terms = [w * g ** t for g, w in zip(stencil.offsets, stencil.weights, strict=True)]
+        target = math.factorial(T) if t == T else 0
+        if abs(math.fsum(terms) - target) > 1e-9 * max(math.fsum(map(abs, terms)), 1.0):
+            raise ValueError(f"{who}: the stencil's weights are not a difference of order {T} and accuracy "
+                             f"{stencil.accuracy}: sum_i w_i offset_i^{t} = {math.fsum(terms):.6g}, expected "
+                             f"{target}; build one with fdsm.stencil(order, offsets) or central_stencil")
+    return stencil
 
 
 def _solve_exact(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction]:

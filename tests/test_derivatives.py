@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fdsm import METHODS, central_stencil, directional_derivative, float64_reference, stencil, streams_backend
+from fdsm import METHODS, Stencil, central_stencil, directional_derivative, float64_reference, stencil, streams_backend
 from fdsm.registry import Registry
 
 F64 = torch.float64
@@ -268,13 +268,44 @@ X, V = points(step=0.1)
         (dict(f=lambda x: x), ValueError, "expected f to map a batch of"),
         (dict(f=lambda x: ok_f(x).sum()), ValueError, "expected f to map a batch of"),
         (dict(f=lambda x: [ok_f(x)]), TypeError, "expected f to return a Tensor"),
+        (dict(f=lambda x: (1000 * ok_f(x)).long()), TypeError, "expected f to return a floating-point tensor"),
+        (dict(x=X[:0], v=V[:0]), ValueError, r"with B >= 1, got shape \(0, 3, 2\)"),
     ],
 )
-@pytest.mark.parametrize("method", ["exact-reverse", "exact-forward", "fd-serial", "fd-batched", "fd-streams"])
+@pytest.mark.parametrize("method", ["exact-reverse", "exact-forward", "exact-taylor", "fd-serial", "fd-batched",
+                                    "fd-streams"])
 def test_bad_input_gets_a_clear_error(kwargs, error, match, method):
     call = dict(f=ok_f, x=X, v=V, order=2, method=method) | kwargs
     with pytest.raises(error, match=match):
         directional_derivative(call.pop("f"), call.pop("x"), call.pop("v"), call.pop("order"), **call)
+
+
+@pytest.mark.parametrize("offsets, weights, accuracy, match", [
+    ((-1.0, 0.0, 1.0), (1.0, 1.0, 1.0), 2, r"not a difference of order 2 and accuracy 2: sum_i w_i offset_i\^0 = 3"),
+    ((-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 4, r"offset_i\^4 = 2, expected 0"),  # claims more accuracy than it has
+    ((), (), 2, "as many weights as offsets"),
+    ((-1.0, 0.0, 1.0), (1.0, -2.0), 2, "got 2 weights for 3 offsets"),
+    ((-1.0, 0.0, 1.0), (1.0, -2.0, math.nan), 2, "finite"),
+    ((-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 0, "accuracy that is an int >= 1"),
+])
+def test_a_hand_built_stencil_is_checked_against_its_moment_conditions(offsets, weights, accuracy, match):
+    with pytest.raises(ValueError, match=match):
+        directional_derivative(ok_f, X, V, 2, stencil=Stencil(2, offsets, weights, accuracy))
+    good = Stencil(2, (-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 2)  # central_stencil(2), built by hand
+    assert directional_derivative(ok_f, X, V, 2, stencil=good).equal(directional_derivative(ok_f, X, V, 2))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(v=V.long()), TypeError, "expected v to be floating point"),  # was cast to float64: a zero reference
+    (dict(chunk=1.5), ValueError, "expected chunk to be an int >= 1 or None, got 1.5"),
+    (dict(chunk=True), ValueError, "expected chunk to be an int >= 1 or None, got True"),
+    (dict(model=ok_f), TypeError, "expected model to be a torch.nn.Module"),
+    (dict(order=0), ValueError, "expected order >= 1"),
+])
+def test_float64_reference_checks_its_inputs_before_the_cast(kwargs, error, match):
+    call = dict(model=torch.nn.Flatten(0), x=X[:, :1, 0], v=V[:, :1, 0], order=2) | kwargs
+    with pytest.raises(error, match=match):
+        float64_reference(call.pop("model"), call.pop("x"), call.pop("v"), call.pop("order"), **call)
 
 
 def test_a_disabled_entry_says_why_and_an_unknown_one_lists_the_names():

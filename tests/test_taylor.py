@@ -505,6 +505,8 @@ COMPOSITE_OPS = {
     "channels-last-global-pool": lambda z: F.adaptive_avg_pool2d(z.contiguous(memory_format=torch.channels_last) ** 2,
                                                                    1),
     "written-in-place": written_in_place,
+    "casts-to-integer-and-bool": lambda z: (1000 * z).long().double() * z + (z > 0.2).double() * z ** 2
+    + (10 * z).to(torch.bool).double(),
     "normalize": lambda z: F.normalize(z, dim=-1),
     "cosine_similarity": lambda z: F.cosine_similarity(z, z ** 2, dim=-1),
     "vector_norm": lambda z: torch.linalg.vector_norm(z, dim=(-2, -1)) * z.norm(dim=(1, 2))[:, :2],
@@ -784,10 +786,19 @@ def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
         taylor_d(into_memory, x, v, 2)
 
 
-@pytest.mark.parametrize("order, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
-def test_taylor_coefficients_checks_the_order(order, error):
-    with pytest.raises(error, match=r"taylor_coefficients: expected order"):
-        taylor_coefficients(lambda z: z.sum(1), rand(3, 4, seed=1), rand(3, 4, seed=2), order)
+@pytest.mark.parametrize("change, error, match", [
+    (dict(order=0), ValueError, "expected order >= 1"), (dict(order=-1), ValueError, "expected order >= 1"),
+    (dict(order=1.5), TypeError, "expected order to be an int"), (dict(order=True), TypeError, "expected order"),
+    (dict(v=rand(3, 2, seed=2)), ValueError, "expected v of the same shape as x"),
+    (dict(v=rand(3, 4, seed=2).float()), ValueError, "expected v on x's dtype and device"),
+    (dict(f=lambda z: z.sum()), ValueError, r"expected f to map a batch of 3 to shape \(3,\) or \(3, k\), got \(\)"),
+    (dict(f=lambda z: z.sum(1).repeat(2)), ValueError, "expected f to map a batch of 3"),
+    (dict(f=lambda z: z.sum(1).long()), TypeError, "expected f to return a floating-point tensor"),
+])
+def test_taylor_coefficients_checks_its_inputs_as_directional_derivative_does(change, error, match):
+    call = dict(f=lambda z: z.sum(1), x=rand(3, 4, seed=1), v=rand(3, 4, seed=2), order=2) | change
+    with pytest.raises(error, match=r"taylor_coefficients\(f, x, v, order\): " + match):
+        taylor_coefficients(call["f"], call["x"], call["v"], call["order"])
 
 
 def test_a_rule_is_replaced_only_when_asked(monkeypatch):
@@ -1173,7 +1184,7 @@ def test_float64_reference_is_exact_taylor_by_default_and_agrees_with_exact_reve
     traces = taylor.STATS.traces
     assert_agree(float64_reference(model, x, v, 3, chunk=1), ref, rtol=1e-12)  # one copy: one trace for all chunks
     assert taylor.STATS.traces == traces + 1  # a new shape, (1, ...), traced once for the three chunks
-    with pytest.raises(ValueError, match="expected chunk >= 1"):
+    with pytest.raises(ValueError, match="expected chunk to be an int >= 1"):
         float64_reference(model, x, v, 3, chunk=0)
 
 

@@ -151,6 +151,20 @@ def test_compiled_derivative_checks_its_arguments_before_compiling():
     with pytest.raises(ValueError, match="expected v of the same shape"):
         call(torch.zeros(2, 3), torch.zeros(2, 4))
     assert set(COMPILABLE) == {"exact-taylor", "fd-serial", "fd-batched"}
+    with pytest.raises(TypeError, match="expected f to be callable, got str"):
+        compiled_derivative("f", 2)
+
+
+@pytest.mark.parametrize("method", ["exact-taylor", "fd-batched"])
+@pytest.mark.parametrize("f, error, match", [
+    (lambda x: x.sum(), ValueError, r"expected f to map a batch of \d+ to shape .*, got \(\)"),
+    (lambda x: x.sum(1).repeat(2), ValueError, r"expected f to map a batch of \d+ to shape"),
+    (lambda x: x.sum(1).long(), TypeError, "expected f to return a floating-point tensor, got torch.int64"),
+])
+def test_a_compiled_derivative_checks_what_f_returns(f, error, match, method):
+    x = torch.ones(4, 3, dtype=torch.float64)
+    with pytest.raises(error, match=r"compiled_derivative\(f, order\): " + match):
+        compiled_derivative(f, 2, method=method, backend="eager")(x, x)
 
 
 @compiles

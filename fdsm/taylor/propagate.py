@@ -187,11 +187,20 @@ def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, ord
     >>> taylor_coefficients(lambda x: (x[:, 0] + 3 * x[:, 1]) ** 4, x, v, 4)[:, 0].tolist()  # D^k of s^4, s = 7
     [2401.0, -3430.0, 3675.0, -2625.0, 937.5]
     """
-    check_order(order, "taylor_coefficients")
+    from fdsm import derivatives  # here: fdsm.derivatives imports this package for its method exact-taylor
+
+    who = "taylor_coefficients(f, x, v, order)"
+    check_order(order, who)
+    derivatives._check_inputs(f, x, v, who)
+    return _coefficients(derivatives._checked(f, len(x), who), x, v, order)  # f's output checked in the trace
+
+
+def _coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int) -> Tensor:
     graph, leaves = traced(f, x)
     return _derivatives(graph, x, v, order, leaves)
 
 
 def exact_taylor(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *, stencil=None) -> Tensor:
-    """D^T by Taylor mode: the last row of ``taylor_coefficients``. The derivative method ``exact-taylor``."""
-    return taylor_coefficients(f, x, v, order)[order]
+    """D^T by Taylor mode: the last row of ``taylor_coefficients`` (whose checks ``directional_derivative`` has
+    made). The derivative method ``exact-taylor``."""
+    return _coefficients(f, x, v, order)[order]

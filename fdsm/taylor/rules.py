@@ -291,8 +291,22 @@ for _op in (aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten._adaptive_av
             aten.upsample_nearest2d, aten.upsample_nearest3d, aten.upsample_bilinear2d, aten.upsample_linear1d,
             aten.upsample_bicubic2d, aten.reflection_pad1d, aten.reflection_pad2d, aten.replication_pad1d,
             aten.replication_pad2d, aten.pixel_shuffle, aten.pixel_unshuffle, aten.clone, aten.alias,
-            aten._to_copy, aten.lift_fresh_copy):
+            aten.lift_fresh_copy):
     register_rule(_op, _stacked(_op))
+
+
+_copy_stacked = _stacked(aten._to_copy)
+
+
+def _to_copy(z: Jet, *args, dtype: torch.dtype | None = None, **kwargs) -> object:
+    """A cast or copy: to a floating dtype, coefficientwise; to an integer or bool dtype, a constant (the op on the
+    primal: its derivatives are zero almost everywhere, as autograd has it)."""
+    if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
+        return aten._to_copy(z.primal, *args, dtype=dtype, **kwargs)
+    return _copy_stacked(z, *args, dtype=dtype, **kwargs)
+
+
+register_rule(aten._to_copy, _to_copy)
 
 
 def _constant_pad(z: Jet, pad: Sequence[int], value: float = 0.0) -> Jet:
