@@ -2,7 +2,8 @@
 
 The headline table of README.md follows an HTML comment that names the CSVs it was taken from,
 
-    <!-- headline: results/cpu/taylor/batch2/derivatives.csv results/cpu/taylor/batch64/derivatives.csv -->
+    <!-- headline: results/cpu/taylor/harness-paired/batch2/derivatives.csv
+                   results/cpu/taylor/harness-paired/batch64/derivatives.csv -->  (on one line)
 
 and each of its cells is recomputed here from those CSVs' rows, with the rounding the table prints: a time ratio
 "A / B" is A's paired ``time_ratio`` where A's row was timed against B (``versus``), else time_ms(A) / time_ms(B),
