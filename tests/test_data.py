@@ -197,3 +197,8 @@ def test_logit_and_256_dequantization_spread_each_pixel_over_its_own_bin():
     u = torch.rand(half.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     torch.testing.assert_close(dequantize_256(half, torch.Generator().manual_seed(1)), half * 255 / 256 + u / 256)
     assert dequantize_256(torch.ones(100, 3)).max() <= 1.0  # still in [0, 1]
+
+
+def test_load_refuses_a_path_that_is_not_a_path():
+    with pytest.raises(TypeError, match=r"load\('mnist', path\): expected path to be a str or os.PathLike.* got int 3"):
+        load("mnist", 3)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fdsm.models import MODELS, build, parameter_count
+from fdsm.models import MODELS, build, model_config, parameter_count
 from fdsm.models.gaussian import Gaussian
 
 
@@ -176,6 +176,17 @@ def test_ncsn_rejects_a_sigma_off_its_ladder_and_repeats_sigma_for_concatenated_
         model.score(torch.rand(2, 3, 32, 32), 0.5)
     sigma = model.sigmas[[0, 9]]
     assert torch.equal(model.levels(sigma, 6), torch.tensor([0, 9, 0, 9, 0, 9]))
+
+
+def test_a_build_override_of_the_wrong_type_names_the_field_and_its_type():
+    with pytest.raises(TypeError, match=r"expected hidden to be a tuple of ints \(MLPEBMConfig.hidden\), got float"):
+        build("mlp-ebm", size="cpu", hidden=2.5)
+    with pytest.raises(TypeError, match=r"expected dim to be an int \(MLPEBMConfig.dim\), got bool True"):
+        build("mlp-ebm", size="cpu", dim=True)
+    with pytest.raises(TypeError, match=r"expected activation to be a string"):
+        model_config("mlp-ebm", "cpu", activation=1)
+    assert model_config("mlp-ebm", "cpu", hidden=[4, 4]).hidden == (4, 4)  # a list still fits a tuple field
+    assert model_config("dkef", "cpu", q0_sigma=2).q0_sigma == 2  # and an int a float one
 
 
 # ---- every model: forward and backward at size "cpu" --------------------------------------------------------------

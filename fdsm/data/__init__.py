@@ -20,6 +20,7 @@ picks one for a model's input shape.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,8 +43,12 @@ DATASETS.register("wine-white", (load_wine_quality, lambda: sklearn_wine()[:, :1
 
 
 def load(name: str, path: str | Path | None = None) -> torch.Tensor:
-    """Dataset ``name`` from the file at ``path``, or its embedded default when ``path`` is None."""
+    """Dataset ``name`` from the file at ``path`` (a str or os.PathLike), or its embedded default when ``path`` is
+    None; any other path is a TypeError."""
     from_file, default = DATASETS.get(name)
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise TypeError(f"load({name!r}, path): expected path to be a str or os.PathLike file path, or None for the "
+                        f"embedded default, got {type(path).__name__} {path!r}")
     return default() if path is None else from_file(Path(path))
 
 

@@ -15,6 +15,7 @@ Sizes: ``"paper"`` is the published configuration (paper section 6, appendix C.2
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,9 @@ def register_model(name: str, cls: type[nn.Module], *, paper: Any, cpu: Any, int
 def model_config(name: str, size: str = "paper", **overrides: Any) -> Any:
     """The configuration ``build(name, size, **overrides)`` would use, without building anything.
 
-    An unknown size or override key is a ValueError that lists the valid ones.
+    An unknown size or override key is a ValueError that lists the valid ones; an override whose type does not fit
+    its field (``hidden=2.5`` for a tuple of ints, ``dim=True`` for an int) is a TypeError naming both, before the
+    config's own checks of the values (a positive width, ...).
     """
     spec = MODELS.get(name)
     if size not in SIZES:
@@ -69,7 +72,33 @@ def model_config(name: str, size: str = "paper", **overrides: Any) -> Any:
             f"build({name!r}, size={size!r}, ...): unknown override(s) {unknown}; "
             f"{type(preset).__name__} accepts {known}"
         )
+    hints = typing.get_type_hints(type(preset))
+    for key, value in overrides.items():
+        if not _has_type(value, hints[key]):
+            raise TypeError(f"build({name!r}, size={size!r}, ...): expected {key} to be {_describe(hints[key])} "
+                            f"({type(preset).__name__}.{key}), got {type(value).__name__} {value!r}")
     return dataclasses.replace(preset, **overrides)
+
+
+# A config field's type -> what an override of it may be: an int also for a float, a list also for a tuple.
+_SCALARS: dict[type, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    """Whether an override ``value`` fits a config field of type ``annotation`` (a bool is no int or float); a
+    type other than a scalar or a ``tuple[T, ...]`` of one is left to the config's own checks."""
+    if annotation in _SCALARS:
+        return isinstance(value, _SCALARS[annotation]) and (annotation is bool or not isinstance(value, bool))
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _SCALARS:
+        return isinstance(value, tuple | list) and all(_has_type(item, args[0]) for item in value)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    if annotation in _SCALARS:
+        return {bool: "True or False", int: "an int", float: "a number", str: "a string"}[annotation]
+    return f"a tuple of {typing.get_args(annotation)[0].__name__}s"
 
 
 def build(name: str, size: str = "paper", **overrides: Any) -> nn.Module:

@@ -54,7 +54,8 @@ from fdsm import fd, taylor
 from fdsm.objectives.checks import (
     auto_directions,
     check_batch,
-    check_fd_scale,
+    check_choice,
+    check_flag,
     check_reduction,
     checked_log_density,
     checked_score,
@@ -120,11 +121,16 @@ def noisy(x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
     return (x + sigma * xi).detach()
 
 
+def check_fd_options(who: str, serial: bool, backend: str) -> None:
+    """The options every FD objective takes, checked on every path (``backend`` even where eps="auto" leaves the
+    fused heads unused): serial a bool, backend one of ``BACKENDS``."""
+    check_flag(who, "serial", serial)
+    check_choice(who, "backend", backend, BACKENDS)
+
+
 def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
     """``kernels.<name>`` bound to ``backend`` ("auto": the kernels pick Triton or their torch reference), or None
-    for the plain-torch path ("torch")."""
-    if backend not in BACKENDS:
-        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    for the plain-torch path ("torch"); backend already checked (``check_fd_options``)."""
     if backend == "torch":
         return None
     return functools.partial(getattr(kernels, name), backend=backend)
@@ -135,8 +141,7 @@ EXACT_METHODS = ("reverse", "taylor")
 
 
 def _check_method(who: str, method: str) -> None:
-    if method not in EXACT_METHODS:
-        raise ValueError(f"{who}: expected method in {EXACT_METHODS}, got {method!r}")
+    check_choice(who, "method", method, EXACT_METHODS)
 
 
 # ---- integrands shared by each exact / FD pair ----------------------------------------------------------------
@@ -181,7 +186,8 @@ def ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor 
     Expectation :math:`J_{SM}/d` for any ``noise`` (sphere, gaussian, rademacher). ``method="reverse"``: two nested
     reverse passes (create_graph), the paper's gradient-based SSM; ``"taylor"``: :math:`D^1 = v^\top s` and
     :math:`D^2 = v^\top H v` from one degree-2 jet (NOTE [exact derivatives by Taylor mode]). eps (default 1) only
-    scales v; the loss does not depend on it.
+    scales v; the loss does not depend on it, but it must be a positive number whose 1/eps^2 is within x's dtype
+    (else ``fdsm.NotSupported``, as in the FD objectives: ``checks.directions``).
     """
     who = "ssm_loss(log_density, x)"
     check_reduction(who, reduction)
@@ -285,12 +291,12 @@ def _directions(who: str, f: Fn, x: Tensor, eps: float | str | None, v: Tensor |
                 ) -> tuple[Tensor, float | Tensor]:
     """v and eps^2 of an FD objective: ``directions``, or with ``eps="auto"`` the automatic step per sample for
     its central stencil of ``order`` (``auto_directions``: eps^2 is then a (B,) tensor, and the fused heads,
-    which take one scale, give way to the torch path)."""
+    which take one scale, give way to the torch path). ``f``: a ``stacked=True`` checked callable."""
     if isinstance(eps, str):
         if eps != "auto":
             raise ValueError(f"{who}: expected eps to be a positive number or 'auto', got {eps!r}")
         return auto_directions(who, f, x, v, order)
-    return directions(who, x, eps, v, "sphere", default_eps=0.1)
+    return directions(who, x, eps, v, "sphere", default_eps=0.1, auto=True)
 
 
 def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | str | None = None, v: Tensor | None = None,
@@ -305,9 +311,9 @@ def fd_ssm_loss(log_density: Fn, x: Tensor, *, eps: float | str | None = None, v
     """
     who = "fd_ssm_loss(log_density, x)"
     check_reduction(who, reduction)
+    check_fd_options(who, serial, backend)
     x = check_batch(who, x).detach()
-    v, eps2 = _directions(who, log_density, x, eps, v, order=2)
-    check_fd_scale(who, eps2, x.dtype)
+    v, eps2 = _directions(who, checked_log_density(who, log_density, stacked=True), x, eps, v, order=2)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x, v, THREE_POINT,
                             serial=serial)  # (3, B)
     head = fused_head("fd_ssm_head", backend) if not isinstance(eps2, Tensor) else None
@@ -323,15 +329,15 @@ def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tenso
                       v: Tensor | None, xi: Tensor | None, serial: bool, backend: str,
                       target_sigma: float | Tensor | None = None) -> Tensor:
     r"""Per-sample FD-DSM, eq. (10), with the target :math:`(\tilde x - x)/\sigma_t^2`; (B,)."""
+    check_fd_options(who, serial, backend)
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
     target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
     if not isinstance(eps, str):  # drawn before the noise, as always (the same seeded draws)
-        v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1)
+        v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1, auto=True)
     x_noisy = noisy(x, sig, xi)
     if isinstance(eps, str):  # eps="auto": the step of the points the stencil runs at
-        v, eps2 = _directions(who, log_density, x_noisy, eps, v, order=1)
-    check_fd_scale(who, eps2, x.dtype)
+        v, eps2 = _directions(who, checked_log_density(who, log_density, stacked=True), x_noisy, eps, v, order=1)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x_noisy, v, TWO_POINT,
                             serial=serial)  # (2, B)
     v_dot_delta = _dot(v, x_noisy - x)
@@ -365,9 +371,10 @@ def fd_ssmvr_loss(score: Fn, x: Tensor, *, eps: float | str | None = None, v: Te
     """
     who = "fd_ssmvr_loss(score, x)"
     check_reduction(who, reduction)
+    check_fd_options(who, serial, backend)
     x = check_batch(who, x).detach()
-    v, eps2 = _directions(who, lambda z: score(z).flatten(1), x, eps, v, order=1)
-    check_fd_scale(who, eps2, x.dtype)
+    stacked_score = checked_score(who, score, stacked=True)
+    v, eps2 = _directions(who, lambda z: stacked_score(z).flatten(1), x, eps, v, order=1)
     s = fd.stencil_outputs(checked_score(who, score, stacked=not serial), x, v, TWO_POINT,
                            serial=serial)  # (2, B, *event)
     head = fused_head("fd_ssmvr_head", backend) if not isinstance(eps2, Tensor) else None
