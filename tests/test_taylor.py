@@ -1081,6 +1081,17 @@ def test_batch_statistics_warn_that_the_samples_are_coupled():
         taylor_d(norm, rand(3, 1, 4, 4, seed=3), rand(3, 1, 4, 4, seed=4), 2)
 
 
+def test_ncsn_score_at_a_float_sigma_is_traced_without_a_branch():
+    model = family("ncsn", ngf=2, image_size=8, n_levels=3)
+    x, v = uniform(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)
+    sigma = float(model.sigmas[1])
+    f = lambda z: model.score(z, sigma).flatten(1)  # noqa: E731
+    g = lambda z: model(z, torch.tensor([1, 1])).flatten(1)  # noqa: E731
+    assert_agree(taylor_d(f, x, v, 1), reverse_d(g, x, v, 1), rtol=1e-9)
+    with pytest.raises(ValueError, match="sigma=0.5 is not a noise level"):
+        model.score(x, 0.5)
+
+
 def test_ncsn_with_new_labels_uses_them():
     model = family("ncsn", ngf=2, image_size=8, n_levels=3)
     x, v = uniform(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)

@@ -175,6 +175,7 @@ class NCSN(nn.Module):
         ngf, c, n = config.ngf, config.channels, config.n_levels
         ratio = (config.sigma_end / config.sigma_begin) ** (1 / max(n - 1, 1))
         self.register_buffer("sigmas", config.sigma_begin * ratio ** torch.arange(n, dtype=torch.float64))
+        self.ladder = tuple(config.sigma_begin * ratio ** i for i in range(n))  # as Python numbers, for a float sigma
         self.stem = nn.Conv2d(c, ngf, 3, padding=1)
         self.res1 = nn.ModuleList([CondResBlock(ngf, ngf, n), CondResBlock(ngf, ngf, n)])
         self.res2 = nn.ModuleList([CondResBlock(ngf, 2 * ngf, n, down=True), CondResBlock(2 * ngf, 2 * ngf, n)])
@@ -197,18 +198,25 @@ class NCSN(nn.Module):
 
     def levels(self, sigma: torch.Tensor | float, batch: int) -> torch.Tensor:
         """The index i of each sigma in ``self.sigmas`` (relative tolerance 1e-4): a float, (1,) or (n,) with n
-        dividing ``batch`` -> (batch,) long."""
+        dividing ``batch`` -> (batch,) long. A float's level is found in Python, so that a trace of ``score``
+        (Taylor mode's) holds no branch on a tensor's value."""
+        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+            gaps = [abs(sigma / level - 1) for level in self.ladder]
+            i = min(range(len(gaps)), key=gaps.__getitem__)
+            if gaps[i] > 1e-4:
+                self._off_ladder(sigma)
+            return torch.full((batch,), i, dtype=torch.long, device=self.sigmas.device)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device).reshape(-1)
         sigma = match_batch("NCSN.score(x, sigma)", sigma, batch)  # See NOTE [point-major stacked batch] in fdsm.fd
         gap = (sigma[:, None] / self.sigmas[None, :] - 1).abs()  # (B, L)
         nearest = gap.min(1)
         if (nearest.values > 1e-4).any():
-            bad = sigma[nearest.values > 1e-4][0].item()
-            raise ValueError(
-                f"NCSN.score(x, sigma): sigma={bad:g} is not a noise level of this model; expected one of "
-                f"{[round(s, 6) for s in self.sigmas.tolist()]} (NCSNConfig sigma_begin, sigma_end, n_levels)"
-            )
+            self._off_ladder(sigma[nearest.values > 1e-4][0].item())
         return nearest.indices
+
+    def _off_ladder(self, sigma: float) -> None:
+        raise ValueError(f"NCSN.score(x, sigma): sigma={sigma:g} is not a noise level of this model; expected one of "
+                         f"{[round(s, 6) for s in self.ladder]} (NCSNConfig sigma_begin, sigma_end, n_levels)")
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """s_theta(x, sigma_labels): x (B, C, H, W), labels (B,) long -> (B, C, H, W)."""
