@@ -62,20 +62,27 @@ def check_order(order: object, who: str) -> int:
     return order
 
 
-@functools.lru_cache(maxsize=256)
 def check_moments(stencil: Stencil, who: str) -> Stencil:
     r"""``stencil`` if its weights are a T-th difference of the accuracy it claims: the moment conditions
     :math:`\sum_i w_i \gamma_i^t = T!\,\delta_{tT}` for t = 0 .. T + accuracy - 1, each to 1e-9 of
     :math:`\sum_i |w_i \gamma_i^t|` (the rounding of weights solved exactly); else a ValueError naming the first t
-    that fails. For a stencil a user builds by hand (``fdsm.Stencil`` is a plain dataclass); cached, as the
-    methods check their stencil on every call."""
+    that fails. For a stencil a user builds by hand (``fdsm.Stencil`` is a plain dataclass): its field types here,
+    its moments once per stencil (cached: the methods check their stencil on every call)."""
+    if not (isinstance(stencil.offsets, tuple) and isinstance(stencil.weights, tuple)):
+        raise TypeError(f"{who}: expected the stencil's offsets and weights to be tuples of numbers, got "
+                        f"{type(stencil.offsets).__name__} and {type(stencil.weights).__name__}")
+    if isinstance(stencil.accuracy, bool) or not isinstance(stencil.accuracy, int) or stencil.accuracy < 1:
+        raise ValueError(f"{who}: expected a stencil accuracy that is an int >= 1, got {stencil.accuracy!r}")
+    return _moments_hold(stencil, who)
+
+
+@functools.lru_cache(maxsize=256)
+def _moments_hold(stencil: Stencil, who: str) -> Stencil:
     if len(stencil.offsets) != len(stencil.weights) or not stencil.offsets:
         raise ValueError(f"{who}: expected a stencil with as many weights as offsets (at least one), got "
                          f"{len(stencil.weights)} weights for {len(stencil.offsets)} offsets")
     if not all(math.isfinite(float(c)) for c in (*stencil.offsets, *stencil.weights)):
         raise ValueError(f"{who}: expected finite stencil offsets and weights, got {stencil}")
-    if isinstance(stencil.accuracy, bool) or not isinstance(stencil.accuracy, int) or stencil.accuracy < 1:
-        raise ValueError(f"{who}: expected a stencil accuracy that is an int >= 1, got {stencil.accuracy!r}")
     T = stencil.order
     for t in range(T + stencil.accuracy):
         terms = [w * g ** t for g, w in zip(stencil.offsets, stencil.weights, strict=True)]

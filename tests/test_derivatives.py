@@ -287,10 +287,13 @@ def test_bad_input_gets_a_clear_error(kwargs, error, match, method):
     ((-1.0, 0.0, 1.0), (1.0, -2.0), 2, "got 2 weights for 3 offsets"),
     ((-1.0, 0.0, 1.0), (1.0, -2.0, math.nan), 2, "finite"),
     ((-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 0, "accuracy that is an int >= 1"),
+    ((-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 2.0, "accuracy that is an int >= 1"),  # even once 2 was checked
 ])
 def test_a_hand_built_stencil_is_checked_against_its_moment_conditions(offsets, weights, accuracy, match):
     with pytest.raises(ValueError, match=match):
         directional_derivative(ok_f, X, V, 2, stencil=Stencil(2, offsets, weights, accuracy))
+    with pytest.raises(TypeError, match="offsets and weights to be tuples of numbers, got list and list"):
+        directional_derivative(ok_f, X, V, 2, stencil=Stencil(2, [-1.0, 0.0, 1.0], [1.0, -2.0, 1.0], 2))
     good = Stencil(2, (-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 2)  # central_stencil(2), built by hand
     assert directional_derivative(ok_f, X, V, 2, stencil=good).equal(directional_derivative(ok_f, X, V, 2))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,6 +188,7 @@ def test_a_build_override_of_the_wrong_type_names_the_field_and_its_type():
         model_config("mlp-ebm", "cpu", activation=1)
     assert model_config("mlp-ebm", "cpu", hidden=[4, 4]).hidden == (4, 4)  # a list still fits a tuple field
     assert model_config("dkef", "cpu", q0_sigma=2).q0_sigma == 2  # and an int a float one
+    assert model_config("deep-ebm", "cpu", n_chan=np.int64(2)).n_chan == 2  # numpy's integers too
 
 
 # ---- every model: forward and backward at size "cpu" --------------------------------------------------------------

@@ -495,10 +495,13 @@ def written_in_place(z):
 # Ops that arrive through torch's own decompositions (DECOMPOSITIONS), or as writes that survive the first
 # functionalization, and the picking and elementwise rules beside them; a piecewise-linear op is multiplied by z so
 # that its D^T is not zero. At T = 2 and 3: the rules they reach are tested at every order above.
-OP_P = torch.tensor([2.0, 3.0, 1.0, 4.0], dtype=F64)
+OP_P, OP_E = torch.tensor([2.0, 3.0, 1.0, 4.0], dtype=F64), rand(3, 4, seed=15).abs()  # exponents
 COMPOSITE_OPS = {
     "pow-with-a-constant-tensor-exponent": lambda z: (z - 0.5) ** torch.tensor(3.0, dtype=F64) + z ** OP_P,
     "pow-of-relu-by-a-tensor-at-zero": lambda z: F.relu(z) ** torch.tensor(2.0, dtype=F64),
+    "pow-by-a-tensor-of-a-larger-shape": lambda z: (z[:, :1, 0].abs() + 1) ** OP_E,
+    "copy-into-integer-and-bool": lambda z: torch.zeros(2, 2, 3, 4, dtype=torch.long).copy_(10 * z).double() * z
+    + torch.zeros(2, 2, 3, 4, dtype=torch.bool).copy_(z > 0.3).double() * z ** 2,
     "relu-and-max-beside-minus-infinity": lambda z: torch.exp(F.relu(z.masked_fill(OP_C > 0.5, -math.inf)))
     * torch.amax(z.masked_fill(OP_C > 0.5, -math.inf), -1, keepdim=True),
     "circular_pad": lambda z: F.pad(z, (1, 1, 1, 1), mode="circular") ** 2,
@@ -768,6 +771,50 @@ def test_reading_values_into_python_or_numpy_while_traced_is_refused(read, of):
         taylor_d(f, rand(3, 4, seed=1), rand(3, 4, seed=2), 2)
 
 
+def test_relu_of_a_nan_stays_nan():
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    f = lambda z: torch.relu(torch.log(z)).pow(2).sum(1)  # noqa: E731  log of a negative entry: NaN
+    assert taylor_d(f, x, v, 2).isnan().equal(reverse_d(f, x, v, 2).isnan())
+    assert taylor_d(f, x, v, 2).isnan().any()
+
+
+def test_a_learnable_tensor_exponent_gets_its_gradient():
+    weight = nn.Parameter(rand(4, 4, seed=3))
+    exponent = nn.Parameter(torch.full((4,), 2.5, dtype=F64))
+    f = lambda z: ((z @ weight).abs() + 1).pow(exponent).sum(1)  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    grads = {}
+    for method in ("exact-taylor", "exact-reverse"):
+        weight.grad = exponent.grad = None
+        directional_derivative(f, x, v, 2, method=method).sum().backward()
+        grads[method] = (weight.grad.clone(), exponent.grad.clone())
+    for got, want in zip(grads["exact-taylor"], grads["exact-reverse"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+
+
+class Counted(nn.Module):
+    """f with a side effect of its own: a buffer counted up on every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=F64))
+        self.linear = nn.Linear(4, 1).double()
+
+    def forward(self, z):
+        self.calls += 1
+        return torch.tanh(self.linear(z)).flatten()
+
+
+def test_f_s_own_writes_into_its_buffers_run_once_per_call_as_in_eager():
+    model, x, v = Counted(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    taylor.clear_cache()
+    for calls in (1, 2):  # the first call traces (on copies) and runs; the second reuses the graph
+        taylor_d(model, x, v, 2)
+        assert model.calls.item() == calls
+    reverse_d(model, x, v, 2)
+    assert model.calls.item() == 3
+
+
 def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
     memory = torch.zeros(3, dtype=F64)
 
@@ -782,6 +829,7 @@ def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
     with pytest.raises(NotSupported, match=r"writes in place into its input x"):
         taylor_d(into_x, x, v, 2)
+    assert x.equal(rand(3, 4, seed=1))  # refused before any write into the caller's x
     with pytest.raises(NotSupported, match=r"writes a value computed from x in place into a tensor it closes over"):
         taylor_d(into_memory, x, v, 2)
 
@@ -808,6 +856,8 @@ def test_a_rule_is_replaced_only_when_asked(monkeypatch):
     before = taylor_d(f, x, v, 2)  # traced and planned with the built-in rule
     with pytest.raises(ValueError, match=r"aten\.tanh has a Taylor rule already; pass replace=True"):
         register_rule(aten.tanh, lambda z: z)
+    with pytest.raises(ValueError, match=r"aten\.tanh\.default has a Taylor rule already"):  # the packet's
+        register_rule(aten.tanh.default, lambda z: z)
     register_rule(aten.tanh, lambda z: Jet(2 * z.series), replace=True)  # 2 z: D^2 = 0
     assert taylor_d(f, x, v, 2).abs().max() == 0 and before.abs().max() > 0
     monkeypatch.undo()
@@ -1081,6 +1131,16 @@ def test_batch_statistics_warn_that_the_samples_are_coupled():
         taylor_d(norm, rand(3, 1, 4, 4, seed=3), rand(3, 1, 4, 4, seed=4), 2)
 
 
+def test_ssmvr_by_taylor_mode_on_an_image_shaped_score_matches_reverse():
+    from fdsm.objectives import ssmvr_score_loss
+
+    model = family("ncsn", ngf=2, image_size=8, n_levels=3)
+    x, v = uniform(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)
+    sigma = float(model.sigmas[1])
+    losses = [ssmvr_score_loss(lambda z: model.score(z, sigma), x, v=v, method=m) for m in ("taylor", "reverse")]
+    torch.testing.assert_close(*losses, rtol=1e-9, atol=0)
+
+
 def test_ncsn_score_at_a_float_sigma_is_traced_without_a_branch():
     model = family("ncsn", ngf=2, image_size=8, n_levels=3)
     x, v = uniform(2, 3, 8, 8, seed=1), rand(2, 3, 8, 8, seed=2)
@@ -1090,6 +1150,11 @@ def test_ncsn_score_at_a_float_sigma_is_traced_without_a_branch():
     assert_agree(taylor_d(f, x, v, 1), reverse_d(g, x, v, 1), rtol=1e-9)
     with pytest.raises(ValueError, match="sigma=0.5 is not a noise level"):
         model.score(x, 0.5)
+    for nan in (math.nan, torch.tensor([math.nan, sigma])):  # was level 0
+        with pytest.raises(ValueError, match="sigma=nan is not a noise level"):
+            model.score(x, nan)
+    with pytest.raises(TypeError, match="expected sigma to be a number or a tensor, got True"):
+        model.score(x, True)
 
 
 def test_ncsn_with_new_labels_uses_them():

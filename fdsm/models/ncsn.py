@@ -200,18 +200,20 @@ class NCSN(nn.Module):
         """The index i of each sigma in ``self.sigmas`` (relative tolerance 1e-4): a float, (1,) or (n,) with n
         dividing ``batch`` -> (batch,) long. A float's level is found in Python, so that a trace of ``score``
         (Taylor mode's) holds no branch on a tensor's value."""
-        if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+        if isinstance(sigma, bool):
+            raise TypeError(f"NCSN.score(x, sigma): expected sigma to be a number or a tensor, got {sigma!r}")
+        if isinstance(sigma, (int, float)):
             gaps = [abs(sigma / level - 1) for level in self.ladder]
             i = min(range(len(gaps)), key=gaps.__getitem__)
-            if gaps[i] > 1e-4:
+            if not gaps[i] <= 1e-4:  # NaN too
                 self._off_ladder(sigma)
             return torch.full((batch,), i, dtype=torch.long, device=self.sigmas.device)
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device).reshape(-1)
         sigma = match_batch("NCSN.score(x, sigma)", sigma, batch)  # See NOTE [point-major stacked batch] in fdsm.fd
         gap = (sigma[:, None] / self.sigmas[None, :] - 1).abs()  # (B, L)
         nearest = gap.min(1)
-        if (nearest.values > 1e-4).any():
-            self._off_ladder(sigma[nearest.values > 1e-4][0].item())
+        if not (nearest.values <= 1e-4).all():  # NaN too
+            self._off_ladder(sigma[~(nearest.values <= 1e-4)][0].item())
         return nearest.indices
 
     def _off_ladder(self, sigma: float) -> None:

@@ -15,6 +15,7 @@ Sizes: ``"paper"`` is the published configuration (paper section 6, appendix C.2
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ def model_config(name: str, size: str = "paper", **overrides: Any) -> Any:
 
 
 # A config field's type -> what an override of it may be: an int also for a float, a list also for a tuple.
-_SCALARS: dict[type, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+_SCALARS: dict[type, tuple[type, ...]] = {bool: (bool,), int: (numbers.Integral,), float: (numbers.Real,),
+                                          str: (str,)}  # numpy's integers and floats among them
 
 
 def _has_type(value: Any, annotation: Any) -> bool:

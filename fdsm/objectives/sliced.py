@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 import kernels
-from fdsm import fd, taylor
+from fdsm import fd
 from fdsm.objectives.checks import (
     auto_directions,
     check_batch,
@@ -65,6 +65,7 @@ from fdsm.objectives.checks import (
     reduce,
 )
 from fdsm.stencils import central_stencil
+from fdsm.taylor.propagate import coefficients
 from kernels.backend import BACKENDS
 
 Fn = Callable[[Tensor], Tensor]
@@ -195,7 +196,7 @@ def ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor 
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
     if method == "taylor":
-        d = taylor.taylor_coefficients(checked_log_density(who, log_density), x.detach(), v, 2)  # (3, B): D^0..D^2
+        d = coefficients(checked_log_density(who, log_density), x.detach(), v, 2)  # (3, B): D^0..D^2
         return reduce(who, _ssm_integrand(d[1], d[2], eps2), reduction)
     s = _grad(checked_log_density(who, log_density)(x), x)
     return reduce(who, _ssm_integrand(_dot(s, v), _curvature(s, x, v), eps2), reduction)
@@ -227,7 +228,7 @@ def ssmvr_score_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tenso
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
     if method == "taylor":
-        d = taylor.taylor_coefficients(checked_score(who, score), x.detach(), v, 1)  # (2, B, *event): s, (grad s) v
+        d = coefficients(checked_score(who, score), x.detach(), v, 1)  # (2, B, *event): s, (grad s) v
         return reduce(who, _ssmvr_integrand(_dot(d[1], v), d[0], eps2), reduction)
     s = checked_score(who, score)(x)
     return reduce(who, _ssmvr_integrand(_curvature(s, x, v), s, eps2), reduction)

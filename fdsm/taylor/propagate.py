@@ -192,10 +192,13 @@ def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, ord
     who = "taylor_coefficients(f, x, v, order)"
     check_order(order, who)
     derivatives._check_inputs(f, x, v, who)
-    return _coefficients(derivatives._checked(f, len(x), who), x, v, order)  # f's output checked in the trace
+    return coefficients(derivatives._checked(f, len(x), who), x, v, order)  # f's output checked in the trace
 
 
-def _coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int) -> Tensor:
+def coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int) -> Tensor:
+    """``taylor_coefficients`` without its checks, for a caller that made its own (the method ``exact-taylor``,
+    the objectives' ``method="taylor"``, whose score networks map (B, *event) to (B, *event)): no per-call cost
+    beyond the pass."""
     graph, leaves = traced(f, x)
     return _derivatives(graph, x, v, order, leaves)
 
@@ -203,4 +206,4 @@ def _coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: in
 def exact_taylor(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int, *, stencil=None) -> Tensor:
     """D^T by Taylor mode: the last row of ``taylor_coefficients`` (whose checks ``directional_derivative`` has
     made). The derivative method ``exact-taylor``."""
-    return _coefficients(f, x, v, order)[order]
+    return coefficients(f, x, v, order)[order]

@@ -79,7 +79,7 @@ def register_rule(op: object, rule: Rule, *, replace: bool = False) -> Rule:
     a rule already is a ValueError, unless ``replace=True``: the new rule then serves every later call (the traced
     graphs, whose plans hold the old one, are forgotten). Returns the rule."""
     key = rule_key(op)
-    if key in RULES and not replace:
+    if (key in RULES or not isinstance(op, str) and rule_for(op) is not None) and not replace:
         raise ValueError(f"register_rule: {key} has a Taylor rule already; pass replace=True to replace it")
     if replace:
         clear_cache()
@@ -213,6 +213,8 @@ register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
               Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
 _register_all([aten.diagonal, aten.diagonal_copy], lambda z, offset=0, dim1=0, dim2=1:
               Jet(torch.diagonal(z.series, offset, _dim(dim1, z.ndim), _dim(dim2, z.ndim))))
+register_rule(aten.tril, lambda z, diagonal=0: Jet(torch.tril(z.series, diagonal)))  # on the last two dims
+register_rule(aten.triu, lambda z, diagonal=0: Jet(torch.triu(z.series, diagonal)))
 register_rule(aten.cumsum, lambda z, dim, *, dtype=None: Jet(z.series.cumsum(_dim(dim, z.ndim), dtype=dtype)))
 register_rule(aten.detach, lambda z: z.primal.detach())  # no derivative flows through detach, as in autograd
 
@@ -644,12 +646,16 @@ def _tensor_power_coefficients(z0: Tensor, order: int, p: Tensor) -> list[Tensor
 
 def _pow(a: object, b: object) -> Jet:
     r""":math:`a^b`: an integer power p >= 0 by Cauchy products; any other scalar power by the power recurrence; a
-    constant tensor exponent by its binomial coefficients; a Jet exponent as :math:`\exp(b \log a)`."""
+    constant tensor exponent by its binomial coefficients; a Jet exponent, or one that requires a gradient, as
+    :math:`\exp(b \log a)`."""
     if isinstance(a, Jet) and isinstance(b, (int, float)):
         if float(b).is_integer() and b >= 0:
             return Jet(_integer_power(a.series, int(b)) if b else series.constant(torch.ones_like(a.primal), a.order))
         return _composed(a, functools.partial(_power_coefficients, p=float(b)))
-    if isinstance(a, Jet) and isinstance(b, Tensor):
+    if isinstance(a, Jet) and isinstance(b, Tensor) and not b.requires_grad:  # a learnable b needs exp(b log a)'s
+        shape = torch.broadcast_shapes(a.shape, b.shape)                         # gradient
+        if shape != a.shape:
+            a = Jet(a.aligned(len(shape)).expand(a.order + 1, *shape).contiguous())
         return _composed(a, functools.partial(_tensor_power_coefficients, p=b))
     log_a = _log(a) if isinstance(a, Jet) else torch.log(torch.as_tensor(a, dtype=b.dtype))
     return _exp(_mul(b, log_a))  # one of b, log a is a Jet
@@ -671,8 +677,8 @@ register_rule(aten.where.self, _where)
 
 def _relu(z: Jet) -> Jet:
     """max(z, 0): z's series where z_0 > 0, else 0 (at z_0 = 0 the zero branch, as relu's backward; at z_0 = -inf
-    0 too, where a product with the mask would be 0 · inf)."""
-    return Jet(torch.where(z.primal > 0, z.series, 0.0))
+    0 too, where a product with the mask would be 0 · inf; a NaN primal stays NaN)."""
+    return Jet(torch.where(z.primal <= 0, 0.0, z.series))
 
 
 register_rule(aten.relu, _relu)
@@ -809,10 +815,10 @@ register_rule(aten.minimum, _binary_extreme(torch.lt))
 
 def _copy(destination: object, source: object, non_blocking: bool = False) -> object:
     """``copy(destination, source)``: source, broadcast to the destination's shape and cast to its dtype (none of
-    the destination's values survive)."""
+    the destination's values survive); into an integer or bool destination, a constant, as ``_to_copy``."""
     shape, dtype = primal_of(destination).shape, primal_of(destination).dtype
-    if not isinstance(source, Jet):
-        return source.to(dtype).expand(shape)
+    if not isinstance(source, Jet) or not dtype.is_floating_point:  # into an integer or bool tensor: a constant
+        return primal_of(source).to(dtype).expand(shape)
     return Jet(source.aligned(len(shape)).to(dtype).expand(source.order + 1, *shape))
 
 

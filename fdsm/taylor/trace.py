@@ -205,7 +205,7 @@ TORCH_DECOMPOSED = (
     aten.hardshrink, aten.glu, aten.logaddexp, aten.logit, aten.xlogy, aten.addcmul, aten.addcdiv, aten.lerp,
     aten.baddbmm, aten.addmv, aten.masked_fill, aten.clamp.Tensor, aten.clamp_min.Tensor, aten.clamp_max.Tensor,
     aten.threshold, aten.linalg_vector_norm, aten.max_pool2d_with_indices, aten._safe_softmax, aten.mse_loss,
-    aten.huber_loss, aten.smooth_l1_loss, aten.tril, aten.triu, aten.dot, aten.trace,
+    aten.huber_loss, aten.smooth_l1_loss, aten.dot, aten.trace,
     aten._scaled_dot_product_flash_attention_for_cpu,  # attention on the CPU; its CUDA kernels have no decomposition
 )
 
@@ -580,19 +580,20 @@ class _NoValueReads(TorchFunctionMode):
 
 
 def _mutates(node: fx.Node) -> bool:
-    return isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+    """An in-place op other than functionalize's own write-back of an input (a ``copy_`` into a placeholder)."""
+    return (isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+            and not (node.target is aten.copy_.default and node.args[0].op == "placeholder"))
 
 
 def _functional(graph: fx.GraphModule, inputs: list[Tensor]) -> fx.GraphModule:
-    """The graph with no in-place op but functionalize's write-backs into the leaves: as it is, or functionalized
-    once more where a mutation survived the first pass (module docstring). A write into x is refused; one into a
-    leaf (a batch norm's ``num_batches_tracked += 1``) runs as in f, and is refused where its value depends on x
-    (the rule of ``copy_``)."""
-    if not any(map(_mutates, graph.graph.nodes)):
-        return graph
-    graph = make_fx(torch.func.functionalize(graph), decomposition_table=DECOMPOSITIONS)(*inputs)
+    """The graph with no in-place op but functionalize's write-backs into the inputs: as it is, or functionalized
+    once more where a mutation survived the first pass (module docstring; ``inputs`` are copies, as in
+    ``_trace``). A write-back into x is refused; one into a leaf (a batch norm's ``num_batches_tracked += 1``)
+    runs as in f, and is refused where its value depends on x (the rule of ``copy_``)."""
+    if any(map(_mutates, graph.graph.nodes)):
+        graph = make_fx(torch.func.functionalize(graph), decomposition_table=DECOMPOSITIONS)(*inputs)
     x = next(node for node in graph.graph.nodes if node.op == "placeholder")
-    if any(_mutates(node) and node.args[0] is x for node in graph.graph.nodes):  # functionalize's write-back
+    if any(node.target is aten.copy_.default and node.args[0] is x for node in graph.graph.nodes):
         raise NotSupported("exact-taylor: f writes in place into its input x (an x.mul_(...), an x[...] = ...): "
                            f"write that step out of place, {INSTEAD}")
     return graph
@@ -621,7 +622,7 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
         with _swapped(walk, leaves):
             return f(inputs)
 
-    inputs = [x.detach(), *(t.detach() for t in walk.leaves)]
+    inputs = [t.detach().clone() for t in (x, *walk.leaves)]  # copies: a write of f's runs in the call, not here
     try:
         with torch.no_grad():
             with _NoValueReads():
