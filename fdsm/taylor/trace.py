@@ -602,6 +602,7 @@ def _functional(graph: fx.GraphModule, inputs: list[Tensor]) -> fx.GraphModule:
 def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
     """Drop each ``as_strided`` that views a tensor as itself (the same size, offset and strides on every dim of
     size > 1), as functionalize writes a channels-last pool's ``as_strided_``; any other has no rule."""
+    dropped = False
     for node in list(graph.graph.nodes):
         if node.target is not aten.as_strided.default:
             continue
@@ -613,7 +614,9 @@ def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
         if all(n == 1 or a == b for n, a, b in zip(size, stride, val.stride(), strict=True)):
             node.replace_all_uses_with(base)
             graph.graph.erase_node(node)
-    graph.recompile()
+            dropped = True
+    if dropped:
+        graph.recompile()
     return graph
 
 
