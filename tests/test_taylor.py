@@ -496,6 +496,10 @@ def written_in_place(z):
 # functionalization, and the picking and elementwise rules beside them; a piecewise-linear op is multiplied by z so
 # that its D^T is not zero. At T = 2 and 3: the rules they reach are tested at every order above.
 OP_P, OP_E = torch.tensor([2.0, 3.0, 1.0, 4.0], dtype=F64), rand(3, 4, seed=15).abs()  # exponents
+OP_SCATTER = torch.tensor([3, 0, 1, 1]).expand(2, 2, 3, 4)  # scatter_add's index along the last dim
+with torch.random.fork_rng():
+    torch.manual_seed(5)
+    OP_LSTM = nn.LSTM(12, 3, batch_first=True).double()
 COMPOSITE_OPS = {
     "pow-with-a-constant-tensor-exponent": lambda z: (z - 0.5) ** torch.tensor(3.0, dtype=F64) + z ** OP_P,
     "pow-of-relu-by-a-tensor-at-zero": lambda z: F.relu(z) ** torch.tensor(2.0, dtype=F64),
@@ -508,6 +512,9 @@ COMPOSITE_OPS = {
     "channels-last-global-pool": lambda z: F.adaptive_avg_pool2d(z.contiguous(memory_format=torch.channels_last) ** 2,
                                                                    1),
     "written-in-place": written_in_place,
+    "index_add-scatter_add": lambda z: torch.zeros(2, 2, 3, 4, dtype=F64).index_add(2, OP_I, torch.tanh(z))
+    + torch.sin(z).scatter_add(3, OP_SCATTER, z ** 2),
+    "lstm": lambda z: OP_LSTM(z.flatten(2))[0] ** 2,  # its gates split by unsafe_split
     "casts-to-integer-and-bool": lambda z: (1000 * z).long().double() * z + (z > 0.2).double() * z ** 2
     + (10 * z).to(torch.bool).double(),
     "normalize": lambda z: F.normalize(z, dim=-1),
@@ -813,6 +820,18 @@ def test_f_s_own_writes_into_its_buffers_run_once_per_call_as_in_eager():
         assert model.calls.item() == calls
     reverse_d(model, x, v, 2)
     assert model.calls.item() == 3
+
+
+@pytest.mark.parametrize("draw", ["seeded randn", "dropout in training"])
+def test_random_numbers_drawn_inside_f_are_refused(draw):
+    """The trace's replay would draw other numbers than f's own call (a seeded generator's too): D^0 was not f(x)."""
+    dropout = nn.Dropout(0.5)
+    fs = {"seeded randn": lambda z: (z * torch.randn(4, generator=torch.Generator().manual_seed(3), dtype=F64)).sum(1),
+          "dropout in training": lambda z: dropout(z).sum(1)}
+    with pytest.raises(NotSupported, match=r"f draws random numbers \(aten\.(randn|bernoulli)"):
+        taylor_d(fs[draw], rand(3, 4, seed=1), rand(3, 4, seed=2), 1)
+    dropout.eval()
+    assert taylor_d(fs["dropout in training"], rand(3, 4, seed=1), rand(3, 4, seed=2), 1).shape == (3,)
 
 
 def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():

@@ -14,8 +14,9 @@ same way, right after their definition, in families (jet's ``deflinear``, ``def_
 ================== ===================================================================================
 family             rule
 ================== ===================================================================================
-structural         views, permutes, slices, diagonals, cat, sums, cumulative sums and means act on every
-                   coefficient at once: the op with its dims shifted past the leading coefficient axis
+structural         views, permutes, slices, splits, diagonals, tril/triu, cat, sums, cumulative sums, means,
+                   index_add and scatter_add act on every coefficient at once: the op with its dims shifted past
+                   the leading coefficient axis
 batch-stacked      convolution, average pooling, upsampling, padding: the K+1 coefficients stacked along the
                    batch axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
 affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
@@ -35,8 +36,9 @@ zero               comparisons, sign, floor, ``*_like``: the op on the primals, 
 Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU, logaddexp, addcmul, lerp,
 baddbmm, masked_fill, a vector norm, max pooling, the regression losses, scaled dot-product attention on the CPU,
 ...) reach the rules above through torch's own decompositions (``fdsm.taylor.trace.TORCH_DECOMPOSED``). Ops with
-neither (tan, asin, atan2, hypot, prod, logcumsumexp, cdist, adaptive max pooling, attention's CUDA kernels, ...)
-raise ``NotSupported`` naming the op.
+neither (tan, asin, acos, atan2, hypot, lgamma, digamma, prod, cumprod, logcumsumexp, median, cdist, det and
+slogdet, scatter and index_put, adaptive max pooling, Unfold, trilinear upsampling, nn.Bilinear, RReLU,
+attention's CUDA kernels, ...) raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f.
 """
@@ -259,7 +261,8 @@ def _split(z: Jet, split: int | Sequence[int], dim: int = 0) -> tuple[Jet, ...]:
     return tuple(Jet(s) for s in torch.split(z.series, split, _dim(dim, z.ndim)))
 
 
-_register_all([aten.split.Tensor, aten.split_with_sizes], _split)
+_register_all([aten.split.Tensor, aten.split_with_sizes, aten.unsafe_split.Tensor, aten.unsafe_split_with_sizes],
+              _split)
 register_rule(aten.unbind.int, lambda z, dim=0: tuple(Jet(s) for s in z.series.unbind(_dim(dim, z.ndim))))
 
 
@@ -833,6 +836,22 @@ def _scatter(op: Callable[..., Tensor]) -> Rule:
     return rule
 
 
+def _index_add(base: object, dim: int, index: Tensor, source: object, *, alpha: float = 1) -> Jet:
+    """``index_add`` (and a graph network's ``scatter_add``, below): linear in base and source, so the op on their
+    series (a constant's as (value, 0, ..., 0)), dim shifted past the coefficient axis."""
+    order, ndim = _order(base, source), _ndim(base)
+    return Jet(_as_series(base, order, ndim).index_add(_dim(dim, ndim), index, _as_series(source, order, ndim),
+                                                       alpha=alpha))
+
+
+def _scatter_add(base: object, dim: int, index: Tensor, source: object) -> Jet:
+    order, ndim = _order(base, source), _ndim(base)
+    return Jet(_as_series(base, order, ndim).scatter_add(_dim(dim, ndim), index.expand(order + 1, *index.shape),
+                                                         _as_series(source, order, ndim)))
+
+
+register_rule(aten.index_add, _index_add)
+register_rule(aten.scatter_add, _scatter_add)
 register_rule(aten.copy.default, _copy)
 register_rule(aten.slice_scatter, _scatter(aten.slice_scatter))
 register_rule(aten.select_scatter, _scatter(aten.select_scatter))
@@ -858,7 +877,7 @@ def _zero(op: Callable[..., Tensor]) -> Rule:
 
 for _op in (aten.gt, aten.lt, aten.ge, aten.le, aten.eq, aten.ne, aten.sign, aten.floor, aten.ceil, aten.round,
             aten.trunc, aten.argmax, aten.argmin, aten.isnan, aten.isinf, aten.logical_not, aten.logical_and,
-            aten.logical_or, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.rand_like,
-            aten.randn_like, aten.new_zeros, aten.new_ones, aten.new_empty, aten.new_full, aten.sym_size,
-            aten.lift_fresh, aten.fill.Scalar, aten.zero):
+            aten.logical_or, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.new_zeros,
+            aten.new_ones, aten.new_empty, aten.new_full, aten.sym_size, aten.lift_fresh, aten.fill.Scalar,
+            aten.zero):
     register_rule(_op, _zero(_op))

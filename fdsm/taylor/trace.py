@@ -12,7 +12,8 @@ An in-place op that torch implements in C++ (circular padding's slice copies, a 
 ``as_strided_``, a ``clamp_min_`` inside ``F.normalize``) can survive the first functionalization; such a graph is
 functionalized once more (``_functional``), so that no rule ever sees a mutation. f that writes into x itself, or
 that reads a tensor's values into Python or NumPy while it is traced (``.numpy()``, ``.tolist()``,
-``np.asarray``: the trace would keep whatever those values were), raises ``NotSupported`` saying so.
+``np.asarray``: the trace would keep whatever those values were), or that draws random numbers (the trace's replay
+would draw others), raises ``NotSupported`` saying so.
 
 NOTE [lifting the tensors f closes over]
 The objectives pass closures over per-batch tensors (DKEF's alpha, NCSN's labels), ``directional_derivative`` wraps
@@ -599,6 +600,18 @@ def _functional(graph: fx.GraphModule, inputs: list[Tensor]) -> fx.GraphModule:
     return graph
 
 
+def _deterministic(graph: fx.GraphModule) -> fx.GraphModule:
+    """The graph, unless it draws random numbers (an op tagged ``nondeterministic_seeded``: ``torch.randn``,
+    dropout in training mode): its replay would draw other numbers than f's own call, a seeded generator's
+    included, so D^0 would not be f(x)."""
+    for node in graph.graph.nodes:
+        if isinstance(node.target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in node.target.tags:
+            raise NotSupported(f"exact-taylor: f draws random numbers ({node.target}): the trace would draw others "
+                               "than f's own call; draw them outside f and close over the tensor (or call "
+                               f"model.eval() for dropout), {INSTEAD}")
+    return graph
+
+
 def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
     """Drop each ``as_strided`` that views a tensor as itself (the same size, offset and strides on every dim of
     size > 1), as functionalize writes a channels-last pool's ``as_strided_``; any other has no rule."""
@@ -630,7 +643,7 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
         with torch.no_grad():
             with _NoValueReads():
                 graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
-            return _drop_identity_strides(_functional(graph, inputs))
+            return _drop_identity_strides(_deterministic(_functional(graph, inputs)))
     except RuntimeError as err:
         if "data-dependent" not in str(err):  # make_fx's words for a branch on a value of the traced tensor
             raise
