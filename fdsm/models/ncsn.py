@@ -174,8 +174,8 @@ class NCSN(nn.Module):
         self.config = config
         ngf, c, n = config.ngf, config.channels, config.n_levels
         ratio = (config.sigma_end / config.sigma_begin) ** (1 / max(n - 1, 1))
-        self.register_buffer("sigmas", config.sigma_begin * ratio ** torch.arange(n, dtype=torch.float64))
         self.ladder = tuple(config.sigma_begin * ratio ** i for i in range(n))  # as Python numbers, for a float sigma
+        self.register_buffer("sigmas", torch.tensor(self.ladder, dtype=torch.float64))
         self.stem = nn.Conv2d(c, ngf, 3, padding=1)
         self.res1 = nn.ModuleList([CondResBlock(ngf, ngf, n), CondResBlock(ngf, ngf, n)])
         self.res2 = nn.ModuleList([CondResBlock(ngf, 2 * ngf, n, down=True), CondResBlock(2 * ngf, 2 * ngf, n)])

@@ -113,15 +113,16 @@ def widened(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def given_directions(who: str, x: Tensor, v: object) -> Tensor:
+def given_directions(who: str, x: Tensor, v: object) -> tuple[Tensor, Tensor]:
     """An explicit v, detached in x's dtype, checked to have x's shape and every row finite and nonzero (a zero or
-    NaN direction would give a silent 0 or NaN for its sample)."""
+    NaN direction would give a silent 0 or NaN for its sample); and its rows' squared norms (B,), float32 or wider."""
     if not isinstance(v, Tensor) or v.shape != x.shape:
         raise ValueError(f"{who}: expected v of x's shape {tuple(x.shape)}, "
                          f"got {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
     v = v.detach().to(x.dtype)
-    check_positive(who, "||v_b||^2 (each sample's direction in v)", widened(v.flatten(1)).pow(2).sum(1))
-    return v
+    squares = widened(v.flatten(1)).pow(2).sum(1)
+    check_positive(who, "||v_b||^2 (each sample's direction in v)", squares)
+    return v, squares
 
 
 def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: str, default_eps: float, *,
@@ -136,9 +137,8 @@ def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: 
         eps = default_eps if eps is None else eps
         v = draw_directions(x, eps, noise)
     else:
-        v = given_directions(who, x, v)
-    # eps^2: the given eps, else mean_b ||v_b||^2 of the given v
-    eps2 = float(eps) ** 2 if eps is not None else widened(v.flatten(1)).pow(2).sum(1).mean().item()
+        v, squares = given_directions(who, x, v)
+    eps2 = float(eps) ** 2 if eps is not None else squares.mean().item()  # the given eps, else mean_b ||v_b||^2
     check_fd_scale(who, eps2, x.dtype)
     return v, eps2
 
@@ -150,7 +150,7 @@ def auto_directions(who: str, f: Callable[[Tensor], Tensor], x: Tensor, v: Tenso
     detached; returns v = h u: (B, *event) and eps^2 = h^2: (B,), checked (``check_fd_scale``). Its probes are
     forwards of f, so a timed training step counts them; f gets them stacked, so pass it a ``stacked=True``
     checked callable."""
-    u = draw_directions(x, 1.0, "sphere") if v is None else given_directions(who, x, v)
+    u = draw_directions(x, 1.0, "sphere") if v is None else given_directions(who, x, v)[0]
     h = auto_step(f, x, u, order, stencil=central_stencil(order), who=who).to(x.dtype)  # (B,), detached
     u = (widened(u) / widened(u.flatten(1)).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)  # unit
     check_fd_scale(who, h.square(), x.dtype)

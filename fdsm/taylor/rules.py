@@ -306,7 +306,7 @@ _copy_stacked = _stacked(aten._to_copy)
 def _to_copy(z: Jet, *args, dtype: torch.dtype | None = None, **kwargs) -> object:
     """A cast or copy: to a floating dtype, coefficientwise; to an integer or bool dtype, a constant (the op on the
     primal: its derivatives are zero almost everywhere, as autograd has it)."""
-    if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
+    if dtype is not None and not dtype.is_floating_point:
         return aten._to_copy(z.primal, *args, dtype=dtype, **kwargs)
     return _copy_stacked(z, *args, dtype=dtype, **kwargs)
 
@@ -533,12 +533,16 @@ def _silu_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     return [z0 * w, *(torch.addcmul(s[m - 1], z0, s[m]) for m in range(1, order + 1))]
 
 
+def _cyclic_coefficients(cycle: Sequence[Tensor], order: int, shift: int) -> list[Tensor]:
+    """c_m = cycle[(m + shift) mod len(cycle)] / m!, for a function whose derivatives cycle: sin (shift 0) and cos
+    (shift 1) through (sin, cos, -sin, -cos), since sin^(m)(z) = sin(z + m π/2); sinh and cosh through (sinh,
+    cosh)."""
+    return [cycle[(m + shift) % len(cycle)] * (1.0 / math.factorial(m)) for m in range(order + 1)]
+
+
 def _sin_cos_coefficients(z0: Tensor, order: int, *, shift: int) -> list[Tensor]:
-    """sin (shift 0) and cos (shift 1): the m-th derivative of sin is sin(z + m π/2), so c_m cycles through
-    (sin, cos, -sin, -cos) / m!."""
     s, c = torch.sin(z0), torch.cos(z0)
-    cycle = (s, c, -s, -c)
-    return [cycle[(m + shift) % 4] * (1.0 / math.factorial(m)) for m in range(order + 1)]
+    return _cyclic_coefficients((s, c, -s, -c), order, shift)
 
 
 _exp = register_rule(aten.exp, Elementwise(_exp_coefficients))
@@ -557,14 +561,8 @@ register_rule(aten.sin, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, s
 register_rule(aten.cos, Elementwise(lambda z0, k: _sin_cos_coefficients(z0, k, shift=1)))
 
 
-def _sinh_cosh_coefficients(z0: Tensor, order: int, *, shift: int) -> list[Tensor]:
-    """sinh (shift 0) and cosh (shift 1): the derivatives alternate between them, c_m = (sinh, cosh)[m + shift] / m!."""
-    pair = (torch.sinh(z0), torch.cosh(z0))
-    return [pair[(m + shift) % 2] * (1.0 / math.factorial(m)) for m in range(order + 1)]
-
-
-register_rule(aten.sinh, Elementwise(lambda z0, k: _sinh_cosh_coefficients(z0, k, shift=0)))
-register_rule(aten.cosh, Elementwise(lambda z0, k: _sinh_cosh_coefficients(z0, k, shift=1)))
+register_rule(aten.sinh, Elementwise(lambda z0, k: _cyclic_coefficients((torch.sinh(z0), torch.cosh(z0)), k, 0)))
+register_rule(aten.cosh, Elementwise(lambda z0, k: _cyclic_coefficients((torch.sinh(z0), torch.cosh(z0)), k, 1)))
 register_rule(aten.exp2, Elementwise(lambda z0, k: compose.scaled_rows(  # 2^z = e^{z ln 2}: c_m = 2^{z_0} ln^m 2 / m!
     [math.log(2.0) ** m / math.factorial(m) for m in range(k + 1)], torch.exp2(z0))))
 
@@ -855,7 +853,7 @@ register_rule(aten.scatter_add, _scatter_add)
 register_rule(aten.copy.default, _copy)
 register_rule(aten.slice_scatter, _scatter(aten.slice_scatter))
 register_rule(aten.select_scatter, _scatter(aten.select_scatter))
-register_rule(aten.fill.Tensor, _copy)
+register_rule(aten.fill.Tensor, _copy)  # fill(z, value): value everywhere, a Jet where it depends on x
 
 
 def _copy_into_a_leaf(destination: Tensor, source: object, non_blocking: bool = False) -> None:
@@ -865,7 +863,7 @@ def _copy_into_a_leaf(destination: Tensor, source: object, non_blocking: bool = 
                        f"parameter, a buffer, a captured tensor); compute it out of place, {INSTEAD}")
 
 
-register_rule(aten.copy_, _copy_into_a_leaf)  # fill(z, value): value everywhere, a Jet where it depends on x
+register_rule(aten.copy_, _copy_into_a_leaf)
 
 
 # ---- zero: piecewise constant, or no dependence on the values at all ------------------------------------------
