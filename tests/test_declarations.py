@@ -202,10 +202,10 @@ WRONG_RULE_MODEL = """
 
     from fdsm.taylor import RULES, Jet, register_rule, series
 
-    if "aten.asinh.default" not in RULES:  # a user's rule, wrong: the series of tanh, not of asinh
-        register_rule(torch.ops.aten.asinh.default, lambda z: Jet(series.tanh(z.series)))
+    if "aten.special_erfcx.default" not in RULES:  # a user's rule, wrong: the series of tanh, not erfcx's
+        register_rule(torch.ops.aten.special_erfcx.default, lambda z: Jet(series.tanh(z.series)))
 
-    class Asinh(nn.Module):
+    class Erfcx(nn.Module):
         event_shape = (4,)
 
         def __init__(self):
@@ -213,10 +213,10 @@ WRONG_RULE_MODEL = """
             self.inner, self.outer = nn.Linear(4, 8), nn.Linear(8, 1)
 
         def forward(self, x):
-            return self.outer(torch.asinh(self.inner(x))).squeeze(1)
+            return self.outer(torch.special.erfcx(self.inner(x))).squeeze(1)
 
-    def asinh():
-        return Asinh()
+    def erfcx():
+        return Erfcx()
 """
 
 
@@ -227,7 +227,7 @@ def test_a_wrong_taylor_rule_is_caught_by_the_reference_check_and_every_row_says
     models = tmp_path / "wrong_rule.py"
     models.write_text(textwrap.dedent(WRONG_RULE_MODEL))
     out = tmp_path / "wrong"
-    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:asinh",
+    assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(out), "--model", f"{models}:erfcx",
                  "--methods", "exact-reverse,exact-taylor", "--orders", "1,3"]) == 0
     rows = pd.read_csv(out / "derivatives.csv").set_index(["method", "order"])
     assert (rows.status == "ok").all() and rows.message.str.contains("disagrees with nested reverse mode").all()

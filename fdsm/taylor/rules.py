@@ -14,31 +14,35 @@ same way, right after their definition, in families (jet's ``deflinear``, ``def_
 ================== ===================================================================================
 family             rule
 ================== ===================================================================================
-structural         views, permutes, slices, splits, diagonals, tril/triu, cat, sums, cumulative sums, means,
-                   index_add and scatter_add act on every coefficient at once: the op with its dims shifted past
-                   the leading coefficient axis
-batch-stacked      convolution, average pooling, upsampling, padding: the K+1 coefficients stacked along the
-                   batch axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
+structural         views, permutes, slices, indexing, splits, diagonals, tril/triu, cat, sums, cumulative sums,
+                   means act on every coefficient at once: the op with its dims shifted past the leading
+                   coefficient axis
+batch-stacked      convolution, average pooling, upsampling (nearest, (bi/tri)linear, bicubic, antialiased),
+                   padding, im2col / col2im (Unfold, Fold), pixel and channel shuffles: the K+1 coefficients
+                   stacked along the batch axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
 affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
                    the primal only
-bilinear           mul, div, a matmul of two Jets: the Cauchy (Leibniz) product
-elementwise        exp, exp2, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, sinh, cosh, atan,
-                   erf, ...: their derivative coefficients at z_0, composed by Horner's rule
-                   (``fdsm.taylor.compose``)
-piecewise          ReLU, ELU, where, clamp, amax / max / min: the series of the active branch, chosen on the
-                   primal
-picking            max / min over a dim, sort, topk: the series at the indices the primal picks
-writes             copy, fill, slice_scatter, select_scatter (functionalize's form of in-place writes): the
-                   op on the series of both sides
+bilinear           mul, div, a matmul of two Jets, atan2, hypot: the Cauchy (Leibniz) product; prod and
+                   cumprod as trees of it
+elementwise        exp, exp2, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, tan, sinh, cosh, atan,
+                   asin, acos, asinh, acosh, atanh, erf, erfinv, lgamma, digamma, polygamma, ...: their
+                   derivative coefficients at z_0, composed by Horner's rule (``fdsm.taylor.compose``)
+piecewise          ReLU, ELU, where, clamp, copysign, fmod / remainder, amax / max / min, fmax / fmin: the
+                   series of the active branch, chosen on the primal
+picking            max / min over a dim, sort, topk, median, kthvalue, mode, cummax / cummin, adaptive max
+                   pooling: the series at the indices the primal picks
+writes             copy, fill, slice_scatter, select_scatter, index_put (functionalize's form of in-place and
+                   masked writes), scatter, index_add, scatter_add, scatter_reduce's sum and mean: linear for
+                   fixed indices, the op on the series of both sides
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
 ================== ===================================================================================
 
 Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU, logaddexp, addcmul, lerp,
-baddbmm, masked_fill, a vector norm, max pooling, the regression losses, scaled dot-product attention on the CPU,
-...) reach the rules above through torch's own decompositions (``fdsm.taylor.trace.TORCH_DECOMPOSED``). Ops with
-neither (tan, asin, acos, atan2, hypot, lgamma, digamma, prod, cumprod, logcumsumexp, median, cdist, det and
-slogdet, scatter and index_put, adaptive max pooling, Unfold, trilinear upsampling, nn.Bilinear, RReLU,
-attention's CUDA kernels, ...) raise ``NotSupported`` naming the op.
+baddbmm, masked_fill, vector norms and distances, max pooling, grid sampling, the regression losses, scaled
+dot-product attention on the CPU, ...) reach the rules above through torch's own decompositions
+(``fdsm.taylor.trace.TORCH_DECOMPOSED``), and cdist, pdist, nn.Bilinear and RReLU in eval mode through ours
+(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (logcumsumexp, erfcx, i0, eigh, the nonlinear
+scatter reductions, RReLU in training, attention's CUDA kernels, ...) raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f.
 """
@@ -210,7 +214,19 @@ register_rule(aten.slice.Tensor, lambda z, d=0, start=None, end=None, step=1:
 register_rule(aten.flip, lambda z, dims: Jet(z.series.flip(_dims(dims, z.ndim))))
 register_rule(aten.roll, lambda z, shifts, dims=(): Jet(z.series.roll(shifts, _dims(dims, z.ndim))))
 register_rule(aten.index_select, lambda z, d, index: Jet(z.series.index_select(_dim(d, z.ndim), index)))
-register_rule(aten.index.Tensor, lambda z, indices: Jet(aten.index.Tensor(z.series, [None, *indices])))
+
+
+def _index(z: Jet, indices: Sequence[Tensor | None]) -> Jet:
+    """``z[indices]`` (advanced indexing) on every coefficient: one call with the coefficient axis kept in front, or,
+    where the index tensors are not adjacent (the result's indexed dims then come first), one call per
+    coefficient."""
+    at = [i for i, index in enumerate(indices) if index is not None]
+    if at == list(range(at[0], at[-1] + 1)):
+        return Jet(aten.index.Tensor(z.series, [None, *indices]))
+    return Jet(torch.stack([aten.index.Tensor(row, indices) for row in z.series]))
+
+
+_register_all([aten.index.Tensor, aten._unsafe_index.Tensor], _index)
 register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
               Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
 _register_all([aten.diagonal, aten.diagonal_copy], lambda z, offset=0, dim1=0, dim2=1:
@@ -286,16 +302,18 @@ def _stacked(op: Callable[..., Tensor]) -> Rule:
 
     def rule(z: Jet, *args, **kwargs) -> Jet:
         _no_jet(str(op), args, list(kwargs.values()))
-        out = op(z.series.flatten(0, 1), *args, **kwargs)  # ((K+1)·B, ...)
-        return Jet(out.unflatten(0, (z.order + 1, z.shape[0])))
+        out = op(z.series.flatten(0, 1), *args, **kwargs)  # ((K+1)·B, ...); im2col of one sample: ((K+1)·C·k, L)
+        return Jet(out.unflatten(0, (z.order + 1, -1)))
 
     return rule
 
 
 for _op in (aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten._adaptive_avg_pool2d, aten.upsample_nearest1d,
             aten.upsample_nearest2d, aten.upsample_nearest3d, aten.upsample_bilinear2d, aten.upsample_linear1d,
-            aten.upsample_bicubic2d, aten.reflection_pad1d, aten.reflection_pad2d, aten.replication_pad1d,
-            aten.replication_pad2d, aten.pixel_shuffle, aten.pixel_unshuffle, aten.clone, aten.alias,
+            aten.upsample_bicubic2d, aten.upsample_trilinear3d, aten._upsample_bilinear2d_aa,
+            aten._upsample_bicubic2d_aa, aten.reflection_pad1d, aten.reflection_pad2d, aten.reflection_pad3d,
+            aten.replication_pad1d, aten.replication_pad2d, aten.replication_pad3d, aten.im2col, aten.col2im,
+            aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.clone, aten.alias,
             aten.lift_fresh_copy):
     register_rule(_op, _stacked(_op))
 
@@ -606,6 +624,86 @@ register_rule(aten.erf, Elementwise(_erf_coefficients))
 register_rule(aten.erfc, Elementwise(lambda z0, k: _erf_coefficients(z0, k, sign=-1.0)))
 
 
+def _tan_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    r"""tan: :math:`t' = 1 + t^2`, so :math:`(m + 1)\, c_{m+1} = [m = 0] + \sum_{i=0}^{m} c_i c_{m-i}`."""
+    c = [torch.tan(z0)]
+    for m in range(order):
+        square = sum(c[i] * c[m - i] for i in range(m + 1))
+        c.append(((1.0 + square) if m == 0 else square) * (1.0 / (m + 1)))
+    return c
+
+
+def _algebraic_coefficients(z0: Tensor, order: int, *, primal: Tensor, quadratic: tuple[float, float, float],
+                            p: float) -> list[Tensor]:
+    r"""φ with :math:`\varphi' = q^p`, q = a + b z + c z^2 (asin: 1 - z^2, p = -1/2; acosh: z^2 - 1; atanh:
+    1 - z^2, p = -1; ...): :math:`c_0 = \varphi(z_0)`, :math:`c_m = d_{m-1} / m`, with d the Taylor coefficients of
+    :math:`q^p` at z_0, the power recurrence (``series.power``) of q's own (q(z_0), q'(z_0), c, 0, ...)."""
+    a, b, c = quadratic
+    rows = [a + z0 * (b + c * z0), b + (2 * c) * z0, torch.full_like(z0, c)] + [torch.zeros_like(z0)] * order
+    d = series.power(torch.stack(rows[:order]), p)
+    return [primal, *(d[m - 1] * (1.0 / m) for m in range(1, order + 1))]
+
+
+def _algebraic(function: Callable[[Tensor], Tensor], quadratic: tuple[float, float, float], p: float,
+               sign: float = 1.0) -> Elementwise:
+    def coefficients(z0: Tensor, order: int) -> list[Tensor]:
+        c = _algebraic_coefficients(z0, order, primal=function(z0), quadratic=quadratic, p=p)
+        return [c[0], *(sign * cm for cm in c[1:])]
+
+    return Elementwise(coefficients)
+
+
+register_rule(aten.tan, Elementwise(_tan_coefficients))
+register_rule(aten.asin, _algebraic(torch.asin, (1.0, 0.0, -1.0), -0.5))  # asin' = (1 - z^2)^(-1/2)
+register_rule(aten.acos, _algebraic(torch.acos, (1.0, 0.0, -1.0), -0.5, sign=-1.0))  # acos = pi/2 - asin
+register_rule(aten.asinh, _algebraic(torch.asinh, (1.0, 0.0, 1.0), -0.5))  # asinh' = (1 + z^2)^(-1/2)
+register_rule(aten.acosh, _algebraic(torch.acosh, (-1.0, 0.0, 1.0), -0.5))  # acosh' = (z^2 - 1)^(-1/2)
+register_rule(aten.atanh, _algebraic(torch.atanh, (1.0, 0.0, -1.0), -1.0))  # atanh' = 1 / (1 - z^2)
+
+
+def _polygamma_coefficients(z0: Tensor, order: int, *, n: int, primal: Tensor | None = None) -> list[Tensor]:
+    r"""The n-th polygamma :math:`\psi^{(n)}` (digamma: n = 0): :math:`c_m = \psi^{(n+m)}(z_0) / m!`; lgamma, whose
+    derivative is the digamma, as n = -1 with its own primal."""
+    c = [torch.polygamma(n, z0) if primal is None else primal]
+    return c + [torch.polygamma(n + m, z0) * (1.0 / math.factorial(m)) for m in range(1, order + 1)]
+
+
+register_rule(aten.lgamma, Elementwise(lambda z0, k: _polygamma_coefficients(z0, k, n=-1, primal=torch.lgamma(z0))))
+register_rule(aten.digamma, Elementwise(lambda z0, k: _polygamma_coefficients(z0, k, n=0)))
+register_rule(aten.polygamma, lambda n, z: _composed(z, functools.partial(_polygamma_coefficients, n=n)))
+
+
+@functools.lru_cache(maxsize=16)
+def _erfinv_polynomials(order: int) -> tuple[tuple[int, ...], ...]:
+    r"""The integer polynomials :math:`P_m` with :math:`\mathrm{erfinv}^{(m)} = P_m(w)\, g^m`, w = erfinv z,
+    :math:`g = \tfrac{\sqrt\pi}{2} e^{w^2}` (so w' = g and g' = 2 w g^2): :math:`P_1 = 1`,
+    :math:`P_{m+1} = P_m' + 2 m\, w P_m`; coefficients by ascending power of w."""
+    polys = [(1,)]
+    for m in range(1, order):
+        p = polys[-1]
+        derivative = [i * p[i] for i in range(1, len(p))]
+        shifted = [0] + [2 * m * a for a in p]
+        polys.append(tuple(x + y for x, y in zip(derivative + [0] * 2, shifted, strict=False)))
+    return tuple(polys)
+
+
+def _erfinv_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    """erfinv: c_m = P_m(w) g^m / m! (``_erfinv_polynomials``)."""
+    w = torch.erfinv(z0)
+    g = torch.exp(w * w) * (math.sqrt(math.pi) / 2)
+    c, power = [w], torch.ones_like(w)
+    for m, poly in enumerate(_erfinv_polynomials(order), start=1):
+        power = power * g
+        value = torch.zeros_like(w)
+        for a in reversed(poly):  # Horner's rule in w
+            value = value * w + a
+        c.append(value * power * (1.0 / math.factorial(m)))
+    return c
+
+
+register_rule(aten.erfinv, Elementwise(_erfinv_coefficients))
+
+
 def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: float) -> list[Tensor]:
     r"""softplus(βz)/β, whose derivative is w = σ(βz): c_0 = softplus(z_0), c_1 = w and
     :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for m >= 2. Where βz_0 > threshold torch's softplus is
@@ -663,6 +761,104 @@ def _pow(a: object, b: object) -> Jet:
 
 
 _register_all([aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar], _pow)
+
+
+def _series_pair(a: object, b: object) -> tuple[Tensor, Tensor]:
+    """The series of a binary op's two arguments (a constant's as (value, 0, ..., 0)), aligned to one ndim."""
+    order, ndim = _order(a, b), max(_ndim(a), _ndim(b))
+    return _as_series(a, order, ndim), _as_series(b, order, ndim)
+
+
+def _atan2(y: object, x: object) -> Jet:
+    r""":math:`v = \operatorname{atan2}(y, x)`: :math:`v' = (x y' - y x') / r^2`, :math:`r^2 = x^2 + y^2`, so
+    :math:`k v_k = \sum_j j (y_j g_{k-j} + x_j h_{k-j})` with the series g = x / r^2 and h = -y / r^2
+    (``series.from_derivative`` of each; both parts of v' at once, the branch of v_0 from ``torch.atan2``)."""
+    sy, sx = _series_pair(y, x)
+    inverse = series.power(series.square(sx) + series.square(sy), -1.0)
+    v0 = torch.atan2(sy[0], sx[0])
+    along_y = series.from_derivative(sy, v0, series.cauchy(sx, inverse))
+    along_x = series.from_derivative(sx, torch.zeros_like(v0), -series.cauchy(sy, inverse))
+    return Jet(along_y + along_x)
+
+
+def _hypot(a: object, b: object) -> Jet:
+    r""":math:`\sqrt{a^2 + b^2}`, the power 1/2 of the series :math:`a^2 + b^2` (not differentiable where both are
+    0)."""
+    sa, sb = _series_pair(a, b)
+    return Jet(series.power(series.square(sa) + series.square(sb), 0.5))
+
+
+def _modulo(rounding: str) -> Rule:
+    r"""fmod (``rounding`` "trunc") and remainder ("floor"): :math:`a - q b` with the quotient
+    :math:`q = \operatorname{round}(a_0 / b_0)` piecewise constant, so the series :math:`a_k - q b_k` for k >= 1
+    (autograd's derivatives 1 and -q), and the op itself on the primals."""
+    op = torch.fmod if rounding == "trunc" else torch.remainder
+
+    def rule(a: object, b: object) -> Jet:
+        sa, sb = _series_pair(a, b)
+        a0, b0 = primal_of(a), primal_of(b)
+        quotient = torch.div(sa[0], sb[0], rounding_mode=rounding)
+        primal = op(torch.as_tensor(a0, dtype=sa.dtype), torch.as_tensor(b0, dtype=sb.dtype))
+        return Jet(torch.cat([primal.unsqueeze(0), sa[1:] - quotient * sb[1:]]))
+
+    return rule
+
+
+def _copysign(a: object, b: object) -> object:
+    """|a| with the sign of b: a's series times ±1 (0 where a_0 = 0, as autograd's); b, piecewise constant, adds
+    nothing."""
+    b0 = primal_of(b)
+    if not isinstance(a, Jet):
+        return torch.copysign(torch.as_tensor(a, dtype=b0.dtype), b0)
+    primal = torch.copysign(a.primal, b0)
+    flip = torch.where(torch.signbit(primal) == torch.signbit(a.primal), 1.0, -1.0).to(a.dtype)
+    factor = torch.where(a.primal == 0, 0.0, flip)
+    return Jet(torch.cat([primal.unsqueeze(0), a.aligned(primal.dim())[1:] * factor]))
+
+
+register_rule(aten.atan2, _atan2)
+_register_all([aten.copysign.Tensor, aten.copysign.Scalar], _copysign)
+register_rule(aten.hypot, _hypot)
+register_rule(aten.fmod, _modulo("trunc"))
+register_rule(aten.remainder, _modulo("floor"))
+
+
+# ---- products along a dim: trees of Cauchy products -------------------------------------------------------------
+
+def _product(s: Tensor, d: int) -> Tensor:
+    """The product of a series over its dim d (keeping it, of size 1): pairs of halves multiplied, log2(n) Cauchy
+    products of shrinking size (an odd one out is carried to the next round). Exact at zeros, as no division is."""
+    while s.shape[d] > 1:
+        half = s.shape[d] // 2
+        paired = series.cauchy(s.narrow(d, 0, half), s.narrow(d, half, half))
+        s = torch.cat([paired, s.narrow(d, 2 * half, s.shape[d] - 2 * half)], d)
+    return s
+
+
+def _prod(z: Jet, dim: int | None = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Jet:
+    """prod over one dim (or, with dim None, over every element): ``_product``."""
+    if dim is None:
+        return Jet(_product(z.series.flatten(1), 1).flatten(1).squeeze(1).to(dtype or z.dtype))
+    d = _dim(dim, z.ndim)
+    out = _product(z.series, d)
+    return Jet((out if keepdim else out.squeeze(d)).to(dtype or z.dtype))
+
+
+def _cumprod(z: Jet, dim: int, *, dtype: torch.dtype | None = None) -> Jet:
+    r"""The running product along dim, as a scan (Hillis and Steele): at the shifts s = 1, 2, 4, ..., every element
+    from s on is multiplied by the one s before it, :math:`P_i \leftarrow P_i P_{i-s}`: log2(n) Cauchy products."""
+    d, s, shift = _dim(dim, z.ndim), z.series, 1
+    n = s.shape[d]
+    while shift < n:
+        s = torch.cat([s.narrow(d, 0, shift), series.cauchy(s.narrow(d, shift, n - shift), s.narrow(d, 0, n - shift))],
+                      d)
+        shift *= 2
+    return Jet(s.to(dtype or z.dtype))
+
+
+register_rule(aten.prod.dim_int, _prod)
+register_rule(aten.prod.default, lambda z, *, dtype=None: _prod(z, None, dtype=dtype))
+register_rule(aten.cumprod, _cumprod)
 
 
 # ---- piecewise: the series of the active branch, chosen on the primal -----------------------------------------
@@ -810,6 +1006,36 @@ register_rule(aten.topk, lambda z, k, dim=-1, largest=True, sorted=True:
               _gathered(z, torch.topk(z.primal, k, dim, largest, sorted), dim))
 register_rule(aten.maximum, _binary_extreme(torch.gt))
 register_rule(aten.minimum, _binary_extreme(torch.lt))
+register_rule(aten.fmax, _binary_extreme(lambda a, b: (a > b) | b.isnan()))  # a NaN loses to a number
+register_rule(aten.fmin, _binary_extreme(lambda a, b: (a < b) | b.isnan()))
+for _op, _pick in ((aten.median, torch.median), (aten.nanmedian, torch.nanmedian)):
+    register_rule(_op.dim, functools.partial(lambda z, dim, keepdim=False, *, pick: _gathered(
+        z, pick(z.primal, dim, keepdim), dim, keepdim), pick=_pick))
+    register_rule(_op.default, functools.partial(lambda z, *, pick: _gathered(  # of every element: the flat one's
+        Jet(z.series.flatten(1)), pick(z.primal.flatten(), 0), 0, keepdim=False)[0], pick=_pick))
+register_rule(aten.kthvalue, lambda z, k, dim=-1, keepdim=False:
+              _gathered(z, torch.kthvalue(z.primal, k, dim, keepdim), dim, keepdim))
+register_rule(aten.mode, lambda z, dim=-1, keepdim=False:
+              _gathered(z, torch.mode(z.primal, dim, keepdim), dim, keepdim))
+register_rule(aten.cummax, lambda z, dim: _gathered(z, torch.cummax(z.primal, dim), dim))
+register_rule(aten.cummin, lambda z, dim: _gathered(z, torch.cummin(z.primal, dim), dim))
+
+
+def _adaptive_max_pool(op: Callable[..., tuple[Tensor, Tensor]], spatial: int) -> Rule:
+    """Adaptive max pooling over the last ``spatial`` dims: the op on the primal, which returns the flat indices
+    of each window's maximum within a channel's plane; the series at those indices."""
+
+    def rule(z: Jet, *args) -> tuple[Jet, Tensor]:
+        out, indices = op(z.primal, *args)
+        flat = z.series.flatten(-spatial)
+        picked = flat.gather(-1, indices.flatten(-spatial).expand(z.order + 1, *flat.shape[1:-1], -1))
+        return Jet(picked.view(z.order + 1, *out.shape)), indices
+
+    return rule
+
+
+register_rule(aten.adaptive_max_pool2d, _adaptive_max_pool(aten.adaptive_max_pool2d, 2))
+register_rule(aten.adaptive_max_pool3d, _adaptive_max_pool(aten.adaptive_max_pool3d, 3))
 
 
 # ---- writes, as functionalize spells them: a new tensor with some elements replaced -------------------------
@@ -848,8 +1074,58 @@ def _scatter_add(base: object, dim: int, index: Tensor, source: object) -> Jet:
                                                          _as_series(source, order, ndim)))
 
 
+def _scatter_src(base: object, dim: int, index: Tensor, source: object, *, reduce: str | None = None) -> Jet:
+    """``scatter(base, dim, index, source)``: linear in base and source for a fixed index (as is its ``reduce="add"``),
+    so the op on their series."""
+    if reduce not in (None, "add"):
+        raise NotSupported(f"exact-taylor: scatter with reduce={reduce!r} has no Taylor rule (only None and 'add' are "
+                           f"linear); {INSTEAD}")
+    order, ndim = _order(base, source), _ndim(base)
+    return Jet(_as_series(base, order, ndim).scatter(_dim(dim, ndim), index.expand(order + 1, *index.shape),
+                                                     _as_series(source, order, ndim),
+                                                     **({"reduce": reduce} if reduce else {})))
+
+
+def _scatter_value(base: Jet, dim: int, index: Tensor, value: float, *, reduce: str | None = None) -> Jet:
+    """``scatter(base, dim, index, value)`` with a number: the value (or, with ``reduce="add"``, its sum) enters the
+    primal; the higher coefficients there are 0 (or base's own)."""
+    if reduce not in (None, "add"):
+        raise NotSupported(f"exact-taylor: scatter with reduce={reduce!r} has no Taylor rule (only None and 'add' are "
+                           f"linear); {INSTEAD}")
+    d = _dim(dim, base.ndim)
+    primal = base.primal.scatter(dim, index, value, **({"reduce": reduce} if reduce else {}))
+    higher = base.series[1:] if reduce else base.series[1:].scatter(d, index.expand(base.order, *index.shape), 0.0)
+    return Jet(torch.cat([primal.unsqueeze(0), higher]))
+
+
+def _scatter_reduce(base: object, dim: int, index: Tensor, source: object, reduce: str, *,
+                    include_self: bool = True) -> Jet:
+    """``scatter_reduce``: its "sum" and "mean" are linear in base and source for a fixed index, so the op on the
+    series; the others ("prod", "amax", "amin") are not and have no rule."""
+    if reduce not in ("sum", "mean"):
+        raise NotSupported(f"exact-taylor: scatter_reduce with reduce={reduce!r} has no Taylor rule (only 'sum' and "
+                           f"'mean' are linear); {INSTEAD}")
+    order, ndim = _order(base, source), _ndim(base)
+    return Jet(_as_series(base, order, ndim).scatter_reduce(_dim(dim, ndim), index.expand(order + 1, *index.shape),
+                                                            _as_series(source, order, ndim), reduce,
+                                                            include_self=include_self))
+
+
+def _index_put(base: object, indices: Sequence[Tensor | None], values: object, accumulate: bool = False) -> Jet:
+    """``base[indices] = values`` (or ``+=``, with ``accumulate``), functionalize's form of a masked or indexed write:
+    linear in base and values for fixed indices, so the op on each coefficient (one call per coefficient: the
+    indices address z's own dims, masks included)."""
+    order = _order(base, values)
+    rows, new = _as_series(base, order, _ndim(base)), _as_series(values, order, _ndim(values))
+    return Jet(torch.stack([aten.index_put(rows[k], indices, new[k], accumulate) for k in range(order + 1)]))
+
+
 register_rule(aten.index_add, _index_add)
 register_rule(aten.scatter_add, _scatter_add)
+_register_all([aten.scatter.src, aten.scatter.reduce], _scatter_src)
+_register_all([aten.scatter.value, aten.scatter.value_reduce], _scatter_value)
+register_rule(aten.scatter_reduce.two, _scatter_reduce)
+_register_all([aten.index_put, aten._unsafe_index_put], _index_put)
 register_rule(aten.copy.default, _copy)
 register_rule(aten.slice_scatter, _scatter(aten.slice_scatter))
 register_rule(aten.select_scatter, _scatter(aten.select_scatter))
@@ -877,5 +1153,5 @@ for _op in (aten.gt, aten.lt, aten.ge, aten.le, aten.eq, aten.ne, aten.sign, ate
             aten.trunc, aten.argmax, aten.argmin, aten.isnan, aten.isinf, aten.logical_not, aten.logical_and,
             aten.logical_or, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.new_zeros,
             aten.new_ones, aten.new_empty, aten.new_full, aten.sym_size, aten.lift_fresh, aten.fill.Scalar,
-            aten.zero):
+            aten.zero, aten.isfinite, aten.isposinf, aten.isneginf, aten.signbit, torch.ops.prims.signbit):
     register_rule(_op, _zero(_op))

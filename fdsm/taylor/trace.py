@@ -198,15 +198,56 @@ def _logsumexp(x: Tensor, dim: list[int], keepdim: bool = False) -> Tensor:
     return out if keepdim else aten.squeeze.dims(out, dim)
 
 
+def _cdist(x1: Tensor, x2: Tensor, p: float, compute_mode: int | None = None) -> Tensor:
+    r"""cdist: :math:`\|x_1[..., i, :] - x_2[..., j, :]\|_p` for every pair (i, j) of rows, the vector norm of the
+    broadcast difference (``compute_mode``, the choice of a matmul form for p = 2, changes only the rounding)."""
+    diff = aten.sub.Tensor(aten.unsqueeze.default(x1, -2), aten.unsqueeze.default(x2, -3))
+    return aten.linalg_vector_norm.default(diff, p, [-1])
+
+
+def _pdist(x: Tensor, p: float = 2.0) -> Tensor:
+    r"""pdist: :math:`\|x_i - x_j\|_p` for the rows i < j of x (n, d), in the row-major order of the upper triangle."""
+    i, j = torch.triu_indices(x.shape[0], x.shape[0], 1, device=x.device)
+    diff = aten.sub.Tensor(aten.index_select.default(x, 0, i), aten.index_select.default(x, 0, j))
+    return aten.linalg_vector_norm.default(diff, p, [-1])
+
+
+def _trilinear(i1: Tensor, i2: Tensor, i3: Tensor, expand1: list[int], expand2: list[int], expand3: list[int],
+               sumdim: list[int], unroll_dim: int = 1) -> Tensor:
+    r"""``nn.Bilinear``'s op: the three inputs unsqueezed at their ``expand`` dims, multiplied (broadcast) and summed
+    over ``sumdim``, :math:`\sum_{sumdim} i_1 i_2 i_3` (``unroll_dim`` only orders ATen's loop)."""
+
+    def unsqueezed(t: Tensor, dims: list[int]) -> Tensor:
+        for d in sorted(dims):
+            t = aten.unsqueeze.default(t, d)
+        return t
+
+    product = aten.mul.Tensor(aten.mul.Tensor(unsqueezed(i1, expand1), unsqueezed(i2, expand2)),
+                              unsqueezed(i3, expand3))
+    return aten.sum.dim_IntList(product, sumdim) if sumdim else product
+
+
+def _rrelu_in_eval(x: Tensor, noise: Tensor, lower: float = 0.125, upper: float = 1 / 3, training: bool = False,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor] | object:
+    """RReLU in eval mode is leaky ReLU with the mean slope (lower + upper) / 2, as ATen computes it, and leaves the
+    noise as it is; in training mode it draws its slopes (the op stays, and is refused as random)."""
+    if training:
+        return NotImplemented
+    return aten.leaky_relu.default(x, (lower + upper) / 2), noise
+
+
 # Composites with no rule of their own whose torch decompositions reach ops that have one (each is tested against
 # nested autograd in tests/test_taylor.py). Not here: the elementwise ops that torch decomposes into prims of their
 # own (sinh, tan, exp2, ...), which have rules or none.
 TORCH_DECOMPOSED = (
     aten.mish, aten.hardswish, aten.hardsigmoid, aten._prelu_kernel, aten.log_sigmoid_forward, aten.softshrink,
-    aten.hardshrink, aten.glu, aten.logaddexp, aten.logit, aten.xlogy, aten.addcmul, aten.addcdiv, aten.lerp,
-    aten.baddbmm, aten.addmv, aten.masked_fill, aten.clamp.Tensor, aten.clamp_min.Tensor, aten.clamp_max.Tensor,
-    aten.threshold, aten.linalg_vector_norm, aten.max_pool2d_with_indices, aten._safe_softmax, aten.mse_loss,
-    aten.huber_loss, aten.smooth_l1_loss, aten.dot, aten.trace,
+    aten.hardshrink, aten.glu, aten.logaddexp, aten.logaddexp2, aten.logit, aten.xlogy, aten.special_xlog1py,
+    aten.special_entr, aten.mvlgamma, aten.sinc, aten.deg2rad, aten.frac, aten.nan_to_num, aten.addcmul, aten.addcdiv,
+    aten.lerp, aten.baddbmm, aten.addmv, aten.masked_fill, aten.clamp.Tensor, aten.clamp_min.Tensor,
+    aten.clamp_max.Tensor, aten.threshold, aten.linalg_vector_norm, aten.norm, aten.dist, aten.renorm,
+    aten.std_mean, aten.linalg_cross, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices,
+    aten.grid_sampler_2d, aten.affine_grid_generator, aten._safe_softmax, aten.mse_loss, aten.huber_loss,
+    aten.smooth_l1_loss, aten.dot, aten.trace,
     aten._scaled_dot_product_flash_attention_for_cpu,  # attention on the CPU; its CUDA kernels have no decomposition
 )
 
@@ -226,6 +267,10 @@ DECOMPOSITIONS: dict = {
     aten._softmax.default: _softmax,
     aten._log_softmax.default: _log_softmax,
     aten.logsumexp.default: _logsumexp,
+    aten._cdist_forward.default: _cdist,
+    aten._pdist_forward.default: _pdist,
+    aten._trilinear.default: _trilinear,
+    aten.rrelu_with_noise_functional.default: _rrelu_in_eval,
 }
 
 
