@@ -35,6 +35,8 @@ writes             copy, fill, slice_scatter, select_scatter, index_put (functio
                    masked writes), scatter, index_add, scatter_add, scatter_reduce's sum and mean: linear for
                    fixed indices, the op on the series of both sides
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
+linear algebra     inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities): the recurrence
+                   of each op's defining identity, in ``fdsm.taylor.linalg``
 ================== ===================================================================================
 
 Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU, logaddexp, addcmul, lerp,

@@ -678,6 +678,21 @@ def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
     return graph
 
 
+@contextlib.contextmanager
+def _unvalidated_distributions() -> Iterator[None]:
+    """``torch.distributions``' argument checks (``validate_args``, on by default) branch on the arguments' values,
+    which a trace cannot; they only check, so they are off while f is traced. What they would have refused still
+    fails, or shows, in the pass: a covariance that is not positive definite in its Cholesky factorization's own
+    error, a negative scale as a NaN log-density. A distribution built with ``validate_args=True`` keeps its check
+    (and is refused as a data-dependent branch)."""
+    default = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
+
+
 def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphModule:
     def lifted(inputs: Tensor, *leaves: Tensor) -> Tensor:
         with _swapped(walk, leaves):
@@ -686,7 +701,7 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
     inputs = [t.detach().clone() for t in (x, *walk.leaves)]  # copies: a write of f's runs in the call, not here
     try:
         with torch.no_grad():
-            with _NoValueReads():
+            with _NoValueReads(), _unvalidated_distributions():
                 graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
             return _drop_identity_strides(_deterministic(_functional(graph, inputs)))
     except RuntimeError as err:

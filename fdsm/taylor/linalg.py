@@ -1,0 +1,447 @@
+r"""Taylor rules of dense linear algebra: inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities).
+
+Each rule below is the rule of one aten op (``fdsm.taylor.rules``' module docstring says what a rule is), for real
+(batched) square matrices: a Jet may be the matrix, the right-hand side, or both. A matrix series
+:math:`A(t) = \sum_k A_k t^k` enters through the recurrence of the op's defining identity, order by order: the
+primal of every output is the op's own on the primals, and for k >= 1
+
+======================= ===================================================================================
+op                      recurrence, k >= 1
+======================= ===================================================================================
+inverse                 :math:`B_k = -B_0 \sum_{j=1}^{k} A_j B_{k-j}` (``linalg_inv_ex``; ``cholesky_inverse``
+                        with :math:`A = L L^T`)
+solves                  :math:`X_k = A_0^{-1}\bigl(R_k - \sum_{j=1}^{k} A_j X_{k-j}\bigr)`, one factorization
+                        of :math:`A_0` for every k; ``left=False``, :math:`X A = R`, multiplies on the other
+                        side (``_linalg_solve_ex``, ``linalg_solve_triangular``, ``triangular_solve``,
+                        ``linalg_lu_solve``; ``cholesky_solve`` with :math:`A = L L^T`)
+Cholesky                :math:`L_k = L_0\,\Phi\bigl(L_0^{-1} S_k L_0^{-T}\bigr)`,
+                        :math:`S_k = A_k - \sum_{j=1}^{k-1} L_j L_{k-j}^T`, Φ the lower triangle with half the
+                        diagonal (``linalg_cholesky_ex``, ``cholesky``)
+LU                      :math:`M = L_0^{-1} S_k U_0^{-1}`, :math:`S_k = P^T A_k - \sum_{j=1}^{k-1} L_j U_{k-j}`:
+                        :math:`L_k = L_0\,\mathrm{tril}_{-1}(M)`, :math:`U_k = \mathrm{triu}(M)\,U_0`
+                        (``linalg_lu_factor_ex``, ``linalg_lu``)
+log-determinant         :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_j B_{k-j})`, B the inverse
+                        series; the sign is a constant (``_linalg_slogdet``)
+determinant             :math:`\det A_0 \cdot \exp(\ell - \ell_0)`, the exp series of the log-determinant's
+                        (``_linalg_det``)
+======================= ===================================================================================
+
+That is O(K^2) matrix products and K solves with the factorization of :math:`A_0` per op. The ``_ex`` outputs (info),
+the LU factors and pivots that ``solve``, ``slogdet`` and ``det`` also return, slogdet's sign and the permutations are
+constants: the op's own values on the primals (a pivot order is locally constant in x). Every rule is torch ops
+(``lu_factor``, ``lu_solve``, ``solve_triangular``, matmuls), so its result is differentiable in the parameters of f.
+
+The rules differentiate the function the op computes, which reads only part of its matrix: a triangular solve
+(and ``cholesky_solve``, ``cholesky_inverse``) its triangle, a unitriangular one not even the diagonal, the
+Cholesky factorization the lower triangle of A (the upper one for ``upper=True``), symmetrized. Nested autograd
+agrees wherever f passes what the op expects (a triangular factor, a symmetric A); where it does not, autograd's
+``cholesky_solve`` and ``cholesky_inverse`` differentiate the upper triangle that the op ignores, and its Cholesky
+the symmetric part :math:`(A + A^T)/2` of A, so there it is the reference that is wrong.
+
+``torch.distributions.MultivariateNormal`` reaches ``linalg_cholesky_ex`` (a covariance or precision matrix) and
+``linalg_solve_triangular``; its argument checks, a data-dependent branch, are off while f is traced
+(``fdsm.taylor.trace._unvalidated_distributions``). Complex matrices, and the LU of a non-square one, raise
+``NotSupported``; a singular :math:`A_0` gives infinite or NaN coefficients, as its derivatives are (except det's,
+which are finite there: its rule divides by the determinant and returns NaN at a singular :math:`A_0`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from fdsm.registry import NotSupported
+from fdsm.taylor import series
+from fdsm.taylor.jet import Jet, primal_of
+from fdsm.taylor.rules import register_rule
+from fdsm.taylor.trace import INSTEAD
+
+aten = torch.ops.aten
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+
+def _real(op: str, **arguments: object) -> None:
+    """Refuses a complex matrix or right-hand side, naming the op and the argument (the rules transpose where a
+    complex matrix needs the conjugate transpose)."""
+    for name, value in arguments.items():
+        dtype = primal_of(value).dtype if isinstance(value, (Jet, Tensor)) else None
+        if dtype is not None and dtype.is_complex:
+            raise NotSupported(f"exact-taylor: the Taylor rule of {op} takes real matrices; its argument {name} is "
+                               f"{dtype}; {INSTEAD}")
+
+
+def _aligned(s: Tensor | None, ndim: int) -> Tensor | None:
+    """A series (K+1, *shape) with singleton dims inserted after the coefficient axis so that shape has ``ndim``
+    dims: its batch dims then broadcast against a larger batch without mixing with the coefficient axis."""
+    if s is None or s.dim() - 1 >= ndim:
+        return s
+    return s.view(s.shape[0], *([1] * (ndim + 1 - s.dim())), *s.shape[1:])
+
+
+def _higher(value: object) -> Tensor | None:
+    """A Jet's series, or None for a constant (whose coefficients k >= 1 are zero)."""
+    return value.series if isinstance(value, Jet) else None
+
+
+def _with_primal(x0: Tensor, higher: Tensor) -> Jet:
+    """The Jet of coefficients (x0, higher[0], ...): the op's own primal, the rule's higher coefficients."""
+    return Jet(torch.cat([x0.unsqueeze(0), higher]))
+
+
+def _solved(x0: Tensor, a: Tensor | None, r: Tensor | None, solve0: Callable[[Tensor], Tensor], *,
+            left: bool = True) -> Tensor:
+    r"""The series X of the solution of :math:`A X = R` (``left``) or :math:`X A = R`, from :math:`X_0` and the
+    inverse of :math:`A_0` as ``solve0``:
+
+    .. math::
+        X_k = A_0^{-1}\Bigl(R_k - \sum_{j=1}^{k} A_j X_{k-j}\Bigr), \qquad
+        X_k = \Bigl(R_k - \sum_{j=1}^{k} X_{k-j} A_j\Bigr) A_0^{-1} \quad (\text{left=False}).
+
+    ``a``, ``r``: the series (K+1, ..., n, n) and (K+1, ..., n, m) of a matrix and a right-hand side that depend on
+    x, None for a constant (at least one is a series); x0: (..., n, m). With a constant A, every X_k is
+    :math:`A_0^{-1} R_k` at once (one call of ``solve0``); else one matmul over j and one solve per k."""
+    ndim = x0.dim()
+    a, r = _aligned(a, ndim), _aligned(r, ndim)
+    if a is None:
+        return torch.cat([x0.unsqueeze(0), solve0(r[1:])])
+    xs = [x0]
+    for k in range(1, a.shape[0]):
+        previous = torch.stack(xs[::-1])  # X_{k-1}, ..., X_0, lined up with A_1, ..., A_k
+        terms = torch.matmul(a[1:k + 1], previous) if left else torch.matmul(previous, a[1:k + 1])
+        total = terms.sum(0)
+        xs.append(solve0(-total if r is None else r[k] - total))
+    return torch.stack(xs)
+
+
+def _inverse_series(a: Tensor, b0: Tensor) -> Tensor:
+    r"""The series of :math:`A^{-1}` from :math:`B_0 = A_0^{-1}`: :math:`B_k = -B_0 \sum_{j=1}^{k} A_j B_{k-j}`
+    (the solve with R = I); a: (K+1, ..., n, n) -> (K+1, ..., n, n)."""
+    return _solved(b0, a, None, lambda rhs: torch.matmul(b0, rhs))
+
+
+def _products(a: Tensor, b: Tensor) -> Tensor:
+    r"""The Cauchy product of two matrix series with matmul in place of ·: :math:`(AB)_k = \sum_{j=0}^{k} A_j
+    B_{k-j}`; (K+1, ..., n, p) and (K+1, ..., p, m) -> (K+1, ..., n, m)."""
+    i, j, k = series._pairs(a.shape[0] - 1, a.device)
+    terms = torch.matmul(a.index_select(0, i), b.index_select(0, j))
+    return terms.new_zeros((a.shape[0], *terms.shape[1:])).index_add(0, k, terms)
+
+
+def _triangle(s: Tensor, upper: bool, unitriangular: bool = False) -> Tensor:
+    """The triangle of a series of matrices that a triangular op reads: the upper or lower one, without the
+    diagonal where the op takes it as ones (unitriangular: its derivative is then zero)."""
+    offset = int(unitriangular)
+    return torch.triu(s, offset) if upper else torch.tril(s, -offset)
+
+
+# ---- inverse ----------------------------------------------------------------------------------------------------
+
+def _inv_ex(a: Jet, *, check_errors: bool = False) -> tuple[Jet, Tensor]:
+    r"""``linalg_inv_ex(A) -> (inverse, info)``: :math:`B_0 = A_0^{-1}` (the op's),
+    :math:`B_k = -B_0 \sum_{j=1}^{k} A_j B_{k-j}`; info is a constant."""
+    _real("aten.linalg_inv_ex", A=a)
+    b0, info = aten.linalg_inv_ex(a.primal, check_errors=check_errors)
+    return Jet(_inverse_series(a.series, b0)), info
+
+
+register_rule(aten.linalg_inv_ex.default, _inv_ex)
+
+
+# ---- solves: one factorization of A_0, K solves --------------------------------------------------------------
+
+def _is_vector(a0: Tensor, b0: Tensor) -> bool:
+    """``torch.linalg.solve``'s vector case: B of shape (n,), or (*batch, n) with A of shape (*batch, n, n)."""
+    return b0.dim() == 1 or (b0.dim() == a0.dim() - 1 and b0.shape == a0.shape[:-1])
+
+
+def _solve_ex(a: object, b: object, *, left: bool = True, check_errors: bool = False) -> tuple[object, ...]:
+    r"""``_linalg_solve_ex(A, B, left) -> (result, LU, pivots, info)``, :math:`A X = B` (``left=False``:
+    :math:`X A = B`):
+
+    .. math::
+        X_k = A_0^{-1}\Bigl(B_k - \sum_{j=1}^{k} A_j X_{k-j}\Bigr),
+
+    each :math:`A_0^{-1}` by ``lu_solve`` with one ``lu_factor`` of :math:`A_0` (the op's own LU output is of A or
+    of its transpose, as torch chooses by memory layout). A vector B (shape (n,), or A's shape without its last dim)
+    is the one-column matrix, as in the op. LU, pivots and info are the op's, constants."""
+    _real("aten._linalg_solve_ex", A=a, B=b)
+    a0, b0 = primal_of(a), primal_of(b)
+    x0, lu, pivots, info = aten._linalg_solve_ex(a0, b0, left=left, check_errors=check_errors)
+    factors = torch.linalg.lu_factor_ex(a0)[:2]  # unchecked: whether a singular A_0 raises is check_errors' call
+    vector = _is_vector(a0, b0)
+    r = _higher(b)
+    if vector and r is not None:
+        r = r.unsqueeze(-1)
+    x = _solved(x0.unsqueeze(-1) if vector else x0, _higher(a), r,
+                lambda rhs: torch.linalg.lu_solve(*factors, rhs, left=left), left=left)
+    return Jet(x.squeeze(-1) if vector else x), lu, pivots, info
+
+
+register_rule(aten._linalg_solve_ex.default, _solve_ex)
+
+
+def _solve_triangular(a: object, b: object, *, upper: bool, left: bool = True, unitriangular: bool = False) -> Jet:
+    r"""``linalg_solve_triangular(A, B, upper, left, unitriangular)``: :math:`A X = B` (``left=False``:
+    :math:`X A = B`) for the triangle of A that the op reads (without its diagonal where unitriangular):
+
+    .. math::
+        X_k = A_0^{-1}\Bigl(B_k - \sum_{j=1}^{k} \triangle(A_j)\, X_{k-j}\Bigr),
+
+    each :math:`A_0^{-1}` the op itself on the triangular :math:`A_0`."""
+    _real("aten.linalg_solve_triangular", A=a, B=b)
+    a0 = primal_of(a)
+
+    def solve0(rhs: Tensor) -> Tensor:
+        return aten.linalg_solve_triangular(a0, rhs, upper=upper, left=left, unitriangular=unitriangular)
+
+    a_series = _higher(a)
+    return Jet(_solved(solve0(primal_of(b)), None if a_series is None else _triangle(a_series, upper, unitriangular),
+                       _higher(b), solve0, left=left))
+
+
+register_rule(aten.linalg_solve_triangular.default, _solve_triangular)
+
+
+def _triangular_solve(b: object, a: object, upper: bool = True, transpose: bool = False, unitriangular: bool = False
+                      ) -> tuple[object, object]:
+    r"""``triangular_solve(B, A, upper, transpose, unitriangular) -> (solution, cloned_coefficient)``, the deprecated
+    form: :math:`\mathrm{op}(A) X = B` with op(A) the triangle of A that it reads, transposed where ``transpose``;
+    the recurrence of ``linalg_solve_triangular``. The cloned coefficient is A itself (broadcast to the batch):
+    a Jet where A depends on x."""
+    _real("aten.triangular_solve", B=b, A=a)
+    a0 = primal_of(a)
+
+    def solve0(rhs: Tensor) -> Tensor:
+        return aten.triangular_solve(rhs, a0, upper, transpose, unitriangular)[0]
+
+    x0, cloned = aten.triangular_solve(primal_of(b), a0, upper, transpose, unitriangular)
+    a_series = _higher(a)
+    if a_series is not None:
+        a_series = _triangle(a_series, upper, unitriangular)
+        a_series = a_series.mT if transpose else a_series
+        order = a_series.shape[0] - 1
+        cloned = Jet(_aligned(a.series, cloned.dim()).expand(order + 1, *cloned.shape))
+    return Jet(_solved(x0, a_series, _higher(b), solve0)), cloned
+
+
+register_rule(aten.triangular_solve.default, _triangular_solve)
+
+
+def _gram(factor: Tensor, upper: bool) -> Tensor:
+    r"""The series of :math:`A = L L^T` (or :math:`U^T U` for ``upper``) from the triangle of a factor's series."""
+    f = _triangle(factor, upper)
+    return _products(f.mT, f) if upper else _products(f, f.mT)
+
+
+def _cholesky_solve(b: object, factor: object, upper: bool = False) -> Jet:
+    r"""``cholesky_solve(B, L, upper)``: :math:`A X = B` with :math:`A = L L^T` (:math:`U^T U` for ``upper``), L
+    the triangle that the op reads; the solve's recurrence with the series
+    :math:`A_j = \sum_{i=0}^{j} L_i L_{j-i}^T`, each :math:`A_0^{-1}` the op itself on :math:`L_0`."""
+    _real("aten.cholesky_solve", B=b, L=factor)
+    f0 = primal_of(factor)
+
+    def solve0(rhs: Tensor) -> Tensor:
+        return aten.cholesky_solve(rhs, f0, upper)
+
+    f_series = _higher(factor)
+    return Jet(_solved(solve0(primal_of(b)), None if f_series is None else _gram(f_series, upper), _higher(b), solve0))
+
+
+register_rule(aten.cholesky_solve.default, _cholesky_solve)
+
+
+def _cholesky_inverse(factor: Jet, upper: bool = False) -> Jet:
+    r"""``cholesky_inverse(L, upper)``: :math:`(L L^T)^{-1}` (:math:`(U^T U)^{-1}`), the inverse's recurrence
+    :math:`B_k = -B_0 \sum_{j=1}^{k} A_j B_{k-j}` with :math:`A_j = \sum_{i=0}^{j} L_i L_{j-i}^T` from the
+    triangle that the op reads; :math:`B_0` is the op's."""
+    _real("aten.cholesky_inverse", L=factor)
+    return Jet(_inverse_series(_gram(factor.series, upper), aten.cholesky_inverse(factor.primal, upper)))
+
+
+register_rule(aten.cholesky_inverse.default, _cholesky_inverse)
+
+
+def _lu_matrix(lu: Tensor, p: Tensor | None) -> Tensor:
+    """The series of A = P L U from that of the packed factors (L unit lower, U upper; the identity of L in the
+    primal only)."""
+    lower, upper = torch.tril(lu, -1), torch.triu(lu)
+    lower = torch.cat([lower[:1] + torch.eye(lu.shape[-1], dtype=lu.dtype, device=lu.device), lower[1:]])
+    product = _products(lower, upper)
+    return product if p is None else torch.matmul(p, product)
+
+
+def _lu_solve(lu: object, pivots: Tensor, b: object, *, left: bool = True, adjoint: bool = False) -> Jet:
+    r"""``linalg_lu_solve(LU, pivots, B, left, adjoint)``: :math:`A X = B` (:math:`A^T` for ``adjoint``,
+    :math:`X A = B` for ``left=False``) with :math:`A = P L U` from the packed factors; the solve's recurrence with
+    :math:`A_j = P \sum_{i=0}^{j} L_i U_{j-i}`, each :math:`A_0^{-1}` the op itself on :math:`LU_0`."""
+    _real("aten.linalg_lu_solve", LU=lu, B=b)
+    lu0 = primal_of(lu)
+
+    def solve0(rhs: Tensor) -> Tensor:
+        return aten.linalg_lu_solve(lu0, pivots, rhs, left=left, adjoint=adjoint)
+
+    a = None
+    if isinstance(lu, Jet):
+        p = torch.lu_unpack(lu0, pivots, unpack_data=False)[0]
+        a = _lu_matrix(lu.series, p)
+        a = a.mT if adjoint else a
+    return Jet(_solved(solve0(primal_of(b)), a, _higher(b), solve0, left=left))
+
+
+register_rule(aten.linalg_lu_solve.default, _lu_solve)
+
+
+# ---- factorizations -----------------------------------------------------------------------------------------
+
+def _cholesky_series(a: Tensor, l0: Tensor) -> Tensor:
+    r"""The series of the lower Cholesky factor of a symmetric series A from :math:`L_0`: for k >= 1,
+
+    .. math::
+        S_k = A_k - \sum_{j=1}^{k-1} L_j L_{k-j}^T, \qquad L_k = L_0\,\Phi\bigl(L_0^{-1} S_k L_0^{-T}\bigr),
+
+    Φ the lower triangle with half the diagonal (:math:`S_k = L_0 L_k^T + L_k L_0^T`, and :math:`L_0^{-1} L_k` is
+    lower triangular). Two triangular solves and one matmul per k."""
+    ls = [l0]
+    for k in range(1, a.shape[0]):
+        s = a[k]
+        if k > 1:
+            s = s - torch.matmul(torch.stack(ls[1:k]), torch.stack(ls[k - 1:0:-1]).mT).sum(0)
+        m = torch.linalg.solve_triangular(l0, s, upper=False)  # L_0^{-1} S_k
+        m = torch.linalg.solve_triangular(l0.mT, m, upper=True, left=False)  # ... L_0^{-T}
+        phi = torch.tril(m) - 0.5 * torch.diag_embed(torch.diagonal(m, 0, -2, -1))
+        ls.append(torch.matmul(l0, phi))
+    return torch.stack(ls)
+
+
+def _symmetric(a: Tensor, upper: bool) -> Tensor:
+    """The symmetric matrices whose lower (upper) triangle is that of a: what a Cholesky factorization reads."""
+    t = torch.triu(a) if upper else torch.tril(a)
+    return t + torch.triu(a, 1).mT if upper else t + torch.tril(a, -1).mT
+
+
+def _cholesky_factor(a: Jet, l0: Tensor, upper: bool) -> Jet:
+    """The Jet of the Cholesky factor (upper: :math:`U = L^T`) from the op's own primal factor."""
+    sym = _symmetric(a.series, upper)
+    if upper:
+        return Jet(_cholesky_series(sym, l0.mT).mT)
+    return Jet(_cholesky_series(sym, l0))
+
+
+def _cholesky_ex(a: Jet, *, upper: bool = False, check_errors: bool = False) -> tuple[Jet, Tensor]:
+    r"""``linalg_cholesky_ex(A, upper) -> (L, info)``, :math:`A = L L^T` (``upper``: :math:`A = U^T U`,
+    :math:`U = L^T`), of the symmetric matrix whose lower (upper) triangle is A's, the one the op reads:
+    :math:`L_k = L_0\,\Phi(L_0^{-1} S_k L_0^{-T})`, :math:`S_k = A_k - \sum_{j=1}^{k-1} L_j L_{k-j}^T`
+    (``_cholesky_series``); info is a constant."""
+    _real("aten.linalg_cholesky_ex", A=a)
+    l0, info = aten.linalg_cholesky_ex(a.primal, upper=upper, check_errors=check_errors)
+    return _cholesky_factor(a, l0, upper), info
+
+
+def _cholesky(a: Jet, upper: bool = False) -> Jet:
+    """``cholesky(A, upper)``, the deprecated form: the factor of ``linalg_cholesky_ex``."""
+    _real("aten.cholesky", A=a)
+    return _cholesky_factor(a, aten.cholesky(a.primal, upper), upper)
+
+
+register_rule(aten.linalg_cholesky_ex.default, _cholesky_ex)
+register_rule(aten.cholesky.default, _cholesky)
+
+
+def _lu_series(a: Tensor, l0: Tensor, u0: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The series of the factors of :math:`A = P L U` (L unit lower, U upper, P the primal's permutation): for
+    k >= 1, with :math:`S_k = P^T A_k - \sum_{j=1}^{k-1} L_j U_{k-j} = L_0 U_k + L_k U_0`,
+
+    .. math::
+        M = L_0^{-1} S_k U_0^{-1} = L_0^{-1} L_k + U_k U_0^{-1}, \qquad
+        L_k = L_0\,\mathrm{tril}_{-1}(M), \quad U_k = \mathrm{triu}(M)\,U_0
+
+    (:math:`L_0^{-1} L_k` is strictly lower, :math:`U_k U_0^{-1}` upper)."""
+    pa = torch.matmul(p.mT, a)
+    ls, us = [l0], [u0]
+    for k in range(1, a.shape[0]):
+        s = pa[k]
+        if k > 1:
+            s = s - torch.matmul(torch.stack(ls[1:k]), torch.stack(us[k - 1:0:-1])).sum(0)
+        m = torch.linalg.solve_triangular(l0, s, upper=False, unitriangular=True)
+        m = torch.linalg.solve_triangular(u0, m, upper=True, left=False)
+        ls.append(torch.matmul(l0, torch.tril(m, -1)))
+        us.append(torch.matmul(torch.triu(m), u0))
+    return torch.stack(ls), torch.stack(us)
+
+
+def _square(op: str, a: Jet) -> None:
+    if a.shape[-1] != a.shape[-2]:
+        raise NotSupported(f"exact-taylor: the Taylor rule of {op} takes square matrices; its argument A is "
+                           f"{tuple(a.shape[-2:])}; {INSTEAD}")
+
+
+def _lu_factor_ex(a: Jet, *, pivot: bool = True, check_errors: bool = False) -> tuple[Jet, Tensor, Tensor]:
+    r"""``linalg_lu_factor_ex(A, pivot) -> (LU, pivots, info)``, :math:`A = P L U` packed as L - I + U:
+    :math:`LU_k = L_k + U_k` from ``_lu_series``; pivots and info are constants."""
+    _real("aten.linalg_lu_factor_ex", A=a)
+    _square("aten.linalg_lu_factor_ex", a)
+    lu0, pivots, info = aten.linalg_lu_factor_ex(a.primal, pivot=pivot, check_errors=check_errors)
+    p, l0, u0 = torch.lu_unpack(lu0, pivots)
+    ls, us = _lu_series(a.series, l0, u0, p)
+    return _with_primal(lu0, ls[1:] + us[1:]), pivots, info
+
+
+def _lu(a: Jet, *, pivot: bool = True) -> tuple[Tensor, Jet, Jet]:
+    r"""``linalg_lu(A, pivot) -> (P, L, U)``: the factors' series of ``_lu_series``; P is a constant."""
+    _real("aten.linalg_lu", A=a)
+    _square("aten.linalg_lu", a)
+    p, l0, u0 = aten.linalg_lu(a.primal, pivot=pivot)
+    ls, us = _lu_series(a.series, l0, u0, p)
+    return p, Jet(ls), Jet(us)
+
+
+register_rule(aten.linalg_lu_factor_ex.default, _lu_factor_ex)
+register_rule(aten.linalg_lu.default, _lu)
+
+
+# ---- determinants -----------------------------------------------------------------------------------------------
+
+def _log_abs_det_higher(a: Tensor) -> Tensor:
+    r"""The coefficients :math:`\ell_1 .. \ell_K` of :math:`\ell = \log|\det A|`: since
+    :math:`\ell' = \operatorname{tr}(A^{-1} A')`,
+
+    .. math::
+        k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}\bigl(A_j B_{k-j}\bigr),
+
+    with B the inverse series up to :math:`B_{K-1}`; a: (K+1, ..., n, n) -> (K, ...)."""
+    order = a.shape[0] - 1
+    inverse = _inverse_series(a[:order], torch.linalg.inv_ex(a[0])[0])  # B_0 .. B_{K-1}
+    out = []
+    for k in range(1, order + 1):
+        j = torch.arange(1, k + 1, dtype=a.dtype, device=a.device).view(-1, *([1] * (a.dim() - 3)))
+        traces = (a[1:k + 1] * inverse[:k].flip(0).mT).sum((-2, -1))  # tr(A_j B_{k-j}), j = 1..k
+        out.append((j * traces).sum(0) * (1.0 / k))
+    return torch.stack(out)
+
+
+def _slogdet(a: Jet) -> tuple[Tensor, Jet, Tensor, Tensor]:
+    r"""``_linalg_slogdet(A) -> (sign, logabsdet, LU, pivots)``: the op's :math:`\ell_0`, then
+    :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_j B_{k-j})` (``_log_abs_det_higher``). The sign is
+    piecewise constant, LU and pivots are the op's: constants."""
+    _real("aten._linalg_slogdet", A=a)
+    sign, logabsdet, lu, pivots = aten._linalg_slogdet(a.primal)
+    return sign, _with_primal(logabsdet, _log_abs_det_higher(a.series)), lu, pivots
+
+
+def _det(a: Jet) -> tuple[Jet, Tensor, Tensor]:
+    r"""``_linalg_det(A) -> (result, LU, pivots)``: :math:`\det A = \mathrm{sign} \cdot e^{\ell}`, so the series
+    :math:`\det A_0 \cdot \exp(\ell - \ell_0)`: the op's :math:`\det A_0` times the exp series
+    (``series.exp``) of the log-determinant's coefficients with its constant term 0. LU and pivots are the op's.
+    (At a singular :math:`A_0` the log-determinant's coefficients are not finite, and neither is this.)"""
+    _real("aten._linalg_det", A=a)
+    det0, lu, pivots = aten._linalg_det(a.primal)
+    higher = _log_abs_det_higher(a.series)
+    relative = series.exp(torch.cat([torch.zeros_like(det0).unsqueeze(0), higher]))  # (1, e_1, ..., e_K)
+    return _with_primal(det0, det0 * relative[1:]), lu, pivots
+
+
+register_rule(aten._linalg_slogdet.default, _slogdet)
+register_rule(aten._linalg_det.default, _det)
