@@ -594,6 +594,8 @@ COMPOSITE_OPS = {
                                            z.kthvalue(2, -1).values ** 2, z.mode(1).values * z[:, 0],
                                            torch.stack([s.median() * s.nanmedian() for s in z])),
     "cummax-cummin": lambda z: z.cummax(-1).values ** 2 + z.cummin(2).values * z,
+    "diag_embed-diag": lambda z: flat(torch.diag_embed(z ** 2, 1, 1, 3), torch.stack([torch.diag(s[0, 0]) for s in z])
+                                      ** 2),
     "adaptive_max_pool": lambda z: flat(F.adaptive_max_pool2d(z, (2, 3)) ** 2, F.adaptive_max_pool3d(z, (1, 2, 3)) ** 2,
                                         F.adaptive_max_pool1d(z.flatten(2), 5) * z[:, :, 0, :1]),
     "max_pool3d": lambda z: F.max_pool3d(z[:, None] ** 2, 2) * z[:, None, :1, :1, :2],
@@ -686,6 +688,41 @@ def test_ops_without_a_double_backward_match_their_written_out_form(name, order)
     w = torch.cos(1.7 * torch.arange(op(x).flatten(1).shape[1], dtype=F64) + 0.3)
     assert_agree(taylor_d(lambda z: op(z).flatten(1) @ w, x, v, order),
                  reverse_d(lambda z: written(z).flatten(1) @ w, x, v, order), rtol=1e-10)
+
+
+DIST_A, DIST_B = uniform(4, seed=21, low=0.5, high=1.5), uniform(4, seed=22, low=0.5, high=1.5)
+D = torch.distributions
+# A user's log-density log p(z) from torch.distributions (its default argument checks on), z in (0.1, 0.9)^4: the
+# rules it reaches (lgamma, digamma, Cholesky, triangular solves, ...) and the trace's handling of those checks.
+DISTRIBUTIONS = {
+    "Normal-learned-scale": lambda z: D.Normal(z, 1.0 + z ** 2).log_prob(DIST_A).sum(1),
+    "StudentT": lambda z: D.StudentT(z + 2.0, DIST_A, DIST_B).log_prob(z).sum(1),
+    "Gamma": lambda z: D.Gamma(z + 1.0, DIST_B).log_prob(z).sum(1),
+    "Beta": lambda z: D.Beta(DIST_A, z + 0.5).log_prob(z).sum(1),
+    "Dirichlet": lambda z: D.Dirichlet(DIST_A + z).log_prob(z / z.sum(1, keepdim=True)),
+    "Poisson-rate": lambda z: D.Poisson(z + 1.0).log_prob(torch.full((4,), 2.0, dtype=F64)).sum(1),
+    "VonMises": lambda z: D.VonMises(DIST_A, DIST_B).log_prob(z).sum(1),
+    "Weibull-Gumbel": lambda z: (D.Weibull(DIST_A, DIST_B).log_prob(z) + D.Gumbel(DIST_A, DIST_B).log_prob(z)).sum(1),
+    "Kumaraswamy": lambda z: D.Kumaraswamy(DIST_A, DIST_B).log_prob(z).sum(1),
+    "FisherSnedecor": lambda z: D.FisherSnedecor(DIST_A + 2, DIST_B + 2).log_prob(z).sum(1),
+    "MixtureSameFamily": lambda z: D.MixtureSameFamily(D.Categorical(logits=DIST_A[:3]),
+                                                       D.Normal(DIST_B[:3], DIST_A[1:])).log_prob(z).sum(1),
+    "LowRankMultivariateNormal": lambda z: D.LowRankMultivariateNormal(DIST_A, torch.outer(DIST_B, DIST_A[:2]),
+                                                                       DIST_B).log_prob(z),
+    "MultivariateNormal-learned-covariance": lambda z: D.MultivariateNormal(
+        DIST_A, covariance_matrix=torch.diag_embed(1 + z ** 2) + 0.1).log_prob(DIST_B),
+    "LogisticNormal": lambda z: D.LogisticNormal(DIST_A[:3], DIST_B[:3]).log_prob(z / z.sum(1, keepdim=True)),
+    "Wishart": lambda z: D.Wishart(df=torch.tensor(5.0, dtype=F64), covariance_matrix=torch.eye(2, dtype=F64))
+    .log_prob(z.view(-1, 2, 2) @ z.view(-1, 2, 2).mT + torch.eye(2, dtype=F64)),
+}
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+def test_log_densities_of_torch_distributions_match_exact_reverse(name, order):
+    f = DISTRIBUTIONS[name]
+    x, v = uniform(3, 4, seed=1, low=0.1, high=0.9), rand(3, 4, seed=2)
+    assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
 
 
 @pytest.mark.parametrize("order", [1, 3])

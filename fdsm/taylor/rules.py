@@ -233,6 +233,8 @@ register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
               Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
 _register_all([aten.diagonal, aten.diagonal_copy], lambda z, offset=0, dim1=0, dim2=1:
               Jet(torch.diagonal(z.series, offset, _dim(dim1, z.ndim), _dim(dim2, z.ndim))))
+register_rule(aten.diag_embed, lambda z, offset=0, dim1=-2, dim2=-1:  # dim1, dim2: of the result, one dim more
+              Jet(torch.diag_embed(z.series, offset, _dim(dim1, z.ndim + 1), _dim(dim2, z.ndim + 1))))
 register_rule(aten.tril, lambda z, diagonal=0: Jet(torch.tril(z.series, diagonal)))  # on the last two dims
 register_rule(aten.triu, lambda z, diagonal=0: Jet(torch.triu(z.series, diagonal)))
 register_rule(aten.cumsum, lambda z, dim, *, dtype=None: Jet(z.series.cumsum(_dim(dim, z.ndim), dtype=dtype)))
