@@ -76,7 +76,7 @@ def compiled_derivative(f: Callable[[Tensor], Tensor], order: int, *, method: st
     if (reason := why_not(method)) is not None:
         raise ValueError(f"{who}: method {method!r} is not compiled here: {reason}; compiled methods: "
                          f"{', '.join(COMPILABLE)}")
-    check_order(order, who)
+    order = check_order(order, who)
     if not callable(f):
         raise TypeError(f"{who}: expected f to be callable, got {type(f).__name__}")
     f = derivatives._checked(f, None, who)  # its output's shape and dtype, checked in the trace

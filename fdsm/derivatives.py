@@ -132,7 +132,7 @@ def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, 
     >>> round(directional_derivative(f, x, v, 4, method="fd-batched").item(), 6)  # exact for a quartic
     937.5
     """
-    check_order(order, _WHO)
+    order = check_order(order, _WHO)
     _check_inputs(f, x, v)
     run = METHODS.get(method)
     if step is not None:  # the automatic step (fdsm.fd_estimate), which checks its own options
@@ -171,7 +171,7 @@ def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"{who}: expected model to be a torch.nn.Module (fn(model, x) gives the function), got "
                         f"{type(model).__name__}")
-    check_order(order, who)
+    order = check_order(order, who)
     _check_inputs(model if fn is None else fn, x, v, who)  # before the cast to float64
     reference = copy.deepcopy(model).double().requires_grad_(False)
     call = fn if fn is not None else (lambda m, inputs: m(inputs))

@@ -498,7 +498,7 @@ def auto_step(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil | Non
     do with ``eps="auto"``. ``stencil``: default ``central_stencil(T, default_accuracy(T, dtype))``."""
     from fdsm import derivatives  # here: fdsm.derivatives imports this module
 
-    check_order(order, who)
+    order = check_order(order, who)
     derivatives._check_inputs(f, x, v, who)
     s = derivatives._check_stencil(stencil or central_stencil(order, default_accuracy(order, x.dtype)), order,
                                    "fd-batched", who)
@@ -532,7 +532,7 @@ def checked_estimate(f: Fn, x: Tensor, v: Tensor, order: int, *, method: str, st
     """``fd_estimate`` with its checks, whose errors name ``who`` (the public call made)."""
     from fdsm import derivatives  # here: fdsm.derivatives imports this module for step="auto"
 
-    check_order(order, who)
+    order = check_order(order, who)
     derivatives._check_inputs(f, x, v, who)
     run = derivatives.METHODS.get(method)
     check_fd_options(method, step, richardson, who)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,11 +56,12 @@ def _as_fraction(value: object, name: str) -> Fraction:
 
 
 def check_order(order: object, who: str) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
+    """The order as a Python int: any integer (a NumPy one from ``np.arange`` too), not a bool, at least 1."""
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
         raise TypeError(f"{who}: expected order to be an int >= 1, got {order!r} of type {type(order).__name__}")
     if order < 1:
         raise ValueError(f"{who}: expected order >= 1, got {order}")
-    return order
+    return int(order)
 
 
 def check_moments(stencil: Stencil, who: str) -> Stencil:

@@ -280,6 +280,18 @@ def test_bad_input_gets_a_clear_error(kwargs, error, match, method):
         directional_derivative(call.pop("f"), call.pop("x"), call.pop("v"), call.pop("order"), **call)
 
 
+@pytest.mark.parametrize("method", ["exact-reverse", "exact-forward", "exact-taylor", "fd-serial", "fd-batched",
+                                    "fd-streams"])
+def test_a_numpy_integer_order_is_an_order(method):
+    """``for T in np.arange(1, 4)``: NumPy's integers are integers (a bool, NumPy's or Python's, is not)."""
+    f = lambda x: torch.sin(x).flatten(1).sum(1)  # noqa: E731
+    for order in np.arange(1, 4):
+        torch.testing.assert_close(directional_derivative(f, X, V, order, method=method),
+                                   directional_derivative(f, X, V, int(order), method=method), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="expected order to be an int"):
+        directional_derivative(f, X, V, np.bool_(True), method=method)
+
+
 @pytest.mark.parametrize("offsets, weights, accuracy, match", [
     ((-1.0, 0.0, 1.0), (1.0, 1.0, 1.0), 2, r"not a difference of order 2 and accuracy 2: sum_i w_i offset_i\^0 = 3"),
     ((-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 4, r"offset_i\^4 = 2, expected 0"),  # claims more accuracy than it has

@@ -190,7 +190,7 @@ def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, ord
     from fdsm import derivatives  # here: fdsm.derivatives imports this package for its method exact-taylor
 
     who = "taylor_coefficients(f, x, v, order)"
-    check_order(order, who)
+    order = check_order(order, who)
     derivatives._check_inputs(f, x, v, who)
     return coefficients(derivatives._checked(f, len(x), who), x, v, order)  # f's output checked in the trace
 
