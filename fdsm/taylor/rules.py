@@ -32,8 +32,8 @@ piecewise          ReLU, ELU, where, clamp, copysign, fmod / remainder, amax / m
 picking            max / min over a dim, sort, topk, median, kthvalue, mode, cummax / cummin, adaptive max
                    pooling: the series at the indices the primal picks
 writes             copy, fill, slice_scatter, select_scatter, index_put (functionalize's form of in-place and
-                   masked writes), scatter, index_add, scatter_add, scatter_reduce's sum and mean: linear for
-                   fixed indices, the op on the series of both sides
+                   masked writes), scatter, index_add, scatter_add, scatter_reduce's sum and mean, and the
+                   negative log-likelihood of cross-entropy: linear for fixed indices, the op on the series
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
 linear algebra     inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities): the recurrence
                    of each op's defining identity, in ``fdsm.taylor.linalg``
@@ -1124,6 +1124,21 @@ def _index_put(base: object, indices: Sequence[Tensor | None], values: object, a
     return Jet(torch.stack([aten.index_put(rows[k], indices, new[k], accumulate) for k in range(order + 1)]))
 
 
+def _nll_loss(op: Callable[..., tuple[Tensor, Tensor]]) -> Rule:
+    """``nll_loss_forward`` / ``nll_loss2d_forward(log_probs, target, weight, reduction, ignore_index)``, the loss of
+    ``F.cross_entropy``: for fixed targets and class weights a weighted sum (or mean) of picked entries, linear in
+    the log-probabilities, so the op on each coefficient; the total weight is a constant."""
+
+    def rule(log_probs: Jet, target: Tensor, *args) -> tuple[Jet, Tensor]:
+        _no_jet(str(op), target, args)
+        rows = [op(row, target, *args) for row in log_probs.series]
+        return Jet(torch.stack([loss for loss, _ in rows])), rows[0][1]
+
+    return rule
+
+
+register_rule(aten.nll_loss_forward, _nll_loss(aten.nll_loss_forward))
+register_rule(aten.nll_loss2d_forward, _nll_loss(aten.nll_loss2d_forward))
 register_rule(aten.index_add, _index_add)
 register_rule(aten.scatter_add, _scatter_add)
 _register_all([aten.scatter.src, aten.scatter.reduce], _scatter_src)
