@@ -667,11 +667,27 @@ def pairwise(z, p=2.0):
 
 UPPER = torch.triu_indices(3, 3, 1)
 
+
+def logcumsumexp_written_out(z, dim):
+    m = z.amax(dim, keepdim=True).detach()  # any constant shift: exp(z - m) in float64's range for these z
+    return torch.log(torch.cumsum(torch.exp(z - m), dim)) + m
+
+
+def test_logcumsumexp_of_values_far_apart_stays_finite():
+    """The rule never exponentiates z itself: z spread over 3000 (exp(-3000) underflows, exp(3000) overflows)."""
+    x, v = 1000 * rand(2, 3, 4, seed=1), rand(2, 3, 4, seed=2)
+    d = taylor_coefficients(lambda z: torch.logcumsumexp(z, -1).flatten(1) @ torch.arange(12.0, dtype=F64), x, v, 4)
+    assert d.isfinite().all()
+    assert_agree(d[0], torch.logcumsumexp(x, -1).flatten(1) @ torch.arange(12.0, dtype=F64), rtol=1e-15)
+
 WRITTEN_OUT = {  # ops whose double backward PyTorch lacks, against the same maths in ops it can differentiate
     "cdist": (lambda z: torch.cdist(z[:, 0], z[:, 1]), pairwise),
     "cdist-p-1.5": (lambda z: torch.cdist(z[:, 0], z[:, 1], p=1.5), functools.partial(pairwise, p=1.5)),
     "pdist": (lambda z: torch.stack([F.pdist(s[0]) for s in z]), lambda z: (z[:, 0, UPPER[0]] - z[:, 0, UPPER[1]])
               .pow(2).sum(-1).sqrt()),
+    # nested autograd through logcumsumexp is NaN from T = 3 (its double backward takes logs of negative values)
+    "logcumsumexp": (lambda z: torch.logcumsumexp(z, -1) + torch.logcumsumexp(30 * z, 2) / 30,
+                     lambda z: torch.log(torch.cumsum(torch.exp(z), -1)) + logcumsumexp_written_out(30 * z, 2) / 30),
     "scatter-with-reduce-add": (lambda z: z.scatter(3, OP_SCATTER, z ** 2, reduce="add")
                                 + z.scatter(3, OP_FIRST, 0.5, reduce="add") ** 2,
                                 lambda z: z.scatter_add(3, OP_SCATTER, z ** 2)

@@ -23,7 +23,7 @@ batch-stacked      convolution, average pooling, upsampling (nearest, (bi/tri)li
 affine             add, sub, neg, matmul with one constant factor: coefficientwise; a constant term enters
                    the primal only
 bilinear           mul, div, a matmul of two Jets, atan2, hypot: the Cauchy (Leibniz) product; prod and
-                   cumprod as trees of it
+                   cumprod as trees of it; logcumsumexp as the log of a weighted running sum
 elementwise        exp, exp2, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, tan, sinh, cosh, atan,
                    asin, acos, asinh, acosh, atanh, erf, erfinv, lgamma, digamma, polygamma, ...: their
                    derivative coefficients at z_0, composed by Horner's rule (``fdsm.taylor.compose``)
@@ -43,7 +43,7 @@ Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU
 baddbmm, masked_fill, vector norms and distances, max pooling, grid sampling, the regression losses, scaled
 dot-product attention on the CPU, ...) reach the rules above through torch's own decompositions
 (``fdsm.taylor.trace.TORCH_DECOMPOSED``), and cdist, pdist, nn.Bilinear and RReLU in eval mode through ours
-(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (logcumsumexp, erfcx, i0, eigh, the nonlinear
+(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (erfcx, i0, eigh, the nonlinear
 scatter reductions, RReLU in training, attention's CUDA kernels, ...) raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f.
@@ -860,6 +860,27 @@ def _cumprod(z: Jet, dim: int, *, dtype: torch.dtype | None = None) -> Jet:
     return Jet(s.to(dtype or z.dtype))
 
 
+def _logcumsumexp(z: Jet, dim: int) -> Jet:
+    r""":math:`y_i = \log \sum_{j \le i} e^{z_j}` along dim. With the op's own :math:`y_{i,0}` and the weights
+    :math:`w_{ij} = e^{z_{j,0} - y_{i,0}}` (j <= i; each at most 1, and :math:`\sum_j w_{ij} = 1`),
+
+    .. math::
+        y_i(t) = y_{i,0} + \log \sum_{j \le i} w_{ij}\, E_j(t), \qquad E_j(t) = e^{z_j(t) - z_{j,0}},
+
+    one matmul of the series E with the (n, n) weights and the log of a series whose primal is 1: no exponential
+    of z itself, so no overflow or underflow however far apart the z_j are. O(n^2) memory along dim."""
+    d = _dim(dim, z.ndim)
+    s = z.series.movedim(d, -1)  # (K+1, ..., n)
+    y0 = torch.logcumsumexp(z.primal, dim).movedim(dim if z.ndim else 0, -1)  # (..., n)
+    n = s.shape[-1]
+    lower = torch.ones(n, n, dtype=torch.bool, device=s.device).tril()
+    weights = torch.exp(torch.where(lower, s[0].unsqueeze(-2) - y0.unsqueeze(-1), -math.inf))  # (..., i, j)
+    relative = series.exp(torch.cat([torch.zeros_like(s[:1]), s[1:]]))  # E_j(t), E_j(0) = 1
+    out = series.log(torch.matmul(weights, relative.unsqueeze(-1)).squeeze(-1))  # (K+1, ..., n)
+    return Jet(torch.cat([y0.unsqueeze(0), out[1:]]).movedim(-1, d))
+
+
+register_rule(aten.logcumsumexp, _logcumsumexp)
 register_rule(aten.prod.dim_int, _prod)
 register_rule(aten.prod.default, lambda z, *, dtype=None: _prod(z, None, dtype=dtype))
 register_rule(aten.cumprod, _cumprod)
