@@ -22,7 +22,7 @@ LU                      :math:`M = L_0^{-1} S_k U_0^{-1}`, :math:`S_k = P^T A_k 
                         (``linalg_lu_factor_ex``, ``linalg_lu``)
 log-determinant         :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_j B_{k-j})`, B the inverse
                         series; the sign is a constant (``_linalg_slogdet``)
-determinant             :math:`\det A_0 \cdot \exp(\ell - \ell_0)`, the exp series of the log-determinant's
+determinant             :math:`\det P \prod_i U_{ii}`, the product of the series of U's diagonal
                         (``_linalg_det``)
 ======================= ===================================================================================
 
@@ -41,8 +41,8 @@ the symmetric part :math:`(A + A^T)/2` of A, so there it is the reference that i
 ``torch.distributions.MultivariateNormal`` reaches ``linalg_cholesky_ex`` (a covariance or precision matrix) and
 ``linalg_solve_triangular``; its argument checks, a data-dependent branch, are off while f is traced
 (``fdsm.taylor.trace._unvalidated_distributions``). Complex matrices, and the LU of a non-square one, raise
-``NotSupported``; a singular :math:`A_0` gives infinite or NaN coefficients, as its derivatives are (except det's,
-which are finite there: its rule divides by the determinant and returns NaN at a singular :math:`A_0`).
+``NotSupported``; a singular :math:`A_0` gives infinite or NaN coefficients, as its derivatives are (det's are finite
+there, and its rule, the product of U's diagonal, is accurate up to an exactly zero pivot, where it is NaN).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from torch import Tensor
 from fdsm.registry import NotSupported
 from fdsm.taylor import series
 from fdsm.taylor.jet import Jet, primal_of
-from fdsm.taylor.rules import register_rule
+from fdsm.taylor.rules import _product, register_rule
 from fdsm.taylor.trace import INSTEAD
 
 aten = torch.ops.aten
@@ -432,15 +432,19 @@ def _slogdet(a: Jet) -> tuple[Tensor, Jet, Tensor, Tensor]:
 
 
 def _det(a: Jet) -> tuple[Jet, Tensor, Tensor]:
-    r"""``_linalg_det(A) -> (result, LU, pivots)``: :math:`\det A = \mathrm{sign} \cdot e^{\ell}`, so the series
-    :math:`\det A_0 \cdot \exp(\ell - \ell_0)`: the op's :math:`\det A_0` times the exp series
-    (``series.exp``) of the log-determinant's coefficients with its constant term 0. LU and pivots are the op's.
-    (At a singular :math:`A_0` the log-determinant's coefficients are not finite, and neither is this.)"""
+    r"""``_linalg_det(A) -> (result, LU, pivots)``: :math:`\det A = \det P \prod_i U_{ii}` with A = P L U, so the
+    product (``rules._product``, a tree of Cauchy products) of the series of U's diagonal (``_lu_series``), times
+    the constant :math:`\det P = \pm 1`; the primal is the op's. No inverse of :math:`A_0` enters (the
+    log-determinant's series would need one): each :math:`U_k` divides by a pivot and multiplies by it again, so
+    a nearly singular :math:`A_0` keeps its accuracy; an exactly zero pivot gives NaN. LU and pivots are the op's."""
     _real("aten._linalg_det", A=a)
+    _square("aten._linalg_det", a)
     det0, lu, pivots = aten._linalg_det(a.primal)
-    higher = _log_abs_det_higher(a.series)
-    relative = series.exp(torch.cat([torch.zeros_like(det0).unsqueeze(0), higher]))  # (1, e_1, ..., e_K)
-    return _with_primal(det0, det0 * relative[1:]), lu, pivots
+    p, l0, u0 = torch.lu_unpack(*torch.linalg.lu_factor_ex(a.primal)[:2])  # of A_0 itself (the op's may be of A^T)
+    _, us = _lu_series(a.series, l0, u0, p)
+    diagonal = torch.diagonal(us, 0, -2, -1)  # (K+1, ..., n)
+    product = _product(diagonal, diagonal.dim() - 1).squeeze(-1) * torch.linalg.det(p)
+    return _with_primal(det0, product[1:]), lu, pivots
 
 
 register_rule(aten._linalg_slogdet.default, _slogdet)

@@ -25,7 +25,7 @@ affine             add, sub, neg, matmul with one constant factor: coefficientwi
 bilinear           mul, div, a matmul of two Jets, atan2, hypot: the Cauchy (Leibniz) product; prod and
                    cumprod as trees of it; logcumsumexp as the log of a weighted running sum
 elementwise        exp, exp2, log, tanh, sigmoid, softplus, SiLU, GELU, pow, sin, cos, tan, sinh, cosh, atan,
-                   asin, acos, asinh, acosh, atanh, erf, erfinv, lgamma, digamma, polygamma, ...: their
+                   asin, acos, asinh, acosh, atanh, sinc, erf, erfinv, lgamma, digamma, polygamma, ...: their
                    derivative coefficients at z_0, composed by Horner's rule (``fdsm.taylor.compose``)
 piecewise          ReLU, ELU, where, clamp, copysign, fmod / remainder, amax / max / min, fmax / fmin: the
                    series of the active branch, chosen on the primal
@@ -708,6 +708,43 @@ def _erfinv_coefficients(z0: Tensor, order: int) -> list[Tensor]:
 register_rule(aten.erfinv, Elementwise(_erfinv_coefficients))
 
 
+_SINC_SMALL = 0.5  # below it, c_m from the Maclaurin series of sinc; above it, the series division by pi z
+
+
+def _sinc_coefficients(z0: Tensor, order: int) -> list[Tensor]:
+    r"""sinc(z) = sin(πz)/(πz), analytic at 0. For :math:`|z_0| \ge 1/2`, the division of sin(π(z_0 + δ)), whose
+    coefficients are :math:`s_m = \pi^m \sin(\pi z_0 + m\pi/2)/m!`, by π(z_0 + δ):
+    :math:`c_0 = s_0/(\pi z_0)`, :math:`c_m = (s_m - \pi c_{m-1})/(\pi z_0)`. For :math:`|z_0| < 1/2`, from the
+    Maclaurin series :math:`\mathrm{sinc}(z) = \sum_j a_{2j} z^{2j}`, :math:`a_{2j} = (-\pi^2)^j/(2j+1)!`:
+    :math:`c_m = \sum_{n \ge m} a_n \binom{n}{m} z_0^{n-m}` (to n = m + 40: the rest is below 1e-30)."""
+    small = z0.abs() < _SINC_SMALL
+    safe = torch.where(small, torch.ones_like(z0), z0) * math.pi  # no division by 0 in the unused branch
+    c, previous = [], None
+    for m in range(order + 1):
+        s_m = torch.sin(math.pi * z0 + m * math.pi / 2) * (math.pi ** m / math.factorial(m))
+        previous = s_m / safe if m == 0 else (s_m - math.pi * previous) / safe
+        near = torch.zeros_like(z0)
+        for n in reversed(range(m, m + 41)):  # Horner in z_0 over n - m
+            a_n = 0.0 if n % 2 else (-math.pi ** 2) ** (n // 2) / math.factorial(n + 1)
+            near = near * z0 + a_n * math.comb(n, m)
+        c.append(torch.where(small, near, previous))
+    c[0] = torch.sinc(z0)
+    return c
+
+
+register_rule(aten.sinc, Elementwise(_sinc_coefficients))
+
+
+def _entr(z: Jet) -> Jet:
+    r"""entr(z) = -z log z (0 at z = 0, -inf for z < 0): the op's primal, the higher coefficients of -z log z by the
+    Cauchy product (infinite or NaN at z_0 <= 0, where its derivatives are)."""
+    higher = -series.cauchy(z.series, series.log(z.series))[1:]
+    return Jet(torch.cat([torch.special.entr(z.primal).unsqueeze(0), higher]))
+
+
+register_rule(aten.special_entr, _entr)
+
+
 def _softplus_coefficients(z0: Tensor, order: int, *, beta: float, threshold: float) -> list[Tensor]:
     r"""softplus(βz)/β, whose derivative is w = σ(βz): c_0 = softplus(z_0), c_1 = w and
     :math:`c_m = \beta^{m-1} \sigma^{(m-1)}(\beta z_0) / m!` for m >= 2. Where βz_0 > threshold torch's softplus is
@@ -768,9 +805,13 @@ _register_all([aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar],
 
 
 def _series_pair(a: object, b: object) -> tuple[Tensor, Tensor]:
-    """The series of a binary op's two arguments (a constant's as (value, 0, ..., 0)), aligned to one ndim."""
+    """The series of a binary op's two arguments (a constant's as (value, 0, ..., 0)), aligned to one ndim, in the
+    dtype the op itself returns (``torch.result_type``: a 0-d constant does not promote a Jet, and a Python number
+    is taken in that dtype, not rounded to float32 first)."""
     order, ndim = _order(a, b), max(_ndim(a), _ndim(b))
-    return _as_series(a, order, ndim), _as_series(b, order, ndim)
+    dtype = torch.result_type(primal_of(a), primal_of(b))
+    a, b = (torch.tensor(t, dtype=dtype) if isinstance(t, (int, float)) else t for t in (a, b))
+    return _as_series(a, order, ndim).to(dtype), _as_series(b, order, ndim).to(dtype)
 
 
 def _atan2(y: object, x: object) -> Jet:
@@ -840,24 +881,31 @@ def _product(s: Tensor, d: int) -> Tensor:
 
 
 def _prod(z: Jet, dim: int | None = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> Jet:
-    """prod over one dim (or, with dim None, over every element): ``_product``."""
+    """prod over one dim (or, with dim None, over every element): ``_product``, in ``dtype`` (cast first, as the op
+    does); to an integer dtype, a constant (the op on the primal, as ``_to_copy``)."""
+    if dtype is not None and not dtype.is_floating_point:
+        return (aten.prod.default(z.primal, dtype=dtype) if dim is None
+                else aten.prod.dim_int(z.primal, dim, keepdim, dtype=dtype))
+    s = z.series if dtype is None else z.series.to(dtype)
     if dim is None:
-        return Jet(_product(z.series.flatten(1), 1).flatten(1).squeeze(1).to(dtype or z.dtype))
+        return Jet(_product(s.reshape(len(s), -1), 1).squeeze(1))  # a 0-d z too
     d = _dim(dim, z.ndim)
-    out = _product(z.series, d)
-    return Jet((out if keepdim else out.squeeze(d)).to(dtype or z.dtype))
+    out = _product(s, d)
+    return Jet(out if keepdim else out.squeeze(d))
 
 
 def _cumprod(z: Jet, dim: int, *, dtype: torch.dtype | None = None) -> Jet:
     r"""The running product along dim, as a scan (Hillis and Steele): at the shifts s = 1, 2, 4, ..., every element
     from s on is multiplied by the one s before it, :math:`P_i \leftarrow P_i P_{i-s}`: log2(n) Cauchy products."""
-    d, s, shift = _dim(dim, z.ndim), z.series, 1
+    if dtype is not None and not dtype.is_floating_point:  # an integer running product: a constant
+        return aten.cumprod.default(z.primal, dim, dtype=dtype)
+    d, s, shift = _dim(dim, z.ndim), (z.series if dtype is None else z.series.to(dtype)), 1
     n = s.shape[d]
     while shift < n:
         s = torch.cat([s.narrow(d, 0, shift), series.cauchy(s.narrow(d, shift, n - shift), s.narrow(d, 0, n - shift))],
                       d)
         shift *= 2
-    return Jet(s.to(dtype or z.dtype))
+    return Jet(s)
 
 
 def _logcumsumexp(z: Jet, dim: int) -> Jet:
@@ -1003,9 +1051,7 @@ def _binary_extreme(pick_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:
 
     def rule(a: object, b: object) -> Jet:
         a0, b0 = primal_of(a), primal_of(b)
-        order = _order(a, b)
-        ndim = max(_ndim(a), _ndim(b))
-        sa, sb = _as_series(a, order, ndim), _as_series(b, order, ndim)
+        sa, sb = _series_pair(a, b)
         picked = torch.where(pick_a(a0, b0), sa, sb)
         return Jet(torch.where(a0 == b0, 0.5 * (sa + sb), picked))
 
@@ -1037,7 +1083,7 @@ for _op, _pick in ((aten.median, torch.median), (aten.nanmedian, torch.nanmedian
     register_rule(_op.dim, functools.partial(lambda z, dim, keepdim=False, *, pick: _gathered(
         z, pick(z.primal, dim, keepdim), dim, keepdim), pick=_pick))
     register_rule(_op.default, functools.partial(lambda z, *, pick: _gathered(  # of every element: the flat one's
-        Jet(z.series.flatten(1)), pick(z.primal.flatten(), 0), 0, keepdim=False)[0], pick=_pick))
+        Jet(z.series.reshape(z.order + 1, -1)), pick(z.primal.flatten(), 0), 0, keepdim=False)[0], pick=_pick))
 register_rule(aten.kthvalue, lambda z, k, dim=-1, keepdim=False:
               _gathered(z, torch.kthvalue(z.primal, k, dim, keepdim), dim, keepdim))
 register_rule(aten.mode, lambda z, dim=-1, keepdim=False:
@@ -1099,26 +1145,29 @@ def _scatter_add(base: object, dim: int, index: Tensor, source: object) -> Jet:
                                                          _as_series(source, order, ndim)))
 
 
-def _scatter_src(base: object, dim: int, index: Tensor, source: object, *, reduce: str | None = None) -> Jet:
-    """``scatter(base, dim, index, source)``: linear in base and source for a fixed index (as is its ``reduce="add"``),
-    so the op on their series."""
+def _linear_scatter(reduce: str | None) -> dict:
+    """scatter's ``reduce`` keyword, if it is linear (None or "add"); "multiply" has no rule."""
     if reduce not in (None, "add"):
         raise NotSupported(f"exact-taylor: scatter with reduce={reduce!r} has no Taylor rule (only None and 'add' are "
                            f"linear); {INSTEAD}")
+    return {"reduce": reduce} if reduce else {}
+
+
+def _scatter_src(base: object, dim: int, index: Tensor, source: object, *, reduce: str | None = None) -> Jet:
+    """``scatter(base, dim, index, source)``: linear in base and source for a fixed index (as is its ``reduce="add"``),
+    so the op on their series."""
+    how = _linear_scatter(reduce)
     order, ndim = _order(base, source), _ndim(base)
     return Jet(_as_series(base, order, ndim).scatter(_dim(dim, ndim), index.expand(order + 1, *index.shape),
-                                                     _as_series(source, order, ndim),
-                                                     **({"reduce": reduce} if reduce else {})))
+                                                     _as_series(source, order, ndim), **how))
 
 
 def _scatter_value(base: Jet, dim: int, index: Tensor, value: float, *, reduce: str | None = None) -> Jet:
     """``scatter(base, dim, index, value)`` with a number: the value (or, with ``reduce="add"``, its sum) enters the
     primal; the higher coefficients there are 0 (or base's own)."""
-    if reduce not in (None, "add"):
-        raise NotSupported(f"exact-taylor: scatter with reduce={reduce!r} has no Taylor rule (only None and 'add' are "
-                           f"linear); {INSTEAD}")
+    how = _linear_scatter(reduce)
     d = _dim(dim, base.ndim)
-    primal = base.primal.scatter(dim, index, value, **({"reduce": reduce} if reduce else {}))
+    primal = base.primal.scatter(dim, index, value, **how)
     higher = base.series[1:] if reduce else base.series[1:].scatter(d, index.expand(base.order, *index.shape), 0.0)
     return Jet(torch.cat([primal.unsqueeze(0), higher]))
 

@@ -200,7 +200,8 @@ def _logsumexp(x: Tensor, dim: list[int], keepdim: bool = False) -> Tensor:
 
 def _cdist(x1: Tensor, x2: Tensor, p: float, compute_mode: int | None = None) -> Tensor:
     r"""cdist: :math:`\|x_1[..., i, :] - x_2[..., j, :]\|_p` for every pair (i, j) of rows, the vector norm of the
-    broadcast difference (``compute_mode``, the choice of a matmul form for p = 2, changes only the rounding)."""
+    broadcast difference (``compute_mode``, torch's choice of a matmul form for p = 2, reaches ``_euclidean_dist``
+    instead, which is this too)."""
     diff = aten.sub.Tensor(aten.unsqueeze.default(x1, -2), aten.unsqueeze.default(x2, -3))
     return aten.linalg_vector_norm.default(diff, p, [-1])
 
@@ -227,6 +228,26 @@ def _trilinear(i1: Tensor, i2: Tensor, i3: Tensor, expand1: list[int], expand2: 
     return aten.sum.dim_IntList(product, sumdim) if sumdim else product
 
 
+def _euclidean_dist(x1: Tensor, x2: Tensor) -> Tensor:
+    """cdist's p = 2 matmul form (``compute_mode`` "use_mm_for_euclid_dist", and the default's choice above 25
+    rows): the same distances as ``_cdist``."""
+    return _cdist(x1, x2, 2.0)
+
+
+def _x_log(log: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """xlogy (log) and xlog1py (log1p): x log(y), 0 where x = 0 and y is not NaN. Unlike torch's decompositions,
+    which take 0 wherever x = 0 (a constant, to a Jet), this keeps the product where log(y) is finite, so that its
+    derivatives along x are there: x_1 log(y_0), ..., as autograd has them."""
+
+    def decomposition(x: Tensor, y: Tensor) -> Tensor:
+        log_y = log(y)
+        zero = aten.logical_and(aten.eq.Scalar(x, 0), aten.logical_not(aten.isfinite(log_y)))
+        zero = aten.logical_and(zero, aten.logical_not(aten.isnan(y)))
+        return aten.where.self(zero, aten.zeros_like(log_y), aten.mul.Tensor(x, log_y))
+
+    return decomposition
+
+
 def _rrelu_in_eval(x: Tensor, noise: Tensor, lower: float = 0.125, upper: float = 1 / 3, training: bool = False,
                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor] | object:
     """RReLU in eval mode is leaky ReLU with the mean slope (lower + upper) / 2, as ATen computes it, and leaves the
@@ -242,7 +263,7 @@ def _rrelu_in_eval(x: Tensor, noise: Tensor, lower: float = 0.125, upper: float 
 TORCH_DECOMPOSED = (
     aten.mish, aten.hardswish, aten.hardsigmoid, aten._prelu_kernel, aten.log_sigmoid_forward, aten.softshrink,
     aten.hardshrink, aten.glu, aten.logaddexp, aten.logaddexp2, aten.logit, aten.xlogy, aten.special_xlog1py,
-    aten.special_entr, aten.mvlgamma, aten.sinc, aten.deg2rad, aten.frac, aten.nan_to_num, aten.addcmul, aten.addcdiv,
+    aten.mvlgamma, aten.deg2rad, aten.frac, aten.nan_to_num, aten.addcmul, aten.addcdiv,
     aten.lerp, aten.baddbmm, aten.addmv, aten.masked_fill, aten.clamp.Tensor, aten.clamp_min.Tensor,
     aten.clamp_max.Tensor, aten.threshold, aten.linalg_vector_norm, aten.norm, aten.dist, aten.renorm,
     aten.std_mean, aten.linalg_cross, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices,
@@ -268,6 +289,9 @@ DECOMPOSITIONS: dict = {
     aten._log_softmax.default: _log_softmax,
     aten.logsumexp.default: _logsumexp,
     aten._cdist_forward.default: _cdist,
+    aten._euclidean_dist.default: _euclidean_dist,
+    aten.xlogy.Tensor: _x_log(aten.log.default),
+    aten.special_xlog1py.default: _x_log(aten.log1p.default),
     aten._pdist_forward.default: _pdist,
     aten._trilinear.default: _trilinear,
     aten.rrelu_with_noise_functional.default: _rrelu_in_eval,
@@ -681,10 +705,11 @@ def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
 @contextlib.contextmanager
 def _unvalidated_distributions() -> Iterator[None]:
     """``torch.distributions``' argument checks (``validate_args``, on by default) branch on the arguments' values,
-    which a trace cannot; they only check, so they are off while f is traced. What they would have refused still
-    fails, or shows, in the pass: a covariance that is not positive definite in its Cholesky factorization's own
-    error, a negative scale as a NaN log-density. A distribution built with ``validate_args=True`` keeps its check
-    (and is refused as a data-dependent branch)."""
+    which a trace cannot; they only check, so they are off while f is traced (the process-wide default, restored
+    after). So Taylor mode computes what nested autograd computes with ``validate_args=False``: a covariance that is
+    not positive definite still fails in its Cholesky factorization's own error, but a negative scale is not
+    refused: its log-density D^0 is NaN, and the higher derivatives are the formula's (finite). A distribution
+    built with ``validate_args=True`` keeps its check (and is refused as a data-dependent branch)."""
     default = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
