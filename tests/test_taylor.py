@@ -1044,6 +1044,31 @@ def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
         taylor_d(into_memory, x, v, 2)
 
 
+GLOBAL_BASE = torch.zeros(3, 4, dtype=F64)
+
+
+def test_a_write_into_a_copy_of_a_global_tensor_says_what_to_do_and_a_closed_over_one_works():
+    """A global is kept in the graph as the tensor itself, not lifted: functionalize cannot write a value of x into
+    its copy (an internal assert of PyTorch's before); a tensor in a closure cell is lifted, and works."""
+    def into_a_global(z):
+        y = GLOBAL_BASE.clone()
+        y[z > 0.5] = 1.0
+        return (y * z ** 2).sum(1)
+
+    def make(base):
+        def into_a_cell(z):
+            y = base.clone()
+            y[:, 1] = z[:, 0] ** 2
+            return (y * z).sum(1)
+        return into_a_cell
+
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    with pytest.raises(NotSupported, match=r"into a copy of a tensor that the trace keeps as a constant \(a global"):
+        taylor_d(into_a_global, x, v, 2)
+    f = make(GLOBAL_BASE)
+    assert_agree(taylor_d(f, x, v, 2), reverse_d(f, x, v, 2), rtol=1e-10)
+
+
 @pytest.mark.parametrize("change, error, match", [
     (dict(order=0), ValueError, "expected order >= 1"), (dict(order=-1), ValueError, "expected order >= 1"),
     (dict(order=1.5), TypeError, "expected order to be an int"), (dict(order=True), TypeError, "expected order"),

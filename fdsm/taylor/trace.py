@@ -730,6 +730,12 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
                 graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
             return _drop_identity_strides(_deterministic(_functional(graph, inputs)))
     except RuntimeError as err:
+        if "mutating a non-functional tensor with a functional tensor" in str(err):  # functionalize's words
+            raise NotSupported("exact-taylor: f writes, with values or indices computed from x, into a copy of a "
+                               "tensor that the trace keeps as a constant (a global or a default argument; closure "
+                               "cells, parameters and buffers are lifted to inputs): close over that tensor in f, "
+                               "register it as a buffer, or build the copy with torch.zeros / torch.where, "
+                               f"{INSTEAD}") from err
         if "data-dependent" not in str(err):  # make_fx's words for a branch on a value of the traced tensor
             raise
         raise NotSupported("exact-taylor traces f once, for every x of this shape, and f branches on a value "
