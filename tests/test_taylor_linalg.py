@@ -55,6 +55,16 @@ def spd(z):
     return a @ a.mT + 3 * EYE
 
 
+def separated(z):
+    """A symmetric matrix with eigenvalues about 1 apart (eigh's coefficients divide by their gaps)."""
+    return spd(z) + torch.diag(torch.tensor([0.0, 1.5, 3.0], dtype=F64))
+
+
+def matrix_exp_by_eigh(a):
+    values, vectors = torch.linalg.eigh(a)
+    return (vectors * torch.exp(values).unsqueeze(-2)) @ vectors.mT
+
+
 def lower(z, part=0):
     return torch.tril(m(z, part)) + 3 * EYE
 
@@ -126,6 +136,9 @@ CASES = {
     "lu_solve-adjoint-left-false": (aten.linalg_lu_solve,
                                     lambda z: lu_solve(flipped(z), rhs(z, 3).mT, adjoint=True, left=False)),
     "lu": (aten.linalg_lu, lambda z: torch.cat(torch.linalg.lu(flipped(z))[1:], -1)),
+    "eigvalsh": (aten._linalg_eigh, lambda z: torch.linalg.eigvalsh(separated(z))),
+    "eigh-matrix-function": (aten._linalg_eigh, lambda z: matrix_exp_by_eigh(separated(z))),
+    "eigh-vectors": (aten._linalg_eigh, lambda z: torch.linalg.eigh(separated(z))[1] ** 2),  # signs cancel
     "mvn-scale_tril": (aten.linalg_solve_triangular, lambda z: mvn(z, scale_tril=lower(z))),
     "mvn-covariance": (aten.linalg_cholesky_ex, lambda z: mvn(z, covariance_matrix=spd(z))),
     "mvn-precision": (aten.linalg_cholesky_ex, lambda z: mvn(z, precision_matrix=spd(z))),
@@ -167,6 +180,9 @@ READ_PART = {
     "cholesky-upper-of-non-symmetric": (lambda z: torch.linalg.cholesky(spd(z) + torch.triu(m(z, 1), 1), upper=True),
                                         lambda z: torch.linalg.cholesky(spd(z) + torch.triu(m(z, 1), 1)
                                                                         + torch.triu(m(z, 1), 1).mT, upper=True)),
+    "eigvalsh-upper-of-non-symmetric": (lambda z: torch.linalg.eigvalsh(separated(z) + torch.triu(m(z, 1), 1), "U"),
+                                        lambda z: torch.linalg.eigvalsh(separated(z) + torch.triu(m(z, 1), 1)
+                                                                        + torch.triu(m(z, 1), 1).mT, "U")),
     "cholesky_solve-of-a-full-factor": (lambda z: torch.cholesky_solve(rhs(z), junk_above(z)),
                                         lambda z: torch.cholesky_solve(rhs(z), torch.tril(junk_above(z)))),
     "cholesky_inverse-of-a-full-factor": (lambda z: torch.cholesky_inverse(junk_above(z)),
@@ -213,8 +229,8 @@ def test_the_lu_of_a_non_square_matrix_is_refused_naming_the_op():
 
 
 def test_an_op_left_without_a_rule_still_raises_naming_it():
-    with pytest.raises(NotSupported, match=re.escape("no Taylor rule for the aten op aten._linalg_eigh")):
-        taylor_d(lambda z: torch.linalg.eigvalsh(spd(z)).sum(1), X, V, 2)
+    with pytest.raises(NotSupported, match=re.escape("no Taylor rule for the aten op aten._linalg_svd")):
+        taylor_d(lambda z: torch.linalg.svdvals(general(z)).sum(1), X, V, 2)
 
 
 def test_a_multivariate_normal_with_its_default_argument_checks_is_traced_and_an_invalid_covariance_still_fails(

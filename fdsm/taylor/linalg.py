@@ -20,6 +20,8 @@ Cholesky                :math:`L_k = L_0\,\Phi\bigl(L_0^{-1} S_k L_0^{-T}\bigr)`
 LU                      :math:`M = L_0^{-1} S_k U_0^{-1}`, :math:`S_k = P^T A_k - \sum_{j=1}^{k-1} L_j U_{k-j}`:
                         :math:`L_k = L_0\,\mathrm{tril}_{-1}(M)`, :math:`U_k = \mathrm{triu}(M)\,U_0`
                         (``linalg_lu_factor_ex``, ``linalg_lu``)
+eigh                    :math:`\lambda_{k,i} = -(R_k)_{ii}`, :math:`(C_k)_{il} = (R_k)_{il}/(\lambda_{0,i} -
+                        \lambda_{0,l})`, :math:`V_k = V_0 C_k` (``_linalg_eigh``, distinct eigenvalues)
 log-determinant         :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_j B_{k-j})`, B the inverse
                         series; the sign is a constant (``_linalg_slogdet``)
 determinant             :math:`\det P \prod_i U_{ii}`, the product of the series of U's diagonal
@@ -400,6 +402,43 @@ def _lu(a: Jet, *, pivot: bool = True) -> tuple[Tensor, Jet, Jet]:
 
 register_rule(aten.linalg_lu_factor_ex.default, _lu_factor_ex)
 register_rule(aten.linalg_lu.default, _lu)
+
+
+# ---- the symmetric eigendecomposition ---------------------------------------------------------------------------
+
+def _eigh(a: Jet, uplo: str = "L", compute_v: bool = True) -> tuple[Jet, Jet | Tensor]:
+    r"""``_linalg_eigh(A, UPLO, compute_v) -> (eigenvalues, eigenvectors)`` of the symmetric matrix whose lower
+    (upper) triangle is A's, :math:`A V = V \Lambda`, :math:`V^T V = I`. With :math:`V_k = V_0 C_k` and
+    :math:`\tilde A_j = V_0^T A_j V_0`, order k of both identities reads, for k >= 1,
+
+    .. math::
+        \Lambda_0 C_k - C_k \Lambda_0 = \Lambda_k + R_k, \quad
+        R_k = \sum_{j=1}^{k-1} C_j \Lambda_{k-j} - \sum_{j=1}^{k} \tilde A_j C_{k-j}; \qquad
+        C_k + C_k^T = -\sum_{j=1}^{k-1} C_j^T C_{k-j},
+
+    so :math:`\lambda_{k,i} = -(R_k)_{ii}`, :math:`(C_k)_{il} = (R_k)_{il} / (\lambda_{0,i} - \lambda_{0,l})` off the
+    diagonal, and the diagonal of :math:`C_k` is half the second identity's right side. Distinct eigenvalues only: a
+    repeated one gives infinite coefficients (its eigenvectors are not differentiable), as autograd's."""
+    _real("aten._linalg_eigh", A=a)
+    lam0, v0 = aten._linalg_eigh(a.primal, uplo, True)
+    tilde = torch.matmul(torch.matmul(v0.mT, _symmetric(a.series, uplo.upper() == "U")), v0)  # (K+1, ..., n, n)
+    gap = lam0.unsqueeze(-1) - lam0.unsqueeze(-2)  # λ_i - λ_l
+    eye = torch.eye(lam0.shape[-1], dtype=torch.bool, device=lam0.device)
+    inverse_gap = torch.where(eye, 0.0, 1.0 / torch.where(eye, 1.0, gap))
+    cs, lams = [torch.eye(lam0.shape[-1], dtype=lam0.dtype, device=lam0.device).expand_as(v0)], [lam0]
+    for k in range(1, a.order + 1):
+        r = -sum(torch.matmul(tilde[j], cs[k - j]) for j in range(1, k + 1))
+        r = r + sum(cs[j] * lams[k - j].unsqueeze(-2) for j in range(1, k))  # C_j Λ_{k-j}: columns scaled
+        lams.append(-torch.diagonal(r, 0, -2, -1))
+        half = -0.5 * sum((torch.matmul(cs[j].mT, cs[k - j]) for j in range(1, k)), torch.zeros_like(v0))
+        cs.append(r * inverse_gap + torch.diag_embed(torch.diagonal(half, 0, -2, -1)))
+    values = Jet(torch.stack(lams))
+    if not compute_v:
+        return values, aten._linalg_eigh(a.primal, uplo, False)[1]
+    return values, Jet(torch.matmul(v0, torch.stack(cs)))
+
+
+register_rule(aten._linalg_eigh.default, _eigh)
 
 
 # ---- determinants -----------------------------------------------------------------------------------------------
