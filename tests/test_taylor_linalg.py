@@ -60,6 +60,12 @@ def separated(z):
     return spd(z) + torch.diag(torch.tensor([0.0, 1.5, 3.0], dtype=F64))
 
 
+def wide(z):
+    """A 3 x 4 matrix with singular values about 1 apart (the rule divides by the gaps of their squares)."""
+    return torch.sin(1.3 * z[:, :12] + 0.5).view(-1, 3, 4) + torch.eye(3, 4, dtype=F64) * torch.tensor(
+        [2.0, 1.0, 0.0], dtype=F64)[:, None]
+
+
 def matrix_exp_by_eigh(a):
     values, vectors = torch.linalg.eigh(a)
     return (vectors * torch.exp(values).unsqueeze(-2)) @ vectors.mT
@@ -139,6 +145,11 @@ CASES = {
     "eigvalsh": (aten._linalg_eigh, lambda z: torch.linalg.eigvalsh(separated(z))),
     "eigh-matrix-function": (aten._linalg_eigh, lambda z: matrix_exp_by_eigh(separated(z))),
     "eigh-vectors": (aten._linalg_eigh, lambda z: torch.linalg.eigh(separated(z))[1] ** 2),  # signs cancel
+    "svdvals-wide-tall": (aten._linalg_svd, lambda z: torch.cat([torch.linalg.svdvals(wide(z)),
+                                                                 torch.linalg.svdvals(wide(z).mT) ** 2], -1)),
+    "spectral-nuclear-norm-cond": (aten._linalg_svd, lambda z: torch.stack([
+        torch.linalg.matrix_norm(wide(z), 2), torch.linalg.matrix_norm(wide(z), "nuc"),
+        torch.linalg.cond(wide(z)[:, :, :3]), torch.linalg.svd(wide(z))[1][:, 1]], -1)),
     "mvn-scale_tril": (aten.linalg_solve_triangular, lambda z: mvn(z, scale_tril=lower(z))),
     "mvn-covariance": (aten.linalg_cholesky_ex, lambda z: mvn(z, covariance_matrix=spd(z))),
     "mvn-precision": (aten.linalg_cholesky_ex, lambda z: mvn(z, precision_matrix=spd(z))),
@@ -229,8 +240,15 @@ def test_the_lu_of_a_non_square_matrix_is_refused_naming_the_op():
 
 
 def test_an_op_left_without_a_rule_still_raises_naming_it():
-    with pytest.raises(NotSupported, match=re.escape("no Taylor rule for the aten op aten._linalg_svd")):
-        taylor_d(lambda z: torch.linalg.svdvals(general(z)).sum(1), X, V, 2)
+    with pytest.raises(NotSupported, match=re.escape("no Taylor rule for the aten op aten.linalg_qr")):
+        taylor_d(lambda z: torch.linalg.qr(general(z))[1].flatten(1).sum(1), X, V, 2)
+
+
+@pytest.mark.parametrize("which", [0, 2])
+def test_a_use_of_the_singular_vectors_is_refused(which):
+    """The SVD's rule computes the singular values only; U or Vh, read by f, raise rather than act as constants."""
+    with pytest.raises(NotSupported, match=r"aten\._linalg_svd gives the singular values only"):
+        taylor_d(lambda z: torch.linalg.svd(wide(z))[which].flatten(1).sum(1), X, V, 2)
 
 
 def test_a_multivariate_normal_with_its_default_argument_checks_is_traced_and_an_invalid_covariance_still_fails(

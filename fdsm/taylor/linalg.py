@@ -20,6 +20,7 @@ Cholesky                :math:`L_k = L_0\,\Phi\bigl(L_0^{-1} S_k L_0^{-T}\bigr)`
 LU                      :math:`M = L_0^{-1} S_k U_0^{-1}`, :math:`S_k = P^T A_k - \sum_{j=1}^{k-1} L_j U_{k-j}`:
                         :math:`L_k = L_0\,\mathrm{tril}_{-1}(M)`, :math:`U_k = \mathrm{triu}(M)\,U_0`
                         (``linalg_lu_factor_ex``, ``linalg_lu``)
+svdvals                 the power 1/2 of the eigenvalue series of the smaller Gram matrix (``_linalg_svd``)
 eigh                    :math:`\lambda_{k,i} = -(R_k)_{ii}`, :math:`(C_k)_{il} = (R_k)_{il}/(\lambda_{0,i} -
                         \lambda_{0,l})`, :math:`V_k = V_0 C_k` (``_linalg_eigh``, distinct eigenvalues)
 log-determinant         :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_j B_{k-j})`, B the inverse
@@ -439,6 +440,42 @@ def _eigh(a: Jet, uplo: str = "L", compute_v: bool = True) -> tuple[Jet, Jet | T
 
 
 register_rule(aten._linalg_eigh.default, _eigh)
+
+
+class _NotComputed(Jet):
+    """The Jet of an output that its rule does not compute (an SVD's singular vectors): reading its series raises
+    ``NotSupported`` with the reason, so an output f never reads (``svdvals`` asks the SVD for U and V while it
+    traces) costs nothing, and one it reads is never a silent constant."""
+
+    def __init__(self, why: str):
+        object.__setattr__(self, "why", why)
+
+    @property
+    def series(self) -> Tensor:
+        raise NotSupported(self.why)
+
+
+def _svd(a: Jet, full_matrices: bool = True, compute_uv: bool = True, *, driver: str | None = None
+         ) -> tuple[object, Jet, object]:
+    r"""``_linalg_svd(A, full_matrices, compute_uv) -> (U, S, Vh)``, its singular values (``svdvals``, the spectral
+    and nuclear norms, ``cond``): :math:`\sigma_i^2` are the eigenvalues of the smaller Gram matrix
+    (:math:`A^T A` or :math:`A A^T`, a Cauchy product of series), so S is the power 1/2 of their series
+    (``_eigh``, ``series.power``), in descending order as the op's. Distinct, non-zero singular values only. U and
+    Vh are ``_NotComputed``: a use of them raises."""
+    _real("aten._linalg_svd", A=a)
+    u, s0, vh = aten._linalg_svd(a.primal, full_matrices, False, driver=driver)
+    rows, columns = a.shape[-2:]
+    gram = _products(a.series.mT, a.series) if rows >= columns else _products(a.series, a.series.mT)
+    squares = _eigh(Jet(gram), "L", False)[0].series.flip(-1)  # σ_i^2, descending
+    values = _with_primal(s0, series.power(squares, 0.5)[1:])
+    if not compute_uv:
+        return u, values, vh
+    why = (f"exact-taylor: the Taylor rule of aten._linalg_svd gives the singular values only (torch.linalg.svdvals, "
+           f"matrix_norm(ord=2 or 'nuc'), cond), not U and V; for a symmetric matrix use torch.linalg.eigh, {INSTEAD}")
+    return _NotComputed(why), values, _NotComputed(why)
+
+
+register_rule(aten._linalg_svd.default, _svd)
 
 
 # ---- determinants -----------------------------------------------------------------------------------------------

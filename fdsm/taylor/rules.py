@@ -35,7 +35,7 @@ writes             copy, fill, slice_scatter, select_scatter, index_put (functio
                    masked writes), scatter, index_add, scatter_add, scatter_reduce's sum and mean, and the
                    negative log-likelihood of cross-entropy: linear for fixed indices, the op on the series
 zero               comparisons, sign, floor, ``*_like``: the op on the primals, a constant
-linear algebra     inverse, solves, Cholesky, LU, eigh, determinants (Gaussian log-densities): the recurrence
+linear algebra     inverse, solves, Cholesky, LU, eigh, svdvals, determinants: the recurrence
                    of each op's defining identity, in ``fdsm.taylor.linalg``
 ================== ===================================================================================
 
@@ -43,7 +43,7 @@ Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU
 baddbmm, masked_fill, vector norms and distances, max pooling, grid sampling, the regression losses, scaled
 dot-product attention on the CPU, ...) reach the rules above through torch's own decompositions
 (``fdsm.taylor.trace.TORCH_DECOMPOSED``), and cdist, pdist, nn.Bilinear and RReLU in eval mode through ours
-(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (erfcx, i0, svd, eig, qr, the nonlinear
+(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (erfcx, i0, singular vectors, eig, qr, the nonlinear
 scatter reductions, RReLU in training, attention's CUDA kernels, ...) raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f.
