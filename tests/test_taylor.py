@@ -25,6 +25,7 @@ import math
 import re
 import warnings
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -1613,7 +1614,7 @@ def test_the_default_validate_args_is_restored_when_the_trace_raises(monkeypatch
     assert torch.distributions.Distribution._validate_args is True
 
 
-@pytest.mark.parametrize("x0", [0.0, 1e-5, 1e-3, 0.3, 2.5])
+@pytest.mark.parametrize("x0", [0.0, 1e-5, 1e-3, 0.06, 0.1, 0.3, 0.49, 0.51, 2.5])  # the branch boundary is 0.5
 def test_sinc_near_zero_matches_its_maclaurin_series(x0):
     x, v = torch.full((1, 1), x0, dtype=F64), torch.ones(1, 1, dtype=F64)
     for order in (2, 4, 6):
@@ -1646,3 +1647,60 @@ def test_prod_and_cumprod_to_an_integer_dtype_are_constants():
     for op in (lambda z: (z * 10).prod(1, dtype=torch.int64), lambda z: (z * 10).cumprod(1, dtype=torch.int64).sum(1)):
         got = taylor_d(lambda z, op=op: op(z).to(F64) * z.sum(1), x, v, 1)
         torch.testing.assert_close(got, op(x).to(F64) * v.sum(1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("fn", [lambda z: torch.xlogy(z, 3.0), lambda z: torch.special.xlog1py(z, 2.0),
+                                lambda z: torch.special.xlogy(z, 0.5)])
+def test_xlogy_by_a_python_number_along_x_at_zero_matches_exact_reverse(fn):
+    x, v = torch.tensor([[0.0, 1.0]], dtype=F64), torch.tensor([[1.0, 0.5]], dtype=F64)
+    for order in (1, 2):
+        assert_agree(taylor_d(fn, x, v, order), reverse_d(fn, x, v, order), rtol=1e-10)
+
+
+def test_logcumsumexp_of_a_0d_slice_is_the_identity():
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    f = lambda z: torch.stack([torch.logcumsumexp(s[1] ** 2, 0) for s in z])[:, None]  # noqa: E731
+    assert_agree(taylor_d(f, x, v, 3), reverse_d(lambda z: z[:, 1:2] ** 2, x, v, 3), rtol=1e-12)
+
+
+def test_xlogy_at_x_zero_keeps_torch_s_values():
+    """x = 0: 0 for y = 0, inf, a negative y (log(y) not finite there), NaN for a NaN y; D^0 is torch's own."""
+    y = torch.tensor([0.0, math.inf, -1.0, math.nan, 2.0], dtype=F64)
+    x, v = torch.zeros(1, 5, dtype=F64), torch.ones(1, 5, dtype=F64)
+    for op in (torch.xlogy, torch.special.xlog1py):
+        d = taylor_coefficients(lambda z, op=op: op(z, y), x, v, 1)
+        torch.testing.assert_close(d[0], op(x, y), rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_float32_jet_with_a_float64_constant_keeps_float32_and_prod_takes_its_dtype():
+    """A 0-d float64 constant does not promote a float32 tensor in torch, nor in the binary rules; prod(dtype=) casts
+    before it multiplies, as the op."""
+    x, v = rand(3, 4, seed=1, dtype=torch.float32), rand(3, 4, seed=2, dtype=torch.float32)
+    half = torch.tensor(0.5, dtype=F64)
+    for op in (torch.atan2, torch.hypot, torch.fmod, torch.fmax, torch.maximum):
+        d = taylor_coefficients(lambda z, op=op: op(z, half).sum(1), x, v, 2)
+        assert d.dtype == torch.float32, op
+    d = taylor_coefficients(lambda z: z.prod(1, dtype=F64), x, v, 2)
+    assert d.dtype == F64
+    assert_agree(d[2], reverse_d(lambda z: z.prod(1), x.double(), v.double(), 2), rtol=1e-14)
+
+
+@dataclass
+class Settings:
+    scale: float = 2.0
+
+
+SETTINGS = Settings()
+
+
+def test_a_global_dataclass_instance_is_read_and_its_changes_are_used():
+    """A dataclass instance is unhashable (its eq): the trace cache keyed it by a weak reference, which hashes as its
+    object (TypeError); it is keyed by identity, and its fields by value."""
+    f = lambda z: (SETTINGS.scale * z ** 2).sum(1)  # noqa: E731
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    try:
+        assert_agree(taylor_d(f, x, v, 2), 4 * (v ** 2).sum(1), rtol=1e-14)
+        SETTINGS.scale = 3.0
+        assert_agree(taylor_d(f, x, v, 2), 6 * (v ** 2).sum(1), rtol=1e-14)
+    finally:
+        SETTINGS.scale = 2.0

@@ -917,9 +917,11 @@ def _logcumsumexp(z: Jet, dim: int) -> Jet:
 
     one matmul of the series E with the (n, n) weights and the log of a series whose primal is 1: no exponential
     of z itself, so no overflow or underflow however far apart the z_j are. O(n^2) memory along dim."""
+    if z.ndim == 0:  # of one element: the identity
+        return z
     d = _dim(dim, z.ndim)
     s = z.series.movedim(d, -1)  # (K+1, ..., n)
-    y0 = torch.logcumsumexp(z.primal, dim).movedim(dim if z.ndim else 0, -1)  # (..., n)
+    y0 = torch.logcumsumexp(z.primal, dim).movedim(dim, -1)  # (..., n)
     n = s.shape[-1]
     lower = torch.ones(n, n, dtype=torch.bool, device=s.device).tril()
     weights = torch.exp(torch.where(lower, s[0].unsqueeze(-2) - y0.unsqueeze(-1), -math.inf))  # (..., i, j)

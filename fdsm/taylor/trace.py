@@ -235,11 +235,14 @@ def _euclidean_dist(x1: Tensor, x2: Tensor) -> Tensor:
 
 
 def _x_log(log: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    """xlogy (log) and xlog1py (log1p): x log(y), 0 where x = 0 and y is not NaN. Unlike torch's decompositions,
-    which take 0 wherever x = 0 (a constant, to a Jet), this keeps the product where log(y) is finite, so that its
-    derivatives along x are there: x_1 log(y_0), ..., as autograd has them."""
+    """xlogy (log) and xlog1py (log1p): x log(y). torch's decompositions take 0 wherever x = 0 (a constant, to a
+    Jet, so D^1 along x was 0, not log y); this keeps the product wherever log(y) is finite, with its derivatives
+    x_1 log(y_0), ..., as autograd's. Where x = 0 and log(y) is not finite (y = 0, y = inf, y < 0; not a NaN y) the
+    value is torch's 0, as a constant: derivatives 0 where the true ones are infinite or undefined."""
 
-    def decomposition(x: Tensor, y: Tensor) -> Tensor:
+    def decomposition(x: Tensor, y: Tensor | float) -> Tensor:
+        if not isinstance(y, Tensor):  # the Scalar_Other / other_scalar overloads: y a Python number
+            y = aten.scalar_tensor.default(y, dtype=x.dtype, device=x.device)
         log_y = log(y)
         zero = aten.logical_and(aten.eq.Scalar(x, 0), aten.logical_not(aten.isfinite(log_y)))
         zero = aten.logical_and(zero, aten.logical_not(aten.isnan(y)))
@@ -292,6 +295,8 @@ DECOMPOSITIONS: dict = {
     aten._euclidean_dist.default: _euclidean_dist,
     aten.xlogy.Tensor: _x_log(aten.log.default),
     aten.special_xlog1py.default: _x_log(aten.log1p.default),
+    aten.xlogy.Scalar_Other: _x_log(aten.log.default),  # torch.xlogy(z, 3.0): else torch's, 0 along x at x = 0
+    aten.special_xlog1py.other_scalar: _x_log(aten.log1p.default),
     aten._pdist_forward.default: _pdist,
     aten._trilinear.default: _trilinear,
     aten.rrelu_with_noise_functional.default: _rrelu_in_eval,
@@ -523,12 +528,29 @@ def _exactly_plain(value: object) -> bool:
     return type(value) in _PLAIN_TYPES or type(value) is tuple and all(map(_exactly_plain, value))
 
 
+class _Same:
+    """A key part equal only to one of the very same live object: by identity, through a weak reference (a dead
+    one equals nothing new, so a later object at the same address never matches), never by the object's own
+    ``__eq__`` or ``__hash__`` (a weak reference hashes and compares as its object: a global dataclass instance,
+    unhashable, raised TypeError, and two equal ones would have shared a trace)."""
+
+    __slots__ = ("ref", "id")
+
+    def __init__(self, obj: object) -> None:
+        self.ref, self.id = weakref.ref(obj), id(obj)
+
+    def __hash__(self) -> int:
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and self.id == other.id and self.ref() is not None and self.ref() is other.ref()
+
+
 def _identity(obj: object) -> object:
-    """A key part equal only for this very object, while it lives: a weak reference (a dead one equals nothing
-    new, so a later object at the same address never matches), else the object itself where it is hashable, else
-    its id."""
+    """A key part equal only for this very object, while it lives (``_Same``), else, for an object that takes no
+    weak reference, the object itself where it is hashable, else its id."""
     try:
-        return weakref.ref(obj)
+        return _Same(obj)
     except TypeError:
         pass
     try:
