@@ -637,24 +637,22 @@ def _tan_coefficients(z0: Tensor, order: int) -> list[Tensor]:
     return c
 
 
-def _algebraic_coefficients(z0: Tensor, order: int, *, primal: Tensor, quadratic: tuple[float, float, float],
-                            p: float) -> list[Tensor]:
-    r"""φ with :math:`\varphi' = q^p`, q = a + b z + c z^2 (asin: 1 - z^2, p = -1/2; acosh: z^2 - 1; atanh:
-    1 - z^2, p = -1; ...): :math:`c_0 = \varphi(z_0)`, :math:`c_m = d_{m-1} / m`, with d the Taylor coefficients of
-    :math:`q^p` at z_0, the power recurrence (``series.power``) of q's own (q(z_0), q'(z_0), c, 0, ...)."""
+def _algebraic_coefficients(z0: Tensor, order: int, *, function: Callable[[Tensor], Tensor],
+                            quadratic: tuple[float, float, float], p: float, sign: float = 1.0) -> list[Tensor]:
+    r"""φ with :math:`\varphi' = \pm q^p`, q = a + b z + c z^2 (asin: 1 - z^2, p = -1/2; acos the same, negated;
+    acosh: z^2 - 1; atanh: 1 - z^2, p = -1; ...): :math:`c_0 = \varphi(z_0)`, :math:`c_m = \pm d_{m-1} / m`, with d
+    the Taylor coefficients of :math:`q^p` at z_0, the power recurrence (``series.power``) of q's own
+    (q(z_0), q'(z_0), c, 0, ...)."""
     a, b, c = quadratic
     rows = [a + z0 * (b + c * z0), b + (2 * c) * z0, torch.full_like(z0, c)] + [torch.zeros_like(z0)] * order
     d = series.power(torch.stack(rows[:order]), p)
-    return [primal, *(d[m - 1] * (1.0 / m) for m in range(1, order + 1))]
+    return [function(z0), *(d[m - 1] * (sign / m) for m in range(1, order + 1))]
 
 
 def _algebraic(function: Callable[[Tensor], Tensor], quadratic: tuple[float, float, float], p: float,
                sign: float = 1.0) -> Elementwise:
-    def coefficients(z0: Tensor, order: int) -> list[Tensor]:
-        c = _algebraic_coefficients(z0, order, primal=function(z0), quadratic=quadratic, p=p)
-        return [c[0], *(sign * cm for cm in c[1:])]
-
-    return Elementwise(coefficients)
+    return Elementwise(functools.partial(_algebraic_coefficients, function=function, quadratic=quadratic, p=p,
+                                         sign=sign))
 
 
 register_rule(aten.tan, Elementwise(_tan_coefficients))
@@ -841,10 +839,8 @@ def _modulo(rounding: str) -> Rule:
 
     def rule(a: object, b: object) -> Jet:
         sa, sb = _series_pair(a, b)
-        a0, b0 = primal_of(a), primal_of(b)
         quotient = torch.div(sa[0], sb[0], rounding_mode=rounding)
-        primal = op(torch.as_tensor(a0, dtype=sa.dtype), torch.as_tensor(b0, dtype=sb.dtype))
-        return Jet(torch.cat([primal.unsqueeze(0), sa[1:] - quotient * sb[1:]]))
+        return Jet(torch.cat([op(sa[0], sb[0]).unsqueeze(0), sa[1:] - quotient * sb[1:]]))
 
     return rule
 
@@ -1133,18 +1129,24 @@ def _scatter(op: Callable[..., Tensor]) -> Rule:
     return rule
 
 
-def _index_add(base: object, dim: int, index: Tensor, source: object, *, alpha: float = 1) -> Jet:
-    """``index_add`` (and a graph network's ``scatter_add``, below): linear in base and source, so the op on their
-    series (a constant's as (value, 0, ..., 0)), dim shifted past the coefficient axis."""
+def _indexed(op: Callable[..., Tensor], base: object, dim: int, index: Tensor, source: object, *args,
+             expand: bool = True, **kwargs) -> Jet:
+    """An op linear in base and source for a fixed index (index_add, scatter_add, scatter, scatter_reduce's sum and
+    mean): the op on their series (a constant's as (value, 0, ..., 0)), dim shifted past the coefficient axis, the
+    index expanded along it (``expand``; index_add's is a 1-d index of the dim alone)."""
     order, ndim = _order(base, source), _ndim(base)
-    return Jet(_as_series(base, order, ndim).index_add(_dim(dim, ndim), index, _as_series(source, order, ndim),
-                                                       alpha=alpha))
+    index = index.expand(order + 1, *index.shape) if expand else index
+    return Jet(op(_as_series(base, order, ndim), _dim(dim, ndim), index, _as_series(source, order, ndim), *args,
+                  **kwargs))
+
+
+def _index_add(base: object, dim: int, index: Tensor, source: object, *, alpha: float = 1) -> Jet:
+    return _indexed(torch.index_add, base, dim, index, source, expand=False, alpha=alpha)
 
 
 def _scatter_add(base: object, dim: int, index: Tensor, source: object) -> Jet:
-    order, ndim = _order(base, source), _ndim(base)
-    return Jet(_as_series(base, order, ndim).scatter_add(_dim(dim, ndim), index.expand(order + 1, *index.shape),
-                                                         _as_series(source, order, ndim)))
+    """A graph network's message sum."""
+    return _indexed(torch.scatter_add, base, dim, index, source)
 
 
 def _linear_scatter(reduce: str | None) -> dict:
@@ -1158,10 +1160,7 @@ def _linear_scatter(reduce: str | None) -> dict:
 def _scatter_src(base: object, dim: int, index: Tensor, source: object, *, reduce: str | None = None) -> Jet:
     """``scatter(base, dim, index, source)``: linear in base and source for a fixed index (as is its ``reduce="add"``),
     so the op on their series."""
-    how = _linear_scatter(reduce)
-    order, ndim = _order(base, source), _ndim(base)
-    return Jet(_as_series(base, order, ndim).scatter(_dim(dim, ndim), index.expand(order + 1, *index.shape),
-                                                     _as_series(source, order, ndim), **how))
+    return _indexed(torch.scatter, base, dim, index, source, **_linear_scatter(reduce))
 
 
 def _scatter_value(base: Jet, dim: int, index: Tensor, value: float, *, reduce: str | None = None) -> Jet:
@@ -1181,10 +1180,7 @@ def _scatter_reduce(base: object, dim: int, index: Tensor, source: object, reduc
     if reduce not in ("sum", "mean"):
         raise NotSupported(f"exact-taylor: scatter_reduce with reduce={reduce!r} has no Taylor rule (only 'sum' and "
                            f"'mean' are linear); {INSTEAD}")
-    order, ndim = _order(base, source), _ndim(base)
-    return Jet(_as_series(base, order, ndim).scatter_reduce(_dim(dim, ndim), index.expand(order + 1, *index.shape),
-                                                            _as_series(source, order, ndim), reduce,
-                                                            include_self=include_self))
+    return _indexed(torch.scatter_reduce, base, dim, index, source, reduce, include_self=include_self)
 
 
 def _index_put(base: object, indices: Sequence[Tensor | None], values: object, accumulate: bool = False) -> Jet:
