@@ -27,7 +27,7 @@ from fdsm.compiled import COMPILABLE, compiled_derivative, why_not
 from fdsm.taylor import fused, series
 from fdsm.taylor.compose import Composed, _rows, compose, fusable, horner, horner_rows
 from fdsm.taylor.propagate import taylor_graph
-from fdsm.taylor.rules import _softplus_coefficients
+from fdsm.taylor.rules.elementwise import _softplus_coefficients
 from tests.test_taylor import family, rand, uniform
 
 F64 = torch.float64
@@ -110,7 +110,8 @@ def test_the_row_form_a_compiler_fuses_is_horner_s_sum(order):
 def test_every_elementwise_rule_s_coefficients_in_row_form_are_its_eager_ones(order):
     """Within ``fusable()`` (the flat graph, the fused kernels) the coefficient functions make one expression per
     coefficient instead of a stacked table product: the same numbers."""
-    from fdsm.taylor.rules import RULES, Elementwise, _shifted
+    from fdsm.taylor.rules import RULES, Elementwise
+    from fdsm.taylor.rules.elementwise import _shifted
 
     z0 = uniform(2, 5, seed=order, dtype=F64) + 0.5  # inside the domain of log, sqrt and the powers
     rules = {name: RULES.get(name) for name in RULES.names() if isinstance(RULES.get(name), Elementwise)}
@@ -239,7 +240,7 @@ def test_fused_rules_give_taylor_mode_s_values_and_parameter_gradients(backend, 
 
 
 def test_a_coefficient_function_is_told_apart_by_value():
-    from fdsm.taylor.rules import _power_coefficients
+    from fdsm.taylor.rules.elementwise import _power_coefficients
 
     def power(p):
         return lambda z0, k: _power_coefficients(z0, k, p)

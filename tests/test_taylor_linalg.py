@@ -1,4 +1,4 @@
-"""Taylor rules of dense linear algebra (``fdsm.taylor.linalg``) against nested autograd.
+"""Taylor rules of dense linear algebra (``fdsm.taylor.rules.linalg``) against nested autograd.
 
 Every case is float64, 3x3 matrices in a batch of 2, made well conditioned from x (M(x) + 3I, M(x) M(x)^T + 3I, a
 triangle of M(x) + 3I) with M(x) and the right-hand side nonlinear in x, so that every coefficient A_k, k >= 2,
@@ -15,8 +15,8 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from fdsm import NotSupported
-from fdsm.taylor import Jet, linalg
-from fdsm.taylor.rules import rule_for
+from fdsm.taylor import Jet
+from fdsm.taylor.rules import linalg, rule_for
 from fdsm.taylor.trace import traced
 from tests.test_taylor import F64, assert_agree, rand, reverse_d, taylor_d
 

@@ -31,7 +31,6 @@ Pieces, each in its own module:
 torch.Size([4, 1])
 """
 
-from fdsm.taylor import linalg as _linalg  # noqa: F401  (registers the linear-algebra rules)
 from fdsm.taylor.fused import fused_rules
 from fdsm.taylor.jet import Jet
 from fdsm.taylor.propagate import exact_taylor, taylor_coefficients

@@ -5,7 +5,7 @@ the deep EBM's Taylor SSM step (loss and backward) and on its Taylor pass alone:
   whole gradient in the backward);
 - ``out of place``: ``series + e_0 value`` over the whole series (one more pass over it in the forward, and the
   whole gradient reduced in the backward), the rule's code from 91e90c9 until this study's commit;
-- ``_AddToPrimal``: in place, through its own autograd node (``fdsm.taylor.rules._AddToPrimal``: the gradient
+- ``_AddToPrimal``: in place, through its own autograd node (``fdsm.taylor.rules.operands._AddToPrimal``: the gradient
   passes through, the bias's is the primal rows' summed), the rule's code since.
 
     PYTHONPATH=. python results/cpu/taylor/bias-add/bias_add.py > results/cpu/taylor/bias-add/bias_add.log
@@ -26,13 +26,13 @@ from bench.environment import metadata, prepare_process
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 from fdsm import directional_derivative
 from fdsm.models import build
-from fdsm.taylor import rules
+from fdsm.taylor.rules import operands, structural
 
 prepare_process()
 fix_cpu_threads(2)
 torch.manual_seed(0)
 model = build("deep-ebm", size="cpu").to(memory_format=torch.channels_last)
-node = rules.add_to_primal
+node = structural.add_to_primal  # the convolution rule's (fdsm/taylor/rules/structural.py)
 
 
 def copy_slices(series, value, rows=1):
@@ -42,8 +42,8 @@ def copy_slices(series, value, rows=1):
 
 def out_of_place(series, value, rows=1):
     if rows == 1:
-        return rules._plus_primal(series, value)
-    return rules._plus_primal(series.unflatten(0, (-1, rows)), value).flatten(0, 1)  # the (K+1)·B-row form
+        return operands._plus_primal(series, value)
+    return operands._plus_primal(series.unflatten(0, (-1, rows)), value).flatten(0, 1)  # the (K+1)·B-row form
 
 
 VARIANTS = {"CopySlices": copy_slices, "out of place": out_of_place, "_AddToPrimal": node}
@@ -51,11 +51,11 @@ VARIANTS = {"CopySlices": copy_slices, "out of place": out_of_place, "_AddToPrim
 
 def using(add, call):
     def timed():
-        rules.add_to_primal = add
+        structural.add_to_primal = add
         try:
             call()
         finally:
-            rules.add_to_primal = node
+            structural.add_to_primal = node
     return timed
 
 
@@ -82,9 +82,9 @@ CASES = {"SSM-Taylor step, batch 64": (ssm_step(x64), 30), "Taylor pass T = 5, b
 print(metadata(torch.device("cpu")))
 reference = taylor_pass(x2, v2)()
 for add in VARIANTS.values():  # the same numbers every way
-    rules.add_to_primal = add
+    structural.add_to_primal = add
     assert torch.equal(taylor_pass(x2, v2)(), reference)
-rules.add_to_primal = node
+structural.add_to_primal = node
 for case, (call, repeats) in CASES.items():
     timings = measure_interleaved([using(add, call) for add in VARIANTS.values()], torch.device("cpu"), warmup=2,
                                   repeats=repeats)

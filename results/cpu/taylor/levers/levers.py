@@ -39,7 +39,7 @@ from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 from fdsm import directional_derivative
 from fdsm.models import build
 from fdsm.taylor import compose
-from fdsm.taylor.rules import _softplus_coefficients
+from fdsm.taylor.rules.elementwise import _softplus_coefficients
 from fdsm.taylor.trace import traced
 
 prepare_process()

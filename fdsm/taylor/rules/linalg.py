@@ -1,6 +1,6 @@
 r"""Taylor rules of dense linear algebra: inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities).
 
-Each rule below is the rule of one aten op (``fdsm.taylor.rules``' module docstring says what a rule is), for real
+Each rule below is the rule of one aten op (``fdsm.taylor.rules``' package docstring says what a rule is), for real
 (batched) square matrices: a Jet may be the matrix, the right-hand side, or both. A matrix series
 :math:`A(t) = \sum_k A_k t^k` enters through the recurrence of the op's defining identity, order by order: the
 primal of every output is the op's own on the primals, and for k >= 1
@@ -58,7 +58,8 @@ from torch import Tensor
 from fdsm.registry import NotSupported
 from fdsm.taylor import series
 from fdsm.taylor.jet import Jet, primal_of
-from fdsm.taylor.rules import _product, register_rule
+from fdsm.taylor.rules.products import _product
+from fdsm.taylor.rules.table import register_rule
 from fdsm.taylor.trace import INSTEAD
 
 aten = torch.ops.aten
