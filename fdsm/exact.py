@@ -28,7 +28,9 @@ def _reverse_jvp(g: Tensor, x: Tensor, v: Tensor) -> Tensor:
     if g.dim() == 1:
         # Samples are independent, so grad of the batch sum gives every per-sample gradient at once.
         (grad,) = torch.autograd.grad(g.sum(), x, create_graph=True, allow_unused=True)
-        return torch.zeros_like(g) if grad is None else (grad * v).reshape(len(g), -1).sum(1)  # (B, *event) -> (B,)
+        if grad is None:
+            return torch.zeros_like(g)
+        return (grad * v).reshape(len(g), -1).sum(1).to(g.dtype)  # (B, *event) -> (B,), in f's dtype, not x's
     # Vector output: J v from two vector-Jacobian products. u -> J^T u is linear in u, and its VJP with v is J v.
     u = torch.zeros_like(g, requires_grad=True)  # (B, k)
     (vjp,) = torch.autograd.grad(g, x, grad_outputs=u, create_graph=True, allow_unused=True)  # (B, *event)

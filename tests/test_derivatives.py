@@ -292,6 +292,20 @@ def test_a_numpy_integer_order_is_an_order(method):
         directional_derivative(f, X, V, np.bool_(True), method=method)
 
 
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("method", ["exact-reverse", "exact-forward", "exact-taylor", "fd-serial", "fd-batched",
+                                    "fd-streams"])
+def test_every_method_returns_fs_dtype_when_f_computes_in_another_than_x(method, order):
+    """f of float64 x that computes in float32 (a float32 network behind a cast): D^T in f's own dtype, float32, by
+    every method. Nested reverse mode's gradients are in x's dtype; it used to return float64 where the others
+    return float32."""
+    f = lambda x: torch.sin(x.float()).flatten(1).sum(1) ** 2  # noqa: E731
+    d = directional_derivative(f, X, V, order, method=method)
+    assert d.dtype == torch.float32
+    torch.testing.assert_close(d, directional_derivative(f, X.float(), V.float(), order, method=method),
+                               rtol=1e-3 if method.startswith("fd-") else 1e-5, atol=1e-5)  # as from float32 x
+
+
 @pytest.mark.parametrize("offsets, weights, accuracy, match", [
     ((-1.0, 0.0, 1.0), (1.0, 1.0, 1.0), 2, r"not a difference of order 2 and accuracy 2: sum_i w_i offset_i\^0 = 3"),
     ((-1.0, 0.0, 1.0), (1.0, -2.0, 1.0), 4, r"offset_i\^4 = 2, expected 0"),  # claims more accuracy than it has
