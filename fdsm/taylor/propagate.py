@@ -5,8 +5,9 @@ r"""The forward pass of the jets: f's traced graph, run node by node with one Ta
     D^k_v f(x) = \frac{d^k}{dt^k} f(x + t v)\Big|_{t=0} = k!\, y_k \quad\text{(paper eq. 4)}.
 
 The input series is :math:`x_0 = x, x_1 = v, x_k = 0` for k >= 2. Each node whose arguments include a Jet goes
-through its rule (``fdsm.taylor.rules``); a node that does not depend on x runs as it is. A node's value is freed
-after its last use, so the jets of the whole graph are never held at once.
+through its rule (``fdsm.taylor.rules``); a node that does not depend on x runs as it is. The pass is the graph itself
+as Python code (``_program``), each value freed after its last use, so the jets of the whole graph are never held at
+once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import functools
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx
@@ -31,35 +31,12 @@ from fdsm.taylor.trace import INSTEAD, traced
 aten = torch.ops.aten
 
 
-def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
-    """node -> the values whose last use it is (they can be dropped once it has run)."""
-    seen: set[fx.Node] = set()
-    frees: dict[fx.Node, list[fx.Node]] = {}
-    for node in reversed(graph.nodes):
-        for used in node.all_input_nodes:
-            if used not in seen:
-                seen.add(used)
-                frees.setdefault(node, []).append(used)
-    return frees
-
-
 def _no_rule(node: fx.Node) -> NotSupported:
     op = node.target
     return NotSupported(
         f"exact-taylor: no Taylor rule for the aten op {op} (node {node.name!r}, applied to a value that depends on "
         f"x); register one with fdsm.taylor.register_rule(torch.ops.{op}, rule), where rule takes the op's "
         f"arguments with a fdsm.taylor.Jet for each that depends on x, {INSTEAD}")
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One node of the graph, prepared once per graph: what ``run_jets`` needs of it, without re-deriving it per
-    call (the rule lookup, the inputs to test for Jets, the values that die here)."""
-
-    node: fx.Node
-    inputs: tuple[fx.Node, ...]
-    rule: Callable[..., object] | None
-    frees: tuple[fx.Node, ...]
 
 
 def _rule(node: fx.Node) -> Callable[..., object] | None:
@@ -88,51 +65,57 @@ def _pass_through(value: object, *args, **kwargs) -> object:
     return value
 
 
-def _plan(graph: fx.GraphModule) -> list[_Step]:
-    """The graph's steps, made on its first run and kept in its ``meta``: each node's rule, with every constant
-    shift of an elementwise rule's value folded into that rule (the deep EBM's softplus(z) - log 2 is one rule)."""
-    if "taylor_plan" not in graph.meta:
-        frees = _last_uses(graph.graph)
+def _has_jet(value: object) -> bool:
+    return isinstance(value, Jet) or isinstance(value, (list, tuple)) and any(jets_in(value))
+
+
+def _dispatch(node: fx.Node, rule: Callable[..., object] | None) -> Callable[..., object]:
+    """The call of a node that depends on x: its rule when a Jet reaches it (looked up again where the plan found
+    none, so that a rule registered since counts), the op itself otherwise (a rule before it may have returned a
+    constant: a comparison, a cast to an integer dtype)."""
+    op = node.target
+
+    def call(*args, **kwargs):
+        if any(_has_jet(a) for a in args) or kwargs and any(_has_jet(a) for a in kwargs.values()):
+            if (chosen := rule or rule_for(op)) is None:
+                raise _no_rule(node)
+            return chosen(*args, **kwargs)
+        return op(*args, **kwargs)
+
+    call.__name__ = f"taylor_{node.name}"
+    return call
+
+
+def _program(graph: fx.GraphModule) -> fx.GraphModule:
+    """The pass as Python code, made on the graph's first run and kept in its ``meta``: a copy of the graph in which
+    every node that depends on x (a path from x reaches it) calls ``_dispatch`` of its rule, and every other node
+    its op as it is, compiled by fx's code generator into straight-line code that frees each value after its last
+    use (so the jets of the whole graph are never held at once), with no per-node lookup when it runs. Each
+    constant shift of an elementwise rule's value is folded into that rule (the deep EBM's softplus(z) - log 2 is
+    one rule)."""
+    if "taylor_program" not in graph.meta:
         rules = {node: _rule(node) for node in graph.graph.nodes}
         for node in graph.graph.nodes:
             if (shift := _constant_shift(node, rules)) is not None:
                 first = node.args[0]
                 rules[first], rules[node] = rules[first].shifted(shift), _pass_through
-        graph.meta["taylor_plan"] = [_Step(node, tuple(node.all_input_nodes), rules[node], tuple(frees.get(node, ())))
-                                     for node in graph.graph.nodes]
-    return graph.meta["taylor_plan"]
+        code, copies = fx.Graph(), {}
+        code.output(code.graph_copy(graph.graph, copies))
+        x = next(node for node in graph.graph.nodes if node.op == "placeholder")  # the first: x
+        reached = {x}
+        for node in graph.graph.nodes:
+            if node is not x and any(used in reached for used in node.all_input_nodes):
+                reached.add(node)
+                if node.op == "call_function" and node.target is not operator.getitem:
+                    copies[node].target = _dispatch(node, rules[node])
+        graph.meta["taylor_program"] = fx.GraphModule(graph, code)
+    return graph.meta["taylor_program"]
 
 
 def run_jets(graph: fx.GraphModule, inputs: list[object]) -> object:
     """Run ``graph`` on ``inputs`` (a Jet for x, then plain tensors), each node through its rule when a Jet reaches
     it; returns the output value (a Jet, or a plain tensor when the output does not depend on x)."""
-    env: dict[fx.Node, object] = {}
-    placeholders = iter(inputs)
-    for step in _plan(graph):
-        node = step.node
-        if node.op == "placeholder":
-            env[node] = next(placeholders)
-        elif node.op == "get_attr":
-            env[node] = getattr(graph, node.target)
-        elif node.op == "call_function":
-            args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
-            if node.target is operator.getitem:
-                env[node] = operator.getitem(*args)
-            elif any(isinstance(env[n], Jet) or isinstance(env[n], (list, tuple)) and any(jets_in(env[n]))
-                     for n in step.inputs):
-                rule = step.rule or rule_for(node.target)  # a rule registered after the plan was made counts
-                if rule is None:
-                    raise _no_rule(node)
-                env[node] = rule(*args, **kwargs)
-            else:
-                env[node] = node.target(*args, **kwargs)
-        elif node.op == "output":
-            return fx.node.map_arg(node.args[0], env.__getitem__)
-        else:
-            raise NotImplementedError(f"exact-taylor: unexpected {node.op} node {node.name!r} in the traced graph")
-        for used in step.frees:
-            env.pop(used, None)
-    raise AssertionError("the traced graph has no output node")
+    return _program(graph).forward(*inputs)  # not as a module call: no module hook may see a Jet
 
 
 def _derivatives(graph: fx.GraphModule, x: Tensor, v: Tensor, order: int, leaves: list[Tensor]) -> Tensor:
