@@ -362,7 +362,8 @@ ELEMENTWISE_CASES = [(n, t) for n in ELEMENTWISE for t in range(1, 7)]
 # name: (phi, domain of x): elementwise functions whose derivatives have no short closed form, against nested autograd
 AGAINST_REVERSE = {"tan": (torch.tan, (-1.2, 1.2)), "asin": (torch.asin, (-0.8, 0.8)),
                    "acos": (torch.acos, (-0.8, 0.8)), "asinh": (torch.asinh, (-3.0, 3.0)),
-                   "acosh": (torch.acosh, (1.2, 4.0)), "erfinv": (torch.erfinv, (-0.9, 0.9))}
+                   "acosh": (torch.acosh, (1.2, 4.0)), "erfinv": (torch.erfinv, (-0.9, 0.9)),
+                   "ndtri": (torch.special.ndtri, (0.02, 0.98))}
 
 
 @pytest.mark.parametrize("name, order", ELEMENTWISE_CASES)
@@ -383,6 +384,20 @@ def test_elementwise_functions_without_a_short_closed_form_match_nested_autograd
     x, v = uniform(4, 6, seed=1, low=low, high=high), rand(4, 6, seed=2)
     f = lambda z: phi(z) @ torch.cos(1.7 * torch.arange(6, dtype=F64) + 0.3)  # noqa: E731
     assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-10)
+
+
+@pytest.mark.parametrize("order", range(1, 7))
+def test_ndtri_in_its_tails_matches_high_precision_derivatives(order):
+    """ndtri (the normal quantile) at p_0 = 1e-12 and 1 - 1e-6, where 2 p_0 - 1 rounds its tail away: its rule takes
+    w from torch's ndtri, not from erfinv(2 p_0 - 1). The reference is mpmath's derivative of -sqrt(2) erfinv(1 - 2p)
+    at 60 digits."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    points = [1e-12, 1e-4, 0.3, 1 - 1e-6]
+    x = torch.tensor([points], dtype=F64)
+    expected = torch.tensor([[float(mpmath.diff(lambda p: -mpmath.sqrt(2) * mpmath.erfinv(1 - 2 * p), mpmath.mpf(p0),
+                                                order)) for p0 in points]], dtype=F64)
+    assert_agree(taylor_d(torch.special.ndtri, x, torch.ones_like(x), order), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("order", range(1, 7))
@@ -916,7 +931,8 @@ def erfcx_rule(z):
 
 
 @pytest.mark.parametrize("fn, op", [(torch.special.erfcx, "aten.special_erfcx.default"),
-                                    (torch.special.i0, "aten.i0.default")])
+                                    (torch.special.i0, "aten.i0.default"),
+                                    (torch.special.log_ndtr, "aten.special_log_ndtr.default")])
 def test_an_op_without_a_rule_raises_naming_the_op(fn, op):
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
     with pytest.raises(NotSupported, match=re.escape(f"no Taylor rule for the aten op {op}")):

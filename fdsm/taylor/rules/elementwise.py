@@ -7,7 +7,7 @@ by Horner's rule on the series (``fdsm.taylor.compose``), one autograd node with
 autograd records it. Each rule is an ``Elementwise`` of its coefficient function ``(z_0, K) -> c_0 .. c_K``, whose
 docstring has the closed form: exp, log, the sigmoid family (polynomials in σ' and 1 - 2σ), tanh, SiLU, softplus,
 powers, sin / cos, sinh / cosh, tan, atan, the algebraic inverses (asin, acos, asinh, acosh, atanh), erf / erfc,
-erfinv, GELU, the gamma family, sinc, entr.
+erfinv, ndtri, GELU, the gamma family, sinc, entr.
 """
 
 from __future__ import annotations
@@ -258,21 +258,32 @@ def _erfinv_polynomials(order: int) -> tuple[tuple[int, ...], ...]:
     return tuple(polys)
 
 
-def _erfinv_coefficients(z0: Tensor, order: int) -> list[Tensor]:
-    """erfinv: c_m = P_m(w) g^m / m! (``_erfinv_polynomials``)."""
-    w = torch.erfinv(z0)
+def _erfinv_coefficients(z0: Tensor, order: int, *, w: Tensor | None = None, scale: float = 1.0) -> list[Tensor]:
+    """erfinv: c_m = P_m(w) g^m / m! (``_erfinv_polynomials``), w = erfinv z_0; times ``scale``, and with w given
+    where the caller has a more accurate one (``_ndtri_coefficients``: z_0 is then unused)."""
+    w = torch.erfinv(z0) if w is None else w
     g = torch.exp(w * w) * (math.sqrt(math.pi) / 2)
-    c, power = [w], torch.ones_like(w)
+    c, power = [w * scale], torch.ones_like(w)
     for m, poly in enumerate(_erfinv_polynomials(order), start=1):
         power = power * g
         value = torch.zeros_like(w)
         for a in reversed(poly):  # Horner's rule in w
             value = value * w + a
-        c.append(value * power * (1.0 / math.factorial(m)))
+        c.append(value * power * (scale / math.factorial(m)))
     return c
 
 
+def _ndtri_coefficients(p0: Tensor, order: int) -> list[Tensor]:
+    r"""ndtri, the normal quantile: :math:`\mathrm{ndtri}(p) = \sqrt2\, \mathrm{erfinv}(2p - 1)`, so
+    :math:`c_m = \sqrt2\, 2^m\, c^{\mathrm{erfinv}}_m` with w = ndtri(p_0)/√2 taken from torch's ndtri, which keeps
+    the tails that 2 p_0 - 1 would round away."""
+    w = torch.special.ndtri(p0) * (1 / math.sqrt(2.0))
+    c = _erfinv_coefficients(None, order, w=w, scale=math.sqrt(2.0))
+    return [torch.special.ndtri(p0), *(c[m] * 2.0 ** m for m in range(1, order + 1))]
+
+
 register_rule(aten.erfinv, Elementwise(_erfinv_coefficients))
+register_rule(aten.special_ndtri, Elementwise(_ndtri_coefficients))
 
 
 _SINC_SMALL = 0.5  # below it, c_m from the Maclaurin series of sinc; above it, the series division by pi z
