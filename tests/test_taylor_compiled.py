@@ -117,7 +117,8 @@ def test_every_elementwise_rule_s_coefficients_in_row_form_are_its_eager_ones(or
     rules = {name: RULES.get(name) for name in RULES.names() if isinstance(RULES.get(name), Elementwise)}
     assert {"aten.softplus", "aten.elu", "aten.tanh", "aten.exp", "aten.log2", "aten.sin"} <= set(rules)
     keywords = {"aten.softplus": (2.0, 20.0), "aten.elu": (0.5, 1.5, 0.7)}  # beyond the defaults
-    shifts = {"aten.asin": -1.0, "aten.acos": -1.0, "aten.atanh": -1.0, "aten.erfinv": -1.0, "aten.acosh": 0.6}
+    shifts = {"aten.asin": -1.0, "aten.acos": -1.0, "aten.atanh": -1.0, "aten.erfinv": -1.0, "aten.acosh": 0.6,
+              "aten.special_ndtri": -0.5}
     for name, rule in rules.items():
         coefficients = rule.coefficients if rule.keywords is None else functools.partial(
             rule.coefficients, **rule.keywords(*keywords.get(name, ())))
