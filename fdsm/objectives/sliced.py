@@ -141,10 +141,6 @@ def fused_head(name: str, backend: str) -> Callable[..., Tensor] | None:
 EXACT_METHODS = ("reverse", "taylor")
 
 
-def _check_method(who: str, method: str) -> None:
-    check_choice(who, "method", method, EXACT_METHODS)
-
-
 # ---- integrands shared by each exact / FD pair ----------------------------------------------------------------
 
 def _ssm_integrand(first: Tensor, second: Tensor, eps2: float) -> Tensor:
@@ -192,7 +188,7 @@ def ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor 
     """
     who = "ssm_loss(log_density, x)"
     check_reduction(who, reduction)
-    _check_method(who, method)
+    check_choice(who, "method", method, EXACT_METHODS)
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
     if method == "taylor":
@@ -224,7 +220,7 @@ def ssmvr_score_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tenso
     """
     who = "ssmvr_score_loss(score, x)"
     check_reduction(who, reduction)
-    _check_method(who, method)
+    check_choice(who, "method", method, EXACT_METHODS)
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
     if method == "taylor":
