@@ -510,7 +510,7 @@ def _slogdet(a: Jet) -> tuple[Tensor, Jet, Tensor, Tensor]:
 
 def _det(a: Jet) -> tuple[Jet, Tensor, Tensor]:
     r"""``_linalg_det(A) -> (result, LU, pivots)``: :math:`\det A = \det P \prod_i U_{ii}` with A = P L U, so the
-    product (``rules._product``, a tree of Cauchy products) of the series of U's diagonal (``_lu_series``), times
+    product (``products._product``, a tree of Cauchy products) of the series of U's diagonal (``_lu_series``), times
     the constant :math:`\det P = \pm 1`; the primal is the op's. No inverse of :math:`A_0` enters, only triangular
     solves with its LU factors (the log-determinant's series would need the inverse): each :math:`U_k` divides by a
     pivot and multiplies by it again, so a nearly singular :math:`A_0` keeps its accuracy; an exactly zero pivot

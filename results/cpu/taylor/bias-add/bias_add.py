@@ -26,13 +26,19 @@ from bench.environment import metadata, prepare_process
 from bench.timing import fix_cpu_threads, measure_interleaved, paired_ratio
 from fdsm import directional_derivative
 from fdsm.models import build
-from fdsm.taylor.rules import operands, structural
+from fdsm.taylor.rules import affine, operands, structural
 
 prepare_process()
 fix_cpu_threads(2)
 torch.manual_seed(0)
 model = build("deep-ebm", size="cpu").to(memory_format=torch.channels_last)
-node = structural.add_to_primal  # the convolution rule's (fdsm/taylor/rules/structural.py)
+node = operands.add_to_primal
+USERS = (structural, affine)  # the modules whose rules call it: the convolution's and addmm's bias
+
+
+def use(add):
+    for module in USERS:
+        module.add_to_primal = add
 
 
 def copy_slices(series, value, rows=1):
@@ -51,11 +57,11 @@ VARIANTS = {"CopySlices": copy_slices, "out of place": out_of_place, "_AddToPrim
 
 def using(add, call):
     def timed():
-        structural.add_to_primal = add
+        use(add)
         try:
             call()
         finally:
-            structural.add_to_primal = node
+            use(node)
     return timed
 
 
@@ -82,9 +88,9 @@ CASES = {"SSM-Taylor step, batch 64": (ssm_step(x64), 30), "Taylor pass T = 5, b
 print(metadata(torch.device("cpu")))
 reference = taylor_pass(x2, v2)()
 for add in VARIANTS.values():  # the same numbers every way
-    structural.add_to_primal = add
+    use(add)
     assert torch.equal(taylor_pass(x2, v2)(), reference)
-structural.add_to_primal = node
+use(node)
 for case, (call, repeats) in CASES.items():
     timings = measure_interleaved([using(add, call) for add in VARIANTS.values()], torch.device("cpu"), warmup=2,
                                   repeats=repeats)
