@@ -1,4 +1,4 @@
-r"""The forward pass of the jets: f's traced graph, run node by node with one Taylor rule per aten op.
+r"""The forward pass of the jets: f's traced graph, run with one Taylor rule per aten op.
 
 .. math::
     x(t) = x + t v \;\longmapsto\; y(t) = f(x(t)) = \sum_{k=0}^{T} y_k t^k + O(t^{T+1}), \qquad

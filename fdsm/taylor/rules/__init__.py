@@ -5,7 +5,7 @@ op's result with a ``Jet`` in place of every output that depends on x:
 
     rule(*args, **kwargs) -> Jet | Tensor | tuple
 
-The interpreter (``fdsm.taylor.propagate``) calls the rule of a node only when one of its arguments is a Jet;
+The pass (``fdsm.taylor.propagate``) calls the rule of a node only when one of its arguments is a Jet;
 nodes that do not depend on x (constants, the parameters' own preprocessing) run as they are. An op with a Jet
 argument and no rule raises ``fdsm.NotSupported`` (a ``NotImplementedError``) naming the op.
 ``register_rule(op, rule)`` adds a rule for an op of a user's network; the built-in rules below are registered the

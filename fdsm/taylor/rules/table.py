@@ -1,7 +1,7 @@
 r"""The table of Taylor rules: one rule per aten op (or per op packet, for all its overloads), and its lookup.
 
 ``register_rule(op, rule)`` is how the built-in families of ``fdsm.taylor.rules`` and a user's own rules enter it,
-``rule_for(op)`` how the interpreter (``fdsm.taylor.propagate``) finds them: an overload's own rule, else its
+``rule_for(op)`` how the pass (``fdsm.taylor.propagate``) finds them: an overload's own rule, else its
 packet's.
 """
 
