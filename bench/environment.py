@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib.util
 import os
 import platform
 import subprocess
+import sys
+import tempfile
+import types
 from pathlib import Path
 
 import torch
@@ -78,6 +82,20 @@ def _git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "n/a"
     return (commit or "n/a") + ("+dirty" if dirty else "")
+
+
+def module_at(commit: str, path: str, name: str) -> types.ModuleType:
+    """The module at ``path`` (from the repository's root) as of ``commit``, read from git and imported as ``name``
+    beside the current one: the old side of an A/B measurement (``results/cpu/taylor/lookup``, ``program``)."""
+    source = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=_REPO, capture_output=True, text=True,
+                            check=True).stdout
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def _has_precision_api() -> bool:

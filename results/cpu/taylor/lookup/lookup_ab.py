@@ -10,11 +10,7 @@ Prints each variant's median time, its ratio to fd-batched per round, and new / 
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,23 +18,11 @@ import torch
 
 from bench.config import Shared
 from bench.derivative_case import FUSED, derivative_closure
-from bench.environment import metadata, prepare_process
+from bench.environment import metadata, module_at, prepare_process
 from bench.experiments.derivatives import DerivativesConfig, cases
 from fdsm.taylor import propagate, trace
 
 OLD_COMMIT, ROUNDS = "45eb2f9", 80
-
-
-def old_trace_module():
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:fdsm/taylor/trace.py"], capture_output=True, text=True,
-                            check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "trace_old.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("trace_old", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["trace_old"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 def with_lookup(call, lookup):
@@ -63,7 +47,7 @@ config = DerivativesConfig(checkpoint=Path("results/cpu/checkpoints/deep-ebm-DSM
                            methods=("exact-taylor", "fd-batched"), compiled=True)
 calls = {c["method"]: derivative_closure(c) for c in cases(config, Shared(device=torch.device("cpu")))
          if not c["method"].endswith("+compiled")}
-old = old_trace_module().traced
+old = module_at(OLD_COMMIT, "fdsm/taylor/trace.py", "trace_old").traced
 variants = {"fd-batched": calls["fd-batched"]}
 for name, method in (("fused", "exact-taylor" + FUSED), ("eager", "exact-taylor")):
     variants[f"{name}-old"] = with_lookup(calls[method], old)
