@@ -277,9 +277,9 @@ def _ndtri_coefficients(p0: Tensor, order: int) -> list[Tensor]:
     r"""ndtri, the normal quantile: :math:`\mathrm{ndtri}(p) = \sqrt2\, \mathrm{erfinv}(2p - 1)`, so
     :math:`c_m = \sqrt2\, 2^m\, c^{\mathrm{erfinv}}_m` with w = ndtri(p_0)/√2 taken from torch's ndtri, which keeps
     the tails that 2 p_0 - 1 would round away."""
-    w = torch.special.ndtri(p0) * (1 / math.sqrt(2.0))
-    c = _erfinv_coefficients(None, order, w=w, scale=math.sqrt(2.0))
-    return [torch.special.ndtri(p0), *(c[m] * 2.0 ** m for m in range(1, order + 1))]
+    y0 = torch.special.ndtri(p0)
+    c = _erfinv_coefficients(None, order, w=y0 * (1 / math.sqrt(2.0)), scale=math.sqrt(2.0))
+    return [y0, *(c[m] * 2.0 ** m for m in range(1, order + 1))]
 
 
 register_rule(aten.erfinv, Elementwise(_erfinv_coefficients))
