@@ -23,8 +23,10 @@ import functools
 import gc
 import math
 import re
+import threading
 import warnings
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -1364,6 +1366,82 @@ def test_a_changed_layout_of_module_attributes_traces_again(change):
     second = taylor_d(model, x, v, 3)
     assert not torch.allclose(first, second)
     assert_agree(second, reverse_d(model, x, v, 3), rtol=1e-9)
+
+
+def _softplus_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.Softplus(), nn.Linear(5, 1), nn.Flatten(0)).double()
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "vmap", "vmap of grad"])
+def test_torch_func_transforms_take_taylor_coefficients(transform):
+    # a first call (the trace) inside a torch.func transform used to trace the transform's wrapped tensors as
+    # constants: every derivative zero, silently, and the cached graph stayed wrong for later plain calls
+    net, x, v = _softplus_net(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    d3 = lambda x, v: taylor_coefficients(net, x, v, 3)[3]  # noqa: E731
+    reference = x.clone().requires_grad_()
+    gradient = torch.autograd.grad(d3(reference, v).sum(), reference)[0]  # of D^3 in x, by plain autograd
+    direct = taylor_coefficients(net, x, v, 3)
+    taylor.clear_cache()
+    if transform in ("grad", "jacrev"):
+        got, want = getattr(torch.func, transform)(lambda x: d3(x, v).sum())(x), gradient
+    elif transform == "jvp":
+        got, want = torch.func.jvp(lambda x: d3(x, v).sum(), (x,), (v,))[1], (gradient * v).sum()
+    elif transform == "vmap":
+        got = torch.func.vmap(lambda a, b: taylor_coefficients(net, a[None], b[None], 3)[:, 0])(x, v)
+        want = direct.T
+    else:
+        got = torch.func.vmap(torch.func.grad(lambda a, b: d3(a[None], b[None])[0]))(x, v)
+        want = gradient
+    assert want.abs().min() > 0
+    assert_agree(got, want, rtol=1e-10)
+    assert_agree(taylor_coefficients(net, x, v, 3), direct, rtol=1e-12)  # the graph cached inside is right outside
+
+
+def test_tensors_in_a_dict_are_leaves_and_an_ensemble_vmaps():
+    # torch.func.functional_call's dict of parameters: its tensors used to be constants kept by identity, so a new
+    # dict traced again, and under vmap (one derivative per member of an ensemble) a dead batched tensor was baked
+    # into the graph (an internal assertion of functorch)
+    net, x, v = _softplus_net(), rand(3, 4, seed=1), rand(3, 4, seed=2)
+    members = [{k: scale * p.detach() for k, p in net.named_parameters()} for scale in (1.0, 0.5)]
+
+    def d(params, x, v):
+        return taylor_coefficients(lambda y: torch.func.functional_call(net, params, (y,)), x, v, 3)
+
+    each = torch.stack([d(params, x, v) for params in members])
+    traces = STATS.traces
+    assert_agree(d({k: p.clone() for k, p in members[1].items()}, x, v), each[1], rtol=0)
+    assert STATS.traces == traces  # new tensors of the same shapes: the same graph
+    stacked = {k: torch.stack([params[k] for params in members]) for k in members[0]}
+    taylor.clear_cache()
+    ensemble = torch.func.vmap(d, in_dims=(0, None, None))(stacked, x, v)
+    assert not torch.allclose(each[0], each[1])
+    assert_agree(ensemble, each, rtol=1e-12)
+    for params, want in zip(members, each, strict=True):
+        with torch.no_grad():
+            for k, p in net.named_parameters():
+                p.copy_(params[k])
+        assert_agree(reverse_d(net, x, v, 3), want[3], rtol=1e-9)
+
+
+def test_first_calls_from_threads_trace_one_at_a_time():
+    # make_fx keeps global state: two threads tracing at once failed ("CURRENT_PATCHER is None"), one run in three
+    nets = [_softplus_net() for _ in range(6)]
+    for i, net in enumerate(nets):
+        net[0].weight.data.mul_(1 + i / 10)
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    want = [taylor_coefficients(net, x, v, 3) for net in nets]
+    taylor.clear_cache()
+    start, got = threading.Barrier(len(nets)), {}
+
+    def first_call(i):
+        start.wait()
+        got[i] = taylor_coefficients(nets[i], x, v, 3)
+
+    with ThreadPoolExecutor(len(nets)) as pool:
+        list(pool.map(first_call, range(len(nets))))  # re-raises a thread's error
+    for i, d in enumerate(want):
+        assert_agree(got[i], d, rtol=0)
 
 
 def test_batch_statistics_warn_that_the_samples_are_coupled():

@@ -97,8 +97,11 @@ class Composed(torch.autograd.Function):
 
     The backward recomputes the coefficients one order further (:math:`c_{K+1}`), composes g by the same Horner
     rule and correlates it with the incoming gradient: K+1 ``addcmul``. Only z is saved. It is written in
-    differentiable ops, so a double backward through it works too.
+    differentiable ops, so a double backward through it works too, and ``torch.func.vmap`` can batch it (its rule
+    generated from these torch ops).
     """
+
+    generate_vmap_rule = True
 
     @classmethod
     def apply(cls, z: Tensor, coefficients) -> Tensor:

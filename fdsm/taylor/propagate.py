@@ -26,7 +26,7 @@ from fdsm.stencils import check_order
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
 from fdsm.taylor.rules import Elementwise, rule_for
-from fdsm.taylor.trace import INSTEAD, traced
+from fdsm.taylor.trace import INSTEAD, TRACING, traced
 
 aten = torch.ops.aten
 
@@ -141,7 +141,7 @@ def taylor_graph(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, order: int
     graph, leaves = traced(f, x)
     key = ("taylor_graph", order)
     if key not in graph.meta:
-        with torch.no_grad(), compose.fusable():
+        with TRACING, torch.no_grad(), compose.fusable():
             graph.meta[key] = make_fx(functools.partial(_flat_pass, graph, order))(x, v, *leaves)
     return graph.meta[key], leaves
 

@@ -20,25 +20,27 @@ The objectives pass closures over per-batch tensors (DKEF's alpha, NCSN's labels
 f anew on every call, and a training step changes the parameters in place. A trace that baked any of them in as
 constants would return stale numbers. So before tracing, ``closure_leaves`` walks f: a function's closure cells,
 defaults and the globals its code names, a bound method's ``__self__``, a ``functools.partial``'s arguments, the
-items of tuples and lists, and each ``nn.Module`` met on the way. The tensors in closure cells and the modules'
-parameters and buffers become graph inputs, swapped in for the duration of the trace (cells rebound, modules
+items of tuples, lists and dicts, and each ``nn.Module`` met on the way. The tensors in closure cells, in lists and
+dicts (``torch.func.functional_call``'s parameters, a config object's attributes) and the modules' parameters and
+buffers become graph inputs, swapped in for the duration of the trace (cells rebound, items assigned, modules
 reparametrized) and passed again, at their current values, on every call: a new alpha each batch reuses the graph.
 
 The cache key is everything else the trace may depend on: the code objects; every non-tensor value met on the walk
 (floats, ints, strings, each module's own plain attributes such as ``training`` or a softplus' ``beta``); each
 submodule's class, its other attributes (a function it calls, a list of numbers) and its forward hooks, walked; the
-identity of every other tensor met (a global, a default: ``make_fx`` keeps the very tensor object in the graph, so
-its in-place updates are seen, and rebinding the name to a new tensor traces again); the identity of any object the
-walk cannot see into (a new one traces again); and the shapes, dtypes and devices of x and of every input. Lists,
-tuples and dicts are keyed by their contents, so a list of scales mutated in place traces again (one longer than
-``CONTAINER_ITEMS`` is data, keyed by identity, its in-place changes not seen); so are objects with a ``__dict__`` (a
-config object, a callable object: its attributes and its class), the classes of the modules met (their methods,
-``forward`` among them, walked as functions, and their class attributes), the attributes of a user's module-level
-namespace that the code names (``config.scale``), the global module hooks (``register_module_forward_hook``) and
-the default dtype. torch's own Python functions are keyed by identity, not walked. Tensors that f creates itself
-(``torch.tensor(2.0)`` in its body) are constants of the graph, rebuilt the same way on every call. A plain tensor
-*attribute* of a module (not a parameter or buffer) is kept by reference like a global: in-place updates are seen,
-a reassignment is not (register it as a buffer if it is reassigned between calls).
+identity of every other tensor met (a global, a default, a tuple's item: ``make_fx`` keeps the very tensor object
+in the graph, so its in-place updates are seen, and rebinding the name to a new tensor traces again); the identity
+of any object the walk cannot see into (a new one traces again); and the shapes, dtypes and devices of x and of
+every input. Lists, tuples and dicts are keyed by their contents, so a list of scales mutated in place traces again
+(one longer than ``CONTAINER_ITEMS`` is data, keyed by identity, its in-place changes not seen); so are objects
+with a ``__dict__`` (a config object, a callable object: its attributes and its class), the classes of the modules
+met (their methods, ``forward`` among them, walked as functions, and their class attributes), the attributes of a
+user's module-level namespace that the code names (``config.scale``), the global module hooks
+(``register_module_forward_hook``) and the default dtype. torch's own Python functions are keyed by identity, not
+walked. Tensors that f creates itself (``torch.tensor(2.0)`` in its body) are constants of the graph, rebuilt the
+same way on every call. A plain tensor *attribute* of a module (not a parameter or buffer) is kept by reference
+like a global: in-place updates are seen, a reassignment is not (register it as a buffer if it is reassigned
+between calls).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
+import threading
 import time
 import types
 import warnings
@@ -57,6 +60,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, fx, nn
 from torch._decomp import get_decompositions
+from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.modules import module as module_hooks
 from torch.nn.utils import stateless
@@ -318,6 +322,7 @@ class _Walk:
     leaves: list[Tensor] = field(default_factory=list)
     leaf_index: dict[int, int] = field(default_factory=dict)  # id(tensor) -> its index in leaves
     cells: list[tuple[types.CellType, int]] = field(default_factory=list)  # (cell, leaf index)
+    items: list[tuple[list | dict, object, int]] = field(default_factory=list)  # (list or dict, index or key, leaf)
     modules: list[tuple[nn.Module, dict[str, int]]] = field(default_factory=list)  # (module, its name -> leaf index)
     key: list[object] = field(default_factory=list)
     seen: dict[int, int] = field(default_factory=dict)  # id -> order of first visit (the walk holds f alive)
@@ -371,8 +376,18 @@ class _Walk:
             self.key.append(("long", type(items), len(items), _identity(items)))
             return
         self.key.append((type(items), len(items)))
-        for item in (items if not isinstance(items, dict) else (part for pair in items.items() for part in pair)):
-            self.visit(item)  # a dict's keys and values in turn
+        if isinstance(items, tuple):  # immutable: its tensors are constants
+            for item in items:
+                self.visit(item)
+            return
+        for k, item in (enumerate(items) if isinstance(items, list) else items.items()):
+            if isinstance(items, dict):
+                self.visit(k)
+            if isinstance(item, Tensor):  # a leaf, swapped in by item assignment (torch.func.functional_call's
+                self.items.append((items, k, self.leaf(item)))  # dict of parameters among them)
+                self.key.append(("item", self.items[-1][2]))
+            else:
+                self.visit(item)
 
     def _class(self, cls: type) -> None:
         """A user's class, once per walk: the methods it and its bases up to torch's define (their code, globals
@@ -611,9 +626,12 @@ def closure_leaves(f: Callable) -> _Walk:
 def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
     """Within the block, every leaf of ``walk`` reads as ``values[i]``: cells rebound, modules reparametrized."""
     saved = [cell.cell_contents for cell, _ in walk.cells]
+    saved_items = [items[k] for items, k, _ in walk.items]
     try:
         for cell, i in walk.cells:
             cell.cell_contents = values[i]
+        for items, k, i in walk.items:
+            items[k] = values[i]
         with contextlib.ExitStack() as stack:
             for module, names in walk.modules:
                 stack.enter_context(stateless._reparametrize_module(
@@ -622,6 +640,8 @@ def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
     finally:
         for (cell, _), value in zip(walk.cells, saved, strict=True):
             cell.cell_contents = value
+        for (items, k, _), value in zip(walk.items, saved_items, strict=True):
+            items[k] = value
 
 
 # ---- the cache ------------------------------------------------------------------------------------------------
@@ -655,6 +675,7 @@ class _Key:
 STATS = TraceStats()
 _CACHE: OrderedDict[_Key, tuple[fx.GraphModule, float]] = OrderedDict()  # key -> (graph, its trace time in ms)
 CACHE_SIZE = 64
+TRACING = threading.RLock()  # one trace at a time: make_fx keeps global state (two threads' first calls collided)
 
 
 class _NoValueReads(TorchFunctionMode):
@@ -740,14 +761,29 @@ def _unvalidated_distributions() -> Iterator[None]:
         torch.distributions.Distribution.set_default_validate_args(default)
 
 
+def _unwrapped(t: Tensor) -> Tensor:
+    """t as a plain tensor, to trace on: a call inside a ``torch.func`` transform (``grad``, ``jacrev``, ``jvp``,
+    ``vmap``) passes wrapped tensors, and ``make_fx`` under a transform traces every op as a constant (every
+    derivative zero). So the trace runs outside the transforms, on plain tensors: a gradient-tracking wrapper holds
+    its value; a batched one its samples, of which the first stands for all (the trace reads no value:
+    ``_NoValueReads``). The graph then runs on the wrapped tensors, under the transforms."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        bdim = functorch.maybe_get_bdim(t)
+        t = functorch.get_unwrapped(t)
+        if bdim >= 0:
+            t = t.select(bdim, 0)
+    return t.detach()
+
+
 def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphModule:
     def lifted(inputs: Tensor, *leaves: Tensor) -> Tensor:
         with _swapped(walk, leaves):
             return f(inputs)
 
-    inputs = [t.detach().clone() for t in (x, *walk.leaves)]  # copies: a write of f's runs in the call, not here
     try:
-        with torch.no_grad():
+        with torch.no_grad(), temporarily_clear_interpreter_stack():  # traced outside any torch.func transform
+            inputs = [_unwrapped(t).clone() for t in (x, *walk.leaves)]  # copies: a write of f's runs in the call
             with _NoValueReads(), _unvalidated_distributions():
                 graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
             return _drop_identity_strides(_deterministic(_functional(graph, inputs)))
@@ -775,9 +811,10 @@ def traced(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[fx.GraphModule, li
     if entry is not None:
         STATS.hits += 1
     else:
-        start = time.perf_counter()
-        graph = _trace(f, walk, x)
-        entry = graph, 1e3 * (time.perf_counter() - start)
+        with TRACING:
+            start = time.perf_counter()
+            graph = _trace(f, walk, x)
+            entry = graph, 1e3 * (time.perf_counter() - start)
         STATS.traces += 1
         if len(_CACHE) >= CACHE_SIZE:
             _CACHE.popitem(last=False)
