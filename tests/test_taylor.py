@@ -1373,7 +1373,7 @@ def _softplus_net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 5), nn.Softplus(), nn.Linear(5, 1), nn.Flatten(0)).double()
 
 
-@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "vmap", "vmap of grad"])
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "vmap", "vmap of grad", "hessian"])
 def test_torch_func_transforms_take_taylor_coefficients(transform):
     # a first call (the trace) inside a torch.func transform used to trace the transform's wrapped tensors as
     # constants: every derivative zero, silently, and the cached graph stayed wrong for later plain calls
@@ -1390,12 +1390,39 @@ def test_torch_func_transforms_take_taylor_coefficients(transform):
     elif transform == "vmap":
         got = torch.func.vmap(lambda a, b: taylor_coefficients(net, a[None], b[None], 3)[:, 0])(x, v)
         want = direct.T
-    else:
+    elif transform == "vmap of grad":
         got = torch.func.vmap(torch.func.grad(lambda a, b: d3(a[None], b[None])[0]))(x, v)
         want = gradient
-    assert want.abs().min() > 0
+    else:  # forward mode over the reverse pass through the rules' autograd nodes
+        got = torch.func.hessian(lambda x: d3(x, v).sum())(x).reshape(x.numel(), -1)
+        first = torch.autograd.grad(d3(reference, v).sum(), reference, create_graph=True)[0].flatten()
+        want = torch.stack([torch.autograd.grad(g, reference, retain_graph=True)[0].flatten() for g in first])
+    assert (want.abs().max() if transform == "hessian" else want.abs().min()) > 0  # the samples' cross terms are 0
     assert_agree(got, want, rtol=1e-10)
     assert_agree(taylor_coefficients(net, x, v, 3), direct, rtol=1e-12)  # the graph cached inside is right outside
+
+
+def test_forward_mode_through_the_rules_autograd_nodes():
+    # the elementwise rules' node (compose.Composed) and a conv bias's (rules.operands._AddToPrimal) had no jvp:
+    # forward-mode AD through a pass with parameters that need gradients raised NotImplementedError
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Softplus(), nn.Flatten(1), nn.Linear(8, 1), nn.Flatten(0)).double()
+    x, v, tangent = (rand(2, 1, 4, 4, seed=seed) for seed in (1, 2, 3))
+    bias_tangent = rand(2, seed=4)
+    params = {k: p.detach() for k, p in net.named_parameters()}
+
+    def d(x, bias):
+        return taylor_coefficients(lambda y: torch.func.functional_call(net, {**params, "0.bias": bias}, (y,)), x,
+                                   v, 3)
+
+    want_x = torch.func.jvp(lambda x: d(x, params["0.bias"]), (x,), (tangent,))[1]
+    want_bias = torch.func.jvp(lambda b: d(x, b), (params["0.bias"],), (bias_tangent,))[1]
+    assert want_x.abs().max() > 0 and want_bias.abs().max() > 0
+    dual = torch.autograd.forward_ad.make_dual
+    with torch.autograd.forward_ad.dual_level():  # plain forward AD, the parameters needing gradients
+        for got, want in ((d(dual(x, tangent), net[0].bias), want_x),
+                          (d(x.requires_grad_(), dual(params["0.bias"], bias_tangent)), want_bias)):
+            assert_agree(torch.autograd.forward_ad.unpack_dual(got).tangent.detach(), want, rtol=1e-12)
 
 
 def test_tensors_in_a_dict_are_leaves_and_an_ensemble_vmaps():

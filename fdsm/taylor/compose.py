@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch._functorch.utils import unwrap_dead_wrappers
 
-from fdsm.taylor import fused
+from fdsm.taylor import fused, series
 from kernels.constants import constant
 
 
@@ -98,7 +98,8 @@ class Composed(torch.autograd.Function):
     The backward recomputes the coefficients one order further (:math:`c_{K+1}`), composes g by the same Horner
     rule and correlates it with the incoming gradient: K+1 ``addcmul``. Only z is saved. It is written in
     differentiable ops, so a double backward through it works too, and ``torch.func.vmap`` can batch it (its rule
-    generated from these torch ops).
+    generated from these torch ops). Forward mode (``jvp``, and so ``torch.func.hessian`` over a reverse pass through
+    it) is the same series the other way: :math:`\dot y_k = \sum_{j \le k} g_{k-j}\, \dot z_j`, a Cauchy product.
     """
 
     generate_vmap_rule = True
@@ -122,6 +123,7 @@ class Composed(torch.autograd.Function):
         z, ctx.coefficients = inputs
         ctx.fused = fused.settings()  # the backward may run outside the fused_rules() block
         ctx.save_for_backward(z)
+        ctx.save_for_forward(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
@@ -130,12 +132,23 @@ class Composed(torch.autograd.Function):
                 kernel := fused.kernel(_backward_rows, ctx.coefficients, z, grad, settings=ctx.fused)) is not None:
             return kernel(z, grad), None
         order = z.shape[0] - 1
-        c = ctx.coefficients(z[0], order + 1)  # c_0 .. c_{K+1}
-        g = horner([(m + 1) * c[m + 1] for m in range(order + 1)], z)  # the series of φ'(z(t)), (K+1, *s)
+        g = _derivative_series(z, ctx.coefficients)
         out = grad * g[0]  # the i = 0 terms: ybar_j g_0
         for i in range(1, order + 1):
             out[:order + 1 - i].addcmul_(grad[i:], g[i])  # + ybar_{j+i} g_i for j = 0..K-i
         return out, None
+
+    @staticmethod
+    def jvp(ctx, z_dot: Tensor, _) -> Tensor:  # noqa: D102
+        (z,) = ctx.saved_tensors
+        return series.cauchy(_derivative_series(z, ctx.coefficients), z_dot)
+
+
+def _derivative_series(z: Tensor, coefficients) -> Tensor:
+    """The series of φ'(z(t)), (K+1, *s): the coefficients one order further (c_0 .. c_{K+1}), composed."""
+    order = z.shape[0] - 1
+    c = coefficients(z[0], order + 1)
+    return horner([(m + 1) * c[m + 1] for m in range(order + 1)], z)
 
 
 def _backward_rows(z: Tensor, grad: Tensor, *, coefficients) -> Tensor:

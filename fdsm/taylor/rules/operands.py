@@ -71,11 +71,12 @@ class _AddToPrimal(torch.autograd.Function):
     series passes through as it is, and the value's is the primal rows' gradient summed to its shape,
     :math:`\bar v = \sum \bar z_{:rows}` over the dims it was broadcast along. Autograd's own record of the slice
     update (``CopySlices``) clones the whole gradient in the backward; the out-of-place ``_plus_primal`` makes one
-    more pass over the whole series in the forward and reduces the whole gradient in the backward."""
+    more pass over the whole series in the forward and reduces the whole gradient in the backward. In forward mode
+    the tangents add the same way, in place on the series' tangent."""
 
     @staticmethod
     def forward(ctx, series: Tensor, value: Tensor | float, rows: int) -> Tensor:  # noqa: D102
-        ctx.rows = rows
+        ctx.rows, ctx.series_shape = rows, series.shape
         ctx.shape = value.shape if isinstance(value, Tensor) else None
         series[:rows].add_(value)
         ctx.mark_dirty(series)
@@ -85,6 +86,14 @@ class _AddToPrimal(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:  # noqa: D102
         grad_value = grad[:ctx.rows].sum_to_size(ctx.shape) if ctx.needs_input_grad[1] else None
         return grad, grad_value, None
+
+    @staticmethod
+    def jvp(ctx, series_tangent: Tensor | None, value_tangent: Tensor | None, _) -> Tensor:  # noqa: D102
+        if series_tangent is None:  # only the value has a tangent
+            series_tangent = value_tangent.new_zeros(ctx.series_shape)
+        if value_tangent is not None:
+            series_tangent[:ctx.rows].add_(value_tangent)
+        return series_tangent
 
 
 def add_to_primal(series: Tensor, value: Tensor | float, rows: int = 1) -> Tensor:
