@@ -164,7 +164,9 @@ def taylor_coefficients(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, ord
         order: T >= 1.
 
     Returns:
-        (T+1, B) or (T+1, B, k): row k is D^k; differentiable in the parameters of f.
+        (T+1, B) or (T+1, B, k): row k is D^k; differentiable in the parameters of f and in x and v, by autograd
+        or forward AD, and within ``torch.func``'s transforms (``grad``, ``jacrev``, ``jvp``, ``hessian``, ``vmap``:
+        an ensemble's derivatives under ``vmap`` over ``functional_call``'s parameters).
 
     >>> x = torch.tensor([[1.0, 2.0]], dtype=torch.float64); v = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
     >>> taylor_coefficients(lambda x: (x[:, 0] + 3 * x[:, 1]) ** 4, x, v, 4)[:, 0].tolist()  # D^k of s^4, s = 7
