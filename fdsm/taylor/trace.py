@@ -624,7 +624,8 @@ def closure_leaves(f: Callable) -> _Walk:
 
 @contextlib.contextmanager
 def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
-    """Within the block, every leaf of ``walk`` reads as ``values[i]``: cells rebound, modules reparametrized."""
+    """Within the block, every leaf of ``walk`` reads as ``values[i]``: cells rebound, list and dict items assigned,
+    modules reparametrized."""
     saved = [cell.cell_contents for cell, _ in walk.cells]
     saved_items = [items[k] for items, k, _ in walk.items]
     try:
