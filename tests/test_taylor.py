@@ -1388,6 +1388,8 @@ def _softplus_net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 5), nn.Softplus(), nn.Linear(5, 1), nn.Flatten(0)).double()
 
 
+# vmap once fell back to a per-sample loop for addcmul_, and warned (series.accumulate)
+@pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "vmap", "vmap of grad", "hessian"])
 def test_torch_func_transforms_take_taylor_coefficients(transform):
     # a first call (the trace) inside a torch.func transform used to trace the transform's wrapped tensors as
@@ -1440,6 +1442,7 @@ def test_forward_mode_through_the_rules_autograd_nodes():
             assert_agree(torch.autograd.forward_ad.unpack_dual(got).tangent.detach(), want, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("error:There is a performance drop:UserWarning")  # no per-sample loop of vmap
 def test_tensors_in_a_dict_are_leaves_and_an_ensemble_vmaps():
     # torch.func.functional_call's dict of parameters: its tensors used to be constants kept by identity, so a new
     # dict traced again, and under vmap (one derivative per member of an ensemble) a dead batched tensor was baked

@@ -68,7 +68,7 @@ def horner(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:
     if order >= 2:
         s = z[1:order] * z[1]  # orders 2..K of δ², from the i = 1 terms δ_1 δ_{k-1}
         for i in range(2, order):
-            s[i - 1:].addcmul_(deltas[order - i], z[i])  # + δ_i δ_{k-i}, k = i+1..K
+            series.accumulate(s[i - 1:], deltas[order - i], z[i])  # + δ_i δ_{k-i}, k = i+1..K
         squares = {n: s[:n] for n in range(1, order)}  # squares[n] = (s_2 .. s_{n+1})
     top = order // 2
     head, tail = c[order], None  # H_top for an even K: c_K, no tail (an odd K starts at the loop)
@@ -77,9 +77,9 @@ def horner(c: Sequence[Tensor] | Tensor, z: Tensor) -> Tensor:
         product = (z if i == 0 else deltas[n]) * c[2 * i + 1]  # c_{2i+1} δ_k (and, for i = 0, z_0 c_1)
         orders = product[1:] if i == 0 else product  # rows of orders 1..n
         if i < top:
-            orders[1:].addcmul_(squares[n - 1], head)  # + s_k (H_{i+1})_0, k = 2..n
+            series.accumulate(orders[1:], squares[n - 1], head)  # + s_k (H_{i+1})_0, k = 2..n
             for j in range(1, n - 1):
-                orders[j + 1:].addcmul_(squares[n - 1 - j], tail[j - 1])  # + s_{k-j} (H_{i+1})_j, k = j+2..n
+                series.accumulate(orders[j + 1:], squares[n - 1 - j], tail[j - 1])  # + s_{k-j} (H_{i+1})_j, k = j+2..n
         head, tail = c[2 * i], orders
     product[0] = head  # c_0, in place of z_0 c_1 (no backward formula saved this fresh product)
     return product
@@ -135,7 +135,7 @@ class Composed(torch.autograd.Function):
         g = _derivative_series(z, ctx.coefficients)
         out = grad * g[0]  # the i = 0 terms: ybar_j g_0
         for i in range(1, order + 1):
-            out[:order + 1 - i].addcmul_(grad[i:], g[i])  # + ybar_{j+i} g_i for j = 0..K-i
+            series.accumulate(out[:order + 1 - i], grad[i:], g[i])  # + ybar_{j+i} g_i for j = 0..K-i
         return out, None
 
     @staticmethod
@@ -290,7 +290,7 @@ def derivative_coefficients(kind: str, count: int, beta: float, shift: int, q: T
         rows = columns[0] * power  # (rows, *s)
         for e in columns[1:]:
             power = power * q
-            rows.addcmul_(e, power)  # in place on the fresh rows: no backward formula saved them
+            series.accumulate(rows, e, power)  # in place on the fresh rows: no backward formula saved them
         classes.append(rows)
     return [classes[(n - 1) % 2][(n - 1) // 2] for n in range(1, sum(len(k) for k in classes) + 1)]
 

@@ -54,6 +54,16 @@ def _along_coefficients(t: Tensor, ndim: int) -> Tensor:
     return t.view(-1, *([1] * (ndim - 1)))
 
 
+def accumulate(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``out += a * b`` in place, on a fresh tensor whose old value no backward formula saved: one ``addcmul_``.
+
+    ``torch.func.vmap`` has no batching rule for ``addcmul_``: it would fall back to a loop over the samples, and
+    warn, at every call. So under a ``torch.func`` transform it is ``out.add_(a * b)``, which vmap batches."""
+    if torch._C._are_functorch_transforms_active():
+        return out.add_(a * b)
+    return out.addcmul_(a, b)
+
+
 def cauchy(a: Tensor, b: Tensor) -> Tensor:
     r"""The product series, truncated at K: :math:`(ab)_k = \sum_{j=0}^{k} a_j b_{k-j}`.
 
@@ -63,7 +73,7 @@ def cauchy(a: Tensor, b: Tensor) -> Tensor:
     order = degree(a)
     out = a * b[0]  # the j = 0 terms a_k b_0, broadcast to (K+1, *s)
     for j in range(1, order + 1):
-        out[j:].addcmul_(a[:order + 1 - j], b[j])  # + a_{k-j} b_j for k = j..K, in place on the fresh product
+        accumulate(out[j:], a[:order + 1 - j], b[j])  # + a_{k-j} b_j for k = j..K, in place on the fresh product
     return out
 
 
