@@ -954,21 +954,6 @@ def test_a_nonlinear_scatter_reduction_is_refused_by_name(write, match):
         taylor_d(lambda z: write(z).sum(1), rand(3, 4, seed=1), rand(3, 4, seed=2), 2)
 
 
-@pytest.mark.parametrize("f, match", [
-    (lambda z: z.to(torch.complex128).mul(1j).exp().real.sum(1), r"casts a value that depends on x to "
-                                                                   r"torch\.complex128"),  # was a constant: D = 0
-    (lambda z: torch.fft.rfft(z, dim=1).abs().sum(1), r"no Taylor rule for the aten op aten\._fft_r2c"),
-    (lambda z: (z * 1j).exp().real.sum(1), r"no Taylor rule for the aten op aten\.view_as_real"),
-])
-def test_a_complex_value_is_refused(f, match):
-    # complex values have no rules (FFT layers, view_as_real); a cast to a complex dtype used to pass as a constant,
-    # every derivative silently zero
-    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
-    assert reverse_d(f, x, v, 2).abs().max() > 0
-    with pytest.raises(NotSupported, match=match):
-        taylor_d(f, x, v, 2)
-
-
 def test_an_objective_by_taylor_mode_on_an_op_without_a_rule_says_what_to_use_instead():
     from fdsm.objectives import ssm_loss
 

@@ -25,18 +25,25 @@ from fdsm.registry import NotSupported
 from fdsm.stencils import check_order
 from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, jets_in
-from fdsm.taylor.rules import Elementwise, rule_for
+from fdsm.taylor.rules import Elementwise, rule_for, takes_complex
 from fdsm.taylor.trace import INSTEAD, TRACING, traced
 
 aten = torch.ops.aten
 
 
-def _no_rule(node: fx.Node) -> NotSupported:
+def _no_rule(node: fx.Node, *, complex_value: bool = False) -> NotSupported:
+    """The refusal of a node that depends on x: its op has no rule, or (``complex_value``) a rule written for real
+    values only, where the node takes or returns a complex value."""
     op = node.target
-    return NotSupported(
-        f"exact-taylor: no Taylor rule for the aten op {op} (node {node.name!r}, applied to a value that depends on "
-        f"x); register one with fdsm.taylor.register_rule(torch.ops.{op}, rule), where rule takes the op's "
-        f"arguments with a fdsm.taylor.Jet for each that depends on x, {INSTEAD}")
+    if complex_value:
+        what = (f"the Taylor rule of the aten op {op} (node {node.name!r}) is written for real values, and here it "
+                f"meets a complex value that depends on x; where the rule is right for complex values too, register "
+                f"it with fdsm.taylor.register_rule(torch.ops.{op}, rule, replace=True, complex_safe=True)")
+    else:
+        what = (f"no Taylor rule for the aten op {op} (node {node.name!r}, applied to a value that depends on x); "
+                f"register one with fdsm.taylor.register_rule(torch.ops.{op}, rule), where rule takes the op's "
+                f"arguments with a fdsm.taylor.Jet for each that depends on x")
+    return NotSupported(f"exact-taylor: {what}, {INSTEAD}")
 
 
 def _rule(node: fx.Node) -> Callable[..., object] | None:
@@ -65,6 +72,17 @@ def _pass_through(value: object, *args, **kwargs) -> object:
     return value
 
 
+def _is_complex(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_is_complex(item) for item in value)
+    return isinstance(value, Tensor) and value.is_complex()
+
+
+def _complex_node(node: fx.Node) -> bool:
+    """Whether a node takes or returns a complex tensor: from the values make_fx recorded in each node's meta."""
+    return any(_is_complex(n.meta.get("val")) for n in (node, *node.all_input_nodes))
+
+
 def _has_jet(value: object) -> bool:
     return isinstance(value, Jet) or isinstance(value, (list, tuple)) and any(jets_in(value))
 
@@ -72,13 +90,16 @@ def _has_jet(value: object) -> bool:
 def _dispatch(node: fx.Node, rule: Callable[..., object] | None) -> Callable[..., object]:
     """The call of a node that depends on x: its rule when a Jet reaches it (looked up again where the plan found
     none, so that a rule registered since counts), the op itself otherwise (a rule before it may have returned a
-    constant: a comparison, a cast to an integer dtype)."""
-    op = node.target
+    constant: a comparison, a cast to an integer dtype). A node that takes or returns a complex value goes only to
+    a rule declared right for complex values (``fdsm.taylor.rules.complex_values``), and is refused otherwise."""
+    op, complex_values = node.target, _complex_node(node)
 
     def call(*args, **kwargs):
         if any(_has_jet(a) for a in args) or kwargs and any(_has_jet(a) for a in kwargs.values()):
             if (chosen := rule or rule_for(op)) is None:
                 raise _no_rule(node)
+            if complex_values and not takes_complex(op):
+                raise _no_rule(node, complex_value=True)
             return chosen(*args, **kwargs)
         return op(*args, **kwargs)
 

@@ -43,6 +43,9 @@ writes         writes        copy, fill, slice_scatter, select_scatter, index_pu
 zero           piecewise     comparisons, sign, floor, ``*_like``: the op on the primals, a constant
 linear algebra linalg        inverse, solves, Cholesky, LU, eigh, svdvals, determinants: the recurrence
                              of each op's defining identity
+complex        complex_      the FFTs, view_as_real / view_as_complex, complex, conj, angle: the op on
+               values        the series (linear over the reals); a complex value reaches only the rules
+                             declared right for it there, and is refused by every other
 ============== ============= ==========================================================================
 
 Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU, logaddexp, addcmul, lerp,
@@ -60,6 +63,7 @@ its lookup are ``table``; what the rules share (a rule's arguments as series, a 
 from fdsm.taylor.rules import (  # noqa: F401  (each module registers its family's rules)
     affine,
     binary,
+    complex_values,
     elementwise,
     linalg,
     picking,
@@ -70,6 +74,6 @@ from fdsm.taylor.rules import (  # noqa: F401  (each module registers its family
 )
 from fdsm.taylor.rules.elementwise import Elementwise
 from fdsm.taylor.rules.operands import add_to_primal
-from fdsm.taylor.rules.table import RULES, Rule, register_rule, rule_for, rule_key
+from fdsm.taylor.rules.table import RULES, Rule, register_rule, rule_for, rule_key, takes_complex
 
-__all__ = ["RULES", "Elementwise", "Rule", "add_to_primal", "register_rule", "rule_for", "rule_key"]
+__all__ = ["RULES", "Elementwise", "Rule", "add_to_primal", "register_rule", "rule_for", "rule_key", "takes_complex"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from fdsm.taylor import compose
+from fdsm.taylor import compose, series
 from fdsm.taylor.jet import Jet, primal_of
 from fdsm.taylor.rules.elementwise import Elementwise
 from fdsm.taylor.rules.operands import _as_series, _ndim, _order, _series_pair
@@ -80,7 +80,17 @@ register_rule(aten.clamp.default, _clamp)
 register_rule(aten.clamp_min.default, lambda z, low: _clamp(z, low, None))
 register_rule(aten.clamp_max.default, lambda z, high: _clamp(z, None, high))
 register_rule(aten.hardtanh, lambda z, low=-1.0, high=1.0: _clamp(z, low, high, at_bound=False))
-register_rule(aten.abs, lambda z: Jet(z.series * torch.sign(z.primal)))  # sign(0) = 0 at the kink, as autograd
+
+
+def _abs(z: Jet) -> Jet:
+    r"""A real z: the series times sign(z_0) (0 at the kink, as autograd has it). A complex z = a + i b: the modulus
+    :math:`\sqrt{a^2 + b^2}`, the power 1/2 of the series :math:`a^2 + b^2` of its parts (not differentiable at 0)."""
+    if z.series.is_complex():
+        return Jet(series.power(series.square(z.series.real) + series.square(z.series.imag), 0.5))
+    return Jet(z.series * torch.sign(z.primal))
+
+
+register_rule(aten.abs, _abs)
 
 
 def _binary_extreme(pick_a: Callable[[Tensor, Tensor], Tensor]) -> Rule:

@@ -12,12 +12,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from fdsm.registry import NotSupported
 from fdsm.taylor.jet import Jet
 from fdsm.taylor.rules.affine import _add
 from fdsm.taylor.rules.operands import _as_series, _dim, _dims, _ndim, _no_jet, _order, add_to_primal
 from fdsm.taylor.rules.table import Rule, _register_all, register_rule
-from fdsm.taylor.trace import INSTEAD
 
 aten = torch.ops.aten
 
@@ -147,13 +145,10 @@ _copy_stacked = _stacked(aten._to_copy)
 
 
 def _to_copy(z: Jet, *args, dtype: torch.dtype | None = None, **kwargs) -> object:
-    """A cast or copy: to a floating dtype, coefficientwise; to an integer or bool dtype, a constant (the op on the
-    primal: its derivatives are zero almost everywhere, as autograd has it). A cast to a complex dtype has no rule
-    (it was a constant, every derivative silently zero): complex values have too few rules to follow them."""
-    if dtype is not None and dtype.is_complex:
-        raise NotSupported(f"exact-taylor: f casts a value that depends on x to {dtype}, and Taylor mode has no "
-                           f"rules for complex values, {INSTEAD}")
-    if dtype is not None and not dtype.is_floating_point:
+    """A cast or copy: to a floating or complex dtype, coefficientwise (a cast between real and complex is linear
+    over the reals); to an integer or bool dtype, a constant (the op on the primal: its derivatives are zero almost
+    everywhere, as autograd has it)."""
+    if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
         return aten._to_copy(z.primal, *args, dtype=dtype, **kwargs)
     return _copy_stacked(z, *args, dtype=dtype, **kwargs)
 

@@ -24,18 +24,23 @@ def _copy(destination: object, source: object, non_blocking: bool = False) -> ob
     """``copy(destination, source)``: source, broadcast to the destination's shape and cast to its dtype (none of
     the destination's values survive); into an integer or bool destination, a constant, as ``_to_copy``."""
     shape, dtype = primal_of(destination).shape, primal_of(destination).dtype
-    if not isinstance(source, Jet) or not dtype.is_floating_point:  # into an integer or bool tensor: a constant
+    if not isinstance(source, Jet) or not (dtype.is_floating_point or dtype.is_complex):  # integer or bool: a constant
         return primal_of(source).to(dtype).expand(shape)
     return Jet(source.aligned(len(shape)).to(dtype).expand(source.order + 1, *shape))
 
 
 def _scatter(op: Callable[..., Tensor]) -> Rule:
     """``slice_scatter`` / ``select_scatter(base, source, dim, ...)``: the op on the series of both (a constant one
-    as (value, 0, ..., 0)), dim shifted past the coefficient axis."""
+    as (value, 0, ..., 0)), dim shifted past the coefficient axis. Complex series go through their real views (a
+    trailing dim of the real and imaginary parts): autograd has no formula for either op's complex outputs."""
 
     def rule(base: object, source: object, dim: int = 0, *args) -> Jet:
         order, ndim = _order(base, source), _ndim(base)
-        return Jet(op(_as_series(base, order, ndim), _as_series(source, order, _ndim(source)), _dim(dim, ndim), *args))
+        base, source = _as_series(base, order, ndim), _as_series(source, order, _ndim(source))
+        if not base.is_complex():
+            return Jet(op(base, source, _dim(dim, ndim), *args))
+        real = op(torch.view_as_real(base), torch.view_as_real(source.to(base.dtype)), _dim(dim, ndim), *args)
+        return Jet(torch.view_as_complex(real))
 
     return rule
 
