@@ -75,6 +75,7 @@ from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import EXACT_METHODS, FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
 from fdsm.models import MODELS, build
+from fdsm.models.casting import to_dtype
 from fdsm.taylor.fused import fused_rules
 
 REFERENCE_CHUNK = 8  # samples per float64 reference call
@@ -205,7 +206,7 @@ def _unit_reference(key: tuple, order: int) -> tuple[Tensor, str, str]:
 @functools.cache
 def _model_in(key: tuple, dtype: torch.dtype) -> nn.Module:
     model, _, _ = _problem(key)
-    return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    return model if dtype == torch.float32 else to_dtype(copy.deepcopy(model), dtype)
 
 
 def fd_variant(method: str) -> tuple[str, bool]:

@@ -91,6 +91,7 @@ from bench.step_case import COUNTERPART, STRONGEST, build_row, recipe_for
 from fdsm import central_stencil, directional_derivative
 from fdsm.distributed import all_reduce, points_of
 from fdsm.fd import apply_stencil, stencil_outputs
+from fdsm.models.casting import to_dtype
 from fdsm.recipes import Recipe
 from fdsm.stencils import Stencil
 from fdsm.training import make_optimizer, training_step
@@ -447,7 +448,7 @@ def stencil_problem(case: Mapping[str, Any], device: torch.device) -> tuple[Call
     """(f, x, v) of a derivative case, as the derivatives sweep draws them (``bench.derivative_case``): the seeded
     model's log-density, x uniform in [0, 1] and v = eps u with u uniform on the unit sphere, (B, *event), in the
     case's dtype on ``device``; the same on every rank."""
-    model = build_model({**case, "device": str(device)}).to(DTYPES[case["dtype"]])
+    model = to_dtype(build_model({**case, "device": str(device)}), DTYPES[case["dtype"]])
     g = torch.Generator().manual_seed(int(case["seed"]))
     event = tuple(model.event_shape)
     x = torch.rand(int(case["batch"]), *event, generator=g, dtype=torch.float64)  # (B, *event)

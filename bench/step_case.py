@@ -32,6 +32,7 @@ from bench.flops import counted_gflop
 from bench.memory import peak_memory
 from bench.timing import PhaseClock, measure_interleaved, paired_ratio, timing_columns
 from bench.user_model import build_user_model, is_user_model
+from fdsm.models.casting import to_dtype
 from fdsm.recipes import RECIPES, Recipe, example_batch, in_memory_format, recipe_available, user_recipes
 from fdsm.training import make_optimizer, training_step
 
@@ -94,7 +95,7 @@ def build_row(recipe: Recipe, case: Mapping[str, Any], *, device: torch.device |
         torch.backends.cudnn.benchmark = bool(case["cudnn_benchmark"])
         set_float32_math(case["float32_math"])
     torch.manual_seed(int(case["seed"]))
-    model = recipe.build_model(case["size"]).to(device=device, dtype=dtype)
+    model = to_dtype(recipe.build_model(case["size"]), dtype, device)
     model_key = tuple((k, case.get(k, "")) for k in ("model", "size", "batch", "event_shape", "lr"))
     x = _seeded_batch(model_key, int(case["batch"]), case["dtype"], str(device), int(case["seed"]))
     recipe.prepare_model(model, x)  # e.g. DKEF's inducing points from data-like rows

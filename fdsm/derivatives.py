@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from fdsm import distributed, exact, fd, taylor
 from fdsm.fd_error import TOLERANCE, check_fd_options, checked_estimate, richardson_stencil
+from fdsm.models.casting import to_dtype
 from fdsm.registry import Registry
 from fdsm.stencils import Stencil, central_stencil, check_moments, check_order
 from kernels.backend import triton_unavailable_reason
@@ -173,7 +174,7 @@ def float64_reference(model: nn.Module, x: Tensor, v: Tensor, order: int, *,
                         f"{type(model).__name__}")
     order = check_order(order, who)
     _check_inputs(model if fn is None else fn, x, v, who)  # before the cast to float64
-    reference = copy.deepcopy(model).double().requires_grad_(False)
+    reference = to_dtype(copy.deepcopy(model), torch.float64).requires_grad_(False)
     call = fn if fn is not None else (lambda m, inputs: m(inputs))
     x, v = x.detach().double(), v.detach().double()
     size = chunk or max(len(x), 1)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fdsm import NotSupported, taylor
+from fdsm import NotSupported, float64_reference, taylor
+from fdsm.models import to_dtype
 from fdsm.taylor import register_rule
 from fdsm.taylor.propagate import _complex_node
 from fdsm.taylor.rules import RULES, rule_for, table, takes_complex
@@ -154,12 +155,34 @@ def test_a_fourier_layer_and_its_parameter_gradients_match_exact_reverse():
 def test_a_fourier_layer_in_float32_stays_near_float64():
     torch.manual_seed(0)
     net = FourierLayer().double()
-    single = copy.deepcopy(net).float()  # .float() casts the real parameters only
-    single.spectral.weight.data = net.spectral.weight.data.to(torch.complex64)
+    single = to_dtype(copy.deepcopy(net), torch.float32)
     x, v = rand(2, 2, 8, 8, seed=1), rand(2, 2, 8, 8, seed=2)
     for order in range(1, 5):
         error = (taylor_d(single, x.float(), v.float(), order).double() / reverse_d(net, x, v, order) - 1).abs()
         assert error.median() <= 1e-5 and error.max() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype, complex_dtype", [(torch.float64, C128), (torch.float32, torch.complex64),
+                                                   (torch.float16, torch.complex32)])
+def test_to_dtype_casts_complex_parameters_to_the_same_precision_and_keeps_their_imaginary_part(dtype, complex_dtype):
+    net = FourierLayer()  # complex128 spectral weight, float32 pointwise conv
+    cast = to_dtype(copy.deepcopy(net), dtype)
+    assert cast.spectral.weight.dtype == complex_dtype and cast.pointwise.weight.dtype == dtype
+    assert torch.equal(cast.spectral.weight.to(C128), net.spectral.weight.to(complex_dtype).to(C128))
+    assert cast.spectral.weight.imag.abs().max() > 0  # nn.Module.to(dtype) would have dropped it
+    with pytest.raises(ValueError, match="expected a real floating dtype, got torch.complex64"):
+        to_dtype(net, torch.complex64)
+
+
+def test_float64_reference_of_a_float32_model_with_complex_weights_is_its_complex128_copy():
+    single = to_dtype(FourierLayer(), torch.float32)
+    double = to_dtype(copy.deepcopy(single), torch.float64)
+    assert double.spectral.weight.dtype == C128
+    x, v = rand(2, 2, 8, 8, seed=1), rand(2, 2, 8, 8, seed=2)
+    reference = float64_reference(single, x.float(), v.float(), 3)
+    assert reference.dtype == torch.float64
+    assert_agree(reference, reverse_d(double, x.float().double(), v.float().double(), 3), rtol=1e-9)
 
 
 @pytest.mark.parametrize("f, match", [

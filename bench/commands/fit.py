@@ -34,7 +34,7 @@ from bench.data_option import check_data, fit_to_event, read_data, sample_rows
 from bench.environment import metadata
 from bench.experiment import Command
 from fdsm.data import for_event_shape
-from fdsm.models import model_config
+from fdsm.models import model_config, to_dtype
 from fdsm.recipes import RECIPES, Recipe
 from fdsm.training import Record, train
 
@@ -206,7 +206,7 @@ def run(config: FitConfig, shared: Shared) -> int:
         print(f"{job.path} exists with these settings, kept (--overwrite trains again)")
         return 0
     torch.manual_seed(shared.seed)
-    model = job.recipe.build_model(job.size, **job.overrides).to(device=shared.device, dtype=shared.dtype)
+    model = to_dtype(job.recipe.build_model(job.size, **job.overrides), shared.dtype, shared.device)
     data = job.data.to(device=shared.device, dtype=shared.dtype)  # (N, *event)
     job.recipe.prepare_model(model, data)
 

@@ -43,7 +43,7 @@ from bench.experiment import Experiment
 from bench.markdown import figure, ok_rows, table
 from bench.plots import finish
 from fdsm import objectives as obj
-from fdsm.models import build
+from fdsm.models import build, to_dtype
 
 KEYS = ("model", "pair", "eps", "dtype", "batch", "seed", "device")
 COLUMNS = ("cosine", "one_minus_cosine", "grad_norm_ratio", "status")
@@ -76,7 +76,7 @@ def _problem(model_name: str, dtype: str, batch: int, seed: int, device: str) ->
     """(model, x, u, xi) in ``dtype``: seeded weights, x uniform in [0, 1], unit directions u, DSM noise xi."""
     torch.manual_seed(seed)
     model = build(model_name, size="cpu", **MODEL_OVERRIDES.get(model_name, {}))
-    model = model.to(device=device, dtype=DTYPES[dtype])
+    model = to_dtype(model, DTYPES[dtype], device)
     g = torch.Generator().manual_seed(seed)
     shape = (batch, *model.event_shape)
     x = torch.rand(shape, generator=g, dtype=torch.float64)

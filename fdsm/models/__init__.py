@@ -29,8 +29,10 @@ call; import the module below. The VAE/WAE nets take ``dataset="celeba"`` for th
 """
 
 from fdsm.models import deep_ebm, dkef, gaussian, mlp_ebm, ncsn, nice, vae  # noqa: F401  (importing registers the families)
+from fdsm.models.casting import COMPLEX_OF, to_dtype
 from fdsm.models.spec import MODELS, SIZES, ModelSpec, build, model_config, parameter_count, register_model
 from fdsm.models.user import INTERFACES, UserModel, UserModelError, check_user_model
 
 __all__ = ["MODELS", "SIZES", "ModelSpec", "build", "model_config", "parameter_count", "register_model"]
+__all__ += ["COMPLEX_OF", "to_dtype"]
 __all__ += ["INTERFACES", "UserModel", "UserModelError", "check_user_model"]
