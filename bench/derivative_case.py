@@ -101,7 +101,7 @@ def build_model(case: Mapping[str, Any]) -> nn.Module:
     torch.manual_seed(int(case["seed"]))
     if is_user_model(case["model"]):
         event = tuple(int(n) for n in case["event_shape"].split(",")) if case.get("event_shape") else None
-        model = build_user_model(case["model"], event).float()  # the case's dtype is made from float32 (_model_in)
+        model = to_dtype(build_user_model(case["model"], event), torch.float32)  # each dtype from float32 (_model_in)
     else:
         overrides = {} if case["n_chan"] is None else {"n_chan": int(case["n_chan"])}
         model = build(case["model"], size=case["size"], **overrides)

@@ -7,6 +7,7 @@ are exact up to rounding, so the default float64 tolerances of ``assert_close`` 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 import sys
@@ -18,8 +19,10 @@ import pytest
 import torch
 from torch import nn
 
+from bench import derivative_case
 from bench.cli import main
-from bench.config import UsageError
+from bench.config import Shared, UsageError
+from bench.experiments import derivatives
 from bench.user_model import build_user_model, is_user_model, load_factory, parse_event_shape
 from fdsm.models import INTERFACES, UserModel, UserModelError, check_user_model
 
@@ -521,3 +524,35 @@ def test_example_factories_pass_the_check(factory, interface):
     assert (model.interface, model.event_shape) == (interface, (16,))
     x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
     assert model.score(x).shape == (3, 16) and sum(p.numel() for p in model.parameters()) < 2000
+
+
+SPECTRAL_FILE = """
+    import torch
+    from torch import nn
+
+    class Spectral(nn.Module):
+        \"\"\"E(x) = sum softplus(irfft(rfft(x) w)): a complex128 spectral weight, float32 around it.\"\"\"
+        interface = "energy"
+        event_shape = (8,)
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(5, dtype=torch.complex128))
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return nn.functional.softplus(self.scale * torch.fft.irfft(torch.fft.rfft(x) * self.w, n=8)).sum(1)
+"""
+
+
+@pytest.mark.parametrize("dtype, complex_dtype", [("float32", torch.complex64), ("float64", torch.complex128)])
+def test_a_user_models_complex_weights_take_each_rows_precision_and_its_taylor_rows_agree(tmp_path, dtype,
+                                                                                          complex_dtype):
+    spec = f"{_write(tmp_path, 'spectral.py', SPECTRAL_FILE)}:Spectral"
+    config = dataclasses.replace(derivatives.QUICK, model=spec, n_chan=None, methods=("exact-taylor",), orders=(3,))
+    case = derivatives.cases(config, Shared(device="cpu", dtype=dtype, quick=True))[0]
+    model, x, _ = derivative_case._inputs(case)
+    assert model.module.w.dtype == complex_dtype and model.module.scale.dtype == x.dtype == getattr(torch, dtype)
+    row = derivative_case.measure_derivative(case)
+    assert row["reference"] == "exact-taylor" and not row.get("message"), row
+    assert row["rel_error"] <= (1e-12 if dtype == "float64" else 1e-5)
