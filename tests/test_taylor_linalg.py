@@ -150,6 +150,9 @@ CASES = {
     "spectral-nuclear-norm-cond": (aten._linalg_svd, lambda z: torch.stack([
         torch.linalg.matrix_norm(wide(z), 2), torch.linalg.matrix_norm(wide(z), "nuc"),
         torch.linalg.cond(wide(z)[:, :, :3]), torch.linalg.svd(wide(z))[1][:, 1]], -1)),
+    "matrix_exp": (aten.linalg_matrix_exp, lambda z: torch.linalg.matrix_exp(m(z, 1) * 3)),
+    "matrix_exp-batched": (aten.linalg_matrix_exp, lambda z: torch.linalg.matrix_exp(
+        torch.stack([general(z), m(z, 1) - 2 * EYE], 1))),
     "mvn-scale_tril": (aten.linalg_solve_triangular, lambda z: mvn(z, scale_tril=lower(z))),
     "mvn-covariance": (aten.linalg_cholesky_ex, lambda z: mvn(z, covariance_matrix=spd(z))),
     "mvn-precision": (aten.linalg_cholesky_ex, lambda z: mvn(z, precision_matrix=spd(z))),
@@ -210,15 +213,17 @@ def test_rules_differentiate_the_part_of_the_matrix_the_op_reads(name):
     assert (reverse_d(given, X, V, 2) - on_read).abs().max() > 1e-3 * on_read.abs().max()  # autograd's convention
 
 
-@pytest.mark.parametrize("name", ["slogdet", "solve"])
+@pytest.mark.parametrize("name", ["slogdet", "solve", "matrix_exp"])
 def test_parameter_gradients_match_exact_reverse(name):
     """The gradient of D^T in a tensor that f closes over: the rules are torch ops, differentiable in it."""
     p = rand(N, N, seed=21, scale=0.3).requires_grad_()
     w = torch.cos(1.7 * torch.arange(2 * N, dtype=F64))
     if name == "slogdet":
         f = lambda z: torch.linalg.slogdet(general(z) + p)[1]  # noqa: E731
-    else:
+    elif name == "solve":
         f = lambda z: torch.linalg.solve(spd(z) + p @ p.mT, rhs(z) + p[:, :2]).flatten(1) @ w  # noqa: E731
+    else:
+        f = lambda z: torch.linalg.matrix_exp(m(z) * p)[:, :2].flatten(1) @ w  # noqa: E731
     for order in (2, 3):
         reverse, = torch.autograd.grad(reverse_d(f, X, V, order).sum(), p)
         taylor, = torch.autograd.grad(taylor_d(f, X, V, order).sum(), p)

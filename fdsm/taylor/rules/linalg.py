@@ -1,4 +1,5 @@
-r"""Taylor rules of dense linear algebra: inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities).
+r"""Taylor rules of dense linear algebra: inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities),
+the matrix exponential.
 
 Each rule below is the rule of one aten op (``fdsm.taylor.rules``' package docstring says what a rule is), for real
 (batched) square matrices: a Jet may be the matrix, the right-hand side, or both. A matrix series
@@ -27,6 +28,8 @@ log-determinant         :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_
                         series; the sign is a constant (``_linalg_slogdet``)
 determinant             :math:`\det P \prod_i U_{ii}`, the product of the series of U's diagonal
                         (``_linalg_det``)
+matrix exponential      the first block row of the exponential of the block Toeplitz matrix of the series
+                        (``linalg_matrix_exp``)
 ======================= ===================================================================================
 
 That is O(K^2) matrix products and K solves with the factorization of :math:`A_0` per op. The ``_ex`` outputs (info),
@@ -477,6 +480,41 @@ def _svd(a: Jet, full_matrices: bool = True, compute_uv: bool = True, *, driver:
 
 
 register_rule(aten._linalg_svd.default, _svd)
+
+
+# ---- matrix exponential ---------------------------------------------------------------------------------------
+
+def _block_toeplitz(a: Tensor) -> Tensor:
+    r"""The upper block-triangular Toeplitz matrix of a matrix series, block (i, j) = :math:`A_{j-i}` for j >= i and
+    0 below; a: (K+1, ..., n, n) -> (..., (K+1) n, (K+1) n). It maps the truncated series
+    :math:`\sum_k A_k t^k \bmod t^{K+1}` to matrices, products to products."""
+    size, n = a.shape[0], a.shape[-1]
+    i, j = torch.meshgrid(torch.arange(size, device=a.device), torch.arange(size, device=a.device), indexing="ij")
+    blocks = a.index_select(0, (j - i).clamp(min=0).flatten()) * (j >= i).flatten().view(-1, *([1] * (a.dim() - 1)))
+    blocks = blocks.view(size, size, *a.shape[1:])  # (K+1, K+1, ..., n, n), block (i, j)
+    return blocks.movedim((0, 1), (-4, -2)).reshape(*a.shape[1:-2], size * n, size * n)
+
+
+def _matrix_exp(a: Jet) -> Jet:
+    r"""``linalg_matrix_exp(A)``: the series of :math:`\exp A(t)`, by the exponential of the block Toeplitz matrix
+    of the series (``_block_toeplitz``): since that map is a homomorphism of the truncated series' algebra, the first
+    block row of :math:`\exp M` is :math:`E_0, E_1, \dots, E_K`, the coefficients of :math:`\exp A(t)`
+
+    .. math::
+        \exp\begin{pmatrix} A_0 & A_1 & \cdots & A_K \\ & A_0 & \ddots & \vdots \\ & & \ddots & A_1 \\
+        & & & A_0 \end{pmatrix} = \begin{pmatrix} E_0 & E_1 & \cdots & E_K \\ & E_0 & \ddots & \vdots \\
+        & & \ddots & E_1 \\ & & & E_0 \end{pmatrix}
+
+    (for K = 1, Van Loan's formula of the Fréchet derivative). One exponential of a (K+1) n matrix; any A, no
+    condition on its eigenvalues. The primal is the op's."""
+    _real("aten.linalg_matrix_exp", A=a)
+    size, n = a.series.shape[0], a.shape[-1]
+    first_row = torch.linalg.matrix_exp(_block_toeplitz(a.series))[..., :n, :]  # (..., n, (K+1) n)
+    higher = first_row.unflatten(-1, (size, n)).movedim(-2, 0)[1:]  # (K, ..., n, n)
+    return _with_primal(aten.linalg_matrix_exp(a.primal), higher)
+
+
+register_rule(aten.linalg_matrix_exp.default, _matrix_exp)
 
 
 # ---- determinants -----------------------------------------------------------------------------------------------
