@@ -84,6 +84,11 @@ def rhs(z, columns=2):
     return torch.cos(0.9 * z[:, 18:18 + N * columns] - 0.2).view(-1, N, columns)
 
 
+def tall_rhs(z):
+    """A right-hand side (B, 4, 2) for the 4 x 3 matrix ``wide(z).mT``: from x[:, 18:26]."""
+    return torch.cos(0.9 * z[:, 18:26] - 0.2).view(-1, 4, 2)
+
+
 A_C = rand(N, N, seed=11, scale=0.4) + 3 * EYE  # constant (unbatched: broadcast against the batch)
 L_C = torch.tril(rand(N, N, seed=12, scale=0.4)) + 3 * EYE
 S_C = A_C @ A_C.mT
@@ -150,6 +155,15 @@ CASES = {
     "spectral-nuclear-norm-cond": (aten._linalg_svd, lambda z: torch.stack([
         torch.linalg.matrix_norm(wide(z), 2), torch.linalg.matrix_norm(wide(z), "nuc"),
         torch.linalg.cond(wide(z)[:, :, :3]), torch.linalg.svd(wide(z))[1][:, 1]], -1)),
+    "qr-tall": (aten.linalg_qr, lambda z: torch.cat([f.flatten(1) for f in torch.linalg.qr(wide(z).mT)], 1)),
+    "qr-square-complete": (aten.linalg_qr, lambda z: torch.cat(torch.linalg.qr(general(z), "complete"), -1)),
+    "lstsq-both": (aten.linalg_lstsq, lambda z: torch.linalg.lstsq(wide(z).mT, tall_rhs(z)).solution),
+    "lstsq-vector-residuals": (aten.linalg_lstsq, lambda z: torch.cat(torch.linalg.lstsq(
+        wide(z).mT, tall_rhs(z)[..., 0], driver="gelsd")[:2], -1)),
+    "lstsq-constant-matrix": (aten.linalg_lstsq, lambda z: torch.linalg.lstsq(A_C.expand(len(z), N, N), rhs(z))[0]),
+    "pinv-tall-wide": (aten.linalg_pinv, lambda z: torch.cat([torch.linalg.pinv(wide(z)).flatten(1),
+                                                              torch.linalg.pinv(wide(z).mT).flatten(1)], 1)),
+    "pinv-hermitian": (aten.linalg_pinv, lambda z: torch.linalg.pinv(spd(z), hermitian=True)),
     "matrix_exp": (aten.linalg_matrix_exp, lambda z: torch.linalg.matrix_exp(m(z, 1) * 3)),
     "matrix_exp-batched": (aten.linalg_matrix_exp, lambda z: torch.linalg.matrix_exp(
         torch.stack([general(z), m(z, 1) - 2 * EYE], 1))),
@@ -213,7 +227,7 @@ def test_rules_differentiate_the_part_of_the_matrix_the_op_reads(name):
     assert (reverse_d(given, X, V, 2) - on_read).abs().max() > 1e-3 * on_read.abs().max()  # autograd's convention
 
 
-@pytest.mark.parametrize("name", ["slogdet", "solve", "matrix_exp"])
+@pytest.mark.parametrize("name", ["slogdet", "solve", "matrix_exp", "qr"])
 def test_parameter_gradients_match_exact_reverse(name):
     """The gradient of D^T in a tensor that f closes over: the rules are torch ops, differentiable in it."""
     p = rand(N, N, seed=21, scale=0.3).requires_grad_()
@@ -222,8 +236,10 @@ def test_parameter_gradients_match_exact_reverse(name):
         f = lambda z: torch.linalg.slogdet(general(z) + p)[1]  # noqa: E731
     elif name == "solve":
         f = lambda z: torch.linalg.solve(spd(z) + p @ p.mT, rhs(z) + p[:, :2]).flatten(1) @ w  # noqa: E731
-    else:
+    elif name == "matrix_exp":
         f = lambda z: torch.linalg.matrix_exp(m(z) * p)[:, :2].flatten(1) @ w  # noqa: E731
+    else:
+        f = lambda z: torch.linalg.qr(general(z) + p)[0][:, :2].flatten(1) @ w  # noqa: E731
     for order in (2, 3):
         reverse, = torch.autograd.grad(reverse_d(f, X, V, order).sum(), p)
         taylor, = torch.autograd.grad(taylor_d(f, X, V, order).sum(), p)
@@ -245,8 +261,30 @@ def test_the_lu_of_a_non_square_matrix_is_refused_naming_the_op():
 
 
 def test_an_op_left_without_a_rule_still_raises_naming_it():
-    with pytest.raises(NotSupported, match=re.escape("no Taylor rule for the aten op aten.linalg_qr")):
-        taylor_d(lambda z: torch.linalg.qr(general(z))[1].flatten(1).sum(1), X, V, 2)
+    with pytest.raises(NotSupported, match=re.escape("no Taylor rule for the aten op aten.linalg_eig")):
+        taylor_d(lambda z: torch.linalg.eigvals(general(z)).real.sum(1), X, V, 2)
+
+
+def test_qr_mode_r_gives_the_r_of_the_reduced_factorization():
+    """Nested autograd cannot differentiate mode 'r' (its backward needs Q): the reference is the reduced R."""
+    only_r, reduced = (weighted(lambda z, mode=mode: torch.linalg.qr(wide(z).mT, mode)[1]) for mode in ("r", "reduced"))
+    for order in (1, 3):
+        assert_agree(taylor_d(only_r, X, V, order), reverse_d(reduced, X, V, order), rtol=1e-10)
+
+
+@pytest.mark.parametrize("f, match", [
+    (lambda z: torch.linalg.qr(wide(z))[1], r"aten\.linalg_qr takes matrices with at least as many rows as columns"),
+    (lambda z: torch.linalg.qr(wide(z).mT, "complete")[0], r"the columns that mode 'complete' adds to Q are not"),
+    (lambda z: torch.linalg.lstsq(wide(z), rhs(z)).solution, r"aten\.linalg_lstsq takes matrices with at least"),
+    (lambda z: torch.linalg.lstsq(wide(z).mT[..., [0, 1, 1]], tall_rhs(z)).solution,
+     r"aten\.linalg_lstsq takes matrices of full rank; this one has rank 2 of 3"),
+    (lambda z: torch.linalg.pinv(wide(z)[:, [0, 1, 1]]), r"aten\.linalg_pinv takes matrices of full rank; this one"),
+    (lambda z: torch.linalg.lstsq(wide(z).mT, tall_rhs(z), driver="gelsd").singular_values,
+     r"aten\.linalg_lstsq gives the solution and the residuals, not the singular values"),
+])
+def test_qr_least_squares_and_pinv_refuse_what_their_rules_do_not_compute(f, match):
+    with pytest.raises(NotSupported, match=match):
+        taylor_d(weighted(f), X, V, 2)
 
 
 @pytest.mark.parametrize("which", [0, 2])

@@ -17,8 +17,8 @@ Pieces, each in its own module:
 ============== ===============================================================================================
 ``trace``      f to an aten graph once (``make_fx``), the tensors it closes over lifted to inputs, cached
 ``rules``      the rule table, one rule per aten op, a module per family (``rules.linalg``: inverse, solves,
-               Cholesky, LU, eigh, svdvals, determinants, matrix_exp); ``register_rule`` adds one for a user's
-               op
+               Cholesky, LU, eigh, svdvals, determinants, QR, lstsq, pinv, matrix_exp); ``register_rule``
+               adds one for a user's op
 ``series``     the recurrences on stacked coefficients (Cauchy product, exp, log, power, tanh, sigmoid, ...)
 ``propagate``  the pass itself: ``taylor_coefficients(f, x, v, order)`` and the method ``exact_taylor``
 ``compose``    the elementwise rules' composition :math:`\sum_m c_m \delta(t)^m` by Horner's rule

@@ -41,8 +41,9 @@ writes         writes        copy, fill, slice_scatter, select_scatter, index_pu
                              scatter_reduce's sum and mean, and the negative log-likelihood of
                              cross-entropy: linear for fixed indices, the op on the series
 zero           piecewise     comparisons, sign, floor, ``*_like``: the op on the primals, a constant
-linear algebra linalg        inverse, solves, Cholesky, LU, eigh, svdvals, determinants: the recurrence
-                             of each op's defining identity; matrix_exp: a block Toeplitz exponential
+linear algebra linalg        inverse, solves, Cholesky, LU, eigh, svdvals, determinants, QR, lstsq,
+                             pinv: the recurrence of each op's defining identity; matrix_exp: a block
+                             Toeplitz exponential
 complex        complex_      the FFTs, view_as_real / view_as_complex, complex, conj, angle: the op on
                values        the series (linear over the reals); a complex value reaches only the rules
                              declared right for it there, and is refused by every other

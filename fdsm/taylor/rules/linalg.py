@@ -1,5 +1,5 @@
 r"""Taylor rules of dense linear algebra: inverse, solves, Cholesky, LU, log-determinants (Gaussian log-densities),
-the matrix exponential.
+QR, least squares and pseudo-inverses, the matrix exponential.
 
 Each rule below is the rule of one aten op (``fdsm.taylor.rules``' package docstring says what a rule is), for real
 (batched) square matrices: a Jet may be the matrix, the right-hand side, or both. A matrix series
@@ -28,6 +28,11 @@ log-determinant         :math:`k\,\ell_k = \sum_{j=1}^{k} j \operatorname{tr}(A_
                         series; the sign is a constant (``_linalg_slogdet``)
 determinant             :math:`\det P \prod_i U_{ii}`, the product of the series of U's diagonal
                         (``_linalg_det``)
+QR                      :math:`X = Q_0^T B_k R_0^{-1}`, :math:`B_k = A_k - \sum_{j=1}^{k-1} Q_j R_{k-j}`: the
+                        strict lower triangle of :math:`C = Q_0^T Q_k` is X's, its symmetric part from
+                        :math:`Q^T Q = I`; :math:`R_k = (X - C) R_0` (``linalg_qr``, full column rank)
+least squares           :math:`X = R^{-1} Q^T B` by the QR series and a solve (``linalg_lstsq``; ``linalg_pinv``
+                        with B = I, of full rank)
 matrix exponential      the first block row of the exponential of the block Toeplitz matrix of the series
                         (``linalg_matrix_exp``)
 ======================= ===================================================================================
@@ -46,9 +51,11 @@ the symmetric part :math:`(A + A^T)/2` of A, so there it is the reference that i
 
 ``torch.distributions.MultivariateNormal`` reaches ``linalg_cholesky_ex`` (a covariance or precision matrix) and
 ``linalg_solve_triangular``; its argument checks, a data-dependent branch, are off while f is traced
-(``fdsm.taylor.trace._unvalidated_distributions``). Complex matrices, and the LU of a non-square one, raise
-``NotSupported``; a singular :math:`A_0` gives infinite or NaN coefficients, as its derivatives are (det's are finite
-there, and its rule, the product of U's diagonal, is accurate up to an exactly zero pivot, where it is NaN).
+(``fdsm.taylor.trace._unvalidated_distributions``). Complex matrices, the LU of a non-square one, the QR and least
+squares of a wide one, and a least-squares problem or pseudo-inverse below full rank (a minimum-norm solution, not
+smooth where the rank drops) raise ``NotSupported``; a singular :math:`A_0` gives infinite or NaN coefficients, as
+its derivatives are (det's are finite there, and its rule, the product of U's diagonal, is accurate up to an exactly
+zero pivot, where it is NaN).
 """
 
 from __future__ import annotations
@@ -480,6 +487,143 @@ def _svd(a: Jet, full_matrices: bool = True, compute_uv: bool = True, *, driver:
 
 
 register_rule(aten._linalg_svd.default, _svd)
+
+
+# ---- QR, and the least-squares solutions and pseudo-inverses of full rank that it gives --------------------------
+
+def _tall(op: str, a: Jet, why: str) -> None:
+    if a.shape[-2] < a.shape[-1]:
+        raise NotSupported(f"exact-taylor: the Taylor rule of {op} takes matrices with at least as many rows as "
+                           f"columns; its argument A is {tuple(a.shape[-2:])} ({why}); {INSTEAD}")
+
+
+def _qr_series(a: Tensor, q0: Tensor, r0: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The series of the reduced QR factors of a tall matrix of full column rank, A = Q R with
+    :math:`Q^T Q = I` and R upper triangular; a: (K+1, ..., m, n), m >= n, q0: (..., m, n), r0: (..., n, n).
+    Order k of A = QR and of :math:`Q^T Q = I` give, with the known terms
+
+    .. math::
+        B_k = A_k - \sum_{j=1}^{k-1} Q_j R_{k-j}, \qquad S_k = \sum_{j=1}^{k-1} Q_j^T Q_{k-j},
+
+    :math:`Q_0 R_k + Q_k R_0 = B_k` and :math:`C + C^T = -S_k` for :math:`C = Q_0^T Q_k`. So
+    :math:`X = Q_0^T B_k R_0^{-1} = R_k R_0^{-1} + C` is C plus an upper triangle: C's strict lower triangle L is
+    X's, and
+
+    .. math::
+        C = L - L^T - \operatorname{triu}_1(S_k) - \tfrac12 \operatorname{diag}(S_k), \quad
+        R_k = (X - C) R_0, \quad Q_k = (B_k - Q_0 R_k) R_0^{-1},
+
+    each :math:`R_0^{-1}` a triangular solve. The factors' signs are the op's, locally constant in x."""
+    def right(b: Tensor) -> Tensor:  # b R_0^{-1}
+        return torch.linalg.solve_triangular(r0, b, upper=True, left=False)
+
+    qs, rs = [q0], [r0]
+    for k in range(1, a.shape[0]):
+        b = a[k] - sum((qs[j] @ rs[k - j] for j in range(1, k)), torch.zeros_like(a[k]))
+        s = sum((qs[j].mT @ qs[k - j] for j in range(1, k)), torch.zeros_like(r0))
+        x = right(q0.mT @ b)
+        lower = torch.tril(x, -1)
+        c = lower - lower.mT - torch.triu(s, 1) - torch.diag_embed(torch.diagonal(s, 0, -2, -1) * 0.5)
+        rs.append(torch.triu((x - c) @ r0))
+        qs.append(right(b - q0 @ rs[-1]))
+    return torch.stack(qs), torch.stack(rs)
+
+
+def _qr(a: Jet, mode: str = "reduced") -> tuple[object, Jet]:
+    r"""``linalg_qr(A, mode) -> (Q, R)``: the series of ``_qr_series`` for a matrix of full column rank with at least
+    as many rows as columns (mode ``complete`` of a tall matrix adds columns to Q that A does not determine: refused;
+    mode ``r`` returns Q empty, a constant). The primals are the op's."""
+    _real("aten.linalg_qr", A=a)
+    _tall("aten.linalg_qr", a, "a wide matrix's R is not triangular in its last columns")
+    if mode == "complete" and a.shape[-2] > a.shape[-1]:
+        raise NotSupported("exact-taylor: the Taylor rule of aten.linalg_qr takes mode 'reduced' or 'r' for a "
+                           f"matrix with more rows than columns (A is {tuple(a.shape[-2:])}): the columns that "
+                           f"mode 'complete' adds to Q are not a function of A; {INSTEAD}")
+    q, r = aten.linalg_qr(a.primal, mode)
+    q0 = q if mode != "r" else aten.linalg_qr(a.primal, "reduced")[0]
+    qs, rs = _qr_series(a.series, q0, r)
+    return (q if mode == "r" else _with_primal(q, qs[1:])), _with_primal(r, rs[1:])
+
+
+def _least_squares(a: Tensor, b: Tensor | None, x0: Tensor, q0: Tensor, r0: Tensor, *, b0: Tensor | None = None
+                   ) -> Tensor:
+    r"""The series of the least-squares solution :math:`X = R^{-1} Q^T B` of :math:`\min \|A X - B\|` for A of
+    full column rank: the QR series of A, then the triangular solve of ``_solved`` with the series of
+    :math:`Q^T B` (a Cauchy product of matrix series). a: (K+1, ..., m, n); b: B's series, or None for the
+    constant ``b0``; x0: the solution's primal."""
+    qs, rs = _qr_series(a, q0, r0)
+    if b is None:
+        rhs = torch.matmul(qs.mT, b0)
+    else:
+        ndim = max(qs.dim(), b.dim()) - 1
+        rhs = _products(_aligned(qs.mT, ndim), _aligned(b, ndim))
+    return _solved(x0, rs, rhs, lambda c: torch.linalg.solve_triangular(r0, c, upper=True))
+
+
+def _full_column_rank(op: str, rank: Tensor, columns: int) -> None:
+    """Refuses a rank below the number of columns: there the op's solution is a minimum-norm one, whose series
+    the rule does not compute, and which a cutoff (``rcond``, ``atol``, ``rtol``) may make discontinuous."""
+    if rank.numel() and bool((rank < columns).any()):
+        raise NotSupported(f"exact-taylor: the Taylor rule of {op} takes matrices of full rank; this one has rank "
+                           f"{int(rank.min())} of {columns}; {INSTEAD}")
+
+
+def _lstsq(a: object, b: object, rcond: float | None = None, *, driver: str | None = None
+           ) -> tuple[object, object, Tensor, object]:
+    r"""``linalg_lstsq(A, B, rcond, driver) -> (solution, residuals, rank, singular_values)``. With A a constant,
+    the solution is linear in B: :math:`X_k` is the op's on :math:`B_k` (all k in one call, as columns). With A a
+    Jet, of full column rank and at least as many rows as columns: :math:`X = R^{-1} Q^T B` (``_least_squares``),
+    and the residuals (drivers other than ``gelsy``) :math:`\sum_i (A X - B)_{i\cdot}^2`, a Cauchy square. A vector
+    B (A's shape without its last dim) is the one-column matrix, as in the op. The rank is a constant; the singular
+    values (drivers ``gelsd``, ``gelss``) are not computed: a use of them raises (``torch.linalg.svdvals`` has a
+    rule)."""
+    _real("aten.linalg_lstsq", A=a, B=b)
+    a0, b0 = primal_of(a), primal_of(b)
+    x0, residuals, rank, singular_values = aten.linalg_lstsq(a0, b0, rcond, driver=driver)
+    vector = b0.dim() == a0.dim() - 1
+    b0 = b0.unsqueeze(-1) if vector else b0
+    bs = _higher(b)
+    bs = bs.unsqueeze(-1) if vector and bs is not None else bs
+    if not isinstance(a, Jet):  # X_k = lstsq(A, B_k): the K columns of B_1..B_K side by side, one call
+        columns = bs[1:].movedim(0, -1).flatten(-2)  # (..., m, c K)
+        higher = aten.linalg_lstsq(a0, columns, rcond, driver=driver)[0].unflatten(-1, (-1, bs.shape[0] - 1))
+        x = torch.cat([x0.unsqueeze(0), higher.movedim(-1, 0).squeeze(-1) if vector else higher.movedim(-1, 0)])
+        return Jet(x), residuals, rank, singular_values
+    _tall("aten.linalg_lstsq", a, "an underdetermined system's solution is a minimum-norm one")
+    _full_column_rank("aten.linalg_lstsq", rank, a.shape[-1])
+    q0, r0 = torch.linalg.qr(a0)
+    x = _least_squares(a.series, bs, x0.unsqueeze(-1) if vector else x0, q0, r0, b0=b0)
+    if residuals.numel():
+        ndim = x.dim() - 1
+        error = _products(_aligned(a.series, ndim), x) - (b0 if bs is None else _aligned(bs, ndim))
+        residuals = _with_primal(residuals, series.square(error).sum(-2)[1:])
+    if singular_values.numel():
+        singular_values = _NotComputed("exact-taylor: the Taylor rule of aten.linalg_lstsq gives the solution and "
+                                       f"the residuals, not the singular values; use torch.linalg.svdvals, {INSTEAD}")
+    return Jet(x.squeeze(-1) if vector else x), residuals, rank, singular_values
+
+
+def _pinv(a: Jet, *, atol: object = None, rtol: object = None, hermitian: bool = False) -> Jet:
+    r"""``linalg_pinv(A, atol, rtol, hermitian)`` of a matrix of full rank: for a tall one
+    :math:`A^+ = R^{-1} Q^T`, the least-squares solution with B = I (``_least_squares``); a wide one is
+    :math:`(A^{T+})^T`. The rank, at the op's tolerances, must be full: below it the pseudo-inverse drops singular
+    values under a cutoff, and is not smooth there."""
+    _real("aten.linalg_pinv", A=a)
+    a0, atol0, rtol0 = a.primal, primal_of(atol), primal_of(rtol)
+    m, n = a0.shape[-2:]
+    _full_column_rank("aten.linalg_pinv", torch.linalg.matrix_rank(a0, atol=atol0, rtol=rtol0, hermitian=hermitian),
+                      min(m, n))
+    x0 = aten.linalg_pinv(a0, atol=atol0, rtol=rtol0, hermitian=hermitian)
+    tall = a.series if m >= n else a.series.mT  # (K+1, ..., m', n'), m' >= n'
+    eye = torch.eye(tall.shape[-2], dtype=a0.dtype, device=a0.device)
+    q0, r0 = torch.linalg.qr(tall[0])
+    x = _least_squares(tall, None, x0 if m >= n else x0.mT, q0, r0, b0=eye)
+    return Jet(x if m >= n else x.mT)
+
+
+register_rule(aten.linalg_qr.default, _qr)
+register_rule(aten.linalg_lstsq.default, _lstsq)
+register_rule(aten.linalg_pinv.atol_rtol_tensor, _pinv)
 
 
 # ---- matrix exponential ---------------------------------------------------------------------------------------
