@@ -648,6 +648,11 @@ COMPOSITE_OPS = {
     "mvlgamma": lambda z: torch.mvlgamma(z ** 2 + 2.0, 2),
     "bilinear-layer": lambda z: OP_BILINEAR(z, z ** 2),
     "rrelu-eval": lambda z: F.rrelu(z, training=False) * z,
+    "binary_cross_entropy-soft_margin-embedding": lambda z: flat(
+        F.binary_cross_entropy(torch.sigmoid(z), OP_C.sigmoid().expand_as(z), reduction="none"),
+        torch.stack([F.binary_cross_entropy(torch.sigmoid(s), OP_C.sigmoid(), weight=OP_C.abs()) for s in z]),
+        F.soft_margin_loss(z, OP_C.sign().expand_as(z), reduction="none"),
+        torch.stack([F.embedding(torch.tensor([[2, 0], [1, 1]]), torch.sin(s[0])) for s in z]) ** 2),
     "cross_entropy": lambda z: torch.stack([
         F.cross_entropy(s[0] ** 2, torch.tensor([0, 3, 1]), weight=OP_P, ignore_index=1)
         + F.cross_entropy(s[None], torch.tensor([[[1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 1, 0]]]), reduction="sum")

@@ -275,7 +275,7 @@ TORCH_DECOMPOSED = (
     aten.clamp_max.Tensor, aten.threshold, aten.linalg_vector_norm, aten.norm, aten.dist, aten.renorm,
     aten.std_mean, aten.linalg_cross, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices,
     aten.grid_sampler_2d, aten.affine_grid_generator, aten._safe_softmax, aten.mse_loss, aten.huber_loss,
-    aten.smooth_l1_loss, aten.dot, aten.trace,
+    aten.smooth_l1_loss, aten.dot, aten.trace, aten.binary_cross_entropy, aten.soft_margin_loss, aten.embedding,
     aten._scaled_dot_product_flash_attention_for_cpu,  # attention on the CPU; its CUDA kernels have no decomposition
 )
 
