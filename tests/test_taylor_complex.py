@@ -48,6 +48,24 @@ def _written_by_mask(z):
     return out.real
 
 
+def _written_into_zeros_like(z):
+    """FNO's spectral convolution as often written: the empty spectrum is ``zeros_like`` of the transform."""
+    spectrum = torch.fft.rfft(z)
+    out = torch.zeros_like(spectrum)
+    out[:, :3] = spectrum[:, :3] * WEIGHT[:3]
+    return torch.fft.irfft(out, n=z.shape[1])
+
+
+def _constants_of_its_shape(z):
+    """New tensors of a complex value's shape, its writes of constants and its tests: constants, whatever the value."""
+    s = _shifted(z)
+    new = (torch.ones_like(s) + s.new_zeros(s.shape) + torch.full_like(s, 1j) + s.new_ones(s.shape)
+           + s.new_full(s.shape, 2 - 1j) + s.clone().zero_() + s.clone().fill_(0.5j))
+    written = torch.empty_like(s).copy_(s * s) + s.new_empty(s.shape).copy_(s)
+    kept = ~(s.isnan() | s.isinf() | (s == s.flip(1))) & (s != 1j)
+    return (new * s + written * kept).real
+
+
 fft = torch.fft.fft
 MATRIX = rand(6, 3, seed=5).to(C128) * (1 - 0.5j)
 
@@ -96,6 +114,8 @@ FUNCTIONS = {
     "div": lambda z: (torch.fft.fft(z) / (torch.fft.fft(z) + 3 + 1j)).real,
     "div-by-constant": lambda z: (torch.fft.fft(z) ** 2 / (3 + 1j)).imag,
     "write-into-complex": _written_into_zeros,
+    "write-into-zeros-like": _written_into_zeros_like,
+    "constants-of-its-shape": _constants_of_its_shape,
     "abs": lambda z: torch.fft.fft(z).abs(),
     "angle": lambda z: torch.fft.fft(z + 0.5).angle()[:, 1:3],  # the sum of all is 0 by symmetry
 }

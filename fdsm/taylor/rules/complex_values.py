@@ -22,6 +22,8 @@ of complex dtype that depends on x only to a rule declared right for it (``allow
 declared ones are
 - linear or bilinear, reading no values: views, slices, sums, cat and stack, copies and casts, scatters and writes,
   add, mul and matmuls (the Cauchy product is the same in any field), and div (a times b's reciprocal);
+- constant: a new tensor of the value's shape (``zeros_like``, FNO's empty spectrum; ``new_full``, ``fill``, ...)
+  and the tests ``isnan``, ``isinf``, ``==`` and ``!=``, whose results hold whatever the value's type;
 - or analytic: exp, log, the powers, sqrt and rsqrt, the reciprocal, sigmoid, tanh, the trigonometric and hyperbolic
   functions, sinc. Their Taylor coefficients at z_0 are polynomials in the function's value there (and in 1/z_0, or
   its own derivative), which hold at a complex z_0 as on the real line, on the principal branch that torch's op takes
@@ -97,4 +99,7 @@ allow_complex([
     aten.rsqrt, aten.reciprocal, aten.sigmoid, aten.tanh, aten.sin, aten.cos, aten.tan, aten.sinh, aten.cosh, aten.sinc,
     # with a branch of their own for a complex value
     aten.abs,
+    # reading no values at all, or comparing them (``fdsm.taylor.rules.piecewise``'s constants)
+    aten.zeros_like, aten.ones_like, aten.full_like, aten.empty_like, aten.new_zeros, aten.new_ones, aten.new_full,
+    aten.new_empty, aten.zero, aten.fill.Scalar, aten.isnan, aten.isinf, aten.eq, aten.ne,
 ])
