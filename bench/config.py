@@ -290,6 +290,21 @@ def _at_least_one(option_name: str) -> Callable[[int | None], int | None]:
     return check
 
 
+# ---- the deep EBM's width: --n-chan ----------------------------------------------------------------------------
+
+QUICK_N_CHAN = 2  # --quick's n_chan for the models that have one (the deep EBM): CI's 2 cores, and a quick fit's
+
+
+def n_chan_setting(n_chan: int | None, model: str, settings: Iterable[str], quick: bool) -> int | None:
+    """The n_chan to build ``model`` with: ``--n-chan``'s value, else ``QUICK_N_CHAN`` under ``--quick`` where the
+    model has an n_chan, else None (the preset's). ``--n-chan`` given for a model without one (its preset's fields
+    are ``settings``) is a UsageError, not a value silently dropped."""
+    settings = sorted(settings)
+    if n_chan is not None and "n_chan" not in settings:
+        raise UsageError(f"--n-chan {n_chan}: {model} has no n_chan; its settings are {', '.join(settings)}")
+    return QUICK_N_CHAN if n_chan is None and quick and "n_chan" in settings else n_chan
+
+
 # The statuses of a kept row that ``--retry`` can name: a row ``ok`` is always kept (move the CSV away to measure
 # it again); ``error`` is retried by default, since the cause (a bug, a file) may be gone.
 RETRIED = ("error", "timeout", "oom", "unsupported")

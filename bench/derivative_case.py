@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 import fdsm
 from bench.accuracy import RelativeError, relative_error
-from bench.config import DTYPES, Shared, UsageError, option, positive_int
+from bench.config import DTYPES, QUICK_N_CHAN, Shared, UsageError, n_chan_setting, option, positive_int
 from bench.isolation import is_out_of_memory
 from bench.memory import peak_memory
 from bench.results import RANDOM_WEIGHTS, weights_label
@@ -499,8 +499,9 @@ class ProblemConfig:
                         "package.module:factory or path/file.py:factory (the contract: fdsm/models/user.py)")
     event_shape: tuple[int, ...] | None = event_shape_option()
     size: str | None = option(None, "model preset", choices=("paper", "cpu"), default_text="paper on CUDA, else cpu")
-    n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem (a model without one "
-                                "ignores it)", aliases=("--width",), type=positive_int, default_text="the preset's")
+    n_chan: int | None = option(None, "the deep EBM's n_chan, channels after the stem (models without one refuse "
+                                "it)", aliases=("--width",), type=positive_int,
+                                default_text=f"the preset's; --quick: {QUICK_N_CHAN} where the model has an n_chan")
     batch: int | None = option(None, "points per call", type=positive_int, default_text="64 on CUDA, else 2")
     checkpoint: Path | None = option(None, "a state_dict of the model", default_text="seeded random weights")
     threads: int | None = option(None, "torch CPU threads", type=positive_int,
@@ -515,11 +516,11 @@ def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
     on_gpu = shared.device.type == "cuda"
     batch = config.batch if config.batch is not None else (64 if on_gpu else 2)
     size = config.size or ("paper" if on_gpu else "cpu")
-    n_chan = config.n_chan
     if is_user_model(config.model):
-        if config.size is not None:
-            raise UsageError(f"--size {config.size}: the registered models' presets; a user's model "
-                             f"({config.model}) has one size, its factory's")
+        for flag, value in (("--size", config.size), ("--n-chan", config.n_chan)):
+            if value is not None:
+                raise UsageError(f"{flag} {value}: a setting of the registered models' presets; a user's model "
+                                 f"({config.model}) has one size, its factory's")
         model = build_user_model(config.model, config.event_shape)
         if model.interface == "score":
             raise UsageError(f"--model {config.model}: a score model has no log-density to differentiate; the "
@@ -531,8 +532,8 @@ def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
                          f"{', '.join(MODELS.names())}, or a user's package.module:factory or file.py:factory")
     else:
         refuse_event_shape(config.event_shape, (config.model,))
-        if "n_chan" not in (f.name for f in dataclasses.fields(MODELS.get(config.model).presets[size])):
-            n_chan = None  # the deep EBM's width, which the --quick presets set: this model has none
+        settings = (f.name for f in dataclasses.fields(MODELS.get(config.model).presets[size]))
+        n_chan = n_chan_setting(config.n_chan, config.model, settings, shared.quick)
     try:
         weights = weights_label(config.checkpoint)
     except Exception as err:  # not a file torch.load reads as weights: a pickle of something else, text, a .py

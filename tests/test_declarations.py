@@ -94,7 +94,7 @@ def test_a_users_model_from_a_file_runs_through_derivatives(tmp_path):
 
 
 def test_a_registered_model_without_the_deep_ebms_width_runs_under_quick(tmp_path):
-    """--quick sets n_chan = 2, the deep EBM's width: a model that has none ignores it (its n_chan cell is empty)."""
+    """--quick sets n_chan = 2, the deep EBM's width, only where the model has one (its n_chan cell is empty)."""
     assert main(["derivatives", "--quick", "--device", "cpu", "--out", str(tmp_path), "--model", "mlp-ebm",
                  "--methods", "fd-batched,exact-taylor", "--orders", "1"]) == 0
     rows = pd.read_csv(tmp_path / "derivatives.csv")

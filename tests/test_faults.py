@@ -57,7 +57,12 @@ EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'user_model.py'}
     (["derivatives", "--orders", "1,,2"], "got '1,,2', which has an empty item"),
     (["derivatives", "--methods="], "argument --methods: expected comma-separated values such as a,b, got ''"),
     (["derivatives", "--event-shape", "4"], "--event-shape 4: a user model's input shape; deep-ebm declares its own"),
-    (["eps-sweep", "--model", EXAMPLE, "--size", "paper"], "--size paper: the registered models' presets"),
+    (["eps-sweep", "--model", EXAMPLE, "--size", "paper"], "--size paper: a setting of the registered models' "
+                                                           "presets"),
+    (["derivatives", "--model", EXAMPLE, "--n-chan", "4"], "--n-chan 4: a setting of the registered models' presets; "
+                                                           "a user's model"),
+    (["derivatives", "--model", "nice", "--n-chan", "4"], "--n-chan 4: nice has no n_chan; its settings are dim"),
+    (["eps-sweep", "--model", "mlp-ebm", "--width", "4", "--quick"], "--n-chan 4: mlp-ebm has no n_chan"),
     (["models", "--csv", "/dev/null/x.csv"], "--csv /dev/null/x.csv: cannot write it"),
     (["models", "--csv", "/tmp"], "--csv /tmp: a folder where a results CSV belongs; choose another --csv"),
     (["models", "--csv", "/tmp", "--dry-run"], "--csv /tmp: a folder where a results CSV belongs"),

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench.config import Shared, UsageError, option, positive, positive_int
+from bench.config import QUICK_N_CHAN, Shared, UsageError, n_chan_setting, option, positive, positive_int
 from bench.csvlog import check_writable
 from bench.data_option import check_data, fit_to_event, read_data, sample_rows
 from bench.environment import metadata
@@ -37,8 +37,6 @@ from fdsm.data import for_event_shape
 from fdsm.models import model_config, to_dtype
 from fdsm.recipes import RECIPES, Recipe
 from fdsm.training import Record, train
-
-QUICK_N_CHAN = 2  # --quick's n_chan for models that have one (the deep EBM), so that the quick sweeps can load it
 
 
 def _recipe(name: str) -> str:
@@ -133,11 +131,8 @@ def _overrides(config: FitConfig, shared: Shared, recipe: Recipe, size: str, raw
     """The model settings beside the preset: ``--n-chan`` (``--quick``'s where the model has an n_chan), and for
     tabular ``--data`` the dimension of its rows where the model has a ``dim`` (DKEF, as ``train`` builds it)."""
     fields = {f.name for f in dataclasses.fields(model_config(recipe.model, size))}
-    if config.n_chan is not None and "n_chan" not in fields:
-        raise UsageError(f"--n-chan {config.n_chan}: {recipe.model} has no n_chan; its settings are "
-                         f"{', '.join(sorted(fields))}")
-    n_chan = config.n_chan if config.n_chan is not None else QUICK_N_CHAN if shared.quick else None
-    overrides = {"n_chan": n_chan} if n_chan is not None and "n_chan" in fields else {}
+    n_chan = n_chan_setting(config.n_chan, recipe.model, fields, shared.quick)
+    overrides = {} if n_chan is None else {"n_chan": n_chan}
     if raw is not None and raw.dim() == 2 and "dim" in fields:
         overrides["dim"] = raw.shape[1]
     return overrides

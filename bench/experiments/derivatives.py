@@ -155,7 +155,7 @@ class DerivativesConfig(ProblemConfig):
 
 DEFAULT = DerivativesConfig()
 # CI smoke test: a 2-channel deep EBM, one point, three orders, two repeats.
-QUICK = dataclasses.replace(DEFAULT, n_chan=2, batch=1, orders=(1, 2, 3), repeats=2, timeout_s=60.0)
+QUICK = dataclasses.replace(DEFAULT, batch=1, orders=(1, 2, 3), repeats=2, timeout_s=60.0)
 
 
 def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:

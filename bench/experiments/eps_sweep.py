@@ -77,7 +77,7 @@ class EpsSweepConfig(ProblemConfig):
 
 DEFAULT = EpsSweepConfig()
 # CI smoke test: a 2-channel deep EBM, two orders, two dtypes, one accuracy, one point per decade.
-QUICK = dataclasses.replace(DEFAULT, n_chan=2, batch=2, orders=(1, 2), dtypes=("float64", "float32"),
+QUICK = dataclasses.replace(DEFAULT, batch=2, orders=(1, 2), dtypes=("float64", "float32"),
                             accuracies=(2,), eps_min=1e-2, eps_max=1e2, per_decade=1)
 
 

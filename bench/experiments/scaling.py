@@ -375,7 +375,7 @@ class StencilScalingConfig(ProblemConfig, LaunchOptions):
 
 
 STENCIL_DEFAULT = StencilScalingConfig()
-STENCIL_QUICK = dataclasses.replace(STENCIL_DEFAULT, n_chan=2, batch=2, orders=(1, 2), repeats=3, warmup=1,
+STENCIL_QUICK = dataclasses.replace(STENCIL_DEFAULT, batch=2, orders=(1, 2), repeats=3, warmup=1,
                                     timeout_s=120.0, collective_timeout_s=60.0)
 
 
