@@ -20,8 +20,8 @@ structural     structural    views, permutes, slices, indexing, splits, diagonal
                              dims shifted past the leading coefficient axis
 batch-stacked  structural    convolution, average pooling, upsampling (nearest, (bi/tri)linear, bicubic,
                              antialiased), padding, im2col / col2im (Unfold, Fold), pixel and channel
-                             shuffles: the K+1 coefficients stacked along the batch axis, one call of
-                             batch (K+1)·B; a bias enters the primal (k = 0) only
+                             shuffles, max unpooling: the K+1 coefficients stacked along the batch
+                             axis, one call of batch (K+1)·B; a bias enters the primal (k = 0) only
 affine         affine        add, sub, neg, matmul with one constant factor: coefficientwise; a constant
                              term enters the primal only
 bilinear       affine,       mul, a matmul of two Jets, div, pow, atan2, hypot: the Cauchy (Leibniz)

@@ -1,6 +1,7 @@
 r"""Structural rules: ops that act on every coefficient at once, with the op's dims shifted past the coefficient
 axis (views, permutes, slices, indexing, splits, diagonals, tril / triu, cat, sums, cumulative sums, means), and
-the batch-stacked ones (convolution, pooling, upsampling, padding, im2col / col2im, shuffles, copies): the K+1
+the batch-stacked ones (convolution, pooling and max unpooling, upsampling, padding, im2col / col2im, shuffles,
+copies): the K+1
 coefficients stacked along the batch axis, one call of batch (K+1)·B, a bias in the primal (k = 0) only. For a
 linear op L, :math:`L(\sum_k z_k t^k) = \sum_k L(z_k) t^k`.
 """
@@ -140,6 +141,22 @@ for _op in (aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d, aten._adaptive_av
             aten.lift_fresh_copy):
     register_rule(_op, _stacked(_op))
 
+
+def _max_unpool(op: Callable[..., Tensor]) -> Rule:
+    """Max unpooling (``nn.MaxUnpool1d`` to ``3d``): each value written to the index its max pooling recorded, zeros
+    elsewhere, linear for the fixed indices: one call on the (K+1)·B stacked coefficients, the indices repeated for
+    each coefficient."""
+
+    def rule(z: Jet, indices: Tensor, *args) -> Jet:
+        _no_jet(str(op), [indices, *args])
+        repeated = indices.expand(z.order + 1, *indices.shape).flatten(0, 1)
+        return Jet(op(z.series.flatten(0, 1), repeated, *args).unflatten(0, (z.order + 1, -1)))
+
+    return rule
+
+
+register_rule(aten.max_unpool2d, _max_unpool(aten.max_unpool2d))
+register_rule(aten.max_unpool3d, _max_unpool(aten.max_unpool3d))
 
 _copy_stacked = _stacked(aten._to_copy)
 
