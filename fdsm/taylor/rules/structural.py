@@ -1,9 +1,8 @@
 r"""Structural rules: ops that act on every coefficient at once, with the op's dims shifted past the coefficient
 axis (views, permutes, slices, indexing, splits, diagonals, tril / triu, cat, sums, cumulative sums, means), and
 the batch-stacked ones (convolution, pooling and max unpooling, upsampling, padding, im2col / col2im, shuffles,
-copies): the K+1
-coefficients stacked along the batch axis, one call of batch (K+1)·B, a bias in the primal (k = 0) only. For a
-linear op L, :math:`L(\sum_k z_k t^k) = \sum_k L(z_k) t^k`.
+copies): the K+1 coefficients stacked along the batch axis, one call of batch (K+1)·B, a bias in the primal
+(k = 0) only. For a linear op L, :math:`L(\sum_k z_k t^k) = \sum_k L(z_k) t^k`.
 """
 
 from __future__ import annotations
