@@ -93,11 +93,17 @@ A_C = rand(N, N, seed=11, scale=0.4) + 3 * EYE  # constant (unbatched: broadcast
 L_C = torch.tril(rand(N, N, seed=12, scale=0.4)) + 3 * EYE
 S_C = A_C @ A_C.mT
 R_C = rand(N, 2, seed=13)
+TALL_C = rand(4, N, seed=15, scale=0.4) + torch.eye(4, N, dtype=F64)  # constant 4 x 3 of full column rank
+TALL_RHS_C = rand(4, 2, seed=16)
 MEAN = rand(N, seed=14)
 
 
 def lu_solve(a, b, **kwargs):
     return torch.linalg.lu_solve(*torch.linalg.lu_factor(a), b, **kwargs)
+
+
+def solution_and_residuals(a, b, **kwargs):
+    return torch.cat([out.flatten(1) for out in torch.linalg.lstsq(a, b, **kwargs)[:2]], 1)
 
 
 def mvn(z, **matrix):
@@ -161,6 +167,10 @@ CASES = {
     "lstsq-vector-residuals": (aten.linalg_lstsq, lambda z: torch.cat(torch.linalg.lstsq(
         wide(z).mT, tall_rhs(z)[..., 0], driver="gelsd")[:2], -1)),
     "lstsq-constant-matrix": (aten.linalg_lstsq, lambda z: torch.linalg.lstsq(A_C.expand(len(z), N, N), rhs(z))[0]),
+    "lstsq-residuals-constant-rhs": (aten.linalg_lstsq, lambda z: solution_and_residuals(
+        wide(z).mT, TALL_RHS_C.expand(len(z), 4, 2), driver="gelsd")),
+    "lstsq-residuals-constant-matrix": (aten.linalg_lstsq, lambda z: solution_and_residuals(
+        TALL_C.expand(len(z), 4, N), tall_rhs(z), driver="gelss")),
     "pinv-tall-wide": (aten.linalg_pinv, lambda z: torch.cat([torch.linalg.pinv(wide(z)).flatten(1),
                                                               torch.linalg.pinv(wide(z).mT).flatten(1)], 1)),
     "pinv-hermitian": (aten.linalg_pinv, lambda z: torch.linalg.pinv(spd(z), hermitian=True)),
@@ -211,6 +221,9 @@ READ_PART = {
     "eigvalsh-upper-of-non-symmetric": (lambda z: torch.linalg.eigvalsh(separated(z) + torch.triu(m(z, 1), 1), "U"),
                                         lambda z: torch.linalg.eigvalsh(separated(z) + torch.triu(m(z, 1), 1)
                                                                         + torch.triu(m(z, 1), 1).mT, "U")),
+    "pinv-hermitian-of-non-symmetric": (lambda z: torch.linalg.pinv(spd(z) + torch.tril(m(z, 1), -1), hermitian=True),
+                                        lambda z: torch.linalg.pinv(spd(z) + torch.tril(m(z, 1), -1)
+                                                                    + torch.tril(m(z, 1), -1).mT, hermitian=True)),
     "cholesky_solve-of-a-full-factor": (lambda z: torch.cholesky_solve(rhs(z), junk_above(z)),
                                         lambda z: torch.cholesky_solve(rhs(z), torch.tril(junk_above(z)))),
     "cholesky_inverse-of-a-full-factor": (lambda z: torch.cholesky_inverse(junk_above(z)),
@@ -278,6 +291,8 @@ def test_qr_mode_r_gives_the_r_of_the_reduced_factorization():
     (lambda z: torch.linalg.lstsq(wide(z), rhs(z)).solution, r"aten\.linalg_lstsq takes matrices with at least"),
     (lambda z: torch.linalg.lstsq(wide(z).mT[..., [0, 1, 1]], tall_rhs(z)).solution,
      r"aten\.linalg_lstsq takes matrices of full rank; this one has rank 2 of 3"),
+    (lambda z: torch.linalg.lstsq(wide(z).mT[..., [0, 1, 1]], tall_rhs(z), driver="gels").solution,
+     r"aten\.linalg_lstsq takes matrices of full rank; this one has rank 2 of 3"),  # gels reports no rank
     (lambda z: torch.linalg.pinv(wide(z)[:, [0, 1, 1]]), r"aten\.linalg_pinv takes matrices of full rank; this one"),
     (lambda z: torch.linalg.lstsq(wide(z).mT, tall_rhs(z), driver="gelsd").singular_values,
      r"aten\.linalg_lstsq gives the solution and the residuals, not the singular values"),

@@ -44,10 +44,11 @@ constants: the op's own values on the primals (a pivot order is locally constant
 
 The rules differentiate the function the op computes, which reads only part of its matrix: a triangular solve
 (and ``cholesky_solve``, ``cholesky_inverse``) its triangle, a unitriangular one not even the diagonal, the
-Cholesky factorization the lower triangle of A (the upper one for ``upper=True``), symmetrized. Nested autograd
-agrees wherever f passes what the op expects (a triangular factor, a symmetric A); where it does not, autograd's
-``cholesky_solve`` and ``cholesky_inverse`` differentiate the upper triangle that the op ignores, and its Cholesky
-the symmetric part :math:`(A + A^T)/2` of A, so there it is the reference that is wrong.
+Cholesky factorization and ``pinv(hermitian=True)`` the lower triangle of A (the factorization the upper one for
+``upper=True``), symmetrized. Nested autograd agrees wherever f passes what the op expects (a triangular factor, a
+symmetric A); where it does not, autograd's ``cholesky_solve`` and ``cholesky_inverse`` differentiate the upper
+triangle that the op ignores, its Cholesky the symmetric part :math:`(A + A^T)/2` of A, and its ``pinv`` the whole
+A, so there it is the reference that is wrong.
 
 ``torch.distributions.MultivariateNormal`` reaches ``linalg_cholesky_ex`` (a covariance or precision matrix) and
 ``linalg_solve_triangular``; its argument checks, a data-dependent branch, are off while f is traced
@@ -581,21 +582,23 @@ def _lstsq(a: object, b: object, rcond: float | None = None, *, driver: str | No
     a0, b0 = primal_of(a), primal_of(b)
     x0, residuals, rank, singular_values = aten.linalg_lstsq(a0, b0, rcond, driver=driver)
     vector = b0.dim() == a0.dim() - 1
-    b0 = b0.unsqueeze(-1) if vector else b0
+    b0, x0 = (b0.unsqueeze(-1), x0.unsqueeze(-1)) if vector else (b0, x0)  # one column
     bs = _higher(b)
     bs = bs.unsqueeze(-1) if vector and bs is not None else bs
     if not isinstance(a, Jet):  # X_k = lstsq(A, B_k): the K columns of B_1..B_K side by side, one call
         columns = bs[1:].movedim(0, -1).flatten(-2)  # (..., m, c K)
         higher = aten.linalg_lstsq(a0, columns, rcond, driver=driver)[0].unflatten(-1, (-1, bs.shape[0] - 1))
-        x = torch.cat([x0.unsqueeze(0), higher.movedim(-1, 0).squeeze(-1) if vector else higher.movedim(-1, 0)])
-        return Jet(x), residuals, rank, singular_values
-    _tall("aten.linalg_lstsq", a, "an underdetermined system's solution is a minimum-norm one")
-    _full_column_rank("aten.linalg_lstsq", rank, a.shape[-1])
-    q0, r0 = torch.linalg.qr(a0)
-    x = _least_squares(a.series, bs, x0.unsqueeze(-1) if vector else x0, q0, r0, b0=b0)
-    if residuals.numel():
+        x = torch.cat([x0.unsqueeze(0), higher.movedim(-1, 0)])
+    else:
+        _tall("aten.linalg_lstsq", a, "an underdetermined system's solution is a minimum-norm one")
+        # gels (the only driver on CUDA) assumes full rank and reports none: the rank is then measured here
+        _full_column_rank("aten.linalg_lstsq", rank if rank.numel() else torch.linalg.matrix_rank(a0), a.shape[-1])
+        q0, r0 = torch.linalg.qr(a0)
+        x = _least_squares(a.series, bs, x0, q0, r0, b0=b0)
+    if residuals.numel():  # sum_i (A X - B)_i^2, B's series (b0, 0, ..., 0) where it is a constant
         ndim = x.dim() - 1
-        error = _products(_aligned(a.series, ndim), x) - (b0 if bs is None else _aligned(bs, ndim))
+        ax = _products(_aligned(a.series, ndim), x) if isinstance(a, Jet) else torch.matmul(a0, x)
+        error = ax - _aligned(bs, ndim) if bs is not None else torch.cat([ax[:1] - b0, ax[1:]])
         residuals = _with_primal(residuals, series.square(error).sum(-2)[1:])
     if singular_values.numel():
         singular_values = _NotComputed("exact-taylor: the Taylor rule of aten.linalg_lstsq gives the solution and "
@@ -609,6 +612,8 @@ def _pinv(a: Jet, *, atol: object = None, rtol: object = None, hermitian: bool =
     :math:`(A^{T+})^T`. The rank, at the op's tolerances, must be full: below it the pseudo-inverse drops singular
     values under a cutoff, and is not smooth there."""
     _real("aten.linalg_pinv", A=a)
+    if hermitian:  # the op reads the lower triangle only, as eigh does
+        a = Jet(_symmetric(a.series, upper=False))
     a0, atol0, rtol0 = a.primal, primal_of(atol), primal_of(rtol)
     m, n = a0.shape[-2:]
     _full_column_rank("aten.linalg_pinv", torch.linalg.matrix_rank(a0, atol=atol0, rtol=rtol0, hermitian=hermitian),
