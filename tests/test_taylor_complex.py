@@ -97,6 +97,7 @@ FUNCTIONS = {
     "casts": lambda z: (z.to(C128) * (1 + 1j)).pow(2).real + torch.view_as_real(_shifted(z)).to(F64).sum(-1),
     "conj-physical": lambda z: (torch.conj_physical(_shifted(z)) * _shifted(z).conj().flip(1)).imag,
     "a-real-constant-added": lambda z: (_shifted(z) + torch.arange(6.0, dtype=F64)).imag,
+    "a-negative-real-to-complex-powers": lambda z: ((-z * z - 0.5) ** (0.5 + 1j) + (-z * z - 0.5) ** (2 + 0j)).real,
     "powers": lambda z: (_shifted(z) ** 0.5 + _shifted(z) ** -1.5 + _shifted(z) ** 3 + _shifted(z) ** (1 + 1j)).real,
     **{name: (lambda fn: lambda z: fn(_shifted(z)).real)(getattr(torch, name))
        for name in ("exp", "exp2", "expm1", "log", "log1p", "log2", "log10", "sqrt", "rsqrt", "reciprocal", "sigmoid",

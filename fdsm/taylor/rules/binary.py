@@ -58,7 +58,12 @@ def _tensor_power_coefficients(z0: Tensor, order: int, p: Tensor) -> list[Tensor
 def _pow(a: object, b: object) -> Jet:
     r""":math:`a^b`: an integer power p >= 0 by Cauchy products; any other scalar power by the power recurrence; a
     constant tensor exponent by its binomial coefficients; a Jet exponent, or one that requires a gradient, as
-    :math:`\exp(b \log a)`."""
+    :math:`\exp(b \log a)`; a real a to a complex b as the complex a, as torch takes it (the principal branch of
+    the log of a negative a)."""
+    if isinstance(a, Jet) and not a.series.is_complex() and (isinstance(b, complex) or isinstance(b, Tensor)
+                                                             and b.is_complex()):
+        complex_dtype = b.dtype if isinstance(b, Tensor) else torch.complex64
+        a = Jet(a.series.to(torch.promote_types(a.series.dtype, complex_dtype)))
     if isinstance(a, Jet) and isinstance(b, (int, float)):
         if float(b).is_integer() and b >= 0:
             return Jet(_integer_power(a.series, int(b)) if b else series.constant(torch.ones_like(a.primal), a.order))
