@@ -1072,6 +1072,31 @@ def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
         taylor_d(into_memory, x, v, 2)
 
 
+def test_an_embedding_with_max_norm_of_a_table_that_depends_on_x_is_refused():
+    """F.embedding(max_norm=) renormalizes its table in place under no_grad: of a table that depends on x the trace
+    took the result for a constant, and every derivative was 0. Of nn.Embedding's weight it runs (its replay raised
+    autograd's error for an in-place write into a leaf), with the weight's gradient as autograd has it (there was
+    none)."""
+    table = nn.Embedding(4, 3, max_norm=1.0).double()
+    indices = torch.tensor([[0, 2], [1, 3], [3, 3]])
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    constant = lambda z: (table(indices) * z[:, :2, None] ** 2).sum((1, 2))  # noqa: E731
+    assert table.weight.norm(dim=1).max() > 1
+    got = taylor_d(constant, x, v, 2)
+    assert table.weight.norm(dim=1).max() <= 1 + 1e-12  # renormalized in place, as f's own call does
+    assert_agree(got, reverse_d(constant, x, v, 2), rtol=1e-10)
+    gradients = []
+    for d in (taylor_d, reverse_d):  # autograd's gradient into the weight: its renormalized values as the weight
+        table.zero_grad()
+        d(constant, x, v, 2).sum().backward()
+        gradients.append(table.weight.grad)
+    assert_agree(*gradients, rtol=1e-10)
+    rows = torch.tensor([0, 1, 1])
+    of_x = lambda z: torch.stack([F.embedding(rows, s.view(2, 2).exp(), max_norm=100.0) for s in z]).sum((1, 2))  # noqa: E731
+    with pytest.raises(NotSupported, match=r"F\.embedding's max_norm .* aten\.embedding_renorm\.default"):
+        taylor_d(of_x, x, v, 1)
+
+
 GLOBAL_BASE = torch.zeros(3, 4, dtype=F64)
 
 

@@ -46,6 +46,31 @@ def _no_rule(node: fx.Node, *, complex_value: bool = False) -> NotSupported:
     return NotSupported(f"exact-taylor: {what}, {INSTEAD}")
 
 
+# Ops that the trace records for an in-place write under torch.no_grad, which reads its target through a detach:
+# for a target that depends on x, autograd differentiates the value as if unwritten, the trace as a constant (every
+# derivative zero), and neither is the derivative of f. Refused by name where x reaches them.
+WRITTEN_UNDER_NO_GRAD = {
+    aten.embedding_renorm.default: "F.embedding's max_norm renormalizes the rows of its table in place under "
+                                   "torch.no_grad",
+}
+
+
+def _written_under_no_grad(node: fx.Node) -> NotSupported:
+    return NotSupported(f"exact-taylor: {WRITTEN_UNDER_NO_GRAD[node.target]} (aten op {node.target}, node "
+                        f"{node.name!r}), here a value that depends on x, which the trace would take for a constant "
+                        f"(every derivative zero); pass a table that does not depend on x, or renormalize it out of "
+                        f"place, {INSTEAD}")
+
+
+def _write_back(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
+    """functionalize's write-back of a value that does not depend on x into a tensor f closes over (a batch norm's
+    ``num_batches_tracked``, an embedding table renormalized by ``max_norm``), under torch.no_grad: f's own write
+    into a parameter ran so (the graph's later ops read the written value, not the tensor), and autograd refuses an
+    in-place write into a leaf that requires grad."""
+    with torch.no_grad():
+        return destination.copy_(source, non_blocking=non_blocking)
+
+
 def _rule(node: fx.Node) -> Callable[..., object] | None:
     return rule_for(node.target) if node.op == "call_function" else None
 
@@ -127,8 +152,12 @@ def _program(graph: fx.GraphModule) -> fx.GraphModule:
         for node in graph.graph.nodes:
             if node is not x and any(used in reached for used in node.all_input_nodes):
                 reached.add(node)
+                if node.target in WRITTEN_UNDER_NO_GRAD:
+                    raise _written_under_no_grad(node)
                 if node.op == "call_function" and node.target is not operator.getitem:
                     copies[node].target = _dispatch(node, rules[node])
+            elif node.target is aten.copy_.default and node.args[0].op == "placeholder":
+                copies[node].target = _write_back
         graph.meta["taylor_program"] = fx.GraphModule(graph, code)
     return graph.meta["taylor_program"]
 

@@ -746,6 +746,35 @@ def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
     return graph
 
 
+def _renormalized_tables_as_autograd_reads_them(graph: fx.GraphModule) -> fx.GraphModule:
+    """``F.embedding(max_norm=)`` renormalizes its table's rows in place under torch.no_grad, and autograd then
+    differentiates the new values as the table itself. In the trace the renormalized table is a value of its own,
+    from a detached read: where the table is a leaf of f (``nn.Embedding``'s weight), each read of it becomes
+    ``renormalized + (table - table.detach())``, the same values, exactly, with autograd's gradient into the weight
+    (functionalize's write-back into the table stays). A table that depends on x is refused where the pass is
+    planned (``fdsm.taylor.propagate.WRITTEN_UNDER_NO_GRAD``)."""
+    changed = False
+    for node in list(graph.graph.nodes):
+        source = node.args[0] if node.target is aten.embedding_renorm.default else None
+        if not (isinstance(source, fx.Node) and source.target is aten.detach.default
+                and source.args[0].op == "placeholder"):
+            continue
+        table = source.args[0]
+        readers = [user for user in node.users if not (user.target is aten.copy_.default and user.args[0] is table)]
+        with graph.graph.inserting_after(node):
+            detached = graph.graph.call_function(aten.detach.default, (table,))
+        with graph.graph.inserting_after(detached):
+            zero = graph.graph.call_function(aten.sub.Tensor, (table, detached))  # 0, with the table's gradient
+        with graph.graph.inserting_after(zero):
+            read = graph.graph.call_function(aten.add.Tensor, (node, zero))
+        for user in readers:
+            user.replace_input_with(node, read)
+        changed = True
+    if changed:
+        graph.recompile()
+    return graph
+
+
 @contextlib.contextmanager
 def _unvalidated_distributions() -> Iterator[None]:
     """``torch.distributions``' argument checks (``validate_args``, on by default) branch on the arguments' values,
@@ -787,7 +816,8 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
             inputs = [_unwrapped(t).clone() for t in (x, *walk.leaves)]  # copies: a write of f's runs in the call
             with _NoValueReads(), _unvalidated_distributions():
                 graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
-            return _drop_identity_strides(_deterministic(_functional(graph, inputs)))
+            graph = _drop_identity_strides(_deterministic(_functional(graph, inputs)))
+            return _renormalized_tables_as_autograd_reads_them(graph)
     except RuntimeError as err:
         if "mutating a non-functional tensor with a functional tensor" in str(err):  # functionalize's words
             raise NotSupported("exact-taylor: f writes, with values or indices computed from x, into a copy of a "
