@@ -568,6 +568,7 @@ COMPOSITE_OPS = {
     "index_add-scatter_add": lambda z: torch.zeros(2, 2, 3, 4, dtype=F64).index_add(2, OP_I, torch.tanh(z))
     + torch.sin(z).scatter_add(3, OP_SCATTER, z ** 2),
     "lstm": lambda z: OP_LSTM(z.flatten(2))[0] ** 2,  # its gates split by unsafe_split
+    "view-as-integer": lambda z: z * (z.view(torch.int64) > 0) + z ** 2 * z.view(torch.int32)[..., ::2].sign(),
     "casts-to-integer-and-bool": lambda z: (1000 * z).long().double() * z + (z > 0.2).double() * z ** 2
     + (10 * z).to(torch.bool).double(),
     "normalize": lambda z: F.normalize(z, dim=-1),

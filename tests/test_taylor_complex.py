@@ -238,6 +238,22 @@ def test_complex_safe_in_register_rule_declares_a_rule_for_complex_values(monkey
     assert takes_complex(aten.exp.default)
 
 
+DTYPE_VIEWS = [  # f, the way out that the refusal names
+    (lambda z: torch.tanh(fft(z).view(F64)).sum(1), r"use torch\.view_as_real / torch\.view_as_complex"),
+    (lambda z: torch.tanh(torch.stack([z, z * z], -1).flatten(1).view(C128).real).sum(1), r"view_as_complex"),
+    (lambda z: z.half().view(torch.bfloat16).double().sum(1), r"use \.to\(torch\.bfloat16\), a cast"),
+]
+
+
+@pytest.mark.parametrize("f, instead", DTYPE_VIEWS)
+def test_a_view_as_another_floating_or_complex_dtype_is_refused(f, instead):
+    """view(dtype) reinterprets the bits; between a complex dtype and its real one autograd drops the derivative (0
+    where view_as_real gives the true one), and the trace detaches the view: its derivatives would be 0."""
+    x, v = rand(2, 6, seed=1), rand(2, 6, seed=2)
+    with pytest.raises(NotSupported, match=r"view\(torch\.\w+\) of a torch\.\w+ value that depends on x .*" + instead):
+        taylor_d(f, x, v, 1)
+
+
 def _complex_ops(f, x):
     """The keys of the rules that the complex nodes of f's trace reach."""
     graph, _ = traced(f, x)
@@ -249,4 +265,6 @@ def test_every_rule_declared_complex_safe_is_checked_here():
     reached = _complex_ops(FourierLayer().double(), rand(2, 2, 8, 8, seed=1))
     for f in FUNCTIONS.values():
         reached |= _complex_ops(lambda z, f=f: torch.tanh(f(z)).sum(1), rand(2, 6, seed=1))
+    for f, _ in DTYPE_VIEWS:  # refused by a rule of its own, with the way out
+        reached |= _complex_ops(f, rand(2, 6, seed=1))
     assert set(table.COMPLEX_SAFE) <= reached

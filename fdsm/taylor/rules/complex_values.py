@@ -39,10 +39,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fdsm.registry import NotSupported
 from fdsm.taylor.jet import Jet
 from fdsm.taylor.rules import affine, binary, elementwise, piecewise, structural, writes  # noqa: F401  (their rules)
 from fdsm.taylor.rules.operands import _as_series, _dims, _ndim, _order
 from fdsm.taylor.rules.table import Rule, allow_complex, register_rule
+from fdsm.taylor.trace import INSTEAD
 
 aten = torch.ops.aten
 
@@ -76,6 +78,22 @@ def _angle(z: Jet) -> object:
     return binary._atan2(Jet(z.series.imag), Jet(z.series.real))
 
 
+def _view_dtype(z: Jet, dtype: torch.dtype) -> Tensor:
+    """``view(dtype)``, z's bits as another dtype: as an integer or bool dtype a constant, as a cast to one is. Any
+    other is refused: between a complex dtype and its real one the view is linear over the reals, but autograd does
+    not differentiate it and the trace detaches its result, so its derivatives would come out 0 (``view_as_real``
+    and ``view_as_complex`` are the differentiable forms); a float's bits read as another float's (float16 as
+    bfloat16) are not a smooth function of x."""
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return z.primal.view(dtype)
+    source = z.series.dtype
+    instead = ("torch.view_as_real / torch.view_as_complex, which are differentiable" if source.is_complex
+               != dtype.is_complex else f".to({dtype}), a cast")
+    raise NotSupported(f"exact-taylor: view({dtype}) of a {source} value that depends on x reinterprets its bits, "
+                       f"and autograd and the trace take the result for a constant; use {instead}, {INSTEAD}")
+
+
+register_rule(aten.view.dtype, _view_dtype, complex_safe=True)
 register_rule(aten.angle, _angle, complex_safe=True)
 register_rule(aten.view_as_real, lambda z: Jet(torch.view_as_real(z.series.resolve_conj())), complex_safe=True)
 register_rule(aten.view_as_complex, _view_as_complex, complex_safe=True)
@@ -85,7 +103,7 @@ register_rule(aten._conj_physical, lambda z: Jet(z.series.conj_physical()), comp
 
 allow_complex([
     # structural: the op on every coefficient, dims shifted past the coefficient axis
-    aten.view, aten._unsafe_view, aten.t, aten.transpose.int, aten.permute, aten.unsqueeze,
+    aten.view.default, aten._unsafe_view, aten.t, aten.transpose.int, aten.permute, aten.unsqueeze,
     aten.squeeze, aten.select.int, aten.slice.Tensor, aten.flip, aten.roll, aten.index_select, aten.index.Tensor,
     aten.expand, aten.repeat, aten.cat, aten.stack, aten.split.Tensor, aten.split_with_sizes, aten.unbind.int,
     aten.sum, aten.mean, aten.clone, aten._to_copy, aten.constant_pad_nd, aten.detach,

@@ -24,7 +24,7 @@ def _reshape(z: Jet, shape: Sequence[int]) -> Jet:
     return Jet(z.series.reshape(z.order + 1, *shape))
 
 
-_register_all([aten.view, aten._unsafe_view, aten.reshape], _reshape)
+_register_all([aten.view.default, aten._unsafe_view, aten.reshape], _reshape)  # view.dtype: complex_values
 register_rule(aten.t, lambda z: Jet(z.series.transpose(1, 2)) if z.ndim == 2 else Jet(z.series))
 register_rule(aten.transpose.int, lambda z, d0, d1: Jet(z.series.transpose(_dim(d0, z.ndim), _dim(d1, z.ndim))))
 register_rule(aten.permute, lambda z, dims: Jet(z.series.permute(0, *(_dim(d, z.ndim) for d in dims))))
