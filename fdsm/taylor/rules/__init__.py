@@ -53,8 +53,9 @@ Composites without a rule (mish, hardswish, hardsigmoid, PReLU, log-sigmoid, GLU
 baddbmm, masked_fill, vector norms and distances, max pooling, grid sampling, the regression losses, scaled
 dot-product attention on the CPU, ...) reach the rules above through torch's own decompositions
 (``fdsm.taylor.trace.TORCH_DECOMPOSED``), and cdist, pdist, nn.Bilinear and RReLU in eval mode through ours
-(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (erfcx, i0, log_ndtr, singular vectors, eig, qr, the
-nonlinear scatter reductions, RReLU in training, attention's CUDA kernels, ...) raise ``NotSupported`` naming the op.
+(``fdsm.taylor.trace.DECOMPOSITIONS``). Ops with neither (erfcx, i0, log_ndtr, singular vectors, eig,
+embedding_bag of an x-dependent table, the nonlinear scatter reductions, RReLU in training, attention's CUDA
+kernels, ...) raise ``NotSupported`` naming the op.
 
 Every rule is written in torch ops, so its result is differentiable in the parameters of f. The table itself and
 its lookup are ``table``; what the rules share (a rule's arguments as series, a constant on the primal) is
