@@ -1073,29 +1073,70 @@ def test_writing_into_x_or_a_value_of_x_into_a_closed_over_tensor_is_refused():
         taylor_d(into_memory, x, v, 2)
 
 
+EMBEDDING_ROWS = torch.tensor([[0, 2], [1, 3], [3, 3]])
+
+# name -> f(z, e) of an nn.Embedding(4, 3, **kwargs) e: the table's gradient must be autograd's, whose conventions
+# (padding_idx, scale_grad_by_freq, max_norm's renormalization in place) are not those of a plain row lookup
+EMBEDDINGS = {
+    "padding-and-frequency": (dict(padding_idx=0, scale_grad_by_freq=True),
+                              lambda z, e: (e(EMBEDDING_ROWS) * z[:, :2, None] ** 2).sum((1, 2))),
+    "max-norm": (dict(max_norm=1.0), lambda z, e: (e(EMBEDDING_ROWS) * z[:, :2, None] ** 2).sum((1, 2))),
+    "max-norm-twice": (dict(max_norm=1.0), lambda z, e: ((e(EMBEDDING_ROWS) + 2 * e(EMBEDDING_ROWS.flip(0)))
+                                                         * z[:, :2, None] ** 2).sum((1, 2))),
+    "max-norm-of-a-computed-table": (dict(), lambda z, e: (F.embedding(EMBEDDING_ROWS, e.weight * 2.0, max_norm=1.0)
+                                                           * z[:, :2, None] ** 2).sum((1, 2))),
+    "max-norm-rows-from-x": (dict(max_norm=1.0), lambda z, e: (e(2 * (z[:, :2] > 0.5).long() + EMBEDDING_ROWS % 2)
+                                                               * z[:, :2, None] ** 2).sum((1, 2))),
+    "table-from-x-with-padding": (dict(padding_idx=0), lambda z, e: torch.stack([
+        F.embedding(EMBEDDING_ROWS[0], e.weight * torch.sin(s).sum(), padding_idx=0, scale_grad_by_freq=True)
+        for s in z]).pow(2).sum((1, 2))),
+}
+
+
+@pytest.mark.parametrize("name", EMBEDDINGS)
+def test_an_embedding_tables_gradient_is_autograds(name):
+    """The table's gradient through Taylor mode is autograd's: a decomposition into a row lookup gave the padding row
+    one and dropped the frequency scaling; max_norm's replay raised autograd's error for an in-place write into a
+    leaf, then gave the weight no gradient, or a wrong one for a second lookup."""
+    kwargs, f = EMBEDDINGS[name]
+    torch.manual_seed(0)
+    e = nn.Embedding(4, 3, **kwargs).double()
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    gradients = []
+    for d in (taylor_d, reverse_d):
+        e.zero_grad()
+        derivative = d(lambda z: f(z, e), x, v, 2)
+        derivative.sum().backward()
+        gradients.append((derivative.detach(), e.weight.grad))
+    if "max_norm" in kwargs:
+        assert e.weight.norm(dim=1).max() <= 1 + 1e-12  # renormalized in place, as f's own call does
+    (got, got_grad), (expected, expected_grad) = gradients
+    assert_agree(got, expected, rtol=1e-10)
+    assert_agree(got_grad, expected_grad, rtol=1e-10)
+
+
 def test_an_embedding_with_max_norm_of_a_table_that_depends_on_x_is_refused():
     """F.embedding(max_norm=) renormalizes its table in place under no_grad: of a table that depends on x the trace
-    took the result for a constant, and every derivative was 0. Of nn.Embedding's weight it runs (its replay raised
-    autograd's error for an in-place write into a leaf), with the weight's gradient as autograd has it (there was
-    none)."""
-    table = nn.Embedding(4, 3, max_norm=1.0).double()
-    indices = torch.tensor([[0, 2], [1, 3], [3, 3]])
+    took the result for a constant, and every derivative was 0."""
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
-    constant = lambda z: (table(indices) * z[:, :2, None] ** 2).sum((1, 2))  # noqa: E731
-    assert table.weight.norm(dim=1).max() > 1
-    got = taylor_d(constant, x, v, 2)
-    assert table.weight.norm(dim=1).max() <= 1 + 1e-12  # renormalized in place, as f's own call does
-    assert_agree(got, reverse_d(constant, x, v, 2), rtol=1e-10)
-    gradients = []
-    for d in (taylor_d, reverse_d):  # autograd's gradient into the weight: its renormalized values as the weight
-        table.zero_grad()
-        d(constant, x, v, 2).sum().backward()
-        gradients.append(table.weight.grad)
-    assert_agree(*gradients, rtol=1e-10)
     rows = torch.tensor([0, 1, 1])
-    of_x = lambda z: torch.stack([F.embedding(rows, s.view(2, 2).exp(), max_norm=100.0) for s in z]).sum((1, 2))  # noqa: E731
+    f = lambda z: torch.stack([F.embedding(rows, s.view(2, 2).exp(), max_norm=100.0) for s in z]).sum((1, 2))  # noqa: E731
     with pytest.raises(NotSupported, match=r"F\.embedding's max_norm .* aten\.embedding_renorm\.default"):
-        taylor_d(of_x, x, v, 1)
+        taylor_d(f, x, v, 1)
+
+
+def test_a_write_into_a_parameter_under_no_grad_of_a_value_with_a_gradient_is_refused():
+    """Autograd takes the written parameter for the parameter itself; the trace's later ops read the written value,
+    and differentiated through the write: the gradient came out half autograd's, silently."""
+    linear = nn.Linear(3, 3).double()
+
+    def f(z):
+        with torch.no_grad():
+            linear.weight.mul_(0.5)
+        return torch.tanh(linear(z)).sum(1)
+
+    with pytest.raises(NotSupported, match=r"writes in place, under torch\.no_grad, a value computed with a gradient"):
+        taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2)
 
 
 GLOBAL_BASE = torch.zeros(3, 4, dtype=F64)

@@ -48,7 +48,8 @@ def _no_rule(node: fx.Node, *, complex_value: bool = False) -> NotSupported:
 
 # Ops that the trace records for an in-place write under torch.no_grad, which reads its target through a detach:
 # for a target that depends on x, autograd differentiates the value as if unwritten, the trace as a constant (every
-# derivative zero), and neither is the derivative of f. Refused by name where x reaches them.
+# derivative zero), and neither is the derivative of f. Refused by name where x reaches their target (their first
+# argument; indices computed from x are constants).
 WRITTEN_UNDER_NO_GRAD = {
     aten.embedding_renorm.default: "F.embedding's max_norm renormalizes the rows of its table in place under "
                                    "torch.no_grad",
@@ -65,8 +66,16 @@ def _written_under_no_grad(node: fx.Node) -> NotSupported:
 def _write_back(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
     """functionalize's write-back of a value that does not depend on x into a tensor f closes over (a batch norm's
     ``num_batches_tracked``, an embedding table renormalized by ``max_norm``), under torch.no_grad: f's own write
-    into a parameter ran so (the graph's later ops read the written value, not the tensor), and autograd refuses an
-    in-place write into a leaf that requires grad."""
+    into a parameter ran so (autograd refuses an in-place write into a leaf that requires grad otherwise), and the
+    graph's later ops read the written value, not the tensor. Where that value has a gradient into a tensor that
+    requires one (``weight.mul_(0.5)`` under no_grad), autograd takes the written tensor for the parameter itself,
+    while the graph would differentiate through the write: refused."""
+    if destination.requires_grad and source.requires_grad:
+        raise NotSupported("exact-taylor: f writes in place, under torch.no_grad, a value computed with a gradient "
+                           "into a tensor that requires one (a parameter): autograd takes the written tensor for "
+                           "the parameter itself, and the trace, whose later ops read the written value, would "
+                           f"differentiate through the write; write it outside f, or compute it out of place, "
+                           f"{INSTEAD}")
     with torch.no_grad():
         return destination.copy_(source, non_blocking=non_blocking)
 
@@ -112,12 +121,15 @@ def _has_jet(value: object) -> bool:
     return isinstance(value, Jet) or isinstance(value, (list, tuple)) and any(jets_in(value))
 
 
-def _dispatch(node: fx.Node, rule: Callable[..., object] | None) -> Callable[..., object]:
+def _dispatch(node: fx.Node, rule: Callable[..., object] | None,
+              plain: Callable[..., object] | None = None) -> Callable[..., object]:
     """The call of a node that depends on x: its rule when a Jet reaches it (looked up again where the plan found
-    none, so that a rule registered since counts), the op itself otherwise (a rule before it may have returned a
-    constant: a comparison, a cast to an integer dtype). A node that takes or returns a complex value goes only to
-    a rule declared right for complex values (``fdsm.taylor.rules.complex_values``), and is refused otherwise."""
+    none, so that a rule registered since counts), ``plain`` otherwise (default the op itself: a rule before it may
+    have returned a constant, a comparison, a cast to an integer dtype). A node that takes or returns a complex value
+    goes only to a rule declared right for complex values (``fdsm.taylor.rules.complex_values``), and is refused
+    otherwise."""
     op, complex_values = node.target, _complex_node(node)
+    plain = plain or op
 
     def call(*args, **kwargs):
         if any(_has_jet(a) for a in args) or kwargs and any(_has_jet(a) for a in kwargs.values()):
@@ -126,7 +138,7 @@ def _dispatch(node: fx.Node, rule: Callable[..., object] | None) -> Callable[...
             if complex_values and not takes_complex(op):
                 raise _no_rule(node, complex_value=True)
             return chosen(*args, **kwargs)
-        return op(*args, **kwargs)
+        return plain(*args, **kwargs)
 
     call.__name__ = f"taylor_{node.name}"
     return call
@@ -150,13 +162,14 @@ def _program(graph: fx.GraphModule) -> fx.GraphModule:
         x = next(node for node in graph.graph.nodes if node.op == "placeholder")  # the first: x
         reached = {x}
         for node in graph.graph.nodes:
+            write_back = node.target is aten.copy_.default and node.args[0].op == "placeholder"
             if node is not x and any(used in reached for used in node.all_input_nodes):
                 reached.add(node)
-                if node.target in WRITTEN_UNDER_NO_GRAD:
+                if node.target in WRITTEN_UNDER_NO_GRAD and node.args[0] in reached:
                     raise _written_under_no_grad(node)
                 if node.op == "call_function" and node.target is not operator.getitem:
-                    copies[node].target = _dispatch(node, rules[node])
-            elif node.target is aten.copy_.default and node.args[0].op == "placeholder":
+                    copies[node].target = _dispatch(node, rules[node], _write_back if write_back else None)
+            elif write_back:
                 copies[node].target = _write_back
         graph.meta["taylor_program"] = fx.GraphModule(graph, code)
     return graph.meta["taylor_program"]

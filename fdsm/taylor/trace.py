@@ -275,7 +275,7 @@ TORCH_DECOMPOSED = (
     aten.clamp_max.Tensor, aten.threshold, aten.linalg_vector_norm, aten.norm, aten.dist, aten.renorm,
     aten.std_mean, aten.linalg_cross, aten.max_pool2d_with_indices, aten.max_pool3d_with_indices,
     aten.grid_sampler_2d, aten.affine_grid_generator, aten._safe_softmax, aten.mse_loss, aten.huber_loss,
-    aten.smooth_l1_loss, aten.dot, aten.trace, aten.binary_cross_entropy, aten.soft_margin_loss, aten.embedding,
+    aten.smooth_l1_loss, aten.dot, aten.trace, aten.binary_cross_entropy, aten.soft_margin_loss,
     aten._scaled_dot_product_flash_attention_for_cpu,  # attention on the CPU; its CUDA kernels have no decomposition
 )
 
@@ -747,20 +747,21 @@ def _drop_identity_strides(graph: fx.GraphModule) -> fx.GraphModule:
 
 
 def _renormalized_tables_as_autograd_reads_them(graph: fx.GraphModule) -> fx.GraphModule:
-    """``F.embedding(max_norm=)`` renormalizes its table's rows in place under torch.no_grad, and autograd then
-    differentiates the new values as the table itself. In the trace the renormalized table is a value of its own,
-    from a detached read: where the table is a leaf of f (``nn.Embedding``'s weight), each read of it becomes
-    ``renormalized + (table - table.detach())``, the same values, exactly, with autograd's gradient into the weight
-    (functionalize's write-back into the table stays). A table that depends on x is refused where the pass is
-    planned (``fdsm.taylor.propagate.WRITTEN_UNDER_NO_GRAD``)."""
+    """``F.embedding(max_norm=)`` renormalizes its table's rows in place, through a detached view of it, and autograd
+    then differentiates the new values as the table itself. In the trace the renormalized table is a value of its
+    own, computed from the detached table: each of its reads becomes ``renormalized + (table - table.detach())``,
+    the same values, exactly, with autograd's gradient into the table (a parameter, or a value computed from one;
+    a second lookup renormalizes the first one's read again). functionalize's write-back into the table stays as
+    it is. A table that depends on x is refused where the pass is planned
+    (``fdsm.taylor.propagate.WRITTEN_UNDER_NO_GRAD``)."""
     changed = False
     for node in list(graph.graph.nodes):
         source = node.args[0] if node.target is aten.embedding_renorm.default else None
-        if not (isinstance(source, fx.Node) and source.target is aten.detach.default
-                and source.args[0].op == "placeholder"):
+        if not (isinstance(source, fx.Node) and source.target is aten.detach.default):
             continue
         table = source.args[0]
-        readers = [user for user in node.users if not (user.target is aten.copy_.default and user.args[0] is table)]
+        readers = [user for user in node.users if not (user.target is aten.copy_.default
+                                                       and user.args[0].op == "placeholder")]
         with graph.graph.inserting_after(node):
             detached = graph.graph.call_function(aten.detach.default, (table,))
         with graph.graph.inserting_after(detached):

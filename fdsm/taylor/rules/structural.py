@@ -48,6 +48,18 @@ def _index(z: Jet, indices: Sequence[Tensor | None]) -> Jet:
 
 
 _register_all([aten.index.Tensor, aten._unsafe_index.Tensor], _index)
+def _embedding(table: Jet, indices: Tensor, padding_idx: int = -1, scale_grad_by_freq: bool = False,
+               sparse: bool = False) -> Jet:
+    """``embedding(table, indices)`` of a table that depends on x: the op on the table of every coefficient's rows
+    side by side ((num, (K+1)·dim)), so that its gradient into the table keeps the op's conventions (no gradient
+    into the ``padding_idx`` row, ``scale_grad_by_freq``'s scaling; dense, not ``sparse``)."""
+    _no_jet("aten.embedding", indices)
+    rows = table.series.movedim(0, 1).flatten(1)  # (num, (K+1)·dim)
+    out = aten.embedding(rows, indices, padding_idx, scale_grad_by_freq)  # (*indices, (K+1)·dim)
+    return Jet(out.unflatten(-1, (table.order + 1, -1)).movedim(-2, 0))
+
+
+register_rule(aten.embedding, _embedding)
 register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
               Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
 _register_all([aten.diagonal, aten.diagonal_copy], lambda z, offset=0, dim1=0, dim2=1:
