@@ -242,6 +242,7 @@ DTYPE_VIEWS = [  # f, the way out that the refusal names
     (lambda z: torch.tanh(fft(z).view(F64)).sum(1), r"use torch\.view_as_real / torch\.view_as_complex"),
     (lambda z: torch.tanh(torch.stack([z, z * z], -1).flatten(1).view(C128).real).sum(1), r"view_as_complex"),
     (lambda z: z.half().view(torch.bfloat16).double().sum(1), r"use \.to\(torch\.bfloat16\), a cast"),
+    (lambda z: torch.tanh(z.view(F64)).sum(1), r"use no view: it is the identity"),
 ]
 
 

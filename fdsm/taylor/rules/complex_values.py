@@ -88,7 +88,7 @@ def _view_dtype(z: Jet, dtype: torch.dtype) -> Tensor:
         return z.primal.view(dtype)
     source = z.series.dtype
     instead = ("torch.view_as_real / torch.view_as_complex, which are differentiable" if source.is_complex
-               != dtype.is_complex else f".to({dtype}), a cast")
+               != dtype.is_complex else "no view: it is the identity" if source == dtype else f".to({dtype}), a cast")
     raise NotSupported(f"exact-taylor: view({dtype}) of a {source} value that depends on x reinterprets its bits, "
                        f"and autograd and the trace take the result for a constant; use {instead}, {INSTEAD}")
 
