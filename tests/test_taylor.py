@@ -1125,18 +1125,22 @@ def test_an_embedding_with_max_norm_of_a_table_that_depends_on_x_is_refused():
         taylor_d(f, x, v, 1)
 
 
-def test_a_write_into_a_parameter_under_no_grad_of_a_value_with_a_gradient_is_refused():
-    """Autograd takes the written parameter for the parameter itself; the trace's later ops read the written value,
-    and differentiated through the write: the gradient came out half autograd's, silently."""
+@pytest.mark.parametrize("write", ["a value with a gradient", "a constant"])
+def test_a_write_into_a_parameter_under_no_grad_is_refused(write):
+    """Autograd takes the written parameter for the parameter itself, with its gradient; the trace's later ops read
+    the written value: differentiated through the write, the gradient came out half autograd's, and of a constant
+    written there was none, silently."""
     linear = nn.Linear(3, 3).double()
 
     def f(z):
         with torch.no_grad():
-            linear.weight.mul_(0.5)
+            linear.weight.mul_(0.5) if write == "a value with a gradient" else linear.weight.fill_(0.3)
         return torch.tanh(linear(z)).sum(1)
 
-    with pytest.raises(NotSupported, match=r"writes in place, under torch\.no_grad, a value computed with a gradient"):
+    with pytest.raises(NotSupported, match=r"writes in place, under torch\.no_grad, into a tensor that requires grad"):
         taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2)
+    linear.requires_grad_(False)  # then no gradient is asked for: the write runs, as in f
+    assert taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2).shape == (2,)
 
 
 GLOBAL_BASE = torch.zeros(3, 4, dtype=F64)

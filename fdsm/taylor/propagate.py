@@ -65,19 +65,35 @@ def _written_under_no_grad(node: fx.Node) -> NotSupported:
 
 def _write_back(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
     """functionalize's write-back of a value that does not depend on x into a tensor f closes over (a batch norm's
-    ``num_batches_tracked``, an embedding table renormalized by ``max_norm``), under torch.no_grad: f's own write
-    into a parameter ran so (autograd refuses an in-place write into a leaf that requires grad otherwise), and the
-    graph's later ops read the written value, not the tensor. Where that value has a gradient into a tensor that
-    requires one (``weight.mul_(0.5)`` under no_grad), autograd takes the written tensor for the parameter itself,
-    while the graph would differentiate through the write: refused."""
-    if destination.requires_grad and source.requires_grad:
-        raise NotSupported("exact-taylor: f writes in place, under torch.no_grad, a value computed with a gradient "
-                           "into a tensor that requires one (a parameter): autograd takes the written tensor for "
-                           "the parameter itself, and the trace, whose later ops read the written value, would "
-                           f"differentiate through the write; write it outside f, or compute it out of place, "
-                           f"{INSTEAD}")
+    ``num_batches_tracked``, a buffer f updates), as f's own write. Into a tensor that requires grad (a parameter) f
+    can only have written under torch.no_grad, since autograd refuses it otherwise, and autograd then takes the
+    written tensor for the parameter itself, with its gradient; the graph's later ops read the written value, which
+    has another gradient or none: refused, but for ``max_norm``'s renormalized embedding table, whose reads the
+    trace makes autograd's (``_write_back_renormalized``)."""
+    if destination.requires_grad:
+        raise NotSupported("exact-taylor: f writes in place, under torch.no_grad, into a tensor that requires grad (a "
+                           "parameter): autograd takes the written tensor for the parameter itself, while the trace's "
+                           "later ops read the written value, with another gradient or none; write it outside f, or "
+                           f"compute it out of place, {INSTEAD}")
+    return _write_back_renormalized(destination, source, non_blocking)
+
+
+def _write_back_renormalized(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
+    """The write-back of an embedding table that ``F.embedding(max_norm=)`` renormalized, under torch.no_grad, as
+    f's own write ran (``fdsm.taylor.trace._renormalized_tables_as_autograd_reads_them`` gives its reads autograd's
+    gradient)."""
     with torch.no_grad():
         return destination.copy_(source, non_blocking=non_blocking)
+
+
+def _write_back_of(node: fx.Node) -> Callable[..., Tensor] | None:
+    """The call of functionalize's write-back into an input of the graph (a ``copy_`` into a placeholder); None for
+    any other node."""
+    if not (node.target is aten.copy_.default and node.args[0].op == "placeholder"):
+        return None
+    source = node.args[1]
+    renormalized = isinstance(source, fx.Node) and source.target is aten.embedding_renorm.default
+    return _write_back_renormalized if renormalized else _write_back
 
 
 def _rule(node: fx.Node) -> Callable[..., object] | None:
@@ -162,15 +178,15 @@ def _program(graph: fx.GraphModule) -> fx.GraphModule:
         x = next(node for node in graph.graph.nodes if node.op == "placeholder")  # the first: x
         reached = {x}
         for node in graph.graph.nodes:
-            write_back = node.target is aten.copy_.default and node.args[0].op == "placeholder"
+            write_back = _write_back_of(node)
             if node is not x and any(used in reached for used in node.all_input_nodes):
                 reached.add(node)
                 if node.target in WRITTEN_UNDER_NO_GRAD and node.args[0] in reached:
                     raise _written_under_no_grad(node)
                 if node.op == "call_function" and node.target is not operator.getitem:
-                    copies[node].target = _dispatch(node, rules[node], _write_back if write_back else None)
+                    copies[node].target = _dispatch(node, rules[node], write_back)
             elif write_back:
-                copies[node].target = _write_back
+                copies[node].target = write_back
         graph.meta["taylor_program"] = fx.GraphModule(graph, code)
     return graph.meta["taylor_program"]
 
