@@ -1143,6 +1143,32 @@ def test_a_write_into_a_parameter_under_no_grad_is_refused(write):
     assert taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2).shape == (2,)
 
 
+def test_a_write_into_a_closed_over_value_with_a_gradient_runs_once_as_in_f():
+    """Not a parameter: a value computed from one, which f may write with autograd recording (its gradient then
+    flows through the write, as the trace's later ops read it)."""
+    def scaled_by(weight):
+        scaled = weight * 2.0
+
+        def f(z):
+            scaled.mul_(1.5)
+            return (torch.tanh(z) * scaled).sum(1)
+
+        return f, scaled
+
+    weight = nn.Parameter(rand(4, seed=3))
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    results = []
+    for d in (taylor_d, reverse_d):
+        f, scaled = scaled_by(weight)
+        weight.grad = None
+        derivative = d(f, x, v, 2)
+        derivative.sum().backward()
+        results.append((derivative.detach(), weight.grad, scaled.detach()))
+        assert_agree(scaled.detach(), weight.detach() * 3.0, rtol=1e-15)  # written once
+    for got, expected in zip(*results, strict=True):
+        assert_agree(got, expected, rtol=1e-12)
+
+
 GLOBAL_BASE = torch.zeros(3, 4, dtype=F64)
 
 
@@ -1166,6 +1192,33 @@ def test_a_write_into_a_copy_of_a_global_tensor_says_what_to_do_and_a_closed_ove
         taylor_d(into_a_global, x, v, 2)
     f = make(GLOBAL_BASE)
     assert_agree(taylor_d(f, x, v, 2), reverse_d(f, x, v, 2), rtol=1e-10)
+
+
+GLOBAL_COUNT = torch.zeros(4, dtype=F64)
+
+
+@pytest.mark.parametrize("write", ["mul_", "setitem", "a view's setitem", "out=", "a default argument"])
+def test_a_write_into_a_tensor_the_trace_keeps_as_a_constant_is_refused_before_it_runs(write):
+    """A global (or a default argument) is not lifted: its write ran while traced, and again at each call of the
+    graph, so that f's first call read it written twice. A tensor that f makes from constants is its own to write."""
+    def f(z, counts=GLOBAL_COUNT):
+        made = torch.ones(4, dtype=F64) * 2  # made from constants while traced: not functional, and f's own
+        made[1:] += 1
+        if write == "mul_":
+            GLOBAL_COUNT.mul_(1.5)
+        elif write == "setitem":
+            GLOBAL_COUNT[0] = 1.0
+        elif write == "a view's setitem":
+            GLOBAL_COUNT.view(2, 2)[0] = 1.0
+        elif write == "out=":
+            torch.add(made, 1.0, out=GLOBAL_COUNT)
+        else:
+            counts.add_(1.0)
+        return (torch.tanh(z) * (GLOBAL_COUNT + made)).sum(1)
+
+    with pytest.raises(NotSupported, match=r"writes in place \(\w+\) into a tensor that the trace keeps as a constant"):
+        taylor_d(f, rand(3, 4, seed=1), rand(3, 4, seed=2), 2)
+    assert (GLOBAL_COUNT == 0).all()  # refused before the write
 
 
 @pytest.mark.parametrize("change, error, match", [

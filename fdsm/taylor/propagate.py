@@ -65,17 +65,17 @@ def _written_under_no_grad(node: fx.Node) -> NotSupported:
 
 def _write_back(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
     """functionalize's write-back of a value that does not depend on x into a tensor f closes over (a batch norm's
-    ``num_batches_tracked``, a buffer f updates), as f's own write. Into a tensor that requires grad (a parameter) f
+    ``num_batches_tracked``, a buffer f updates), as f's own write. Into a leaf that requires grad (a parameter) f
     can only have written under torch.no_grad, since autograd refuses it otherwise, and autograd then takes the
     written tensor for the parameter itself, with its gradient; the graph's later ops read the written value, which
     has another gradient or none: refused, but for ``max_norm``'s renormalized embedding table, whose reads the
     trace makes autograd's (``_write_back_renormalized``)."""
-    if destination.requires_grad:
+    if destination.requires_grad and destination.is_leaf:
         raise NotSupported("exact-taylor: f writes in place, under torch.no_grad, into a tensor that requires grad (a "
                            "parameter): autograd takes the written tensor for the parameter itself, while the trace's "
                            "later ops read the written value, with another gradient or none; write it outside f, or "
                            f"compute it out of place, {INSTEAD}")
-    return _write_back_renormalized(destination, source, non_blocking)
+    return destination.copy_(source, non_blocking=non_blocking)
 
 
 def _write_back_renormalized(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:

@@ -681,16 +681,53 @@ TRACING = threading.RLock()  # one trace at a time: make_fx keeps global state (
 
 class _NoValueReads(TorchFunctionMode):
     """Refuses to read a traced tensor's values into Python or NumPy: under ``functionalize`` a tensor has no storage
-    of its own, so ``.numpy()`` returns whatever memory is there and the trace keeps it as a constant."""
+    of its own, so ``.numpy()`` returns whatever memory is there and the trace keeps it as a constant. And refuses an
+    in-place write into a tensor that the trace keeps as a constant, one that f neither computes nor closes over (a
+    global, a default argument, a tuple's item; closure cells, parameters and buffers are lifted to functional
+    inputs): the write would run now, in the trace, and again at every call of the graph, so that f's first call
+    read it written twice. A tensor that f makes while traced (from constants only, so not functional) is its own."""
 
     READS = frozenset({Tensor.numpy, Tensor.tolist, Tensor.__array__})
+    NOT_WRITES = frozenset({"requires_grad_", "share_memory_"})
+    AUGMENTED = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: dict[int, weakref.ref] = {}  # id -> the tensors made while traced, as long as they live
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
         if func in self.READS and torch._is_functional_tensor(args[0]):
             raise NotSupported(f"exact-taylor traces f once, to torch ops, and f reads a tensor's values into Python "
                                f"or NumPy ({func.__name__}): the trace cannot follow them; keep that computation in "
                                f"torch ops, {INSTEAD}")
-        return func(*args, **(kwargs or {}))
+        written = kwargs.get("out", args[0] if args and self._in_place(func) else None)
+        if isinstance(written, Tensor) and self._kept_as_a_constant(written):
+            raise NotSupported(f"exact-taylor: f writes in place ({getattr(func, '__name__', func)}) into a tensor "
+                               "that the trace keeps as a constant (a global, a default argument, a tuple's item; "
+                               "closure cells, parameters and buffers are lifted to inputs): the trace would run the "
+                               "write again at every call; close over that tensor in f, register it as a buffer, or "
+                               f"write a copy, {INSTEAD}")
+        out = func(*args, **kwargs)
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor) and not torch._is_functional_tensor(t):
+                self.made[id(t)] = weakref.ref(t, functools.partial(self._forget, id(t)))
+        return out
+
+    def _forget(self, key: int, _: weakref.ref) -> None:
+        self.made.pop(key, None)
+
+    @classmethod
+    def _in_place(cls, func: Callable) -> bool:
+        name = getattr(func, "__name__", "")
+        return name.endswith("_") and not name.endswith("__") and name not in cls.NOT_WRITES or name in cls.AUGMENTED
+
+    def _kept_as_a_constant(self, t: Tensor) -> bool:
+        base = t if t._base is None else t._base
+        if torch._is_functional_tensor(base):
+            return False
+        made = self.made.get(id(base))
+        return made is None or made() is not base
 
 
 def _mutates(node: fx.Node) -> bool:
