@@ -50,13 +50,13 @@ def _index(z: Jet, indices: Sequence[Tensor | None]) -> Jet:
 _register_all([aten.index.Tensor, aten._unsafe_index.Tensor], _index)
 def _embedding(table: Jet, indices: Tensor, padding_idx: int = -1, scale_grad_by_freq: bool = False,
                sparse: bool = False) -> Jet:
-    """``embedding(table, indices)`` of a table that depends on x: the op on the table of every coefficient's rows
-    side by side ((num, (K+1)·dim)), so that its gradient into the table keeps the op's conventions (no gradient
-    into the ``padding_idx`` row, ``scale_grad_by_freq``'s scaling; dense, not ``sparse``)."""
+    """``embedding(table, indices)`` of a table that depends on x: the rows at the indices, of every coefficient.
+    ``padding_idx`` and ``scale_grad_by_freq`` shape only autograd's gradient into the table (no gradient into the
+    padding row, a scaled one into frequent rows), not the lookup: of a table that depends on x the derivatives are
+    the lookup's, and so is their gradient (nested autograd's convention gives other derivatives there). A constant
+    table (``nn.Embedding``'s weight) never reaches this rule: the op runs as it is, with autograd's gradient."""
     _no_jet("aten.embedding", indices)
-    rows = table.series.movedim(0, 1).flatten(1)  # (num, (K+1)·dim)
-    out = aten.embedding(rows, indices, padding_idx, scale_grad_by_freq)  # (*indices, (K+1)·dim)
-    return Jet(out.unflatten(-1, (table.order + 1, -1)).movedim(-2, 0))
+    return Jet(table.series[:, indices])
 
 
 register_rule(aten.embedding, _embedding)
