@@ -1085,6 +1085,8 @@ EMBEDDINGS = {
                                                          * z[:, :2, None] ** 2).sum((1, 2))),
     "max-norm-of-a-computed-table": (dict(), lambda z, e: (F.embedding(EMBEDDING_ROWS, e.weight * 2.0, max_norm=1.0)
                                                            * z[:, :2, None] ** 2).sum((1, 2))),
+    "max-norm-of-a-view": (dict(), lambda z, e: (F.embedding(EMBEDDING_ROWS % 3, e.weight[:3], max_norm=0.5)
+                                                 * z[:, :2, None] ** 2).sum((1, 2))),
     "max-norm-rows-from-x": (dict(max_norm=1.0), lambda z, e: (e(2 * (z[:, :2] > 0.5).long() + EMBEDDING_ROWS % 2)
                                                                * z[:, :2, None] ** 2).sum((1, 2))),
 }
@@ -1162,6 +1164,34 @@ def test_a_write_into_a_parameter_under_no_grad_is_refused(write):
         taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2)
     linear.requires_grad_(False)  # then no gradient is asked for: the write runs, as in f
     assert taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2).shape == (2,)
+
+
+def test_a_write_into_parameters_that_f_does_not_read_after_runs_once_as_in_f():
+    """A mean teacher: f moves the teacher's weights towards the student's under no_grad, and returns the student's
+    output only. The write runs once per call, and nothing reads it: not refused."""
+    student = nn.Linear(4, 3).double()
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        teacher.weight.mul_(0.5)
+
+    def f(z):
+        with torch.no_grad():
+            for moving, target in zip(teacher.parameters(), student.parameters(), strict=True):
+                moving.mul_(0.9).add_(0.1 * target)
+        return torch.tanh(student(z)).sum(1)
+
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    before = teacher.weight.detach().clone()
+    results = []
+    for d in (taylor_d, reverse_d):
+        student.zero_grad()
+        derivative = d(f, x, v, 2)
+        derivative.sum().backward()
+        results.append((derivative.detach(), student.weight.grad))
+    expected = 0.9 * (0.9 * before + 0.1 * student.weight.detach()) + 0.1 * student.weight.detach()  # two calls
+    assert_agree(teacher.weight.detach(), expected, rtol=1e-14)
+    for got, reference in zip(*results, strict=True):
+        assert_agree(got, reference, rtol=1e-12)
 
 
 def test_a_write_into_a_closed_over_value_with_a_gradient_runs_once_as_in_f():

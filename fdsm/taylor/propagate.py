@@ -64,36 +64,51 @@ def _written_under_no_grad(node: fx.Node) -> NotSupported:
 
 
 def _write_back(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
-    """functionalize's write-back of a value that does not depend on x into a tensor f closes over (a batch norm's
-    ``num_batches_tracked``, a buffer f updates), as f's own write. Into a leaf that requires grad (a parameter) f
-    can only have written under torch.no_grad, since autograd refuses it otherwise, and autograd then takes the
-    written tensor for the parameter itself, with its gradient; the graph's later ops read the written value, which
-    has another gradient or none: refused, but for ``max_norm``'s renormalized embedding table, whose reads the
-    trace makes autograd's (``_write_back_renormalized``)."""
+    """functionalize's write-back of a value that does not depend on x into a tensor f closes over, which the graph's
+    result reads after the write (a buffer f updates and uses, a value computed from a parameter), as f's own write.
+    Into a leaf that requires grad (a parameter) f can only have written under torch.no_grad, since autograd refuses
+    it otherwise, and autograd then takes the written tensor for the parameter itself, with its gradient; the
+    graph's later ops read the written value, which has another gradient or none: refused."""
     if destination.requires_grad and destination.is_leaf:
         raise NotSupported("exact-taylor: f writes in place, under torch.no_grad, into a tensor that requires grad (a "
-                           "parameter): autograd takes the written tensor for the parameter itself, while the trace's "
-                           "later ops read the written value, with another gradient or none; write it outside f, or "
-                           f"compute it out of place, {INSTEAD}")
+                           "parameter), and reads it after: autograd takes the written tensor for the parameter "
+                           "itself, while the trace's later ops read the written value, with another gradient or none; "
+                           f"write it outside f, or compute it out of place, {INSTEAD}")
     return destination.copy_(source, non_blocking=non_blocking)
 
 
-def _write_back_renormalized(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
-    """The write-back of an embedding table that ``F.embedding(max_norm=)`` renormalized, under torch.no_grad, as
-    f's own write ran (``fdsm.taylor.trace._renormalized_tables_as_autograd_reads_them`` gives its reads autograd's
-    gradient)."""
+def _write_back_no_grad(destination: Tensor, source: Tensor, non_blocking: bool = False) -> Tensor:
+    """The write-back under torch.no_grad, as f's write into a parameter ran, where the graph's result does not read
+    the written value (a batch norm's ``num_batches_tracked``, a teacher's weights that f moves towards a student's),
+    or reads it as autograd does (``F.embedding(max_norm=)``'s renormalized table:
+    ``fdsm.taylor.trace._renormalized_tables_as_autograd_reads_them``)."""
     with torch.no_grad():
         return destination.copy_(source, non_blocking=non_blocking)
 
 
-def _write_back_of(node: fx.Node) -> Callable[..., Tensor] | None:
-    """The call of functionalize's write-back into an input of the graph (a ``copy_`` into a placeholder); None for
-    any other node."""
+def _ancestors(node: fx.Node, *, users: bool = False) -> set[fx.Node]:
+    """The nodes that ``node``'s value is computed from (with ``users``: those computed from it), itself included."""
+    seen, todo = {node}, [node]
+    while todo:
+        current = todo.pop()
+        for other in current.users if users else current.all_input_nodes:
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+def _write_back_of(node: fx.Node, read: set[fx.Node]) -> Callable[..., Tensor] | None:
+    """The call of functionalize's write-back into an input of the graph (a ``copy_`` into a placeholder), None for
+    any other node. ``read``: the nodes the graph's result is computed from. The written versions of the input are
+    the nodes computed from it that the written value is computed from: where the result reads none of them, or they
+    pass a renormalization by ``max_norm``, the write runs under torch.no_grad (``_write_back_no_grad``)."""
     if not (node.target is aten.copy_.default and node.args[0].op == "placeholder"):
         return None
-    source = node.args[1]
-    renormalized = isinstance(source, fx.Node) and source.target is aten.embedding_renorm.default
-    return _write_back_renormalized if renormalized else _write_back
+    destination, source = node.args[:2]
+    versions = _ancestors(source) & _ancestors(destination, users=True) - {destination}
+    renormalized = any(n.target is aten.embedding_renorm.default for n in versions)
+    return _write_back_no_grad if renormalized or not versions & read else _write_back
 
 
 def _rule(node: fx.Node) -> Callable[..., object] | None:
@@ -176,9 +191,10 @@ def _program(graph: fx.GraphModule) -> fx.GraphModule:
         code, copies = fx.Graph(), {}
         code.output(code.graph_copy(graph.graph, copies))
         x = next(node for node in graph.graph.nodes if node.op == "placeholder")  # the first: x
+        read = _ancestors(next(node for node in graph.graph.nodes if node.op == "output"))
         reached = {x}
         for node in graph.graph.nodes:
-            write_back = _write_back_of(node)
+            write_back = _write_back_of(node, read)
             if node is not x and any(used in reached for used in node.all_input_nodes):
                 reached.add(node)
                 if node.target in WRITTEN_UNDER_NO_GRAD and node.args[0] in reached:
