@@ -1166,6 +1166,43 @@ def test_a_write_into_a_parameter_under_no_grad_is_refused(write):
     assert taylor_d(f, rand(2, 3, seed=1), rand(2, 3, seed=2), 2).shape == (2,)
 
 
+class ScaledByNoGradNorm(nn.Module):
+    def __init__(self, of):
+        super().__init__()
+        self.linear, self.of = nn.Linear(4, 3), of
+
+    def forward(self, z):
+        with torch.no_grad():
+            scale = (z if self.of == "x" else self.linear.weight).norm()
+        return torch.tanh(self.linear(z) / scale).pow(2).sum(-1)
+
+
+NO_GRAD_MODELS = {
+    "a scale of x": lambda: ScaledByNoGradNorm("x"),
+    "a scale of a parameter": lambda: ScaledByNoGradNorm("weight"),
+    "spectral_norm in training": lambda: nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(4, 3)),
+                                                       nn.Tanh(), nn.Linear(3, 1), nn.Flatten(0)).train(),
+}
+
+
+@pytest.mark.parametrize("name", NO_GRAD_MODELS)
+def test_values_computed_under_torch_no_grad_inside_f_are_constants(name):
+    """As autograd has them: the trace ran with gradients off, so a torch.no_grad inside f did not show, and Taylor
+    mode differentiated through it (the derivatives along x of a scale of x; the parameters' gradient through a
+    spectral norm's power iteration, whose buffer write then failed autograd's version check)."""
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    results = []
+    for d in (taylor_d, reverse_d):
+        torch.manual_seed(0)
+        model = NO_GRAD_MODELS[name]().double()
+        derivative = d(model, x, v, 2)
+        derivative.sum().backward()
+        results.append((derivative.detach(), *(torch.zeros_like(p) if p.grad is None else p.grad  # unused: None
+                                               for p in model.parameters())))
+    for got, expected in zip(*results, strict=True):
+        assert_agree(got, expected, rtol=1e-10)
+
+
 def test_a_write_into_parameters_that_f_does_not_read_after_runs_once_as_in_f():
     """A mean teacher: f moves the teacher's weights towards the student's under no_grad, and returns the student's
     output only. The write runs once per call, and nothing reads it: not refused."""

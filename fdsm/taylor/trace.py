@@ -679,16 +679,31 @@ CACHE_SIZE = 64
 TRACING = threading.RLock()  # one trace at a time: make_fx keeps global state (two threads' first calls collided)
 
 
-class _NoValueReads(TorchFunctionMode):
-    """Refuses to read a traced tensor's values into Python or NumPy: under ``functionalize`` a tensor has no storage
-    of its own, so ``.numpy()`` returns whatever memory is there and the trace keeps it as a constant. And refuses an
-    in-place write into a tensor that the trace keeps as a constant, one that f neither computes nor closes over (a
-    global, a default argument, a tuple's item; closure cells, parameters and buffers are lifted to functional
-    inputs): the write would run now, in the trace, and again at every call of the graph, so that f's first call
-    read it written twice. A tensor that f makes while traced (from constants only, so not functional) is its own."""
+def _detached(value: object) -> object:
+    """A tensor, or each of a tuple or list of them, detached; anything else as it is."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(item) for item in value) if type(value) in (tuple, list) else value
+    return value.detach() if isinstance(value, Tensor) else value
+
+
+class _WatchedCalls(TorchFunctionMode):
+    """Watches f's torch calls while it is traced:
+
+    - a read of a traced tensor's values into Python or NumPy is refused: under ``functionalize`` a tensor has no
+      storage of its own, so ``.numpy()`` returns whatever memory is there and the trace keeps it as a constant;
+    - an in-place write into a tensor that the trace keeps as a constant, one that f neither computes nor closes
+      over (a global, a default argument, a tuple's item; closure cells, parameters and buffers are lifted to
+      functional inputs), is refused before it runs: it would run now, in the trace, and again at every call of the
+      graph, so that f's first call read it written twice. A tensor that f makes while traced (from constants only,
+      so not functional) is its own;
+    - what f computes under a ``torch.no_grad`` of its own is detached (its writes excepted, which take values so
+      computed): a constant, as autograd has it, along x and for the parameters' gradient (a scale computed under
+      no_grad; a spectral norm's power iteration, whose buffer write had then failed autograd's version check).
+    """
 
     READS = frozenset({Tensor.numpy, Tensor.tolist, Tensor.__array__})
     NOT_WRITES = frozenset({"requires_grad_", "share_memory_"})
+    DETACHED = frozenset({Tensor.detach})  # its output is detached already
     AUGMENTED = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__"})
 
     def __init__(self) -> None:
@@ -712,6 +727,8 @@ class _NoValueReads(TorchFunctionMode):
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, Tensor) and not torch._is_functional_tensor(t):
                 self.made[id(t)] = weakref.ref(t, functools.partial(self._forget, id(t)))
+        if not torch.is_grad_enabled() and written is None and func not in self.DETACHED:
+            out = _detached(out)  # computed under f's torch.no_grad: a constant, for autograd and so for the rules
         return out
 
     def _forget(self, key: int, _: weakref.ref) -> None:
@@ -834,7 +851,7 @@ def _unwrapped(t: Tensor) -> Tensor:
     ``vmap``) passes wrapped tensors, and ``make_fx`` under a transform traces every op as a constant (every
     derivative zero). So the trace runs outside the transforms, on plain tensors: a gradient-tracking wrapper holds
     its value; a batched one its samples, of which the first stands for all (the trace reads no value:
-    ``_NoValueReads``). The graph then runs on the wrapped tensors, under the transforms."""
+    ``_WatchedCalls``). The graph then runs on the wrapped tensors, under the transforms."""
     functorch = torch._C._functorch
     while functorch.is_functorch_wrapped_tensor(t):
         bdim = functorch.maybe_get_bdim(t)
@@ -852,7 +869,8 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
     try:
         with torch.no_grad(), temporarily_clear_interpreter_stack():  # traced outside any torch.func transform
             inputs = [_unwrapped(t).clone() for t in (x, *walk.leaves)]  # copies: a write of f's runs in the call
-            with _NoValueReads(), _unvalidated_distributions():
+            # with gradients on (nothing here requires one), so that a torch.no_grad of f's shows (_WatchedCalls)
+            with _WatchedCalls(), _unvalidated_distributions(), torch.enable_grad():
                 graph = make_fx(torch.func.functionalize(lifted), decomposition_table=DECOMPOSITIONS)(*inputs)
             graph = _drop_identity_strides(_deterministic(_functional(graph, inputs)))
             return _renormalized_tables_as_autograd_reads_them(graph)
