@@ -1712,6 +1712,31 @@ def test_batch_statistics_warn_that_the_samples_are_coupled():
         taylor_d(norm, rand(3, 1, 4, 4, seed=3), rand(3, 1, 4, 4, seed=4), 2)
 
 
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d(3, momentum=0.3), nn.BatchNorm2d(3)])
+def test_a_batch_norm_in_training_updates_its_running_statistics_as_a_call_of_f_does(norm):
+    """From the batch's primal statistics (the variance unbiased, as the op's): they stayed at their initial values,
+    so a model trained by Taylor-mode steps was evaluated with them, while its num_batches_tracked counted."""
+    spatial = (2, 2) if isinstance(norm, nn.BatchNorm2d) else ()
+
+    def f(z):
+        h = (z * 2 + 1).view(len(z), 3, *([1] * len(spatial))).expand(len(z), 3, *spatial)
+        return torch.tanh(norm(h * z.view(h.shape[:2] + (1,) * len(spatial)))).flatten(1).sum(1)
+
+    norm.double().train()
+    x, v = rand(4, 3, seed=1), rand(4, 3, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", taylor.CoupledSamplesWarning)
+        for _ in range(2):
+            taylor_d(f, x, v, 2)
+    taylor_state = {name: t.clone() for name, t in norm.state_dict().items()}
+    norm.reset_running_stats()
+    with torch.no_grad():
+        f(x), f(x)
+    for name, t in norm.state_dict().items():
+        assert_agree(taylor_state[name].double(), t.double(), rtol=1e-14)
+    assert int(norm.num_batches_tracked) == 2 and not torch.equal(norm.running_var, torch.ones(3, dtype=F64))
+
+
 def test_ssmvr_by_taylor_mode_on_an_image_shaped_score_matches_reverse():
     from fdsm.objectives import ssmvr_score_loss
 

@@ -133,9 +133,11 @@ def _batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_m
                 running_var: Tensor | None, training: bool, momentum: float, eps: float
                 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Batch (and, through its reshape, instance) norm: :math:`(x - \mu)\,(\sigma^2 + \epsilon)^{-1/2}`, then the
-    affine map, with the batch's statistics in training and the running ones otherwise. The running statistics are
-    not updated: a derivative is not a training step of the norm. Batch statistics over more than one sample
-    couple the samples (instance norm reaches here with a batch of 1): ``CoupledSamplesWarning`` says so."""
+    affine map, with the batch's statistics in training and the running ones otherwise. In training the running
+    statistics are updated as the op updates them, from the batch's primal statistics (detached: a side effect, not
+    a value that f returns), so that one Taylor pass leaves the norm as one call of f does. Batch statistics over
+    more than one sample couple the samples (instance norm reaches here with a batch of 1):
+    ``CoupledSamplesWarning`` says so."""
     shape = [1, x.shape[1], *([1] * (x.dim() - 2))]  # per channel
     if (training or running_mean is None) and x.shape[0] > 1:
         warnings.warn("exact-taylor: f normalizes by its batch's statistics (a batch norm in training mode, or one "
@@ -148,6 +150,13 @@ def _batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_m
     else:
         mean, var = aten.view.default(running_mean, shape), aten.view.default(running_var, shape)
         centered = aten.sub.Tensor(x, mean)
+    if training and running_mean is not None:
+        count = x.numel() // x.shape[1]
+        unbiased = aten.mul.Tensor(var, count / max(count - 1, 1))
+        for running, batch in ((running_mean, mean), (running_var, unbiased)):
+            batch = aten.detach.default(aten.view.default(batch, [-1]))
+            aten.copy_.default(running, aten.add.Tensor(aten.mul.Tensor(running, 1 - momentum),
+                                                        aten.mul.Tensor(batch, momentum)))
     rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
     out = _affine(aten.mul.Tensor(centered, rstd), weight, bias, shape)
     return out, aten.view.default(mean, [-1]), aten.view.default(rstd, [-1])
