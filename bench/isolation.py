@@ -57,6 +57,7 @@ import ctypes
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -94,11 +95,16 @@ def is_out_of_memory(err: BaseException) -> bool:
 def failure(err: BaseException) -> tuple[str, str]:
     """The status and message of a case that raised ``err``: ``oom`` for an allocator failure; ``unsupported`` for a
     method that does not apply to this f (``fdsm.NotSupported``: Taylor mode with no rule for one of its ops), its
-    message as it is, since it says why; else ``error``. The message names the exception's type but there."""
+    message as it is, since it says why, and for an op whose higher-order derivative PyTorch does not implement
+    (nested autograd through attention's CPU kernel: ``derivative for aten::... is not implemented``); else
+    ``error``. The message names the exception's type but for NotSupported."""
     from fdsm.registry import NotSupported
 
     if isinstance(err, NotSupported):
         return "unsupported", str(err)
+    if isinstance(err, RuntimeError) and re.search(r"derivative for \S+ is not implemented", str(err)):
+        return "unsupported", (f"PyTorch implements no derivative of an op this method differentiates through, at "
+                               f"this order (exact-taylor has its own rules): {type(err).__name__}: {err}")
     return "oom" if is_out_of_memory(err) else "error", f"{type(err).__name__}: {err}"
 
 

@@ -17,7 +17,7 @@ import bench.timing
 from bench.accuracy import relative_error
 from bench.csvlog import CsvLog, ResultsFileError, rows_from_pytest_benchmark
 from bench.environment import METADATA_COLUMNS, float32_math, metadata, set_float32_math, use_ieee_float32
-from bench.isolation import CaseOutcome, Worker
+from bench.isolation import CaseOutcome, Worker, failure
 from bench.memory import cpu_peak_supported, peak_memory
 from bench.sweep import outcome_row, run_sweep
 from bench.timing import PhaseClock, measure_interleaved, measure_time, paired_ratio
@@ -225,6 +225,18 @@ def test_sweep_turns_failures_into_rows_and_resumes(tmp_path):
     assert list(frame.status) == ["ok", "error", "ok"]
     assert "broken on purpose" in frame.message[1]
     assert set(METADATA_COLUMNS) <= set(frame.columns)
+
+
+def test_a_derivative_that_pytorch_does_not_implement_is_an_unsupported_row_not_an_error():
+    """Nested autograd through attention's CPU kernel has no second derivative: exact-reverse cannot run there, which
+    is not a bug of the case (an error row made the command exit 1), and the row says why."""
+    q = torch.rand(1, 1, 2, 4, dtype=torch.float64, requires_grad=True)
+    grad, = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q, q, q).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="is not implemented") as raised:
+        torch.autograd.grad(grad.sum(), q)
+    status, message = failure(raised.value)
+    assert status == "unsupported" and "PyTorch implements no derivative" in message and "aten::" in message
+    assert failure(RuntimeError("something else broke"))[0] == "error"
 
 
 def test_a_rerun_measures_again_the_rows_of_the_statuses_to_retry_and_replaces_them(tmp_path, capsys):
