@@ -1203,6 +1203,61 @@ def test_values_computed_under_torch_no_grad_inside_f_are_constants(name):
         assert_agree(got, expected, rtol=1e-10)
 
 
+NO_GRAD_SCALE = torch.linspace(0.5, 2.0, 4, dtype=F64)
+
+
+def _under_no_grad(compute):
+    def f(z):
+        with torch.no_grad():
+            made = compute(z)
+        return (z ** 2 * made).sum(1)
+    return f
+
+
+def _topk_unpacked(z):
+    with torch.no_grad():
+        top, _ = torch.topk(z, 1, dim=1)  # torch.return_types.topk
+    return (z ** 2 * top).sum(1)
+
+
+def _made_under_no_grad_then_written(z):
+    with torch.no_grad():
+        made = NO_GRAD_SCALE * 2  # from a constant, under no_grad: f's own tensor, detached
+        made += 1
+    return (z ** 2 * made).sum(1)
+
+
+NO_GRAD_FUNCTIONS = {  # f(z) with a torch.no_grad region: its values are constants, as autograd has them
+    "max-over-a-dim": _under_no_grad(lambda z: z.max(dim=1, keepdim=True).values),  # torch.return_types.max
+    "topk-unpacked": _topk_unpacked,
+    "to-its-own-dtype": _under_no_grad(lambda z: z.to(F64)),  # returns z itself, which keeps its gradient
+    "contiguous": _under_no_grad(lambda z: z.contiguous()),
+    "made-then-written": _made_under_no_grad_then_written,
+}
+
+
+@pytest.mark.parametrize("name", NO_GRAD_FUNCTIONS)
+def test_what_a_torch_no_grad_inside_f_returns_is_as_autograd_has_it(name):
+    """torch.return_types (a tuple subclass) were not detached; an op that returns its input itself was, where
+    autograd keeps its gradient; a tensor made from a constant under no_grad was taken for a constant that f does
+    not own, and its write refused."""
+    f, x, v = NO_GRAD_FUNCTIONS[name], rand(3, 4, seed=1), rand(3, 4, seed=2)
+    for order in (1, 2):
+        assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-12)
+
+
+RUNNING_MEAN, RUNNING_VAR = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
+
+
+def test_a_batch_norm_in_training_on_running_statistics_the_trace_keeps_as_constants_is_refused_by_name():
+    """Their update would run while traced and again at every call (PyTorch's internal assert said that values of x
+    were written, before)."""
+    f = lambda z: torch.tanh(F.batch_norm(z, RUNNING_MEAN, RUNNING_VAR, training=True)).sum(1)  # noqa: E731
+    with pytest.raises(NotSupported, match=r"writes in place \(batch_norm\) into a tensor that the trace keeps"):
+        taylor_d(f, rand(3, 4, seed=1), rand(3, 4, seed=2), 1)
+    assert (RUNNING_MEAN == 0).all()
+
+
 def test_a_write_into_parameters_that_f_does_not_read_after_runs_once_as_in_f():
     """A mean teacher: f moves the teacher's weights towards the student's under no_grad, and returns the student's
     output only. The write runs once per call, and nothing reads it: not refused."""

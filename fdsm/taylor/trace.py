@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import operator
 import threading
 import time
@@ -688,11 +689,16 @@ CACHE_SIZE = 64
 TRACING = threading.RLock()  # one trace at a time: make_fx keeps global state (two threads' first calls collided)
 
 
-def _detached(value: object) -> object:
-    """A tensor, or each of a tuple or list of them, detached; anything else as it is."""
+def _detached(value: object, keep: tuple[object, ...] = ()) -> object:
+    """A tensor detached, or each of a tuple or list of them (a named tuple or one of ``torch.return_types`` keeps
+    its type); one of ``keep`` (an op's arguments: ``.to`` of the same dtype, ``.contiguous()`` return their input
+    itself, which keeps its gradient) and anything else as it is."""
     if isinstance(value, (tuple, list)):
-        return type(value)(_detached(item) for item in value) if type(value) in (tuple, list) else value
-    return value.detach() if isinstance(value, Tensor) else value
+        items = [_detached(item, keep) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, Tensor) and not any(value is argument for argument in keep):
+        return value.detach()
+    return value
 
 
 class _WatchedCalls(TorchFunctionMode):
@@ -726,19 +732,29 @@ class _WatchedCalls(TorchFunctionMode):
                                f"or NumPy ({func.__name__}): the trace cannot follow them; keep that computation in "
                                f"torch ops, {INSTEAD}")
         written = kwargs.get("out", args[0] if args and self._in_place(func) else None)
-        if isinstance(written, Tensor) and self._kept_as_a_constant(written):
-            raise NotSupported(f"exact-taylor: f writes in place ({getattr(func, '__name__', func)}) into a tensor "
-                               "that the trace keeps as a constant (a global, a default argument, a tuple's item; "
-                               "closure cells, parameters and buffers are lifted to inputs): the trace would run the "
-                               "write again at every call; close over that tensor in f, register it as a buffer, or "
-                               f"write a copy, {INSTEAD}")
+        for target in (written, *self._running_statistics(func, args, kwargs)):
+            if isinstance(target, Tensor) and self._kept_as_a_constant(target):
+                raise NotSupported(f"exact-taylor: f writes in place ({getattr(func, '__name__', func)}) into a "
+                                   "tensor that the trace keeps as a constant (a global, a default argument, a tuple's "
+                                   "item; closure cells, parameters and buffers are lifted to inputs): the trace would "
+                                   "run the write again at every call; close over that tensor in f, register it as a "
+                                   f"buffer, or write a copy, {INSTEAD}")
         out = func(*args, **kwargs)
+        if not torch.is_grad_enabled() and written is None and func not in self.DETACHED:
+            out = _detached(out, args)  # computed under f's torch.no_grad: a constant, for autograd and the rules
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, Tensor) and not torch._is_functional_tensor(t):
                 self.made[id(t)] = weakref.ref(t, functools.partial(self._forget, id(t)))
-        if not torch.is_grad_enabled() and written is None and func not in self.DETACHED:
-            out = _detached(out)  # computed under f's torch.no_grad: a constant, for autograd and so for the rules
         return out
+
+    @staticmethod
+    def _running_statistics(func: Callable, args: tuple, kwargs: dict) -> tuple[object, ...]:
+        """The running statistics that ``F.batch_norm`` in training updates in place (``_batch_norm``), else ()."""
+        if func is not torch.nn.functional.batch_norm:
+            return ()
+        bound = inspect.signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return (bound.arguments["running_mean"], bound.arguments["running_var"]) if bound.arguments["training"] else ()
 
     def _forget(self, key: int, _: weakref.ref) -> None:
         self.made.pop(key, None)
