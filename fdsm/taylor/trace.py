@@ -635,9 +635,12 @@ def closure_leaves(f: Callable) -> _Walk:
 @contextlib.contextmanager
 def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
     """Within the block, every leaf of ``walk`` reads as ``values[i]``: cells rebound, list and dict items assigned,
-    modules reparametrized."""
+    modules reparametrized. A module's plain tensor attributes are restored after it: a forward pre-hook that sets
+    one (``nn.utils.spectral_norm``'s ``weight``) would leave a tensor of the trace there, which no copy can read."""
     saved = [cell.cell_contents for cell, _ in walk.cells]
     saved_items = [items[k] for items, k, _ in walk.items]
+    saved_attributes = [(module, {name: value for name, value in vars(module).items() if isinstance(value, Tensor)})
+                        for module, _ in walk.modules]
     try:
         for cell, i in walk.cells:
             cell.cell_contents = values[i]
@@ -653,6 +656,8 @@ def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
             cell.cell_contents = value
         for (items, k, _), value in zip(walk.items, saved_items, strict=True):
             items[k] = value
+        for module, attributes in saved_attributes:
+            vars(module).update(attributes)
 
 
 # ---- the cache ------------------------------------------------------------------------------------------------
