@@ -1250,6 +1250,20 @@ def test_what_a_torch_no_grad_inside_f_returns_is_as_autograd_has_it(name):
         assert_agree(taylor_d(f, x, v, order), reverse_d(f, x, v, order), rtol=1e-12)
 
 
+def test_an_autograd_call_inside_f_is_refused_by_name():
+    """A score computed inside f as an energy's gradient: functorch's error for requires_grad_ under a transform."""
+    linear = nn.Linear(4, 1).double()
+
+    def score(z):
+        with torch.enable_grad():
+            z = z.requires_grad_(True)
+            gradient, = torch.autograd.grad(torch.tanh(linear(z)).sum(), z, create_graph=True)
+        return gradient.sum(1)
+
+    with pytest.raises(NotSupported, match=r"f's own autograd calls .* torch\.func\.grad inside f"):
+        taylor_d(score, rand(3, 4, seed=1), rand(3, 4, seed=2), 1)
+
+
 RUNNING_MEAN, RUNNING_VAR = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
 
 

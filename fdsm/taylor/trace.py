@@ -911,6 +911,11 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
                                "cells, parameters and buffers are lifted to inputs): close over that tensor in f, "
                                "register it as a buffer, or build the copy with torch.zeros / torch.where, "
                                f"{INSTEAD}") from err
+        if "being transformed by a functorch transform" in str(err):  # f's own autograd call, under functionalize
+            raise NotSupported("exact-taylor traces f under torch.func.functionalize, where f's own autograd calls "
+                               "(requires_grad_, torch.autograd.grad: a score computed inside f as an energy's "
+                               "gradient) cannot run; give Taylor mode the energy, or differentiate it with "
+                               f"torch.func.grad inside f, {INSTEAD}") from err
         if "data-dependent" not in str(err):  # make_fx's words for a branch on a value of the traced tensor
             raise
         raise NotSupported("exact-taylor traces f once, for every x of this shape, and f branches on a value "
