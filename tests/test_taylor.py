@@ -1264,6 +1264,33 @@ def test_an_autograd_call_inside_f_is_refused_by_name():
         taylor_d(score, rand(3, 4, seed=1), rand(3, 4, seed=2), 1)
 
 
+class Caching(nn.Module):
+    """A forward that keeps a tensor of its batch as a plain attribute, beside one it had before the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))
+        self.before = torch.zeros(())
+
+    def forward(self, z):
+        out = torch.tanh(self.inner(z))
+        self.before = out.detach().mean()
+        self.inner.last = out.detach()  # on a submodule, new
+        return out
+
+
+def test_plain_tensor_attributes_a_forward_sets_leave_no_tensor_of_the_trace():
+    """They held a tensor of the trace after the first call, which copy.deepcopy (float64_reference's copy) could not
+    read; the replay runs no Python, so an attribute keeps its value from before the call, and a new one is gone."""
+    model = Caching().double()
+    x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
+    assert_agree(taylor_d(model, x, v, 2), reverse_d(model, x, v, 2), rtol=1e-12)  # reverse calls it: sets them
+    model = Caching().double()
+    taylor_d(model, x, v, 2)
+    assert torch.equal(model.before, torch.zeros((), dtype=model.before.dtype)) and not hasattr(model.inner, "last")
+    copy.deepcopy(model)
+
+
 RUNNING_MEAN, RUNNING_VAR = torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)
 
 
@@ -1358,7 +1385,8 @@ def test_a_write_into_a_copy_of_a_global_tensor_says_what_to_do_and_a_closed_ove
 GLOBAL_COUNT = torch.zeros(4, dtype=F64)
 
 
-@pytest.mark.parametrize("write", ["mul_", "setitem", "a view's setitem", "out=", "a default argument"])
+@pytest.mark.parametrize("write", ["mul_", "setitem", "a view's setitem", "out=", "a default argument", "an alias",
+                                   "itself through contiguous"])
 def test_a_write_into_a_tensor_the_trace_keeps_as_a_constant_is_refused_before_it_runs(write):
     """A global (or a default argument) is not lifted: its write ran while traced, and again at each call of the
     graph, so that f's first call read it written twice. A tensor that f makes from constants is its own to write."""
@@ -1373,6 +1401,10 @@ def test_a_write_into_a_tensor_the_trace_keeps_as_a_constant_is_refused_before_i
             GLOBAL_COUNT.view(2, 2)[0] = 1.0
         elif write == "out=":
             torch.add(made, 1.0, out=GLOBAL_COUNT)
+        elif write == "an alias":
+            GLOBAL_COUNT.detach().mul_(2.0)
+        elif write == "itself through contiguous":
+            GLOBAL_COUNT.contiguous().mul_(2.0)  # returns the tensor itself
         else:
             counts.add_(1.0)
         return (torch.tanh(z) * (GLOBAL_COUNT + made)).sum(1)

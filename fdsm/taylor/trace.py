@@ -334,6 +334,7 @@ class _Walk:
     cells: list[tuple[types.CellType, int]] = field(default_factory=list)  # (cell, leaf index)
     items: list[tuple[list | dict, object, int]] = field(default_factory=list)  # (list or dict, index or key, leaf)
     modules: list[tuple[nn.Module, dict[str, int]]] = field(default_factory=list)  # (module, its name -> leaf index)
+    every_module: list[nn.Module] = field(default_factory=list)  # with parameters or buffers or not
     key: list[object] = field(default_factory=list)
     seen: dict[int, int] = field(default_factory=dict)  # id -> order of first visit (the walk holds f alive)
 
@@ -433,6 +434,7 @@ class _Walk:
             if m is None or id(m) in met:  # an unset submodule (None), or one met before
                 continue
             met.add(id(m))
+            self.every_module.append(m)
             attributes = vars(m)
             self.visit(type(m))
             layout = _layout(m, attributes)
@@ -635,12 +637,14 @@ def closure_leaves(f: Callable) -> _Walk:
 @contextlib.contextmanager
 def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
     """Within the block, every leaf of ``walk`` reads as ``values[i]``: cells rebound, list and dict items assigned,
-    modules reparametrized. A module's plain tensor attributes are restored after it: a forward pre-hook that sets
-    one (``nn.utils.spectral_norm``'s ``weight``) would leave a tensor of the trace there, which no copy can read."""
+    modules reparametrized. A module's plain tensor attributes are restored after it, and those f set anew are
+    removed: a forward (pre-)hook or a forward that sets one (``nn.utils.spectral_norm``'s ``weight``, a cache of the
+    last batch) would leave a tensor of the trace there, which no copy can read; the replay runs no Python, so such
+    an attribute keeps its value from before the call."""
     saved = [cell.cell_contents for cell, _ in walk.cells]
     saved_items = [items[k] for items, k, _ in walk.items]
     saved_attributes = [(module, {name: value for name, value in vars(module).items() if isinstance(value, Tensor)})
-                        for module, _ in walk.modules]
+                        for module in walk.every_module]
     try:
         for cell, i in walk.cells:
             cell.cell_contents = values[i]
@@ -657,6 +661,9 @@ def _swapped(walk: _Walk, values: tuple[Tensor, ...]) -> Iterator[None]:
         for (items, k, _), value in zip(walk.items, saved_items, strict=True):
             items[k] = value
         for module, attributes in saved_attributes:
+            for name in [name for name, value in vars(module).items()
+                         if isinstance(value, Tensor) and name not in attributes]:
+                delattr(module, name)
             vars(module).update(attributes)
 
 
@@ -692,6 +699,14 @@ STATS = TraceStats()
 _CACHE: OrderedDict[_Key, tuple[fx.GraphModule, float]] = OrderedDict()  # key -> (graph, its trace time in ms)
 CACHE_SIZE = 64
 TRACING = threading.RLock()  # one trace at a time: make_fx keeps global state (two threads' first calls collided)
+
+
+def _storage(t: Tensor) -> int:
+    """Which storage a plain tensor has (its aliases share it), without reading its data pointer."""
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):  # no storage of its own (sparse, a functional wrapper)
+        return id(t)
 
 
 def _detached(value: object, keep: tuple[object, ...] = ()) -> object:
@@ -747,8 +762,9 @@ class _WatchedCalls(TorchFunctionMode):
         out = func(*args, **kwargs)
         if not torch.is_grad_enabled() and written is None and func not in self.DETACHED:
             out = _detached(out, args)  # computed under f's torch.no_grad: a constant, for autograd and the rules
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, Tensor) and not torch._is_functional_tensor(t):
+        constants = {_storage(a) for a in args if isinstance(a, Tensor) and self._kept_as_a_constant(a)}
+        for t in out if isinstance(out, (tuple, list)) else (out,):  # f's own, but a constant's alias (detach, .data)
+            if isinstance(t, Tensor) and not torch._is_functional_tensor(t) and _storage(t) not in constants:
                 self.made[id(t)] = weakref.ref(t, functools.partial(self._forget, id(t)))
         return out
 
