@@ -1378,6 +1378,14 @@ def test_a_write_into_a_copy_of_a_global_tensor_says_what_to_do_and_a_closed_ove
     x, v = rand(3, 4, seed=1), rand(3, 4, seed=2)
     with pytest.raises(NotSupported, match=r"into a copy of a tensor that the trace keeps as a constant \(a global"):
         taylor_d(into_a_global, x, v, 2)
+
+    def a_number_into_a_global(z):  # the written value is no value of x: the message says what else it can be
+        y = GLOBAL_BASE.clone()
+        y[0] = 5.0
+        return (y * z ** 2).sum(1)
+
+    with pytest.raises(NotSupported, match=r"cannot write there \(computed from x, or a Python number"):
+        taylor_d(a_number_into_a_global, x, v, 2)
     f = make(GLOBAL_BASE)
     assert_agree(taylor_d(f, x, v, 2), reverse_d(f, x, v, 2), rtol=1e-10)
 

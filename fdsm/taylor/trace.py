@@ -922,11 +922,11 @@ def _trace(f: Callable[[Tensor], Tensor], walk: _Walk, x: Tensor) -> fx.GraphMod
             return _renormalized_tables_as_autograd_reads_them(graph)
     except RuntimeError as err:
         if "mutating a non-functional tensor with a functional tensor" in str(err):  # functionalize's words
-            raise NotSupported("exact-taylor: f writes, with values or indices computed from x, into a copy of a "
-                               "tensor that the trace keeps as a constant (a global or a default argument; closure "
-                               "cells, parameters and buffers are lifted to inputs): close over that tensor in f, "
-                               "register it as a buffer, or build the copy with torch.zeros / torch.where, "
-                               f"{INSTEAD}") from err
+            raise NotSupported("exact-taylor: f writes into a copy of a tensor that the trace keeps as a constant (a "
+                               "global or a default argument; closure cells, parameters and buffers are lifted to "
+                               "inputs), with values or indices that functionalize cannot write there (computed from "
+                               "x, or a Python number, which it wraps): close over that tensor in f, register it as a "
+                               f"buffer, or build the copy with torch.zeros / torch.where, {INSTEAD}") from err
         if "being transformed by a functorch transform" in str(err):  # f's own autograd call, under functionalize
             raise NotSupported("exact-taylor traces f under torch.func.functionalize, where f's own autograd calls "
                                "(requires_grad_, torch.autograd.grad: a score computed inside f as an energy's "
