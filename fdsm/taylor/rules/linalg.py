@@ -69,6 +69,7 @@ from torch import Tensor
 from fdsm.registry import NotSupported
 from fdsm.taylor import series
 from fdsm.taylor.jet import Jet, primal_of
+from fdsm.taylor.rules.operands import _plus_primal
 from fdsm.taylor.rules.products import _product
 from fdsm.taylor.rules.table import register_rule
 from fdsm.taylor.trace import INSTEAD
@@ -598,7 +599,7 @@ def _lstsq(a: object, b: object, rcond: float | None = None, *, driver: str | No
     if residuals.numel():  # sum_i (A X - B)_i^2, B's series (b0, 0, ..., 0) where it is a constant
         ndim = x.dim() - 1
         ax = _products(_aligned(a.series, ndim), x) if isinstance(a, Jet) else torch.matmul(a0, x)
-        error = ax - _aligned(bs, ndim) if bs is not None else torch.cat([ax[:1] - b0, ax[1:]])
+        error = ax - _aligned(bs, ndim) if bs is not None else _plus_primal(ax, -b0)
         residuals = _with_primal(residuals, series.square(error).sum(-2)[1:])
     if singular_values.numel():
         singular_values = _NotComputed("exact-taylor: the Taylor rule of aten.linalg_lstsq gives the solution and "

@@ -48,6 +48,8 @@ def _index(z: Jet, indices: Sequence[Tensor | None]) -> Jet:
 
 
 _register_all([aten.index.Tensor, aten._unsafe_index.Tensor], _index)
+
+
 def _embedding(table: Jet, indices: Tensor, padding_idx: int = -1, scale_grad_by_freq: bool = False,
                sparse: bool = False) -> Jet:
     """``embedding(table, indices)`` of a table that depends on x: the rows at the indices, of every coefficient.
@@ -60,6 +62,7 @@ def _embedding(table: Jet, indices: Tensor, padding_idx: int = -1, scale_grad_by
 
 
 register_rule(aten.embedding, _embedding)
+
 register_rule(aten.gather, lambda z, d, index, sparse_grad=False:
               Jet(z.series.gather(_dim(d, z.ndim), index.expand(z.order + 1, *index.shape))))
 _register_all([aten.diagonal, aten.diagonal_copy], lambda z, offset=0, dim1=0, dim2=1:
