@@ -58,6 +58,7 @@ step used (``FDEstimate``); ``directional_derivative(..., step="auto")`` returns
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,7 +209,7 @@ def _representable(x: Tensor, u: Tensor, h: Tensor, gamma: float) -> Tensor:
     shape = (-1, *([1] * (x.dim() - 1)))
     delta = (gamma * h).view(shape) * u.double()  # (B, *event), the exact perturbation
     kept = (x + delta.to(x.dtype)).double() - x.double()  # what the dtype keeps of it
-    return (kept - delta).flatten(1).norm(dim=1) < 0.5 * delta.flatten(1).norm(dim=1)
+    return (kept - delta).reshape(len(x), -1).norm(dim=1) < 0.5 * delta.reshape(len(x), -1).norm(dim=1)
 
 
 # What a probe where f is not finite was for, and what to do: (the probes of, the remedy), per step="auto" or not.
@@ -270,7 +271,14 @@ def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str, auto: 
 #   field, where D_h settles on the far field's value with a small relative estimate: a silently bad number (the
 #   deep EBM in bfloat16 at T = 2 did this; tests/test_fd_estimate.py has a closed form of it).
 # - Pairs that differ by more than D itself, while their roundoff is well under D, lie past the asymptotic range:
-#   from the first one up no pair is usable (the differences saturate there and C_j would fall again).
+#   from the first one up no pair is usable (the differences saturate there and C_j would fall again). Not so the
+#   ladder's lowest pairs while each difference falls to the next one's faster than h^(-T/2): that is roundoff, which
+#   looks like this where it exceeds the u |f| model many times (f cancels: sin near a zero, in float32 60-fold). Taken
+#   for steps past the range, they had marked every pair above them past too, and the ladder walked down into the
+#   roundoff (a D 3e20 off, or a step said to underflow).
+# - A ladder whose C only bounds the top pair's roundoff (no pair measures) moves up while the roundoff still falls
+#   like h^-T at its top, so that a larger step may have less error. Where it falls slower, f grows with h (a
+#   polynomial along the line, for which the stencil is exact) and a larger step only adds roundoff: the ladder stays.
 # - Eq. (S2) assumes a rounding error of u|f_i| at each point. A network's arithmetic adds to that (the trained deep
 #   EBM: kappa = 1.3-3), so the roundoff is calibrated: kappa = median(diff / noise) / 0.674 over the pure-roundoff
 #   pairs (under the run, the run's truncation under a third of the difference), since |N(0, 1)| has median 0.674.
@@ -279,16 +287,20 @@ def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str, auto: 
 _HALF_NORMAL_MEDIAN = 0.6745
 
 
-def _bounds(ladder: _Ladder, p: int, kappa: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _bounds(ladder: _Ladder, s: Stencil, kappa: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per pair (P, B): C_j of NOTE [reading the probe ladder] (inf where a level is invalid, and from the first pair
     past the asymptotic range up), the difference, its calibrated roundoff, whether the pair measures truncation,
     and whether it lies past the asymptotic range."""
+    p = s.accuracy
     diff, noise, valid = ladder.pairs()
     noise = kappa * noise
     dominant = valid & (diff > DOMINANT * noise)
     size = ladder.d.norm(dim=-1)  # (L, B): |D_h|
     small = torch.minimum(size[1:], size[:-1])
-    past = (valid & (diff > small) & (DOMINANT * noise < small)).int().cumsum(0) > 0
+    falls = torch.zeros_like(valid)
+    falls[:-1] = diff[1:] * 2.0 ** (s.order / 2) < diff[:-1]  # to the next pair's, as roundoff does (like h^-T)
+    bottom = falls.int().cumprod(0).bool()  # the ladder's lowest pairs, while each difference falls so
+    past = (valid & (diff > small) & (DOMINANT * noise < small) & ~bottom).int().cumsum(0) > 0
     truncation = (diff.square() - noise.square()).clamp(min=0).sqrt()
     bound = torch.maximum(truncation, noise) / (1 - 2.0**-p) / ladder.step[1:].pow(p)  # pair i: levels i+1, i
     return torch.where(valid & ~past, bound, math.inf), diff, noise, dominant, past
@@ -342,7 +354,7 @@ def _fit(ladder: _Ladder, s: Stencil, pool: list[Tensor]) -> _Fit:
     pairs = torch.arange(P, device=ladder.step.device).unsqueeze(1)  # (P, 1)
 
     def read(kappa: float | Tensor) -> tuple[Tensor, ...]:
-        bound, diff, noise, measuring, past = _bounds(ladder, p, kappa)
+        bound, diff, noise, measuring, past = _bounds(ladder, s, kappa)
         usable = torch.isfinite(bound)
         start, last = _run_start(measuring & usable, usable, diff)  # (B,) each
         j = torch.where(start < P, start, last.clamp(min=0))  # no run: the last usable pair's roundoff bound
@@ -366,9 +378,11 @@ def _fit(ladder: _Ladder, s: Stencil, pool: list[Tensor]) -> _Fit:
     r = own_kappa * ladder.rho[at + 1, rows] * h.pow(T)
     centre = P // 2 - 1  # the pair (h_0, h_0/2): levels J and J - 1 of the P = 2J pairs
     tau = (diff[centre].square() - noise[centre].square()).clamp(min=0).sqrt() / (1 - 2.0**-p)
+    # Up the ladder while C measures, or while the roundoff still falls like h^-T (NOTE [reading the probe ladder])
+    climbs = (start < P) | (ladder.rho[-1] * 2.0 ** (T / 2) < ladder.rho[-2])
     return _Fit(c=c, r=r, h_star=(T * r / (p * c)).pow(1.0 / (T + p)), measured=start < P,
-                at_top=(j == P - 1) & ~past.any(0), too_high=~usable.any(0) & past.any(0), bottom=ladder.step[0],
-                tau=tau, centre_measures=measuring[centre])
+                at_top=(j == P - 1) & ~past.any(0) & climbs, too_high=~usable.any(0) & past.any(0),
+                bottom=ladder.step[0], tau=tau, centre_measures=measuring[centre])
 
 
 def _rms(truncation: Tensor, roundoff: Tensor) -> Tensor:
@@ -381,7 +395,7 @@ def first_guess(x: Tensor, order: int, accuracy: int) -> Tensor:
     u^{1/(T+p)}`. The exponent is the optimum's (eq. S3, R proportional to u); the length is the size of the point,
     as in numdifftools' base step (anchors section 5). It only has to land within a few ladders of the optimum:
     the probes re-centre until a ladder brackets it."""
-    size = x.detach().double().flatten(1).norm(dim=1).clamp(min=1.0)  # (B,)
+    size = x.detach().double().reshape(len(x), -1).norm(dim=1).clamp(min=1.0)  # (B,)
     return size * unit_roundoff(x.dtype) ** (1.0 / (order + accuracy))
 
 
@@ -483,12 +497,20 @@ def fd_estimate(f: Fn, x: Tensor, v: Tensor, order: int, *, method: str = "fd-ba
 def _unit_directions(v: Tensor, dtype: torch.dtype, who: str) -> tuple[Tensor, Tensor]:
     """(|v|, v/|v|): (B,) float64 and (B, *event) in ``dtype``, detached; v must be finite and non-zero per sample
     (along v = 0 the derivative is 0, with no step to choose)."""
-    norm_v = v.detach().double().flatten(1).norm(dim=1)  # (B,)
+    norm_v = v.detach().double().reshape(len(v), -1).norm(dim=1)  # (B,); x and v may be (B,)
     if not (torch.isfinite(norm_v) & (norm_v > 0)).all():
         b = int((~(torch.isfinite(norm_v) & (norm_v > 0))).nonzero()[0])
         raise ValueError(f"{who}: expected finite, non-zero directions v, got |v| = {float(norm_v[b])} at sample "
                          f"{b}")
     return norm_v, (v.detach().double() / norm_v.view(-1, *([1] * (v.dim() - 1)))).to(dtype)
+
+
+def _check_finite_points(x: Tensor, who: str) -> None:
+    """Probes at a non-finite x would blame f (``_probe``'s message); say what is wrong instead."""
+    finite = torch.isfinite(x.detach()).reshape(len(x), -1).all(1)  # (B,)
+    if not finite.all():
+        b = int((~finite).nonzero()[0])
+        raise ValueError(f"{who}: expected finite points x, got a non-finite entry in sample {b}")
 
 
 def auto_step(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil | None = None,
@@ -500,6 +522,7 @@ def auto_step(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil | Non
 
     order = check_order(order, who)
     derivatives._check_inputs(f, x, v, who)
+    _check_finite_points(x, who)
     s = derivatives._check_stencil(stencil or central_stencil(order, default_accuracy(order, x.dtype)), order,
                                    "fd-batched", who)
     _, u = _unit_directions(v, x.dtype, who)
@@ -536,8 +559,14 @@ def checked_estimate(f: Fn, x: Tensor, v: Tensor, order: int, *, method: str, st
     derivatives._check_inputs(f, x, v, who)
     run = derivatives.METHODS.get(method)
     check_fd_options(method, step, richardson, who)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
+        raise TypeError(f"{who}: expected tolerance to be a positive number, got {type(tolerance).__name__} "
+                        f"{tolerance!r}")
+    if not 0 < tolerance < math.inf:
         raise ValueError(f"{who}: expected a positive finite tolerance, got {tolerance!r}")
+    if not isinstance(warn, bool):
+        raise TypeError(f"{who}: expected warn to be True or False, got {type(warn).__name__} {warn!r}")
+    _check_finite_points(x, who)
     if stencil is None:
         stencil = central_stencil(order, default_accuracy(order, x.dtype) if step == "auto" else 2)
     s = derivatives._check_stencil(stencil, order, "fd-batched", who)  # its type and order
@@ -566,7 +595,8 @@ def _estimate(f: Fn, run: Callable[..., Tensor], x: Tensor, v: Tensor, s: Stenci
                          f"{str(x.dtype).removeprefix('torch.')}: x + {finest:g} h v/|v| rounds back onto x's grid "
                          f"(|x| up to {top:.3g}, where the spacing is {spacing:.2g}). Use float64, or centre and "
                          "scale x so that its entries are O(1)")
-    v_h = v if step is None else (h.view(shape) * u.double()).to(x.dtype)  # (B, *event): h v/|v|
+    # v (h/|v|) = h v/|v|, with only the factor h/|v| detached: the result stays differentiable in v, as at step |v|
+    v_h = v if step is None else (v.double() * (h / norm_v).view(shape)).to(x.dtype)  # (B, *event)
     d_h = run(f, x, v_h, T, stencil=s)  # sum_i w_i f(x + gamma_i h u) = h^T D_h: (B,) or (B, k)
     acc = torch.promote_types(d_h.dtype, torch.float32)
     scale = (norm_v / h).pow(T).to(acc).view(-1, *([1] * (d_h.dim() - 1)))  # (|v| / h)^T, eq. (S1)

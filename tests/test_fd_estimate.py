@@ -214,6 +214,56 @@ def test_a_far_field_past_the_roundoff_is_no_plateau_to_settle_on():
     assert true.median() < 0.05 and true.median() < 3 * est.rel_error.median(), (true.median(), est.rel_error)
 
 
+def test_roundoff_at_the_ladders_bottom_is_not_taken_for_steps_past_the_asymptotic_range():
+    """sin(a.x) near a zero of sin, in float32: its roundoff is many times the u |f| model (the argument's own
+    rounding, |z cot z|), so the lowest pair's difference looks larger than D with a small roundoff, the mark of a
+    step past the asymptotic range. That mark used to spread to every pair above it: the ladder walked down until it
+    returned a D 3e20 off, or said the step underflows. Roundoff falls with h, so the lowest pairs whose differences
+    fall so are not past; every fixed step from 0.2 to 0.8 reaches 1%, and so does the automatic one."""
+    cases = [([0.810, 0.0554, 1.134, -0.533], [-1.929, -0.271, -0.136, 2.575], [85.0, -28.0, 39.0, -92.3]),
+             ([-0.599, 1.602, -1.073, -1.217], [0.967, 0.144, -2.263, -0.876], [-0.217, -1.339, -1.675, -2.202])]
+    for a, x, v in cases:
+        a, x, v = torch.tensor(a), torch.tensor([x]), torch.tensor([v])
+        z = torch.sin(x.double() @ a.double())
+        assert abs(float(z)) < 0.05  # near a zero of sin: |f| far under its argument
+        est = fd_estimate(lambda p, a=a: torch.sin(p @ a), x, v, 4, warn=False)
+        true = z * (v.double() @ a.double()) ** 4
+        assert float((est.derivative.double() - true).abs() / true.abs()) < 0.02, (est.derivative, true, est.step)
+
+
+def test_a_polynomial_along_the_line_keeps_the_step_where_f_has_its_size():
+    """The stencil is exact for a polynomial of low degree, so no pair measures truncation; the step used to climb to
+    the top of every probe (1.5e3), where f had grown a million-fold and its roundoff with it (14% and 60% off in
+    float32). The roundoff stops falling like h^-T there, and the step stops climbing."""
+    x, v = rand(3, 2, seed=5).float(), rand(3, 2, seed=6).float()
+    for f, order, exact in [(lambda p: (p**3).sum(1), 1, lambda x, v: 3 * (x**2 * v).sum(1)),
+                            (lambda p: (p**4).sum(1), 2, lambda x, v: 12 * (x**2 * v**2).sum(1))]:
+        est = fd_estimate(f, x, v, order, warn=False)
+        true = exact(x.double(), v.double())
+        assert ((est.derivative.double() - true).abs() / true.abs()).max() < 1e-4 and (est.step < 100).all()
+
+
+def test_the_automatic_step_is_differentiable_in_v_and_takes_a_batch_of_scalars():
+    """D^T_v f is a polynomial in v: with the step detached as h/|v| (not as v/|v|) its gradient in v is FD's of
+    d/dv exp(a.x) (a.v)^3 = 3 exp(a.x) (a.v)^2 a. And x of shape (B,) runs, as the plain methods take it."""
+    a = torch.tensor([0.3, -0.7], dtype=F64)
+    x, v = rand(4, 2, seed=7), rand(4, 2, seed=8).requires_grad_(True)
+    fd_estimate(lambda p: torch.exp(p @ a), x, v, 3).derivative.sum().backward()
+    expected = 3 * torch.exp(x @ a).view(-1, 1) * (v.detach() @ a).pow(2).view(-1, 1) * a
+    torch.testing.assert_close(v.grad, expected, rtol=1e-6, atol=1e-9)
+    scalars = fd_estimate(torch.exp, x[:, 0], torch.ones(4, dtype=F64), 2, tolerance=np.float32(0.01))  # any real
+    torch.testing.assert_close(scalars.derivative, torch.exp(x[:, 0]), rtol=1e-8, atol=0)
+    assert scalars.step.shape == (4,)
+
+
+def test_a_float32_step_under_its_grid_is_flagged():
+    """sin(1e3 (x - 3e4)) at x = 3e4 in float32: x's grid spacing 0.002 is 2 radians of the sine, so no step
+    resolves it; the result is flagged with a pointer to float64, whichever step it ends on."""
+    with pytest.warns(FDAccuracyWarning, match=r"no step reaches it.*or float64"):
+        est = fd_estimate(lambda x: torch.sin(1e3 * (x[:, 0] - 3e4)), torch.full((2, 1), 3e4), torch.ones(2, 1), 1)
+    assert est.flagged.all()
+
+
 def ok_f(x):
     return NET(x.double()).to(x.dtype)
 
@@ -232,9 +282,6 @@ X, U = batch(F64, size=4)
          ValueError, r"a probe of the error estimate at the step \|v\|: .*Keep f finite there, or pass a shorter v"),
         (lambda: fd_estimate(ok_f, X.float(), 1e-12 * U.float(), 2, step=None),
          ValueError, r"the step h = 1e-12 of sample 0 underflows in float32.*Use float64"),
-        (lambda: fd_estimate(lambda x: torch.sin(1e3 * (x[:, 0] - 3e4)), torch.full((2, 1), 3e4),  # h* ~ 4e-6
-                             torch.ones(2, 1), 1),
-         ValueError, r"underflows in float32: x \+ 1 h v/\|v\| rounds back onto x's grid .*spacing is 0.002"),
         # A step that survives rounding only in part (0.0012 on a grid of 0.002 keeps 0.002, 63% off) underflows
         # too: it is not lost, it is wrong, and the result would be as wrong with a tiny estimate.
         (lambda: fd_estimate(lambda x: torch.sin(x[:, 0] - 3e4), torch.full((2, 1), 3e4),
@@ -251,6 +298,10 @@ X, U = batch(F64, size=4)
         (lambda: fd_estimate(ok_f, X, U, 2, step="best"), ValueError, r"expected step='auto' or None"),
         (lambda: fd_estimate(ok_f, X, U, 2, richardson="yes"), TypeError, "expected richardson to be a bool"),
         (lambda: fd_estimate(ok_f, X, U, 2, tolerance=0.0), ValueError, "expected a positive finite tolerance"),
+        (lambda: fd_estimate(ok_f, X, U, 2, tolerance="1%"), TypeError, "expected tolerance to be a positive number"),
+        (lambda: fd_estimate(ok_f, X, U, 2, warn="no"), TypeError, "expected warn to be True or False, got str"),
+        (lambda: fd_estimate(ok_f, X.where(X > 0, math.nan), U, 2), ValueError,
+         r"expected finite points x, got a non-finite entry in sample \d"),
         (lambda: fd_estimate(ok_f, X, U, 0), ValueError, r"fd_estimate\(f, x, v, order\): expected order >= 1"),
         (lambda: fd_estimate(ok_f, X, U[:, :2], 2), ValueError, "expected v of the same shape as x"),
         (lambda: fd_estimate(ok_f, X, U, 2, stencil=central_stencil(3)), ValueError, "a stencil of order 2"),
