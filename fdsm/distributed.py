@@ -15,7 +15,8 @@ split this way: their T levels (nested backward or forward passes, or the Taylor
 
 With the S = T + 1 points of ``central_stencil(T)`` (the centre among them for even T), N ranks give each rank at
 most ceil(S / N) points, evaluated as one forward of that many times B rows; a rank with no point (N > S) evaluates
-one row to learn the output's shape and adds zeros, so that it still takes part in the collectives.
+the first point with weight 0, so that it takes part in the collectives with a share of D's shape, in the others'
+graph (f's parameters, x and v), whose gradients are zeros.
 
 NOTE [the gradient contract of fd-distributed]
 D is differentiable in the parameters inside f (and in x), since the all-reduce is linear. The contract is DDP's:
@@ -30,7 +31,10 @@ the gradient of the mean of the ranks' losses, :math:`\frac1N \sum_s L_s(D)`. Wh
 loss from the same D (the usual case: D is replicated), :math:`g_s = g` and :math:`\bar g = g`. A naive
 differentiable all-reduce (``torch.distributed.nn.functional.all_reduce``) takes the *sum* as its backward, the
 adjoint of a sum, which in that replicated case is N g: every gradient N times too large (the world-size factor;
-``tests/test_distributed.py`` shows it).
+``tests/test_distributed.py`` shows it). That mean is the gradient for one backward; a second derivative through it
+(a gradient of D taken with create_graph=True, then differentiated, as a gradient penalty does) is refused with
+``fdsm.NotSupported``: the gradients each rank holds for its own points are not replicated, and no rule of this
+backward gives their loss's derivative.
 
 Communication: a forward is one all-reduce of B·k numbers (D's size), in at least float32. A backward through it is
 one more all-reduce of B·k numbers (the cotangents' mean), on every rank, so every rank must run its backward; the
@@ -52,6 +56,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fdsm.fd import stencil_inputs
+from fdsm.registry import NotSupported
 from fdsm.stencils import Stencil, central_stencil
 from kernels.constants import constant
 
@@ -127,8 +132,28 @@ class _SumOverRanks(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         world = dist.get_world_size(ctx.group)
-        mean = all_reduce(grad.contiguous().clone(), what=f"the cotangents of D {tuple(grad.shape)}", group=ctx.group)
-        return mean / world, None  # mean_s g_s: g itself when every rank's loss is the same function of D
+        with torch.no_grad():
+            mean = all_reduce(grad.contiguous().clone(), what=f"the cotangents of D {tuple(grad.shape)}",
+                              group=ctx.group) / world  # mean_s g_s: g itself when every rank's loss is alike
+        return (_NoSecondDerivative.apply(grad, mean) if torch.is_grad_enabled() else mean), None
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """``_SumOverRanks``' backward where it records a graph (create_graph=True), refusing a
+    derivative through it: the mean of the ranks' cotangents is the gradient of a loss all ranks compute alike, and a
+    loss of the gradients that each rank holds for its own points is not that, so no rule of this backward holds for
+    its derivative (an all_reduce in place has no autograd formula: autograd took it for a copy of this rank's
+    cotangent alone, 27% off in a gradient penalty). Refused, as fdsm refuses what it cannot get right."""
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, mean: Tensor) -> Tensor:  # the mean, in the graph of the cotangent it came from
+        return mean.clone()
+
+    @staticmethod
+    def backward(ctx, _: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotSupported(f"{_WHO}: a second derivative through D (a gradient of D taken with create_graph=True, "
+                           "then differentiated again) is not supported: its backward averages the ranks' "
+                           "cotangents, which holds for one backward only; use 'fd-batched' in one process for it")
 
 
 def points_of(rank: int, world: int, points: int) -> list[int]:
@@ -161,20 +186,18 @@ def fd_distributed(f: Fn, x: Tensor, v: Tensor, order: int, *, stencil: Stencil 
         raise RuntimeError(f"{_WHO}: {NO_PROCESS_GROUP}")
     stencil = central_stencil(order) if stencil is None else stencil
     rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if rank < 0:
+        raise ValueError(f"{_WHO}: this process is not a member of the given group (its ranks do not include this "
+                         "one); call fd-distributed on the group's members only, or pass group=None")
     mine = points_of(rank, world, len(stencil))
-    if mine:
-        part = Stencil(stencil.order, tuple(stencil.offsets[i] for i in mine), tuple(stencil.weights[i] for i in mine),
-                       stencil.accuracy)  # this rank's points; not a stencil of its own, only a share of the sum
-        outputs = f(stencil_inputs(x, v, part)).unflatten(0, (len(mine), x.shape[0]))  # (|I_r|B, *k) -> (|I_r|, B, *k)
-        acc = torch.promote_types(outputs.dtype, torch.float32)  # where FD cancels, as fdsm.fd.apply_stencil
-        w = constant(part.weights, acc, outputs.device)  # (|I_r|,)
-        partial = torch.tensordot(w, outputs.to(acc), dims=1)  # (|I_r|,) . (|I_r|, B, *k) -> (B, *k)
-    else:  # N > S: no point here, but this rank joins the collectives with zeros of D's shape
-        probe = f(x[:1])  # (1, *k): the shape, dtype and whether D needs a gradient
-        acc = torch.promote_types(probe.dtype, torch.float32)
-        partial = torch.zeros((x.shape[0], *probe.shape[1:]), dtype=acc, device=x.device,
-                              requires_grad=probe.requires_grad)
-        outputs = probe
+    # N > S: no point here, but this rank joins the collectives: it evaluates the first point with weight 0, so that
+    # its share has D's shape and dtype and the others' graph (f's parameters, x and v), with zero gradients
+    part = Stencil(stencil.order, tuple(stencil.offsets[i] for i in mine or [0]),
+                   tuple(stencil.weights[i] if mine else 0.0 for i in mine or [0]), stencil.accuracy)  # a share only
+    outputs = f(stencil_inputs(x, v, part)).unflatten(0, (len(part), x.shape[0]))  # (|I_r|B, *k) -> (|I_r|, B, *k)
+    acc = torch.promote_types(outputs.dtype, torch.float32)  # where FD cancels, as fdsm.fd.apply_stencil
+    w = constant(part.weights, acc, outputs.device)  # (|I_r|,)
+    partial = torch.tensordot(w, outputs.to(acc), dims=1)  # (|I_r|,) . (|I_r|, B, *k) -> (B, *k)
     return _SumOverRanks.apply(partial, group).to(outputs.dtype)  # (B, *k), the same on every rank
 
 
@@ -182,6 +205,8 @@ def sum_gradients(module: nn.Module, *, group: dist.ProcessGroup | None = None) 
     """All-reduce (SUM) every parameter gradient of ``module`` in place, so that each rank holds the whole gradient
     after a backward through ``fd_distributed`` (NOTE [the gradient contract of fd-distributed]). A parameter
     without a gradient on this rank takes part with zeros; the grads are then set on every rank."""
+    if not process_group_ready():
+        raise RuntimeError(f"sum_gradients(module): {NO_PROCESS_GROUP}")
     for p in module.parameters():
         if not p.requires_grad:
             continue

@@ -252,11 +252,86 @@ def test_a_rank_that_raises_gives_the_others_a_clear_error_within_the_timeout(ra
 
 def test_fd_distributed_refuses_without_a_process_group():
     from fdsm import METHODS, directional_derivative
+    from fdsm.distributed import sum_gradients
 
     assert "fd-distributed" not in METHODS.names(enabled_only=True)
     x = torch.randn(2, 3)
     with pytest.raises(RuntimeError, match="needs an initialized torch.distributed process group"):
         directional_derivative(lambda z: z.sum(1), x, x, 1, method="fd-distributed")
+    module = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match=r"sum_gradients\(module\): needs an initialized torch.distributed"):
+        sum_gradients(module)  # it raised torch's own error from its error handler, after setting zero grads
+    assert module.weight.grad is None
+
+
+def _three_ranks(rank: int, store: str, out: str) -> None:
+    """One of 3 ranks for the 2 points of T = 1 (rank 2 holds none); writes out/three<r>.pt."""
+    torch.set_num_threads(1)
+    from fdsm import NotSupported, directional_derivative
+    from fdsm.distributed import fd_distributed
+
+    result: dict = {}
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=3,
+                                timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S))
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+        v = (0.1 * torch.randn(4, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+        d = directional_derivative(lambda z: (z ** 3).sum(1), x, v, 1, method="fd-distributed")
+        result["requires_grad"] = d.requires_grad
+        d.sum().backward(retain_graph=True)  # rank 2's D needed no gradient (it saw neither x nor v): it raised
+        result["d"], result["x_grad"], result["v_grad"] = d.detach(), x.grad.clone(), v.grad.clone()
+        # a gradient penalty through D: autograd took the in-place all_reduce for a copy (27% off); now refused
+        (gx,) = torch.autograd.grad((d ** 2).sum(), x, create_graph=True)
+        try:
+            (gx ** 2).sum().backward()
+            result["second"] = ""
+        except NotSupported as err:
+            result["second"] = str(err)
+        group = dist.new_group([0, 1])  # every rank calls new_group; rank 2 is not in it
+        try:
+            fd_distributed(lambda z: (z ** 3).sum(1), x.detach(), v.detach(), 2, group=group)
+            result["outside"] = ""
+        except ValueError as err:
+            result["outside"] = str(err)
+        torch.save(result, Path(out) / f"three{rank}.pt")
+    except Exception:
+        (Path(out) / f"three{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+def test_fd_distributed_on_more_ranks_than_points_a_double_backward_and_a_foreign_group(tmp_path):
+    """3 ranks for T = 1's 2 points: the idle rank's D has the others' graph (only x and v need a gradient here), with
+    zero gradients, and the ranks' gradients sum to fd-batched's; a second derivative through D is refused by name
+    on every rank; a rank outside the given group is refused (it computed a wrong D: rank -1's points)."""
+    from fdsm import directional_derivative
+
+    context = mp.get_context("spawn")
+    processes = [context.Process(target=_three_ranks, args=(r, str(tmp_path / "store"), str(tmp_path)), daemon=True)
+                 for r in range(3)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(90)
+        if p.is_alive():
+            p.kill()
+    errors = {path.name: path.read_text() for path in tmp_path.glob("three*.error")}
+    results = [torch.load(tmp_path / f"three{r}.pt") for r in range(3) if (tmp_path / f"three{r}.pt").exists()]
+    assert len(results) == 3, errors
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    v = (0.1 * torch.randn(4, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    d = directional_derivative(lambda z: (z ** 3).sum(1), x, v, 1, method="fd-batched")
+    d.sum().backward()
+    assert all(r["requires_grad"] for r in results)
+    for r in results:
+        torch.testing.assert_close(r["d"], d.detach(), rtol=1e-13, atol=1e-15)
+        assert "a second derivative through D" in r["second"] and "fd-batched" in r["second"]
+    assert not results[2]["x_grad"].any() and not results[2]["v_grad"].any()  # the idle rank's share: zeros
+    torch.testing.assert_close(sum(r["x_grad"] for r in results), x.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(sum(r["v_grad"] for r in results), v.grad, rtol=1e-12, atol=1e-14)
+    assert [bool(r["outside"]) for r in results] == [False, False, True]
+    assert "not a member of the given group" in results[2]["outside"]
 
 
 def test_a_hung_rank_under_torchrun_is_a_timeout_error_naming_the_rank_not_a_hung_sweep(monkeypatch):
