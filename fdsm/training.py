@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,13 @@ def training_step(model: nn.Module, loss_fn: Callable[[], Tensor], optimizer: to
     """
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn()
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        shape = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"training step {step}: expected loss_fn to return one number, a 0-d tensor (an objective "
+                         f"with reduction='mean'), got {shape}")
+    if not loss.requires_grad:
+        raise ValueError(f"training step {step}: the loss does not depend on any parameter (it has no gradient), so "
+                         "there is nothing to update; check that the objective is given the model's own callable")
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"training step {step}: the loss is {loss.item()}, not finite; the update was "
                                  "not applied (lower the learning rate, raise eps in float32, or check the data)")
@@ -135,6 +143,11 @@ def train(model: nn.Module, recipe: TrainingRecipe, data: Tensor, *, steps: int,
     which stay empty without ``evaluate``. ``on_record(record)`` sees each record as it is made. A non-finite loss
     raises ``NonFiniteLossError`` naming the step.
     """
+    for name, value in (("steps", steps), ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"train(model, recipe, data): expected {name} to be a positive integer, got {value!r}")
+    if not time_budget_s > 0:
+        raise ValueError(f"train(model, recipe, data): expected time_budget_s > 0, got {time_budget_s!r}")
     optimizer, scheduler = make_optimizer(model, recipe.optim, steps)
     records: list[Record] = []
     wall = 0.0

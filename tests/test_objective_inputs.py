@@ -115,3 +115,44 @@ def test_valid_calls_still_agree():
     v = obj.draw_directions(X, 0.1)
     torch.testing.assert_close(obj.fd_ssm_loss(quadratic, X, v=v, backend="torch"), obj.ssm_loss(quadratic, X, v=v))
     torch.testing.assert_close(obj.ssm_loss(quadratic, X, v=v, eps=0.1), obj.ssm_loss(quadratic, X, v=v))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: obj.ssm_loss(log_density, X, eps=torch.tensor([0.1, 0.2, 0.3, 0.4])), ValueError,
+     r"ssm_loss\(log_density, x\): expected eps to be a positive number, got a tensor of shape \(4,\)"),
+    (lambda: obj.fd_ssm_loss(log_density, X, eps=torch.full((4,), 0.1)), ValueError,
+     r"expected eps to be a positive number or 'auto', got a tensor of shape \(4,\)"),
+    (lambda: obj.draw_directions(X, 0.0), ValueError, r"draw_directions: expected eps > 0 and finite, got 0.0"),
+    (lambda: obj.draw_directions(X, "0.1"), TypeError, r"draw_directions: expected eps to be a positive number"),
+    (lambda: obj.multiscale_dsm_loss(log_density, X, torch.full((4,), 0.1), sigma0=0.0), ValueError,
+     r"multiscale_dsm_loss\(log_density, x, sigma\): expected sigma0 > 0 and finite"),
+    (lambda: obj.dsm_loss(log_density, X, 0.1, xi=torch.zeros(4, 2)), ValueError,
+     r"dsm_loss\(log_density, x, sigma\): expected xi of x's shape \(4, 3\), got \(4, 2\)"),
+    (lambda: obj.annealed_dsm_loss(lambda z, c: -z, X, torch.full((4,), 0.1), cond=torch.zeros(3)), ValueError,
+     r"annealed_dsm_loss\(score, x, sigma\): expected cond to be a tensor of one entry per sample, \(4, ...\), "
+     r"got \(3,\)"),
+    (lambda: obj.annealed_fd_ssmvr_loss(lambda z, c: -z, X, torch.full((4,), 0.1), cond=torch.zeros(5)), ValueError,
+     r"annealed_fd_ssmvr_loss\(score, x, sigma\): expected cond to be a tensor of one entry per sample"),
+    (lambda: obj.dsm_loss(log_density, torch.zeros(4, 0, dtype=torch.float64), 0.1), ValueError,
+     r"expected x of shape \(B, \*event\) with B >= 1, a non-empty event"),
+])
+def test_malformed_scales_noise_and_conditions_are_refused_naming_the_argument(call, error, match):
+    """Each gave a raw torch error naming nothing (eps of several values, cond of another batch), a message without
+    its function or with the wrong argument (xi; sigma0 called sigma), silently zero directions (draw_directions at
+    eps = 0), or NaN (an empty event)."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("loss", [
+    lambda ld, x: obj.ssm_loss(ld, x), lambda ld, x: obj.ssmvr_loss(ld, x), lambda ld, x: obj.sm_loss(ld, x),
+    lambda ld, x: obj.dsm_loss(ld, x, 0.1), lambda ld, x: obj.sliced_dsm_loss(ld, x, 0.1),
+])
+def test_a_log_density_that_ignores_x_gives_a_loss_in_its_parameters_graph(loss):
+    """Its score is 0: the gradient objectives returned a loss cut off from the parameters (zeros_like(x)), so a
+    training step failed with autograd's raw error, where the FD and Taylor forms gave a differentiable zero."""
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    value = loss(lambda z: w * torch.ones(len(z), dtype=z.dtype), X)
+    assert value.requires_grad
+    (g,) = torch.autograd.grad(value, w)
+    assert g == 0

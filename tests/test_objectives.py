@@ -57,6 +57,7 @@ CASES = [
     ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, method="taylor", reduction="none")),
     ("sm/d", lambda m, x: obj.ssm_loss(m.log_density, x, noise="rademacher", method="taylor", reduction="none")),
     ("sm/d", lambda m, x: obj.ssmvr_loss(m.log_density, x, noise="rademacher", reduction="none")),
+    ("sm/d", lambda m, x: obj.ssmvr_loss(m.log_density, x, method="taylor", reduction="none")),
     ("sm/d", lambda m, x: obj.fd_ssm_loss(m.log_density, x, reduction="none")),
     ("sm/d", lambda m, x: obj.fd_ssm_loss(m.log_density, x, serial=True, backend="torch", reduction="none")),
     ("sm/d", lambda m, x: obj.ssmvr_score_loss(m.score, x, reduction="none")),
@@ -65,6 +66,7 @@ CASES = [
     ("dsm", lambda m, x: obj.dsm_loss(m.log_density, x, SIGMA, reduction="none")),
     ("dsm", lambda m, x: obj.dsm_score_loss(m.score, x, SIGMA, reduction="none")),
     ("dsm", lambda m, x: obj.sliced_dsm_loss(m.log_density, x, SIGMA, reduction="none")),
+    ("dsm", lambda m, x: obj.sliced_dsm_loss(m.log_density, x, SIGMA, method="taylor", reduction="none")),
     ("dsm", lambda m, x: obj.fd_dsm_loss(m.log_density, x, SIGMA, reduction="none")),
     ("dsm", lambda m, x: obj.multiscale_dsm_loss(m.log_density, x, torch.full((N,), SIGMA), sigma0=SIGMA,
                                                  reduction="none")),
@@ -164,6 +166,9 @@ def test_an_fd_scale_of_zero_is_not_supported_rather_than_a_division_by_zero():
     ("mlp-ebm", lambda model, x, v, method: obj.ssm_loss(model.log_density, x, v=v, method=method)),
     ("nice", lambda model, x, v, method: obj.ssm_loss(model.log_density, x, v=v, method=method)),
     ("wae-score", lambda model, x, v, method: obj.ssmvr_score_loss(model.score, x, v=v, method=method)),
+    ("mlp-ebm", lambda model, x, v, method: obj.ssmvr_loss(model.log_density, x, v=v, method=method)),
+    ("nice", lambda model, x, v, method: obj.sliced_dsm_loss(model.log_density, x, 0.1, v=v, method=method,
+                                                             xi=torch.ones_like(x))),
 ])
 def test_taylor_objectives_equal_the_nested_reverse_ones_in_value_and_gradient(name, loss):
     """method="taylor" is the same exact objective: the same loss and parameter gradients (float64)."""

@@ -82,6 +82,30 @@ def test_non_finite_loss_stops_with_the_step_and_no_update():
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
+def test_a_loss_that_is_not_one_number_or_has_no_gradient_is_refused_before_any_update():
+    model = build("gaussian", size="cpu", dim=2)
+    optimizer, _ = make_optimizer(model, OptimConfig(lr=0.1))
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"training step 3: expected loss_fn to return one number, a 0-d tensor "
+                                         r"\(an objective with reduction='mean'\), got shape \(4,\)"):
+        training_step(model, lambda: obj.ssm_loss(model.log_density, x, reduction="none"), optimizer, step=3)
+    with pytest.raises(ValueError, match="training step 0: the loss does not depend on any parameter"):
+        training_step(model, lambda: torch.tensor(1.0), optimizer)  # autograd's raw error in backward before
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "expected steps to be a positive integer, got 0"),
+    ({"steps": 2.5}, "expected steps to be a positive integer, got 2.5"),
+    ({"steps": 3, "eval_every": 0}, "expected eval_every to be a positive integer, got 0"),
+    ({"steps": 3, "time_budget_s": 0.0}, r"expected time_budget_s > 0, got 0.0"),
+])
+def test_train_refuses_a_run_it_cannot_make(kwargs, match):
+    """steps = 0 returned no record silently; eval_every = 0 raised ZeroDivisionError after the first step."""
+    model = build("gaussian", size="cpu", dim=3)
+    with pytest.raises(ValueError, match=r"train\(model, recipe, data\): " + match):
+        train(model, _gaussian_recipe(), torch.randn(128, 3), **kwargs)
+
+
 def test_training_step_marks_the_end_of_each_phase_in_order():
     model = build("gaussian", size="cpu", dim=2)
     optimizer, scheduler = make_optimizer(model, OptimConfig(lr=0.1, clip=1.0, cosine=True), total_steps=5)

@@ -45,9 +45,9 @@ def event_dim(x: Tensor) -> int:
 def check_batch(who: str, x: object) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{who}: expected x to be a Tensor, got {type(x).__name__}")
-    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
-        raise ValueError(f"{who}: expected x of shape (B, *event) with B >= 1 and a floating dtype, "
-                         f"got {tuple(x.shape)} {x.dtype}")
+    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1 or event_dim(x) < 1:
+        raise ValueError(f"{who}: expected x of shape (B, *event) with B >= 1, a non-empty event and a floating "
+                         f"dtype, got {tuple(x.shape)} {x.dtype}")
     return x
 
 
@@ -81,14 +81,23 @@ def check_positive(who: str, name: str, value: float | Tensor, *, allowed: str =
         raise ValueError(f"{who}: expected {name} > 0 and finite, got {shown}")
 
 
-def per_sample_sigma(who: str, sigma: float | Tensor, x: Tensor) -> Tensor:
-    """sigma as a (B, 1, ..., 1) tensor that broadcasts against x: (B, *event); a float or a (B,) tensor."""
-    check_positive(who, "sigma", sigma, allowed=f"a positive number or a ({x.shape[0]},) tensor")
+def check_number(who: str, name: str, value: object, *, allowed: str = "a positive number") -> None:
+    """``check_positive`` of one number: a 0-d tensor passes, a tensor of several values is a ValueError (one scale
+    for the whole batch: a per-sample one would broadcast against the wrong axis)."""
+    if isinstance(value, Tensor) and value.dim() != 0:
+        raise ValueError(f"{who}: expected {name} to be {allowed}, got a tensor of shape {tuple(value.shape)}")
+    check_positive(who, name, value, allowed=allowed)
+
+
+def per_sample_sigma(who: str, sigma: float | Tensor, x: Tensor, name: str = "sigma") -> Tensor:
+    """sigma as a (B, 1, ..., 1) tensor that broadcasts against x: (B, *event); a float or a (B,) tensor. ``name``:
+    the argument, for errors."""
+    check_positive(who, name, sigma, allowed=f"a positive number or a ({x.shape[0]},) tensor")
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if s.dim() == 0:
         s = s.expand(x.shape[0])
     if s.shape != (x.shape[0],):
-        raise ValueError(f"{who}: expected sigma to be a float or a ({x.shape[0]},) tensor, got {tuple(s.shape)}")
+        raise ValueError(f"{who}: expected {name} to be a float or a ({x.shape[0]},) tensor, got {tuple(s.shape)}")
     return s.view(-1, *([1] * (x.dim() - 1)))  # (B,) -> (B, 1, ..., 1)
 
 
@@ -96,6 +105,7 @@ def draw_directions(x: Tensor, eps: float, noise: str = "sphere", generator: tor
                     ) -> Tensor:
     """v: (B, *event) with E[v v^T] = (eps^2/d) I, of the distribution ``noise`` (see the module docstring)."""
     check_choice("draw_directions", "noise", noise, NOISES)
+    check_number("draw_directions", "eps", eps)
     u = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device).flatten(1)  # (B, d)
     if noise == "sphere":
         v = eps * u / u.norm(dim=1, keepdim=True)
@@ -132,7 +142,7 @@ def directions(who: str, x: Tensor, eps: float | None, v: Tensor | None, noise: 
     type says so."""
     check_choice(who, "noise", noise, NOISES)
     if eps is not None:
-        check_positive(who, "eps", eps, allowed="a positive number or 'auto'" if auto else "a positive number")
+        check_number(who, "eps", eps, allowed="a positive number or 'auto'" if auto else "a positive number")
     if v is None:
         eps = default_eps if eps is None else eps
         v = draw_directions(x, eps, noise)

@@ -57,11 +57,15 @@ def deep_ebm_sigmas(batch: int, low: float = 0.05, high: float = 1.2, *, dtype: 
     return torch.linspace(low, high, batch, dtype=dtype, device=device)
 
 
-def _conditioned(score: CondScore, cond: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
-    """x -> score(x, cond), with cond (B, ...) tiled to match a stacked (S*B, *event) input.
+def _conditioned(who: str, score: CondScore, cond: Tensor, batch: int) -> Callable[[Tensor], Tensor]:
+    """x -> score(x, cond), with cond (B, ...) tiled to match a stacked (S*B, *event) input; cond checked to hold
+    one entry per sample.
 
     See NOTE [point-major stacked batch] in fdsm.fd.
     """
+    if not isinstance(cond, Tensor) or cond.dim() == 0 or cond.shape[0] != batch:
+        shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+        raise ValueError(f"{who}: expected cond to be a tensor of one entry per sample, ({batch}, ...), got {shape}")
 
     def f(inputs: Tensor) -> Tensor:
         repeats, rest = divmod(inputs.shape[0], batch)
@@ -87,8 +91,8 @@ def _annealed(who: str, base: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def objective(score: CondScore, x: Tensor, sigma: Tensor, *, cond: Tensor | None = None,
                   xi: Tensor | None = None, reduction: str = "mean", **kwargs) -> Tensor:
         def per_sample(x: Tensor, sig: Tensor) -> Tensor:
-            x_noisy = sliced.noisy(x, sig.view(-1, *([1] * (x.dim() - 1))), xi)
-            f = _conditioned(score, sig if cond is None else cond, x.shape[0])
+            x_noisy = sliced.noisy(who, x, sig.view(-1, *([1] * (x.dim() - 1))), xi)
+            f = _conditioned(who, score, sig if cond is None else cond, x.shape[0])
             return base(f, x_noisy, reduction="none", **kwargs)
 
         return _weighted(who, x, sigma, reduction, per_sample, lambda sig: sig.pow(2))
@@ -111,7 +115,7 @@ def annealed_dsm_loss(score: CondScore, x: Tensor, sigma: Tensor, *, cond: Tenso
     who = "annealed_dsm_loss(score, x, sigma)"
 
     def per_sample(x: Tensor, sig: Tensor) -> Tensor:
-        f = _conditioned(score, sig if cond is None else cond, x.shape[0])
+        f = _conditioned(who, score, sig if cond is None else cond, x.shape[0])
         return sliced.dsm_score_loss(f, x, sig, xi=xi, reduction="none")
 
     return _weighted(who, x, sigma, reduction, per_sample, lambda sig: sig.pow(2))

@@ -34,11 +34,14 @@ x is data: the objectives differentiate with respect to a detached copy of it, a
 loss flow to the parameters inside the callable only.
 
 NOTE [exact derivatives by Taylor mode]
-``ssm_loss`` and ``ssmvr_score_loss`` take ``method="taylor"``: the same exact objective, with its derivatives from
-one Taylor-mode pass (``fdsm.taylor.taylor_coefficients``) instead of nested reverse mode. For SSM, D^1 = v^T s and
-D^2 = v^T H v both come from one degree-2 jet of log p along v; for SSMVR on a score network, s and (grad s) v from
-one degree-1 jet of s (a forward-mode pass). The training step's backward is then a first-order backward through
-that pass: no double backward (and, unlike one, something ``torch.compile`` can take).
+The exact sliced objectives (``ssm_loss``, ``ssmvr_loss``, ``ssmvr_score_loss``, ``sliced_dsm_loss``) take
+``method="taylor"``: the same exact objective, with its derivatives from one Taylor-mode pass
+(``fdsm.taylor.taylor_coefficients``) instead of nested reverse mode. For SSM, D^1 = v^T s and D^2 = v^T H v both
+come from one degree-2 jet of log p along v; for SSMVR on a score network, s and (grad s) v from one degree-1 jet of
+s (a forward-mode pass); for sliced DSM, D^1 from one degree-1 jet of log p at x~. The training step's backward is
+then a first-order backward through that pass: no double backward (and, unlike one, something ``torch.compile`` can
+take). SSMVR on a log-density still needs the whole score for its ||s||^2, one create_graph backward; only its
+v^T H v comes from the jet.
 """
 
 from __future__ import annotations
@@ -91,11 +94,13 @@ def _as_data(x: Tensor) -> Tensor:
 
 def _grad(out: Tensor, x: Tensor) -> Tensor:
     r""":math:`\nabla_x` of each sample's out_b, graph kept; out: (B,) -> (B, *event). Samples are independent,
-    so the gradient of the batch sum holds every per-sample gradient."""
-    if not out.requires_grad:  # out does not depend on x (e.g. a linear log-density's score)
+    so the gradient of the batch sum holds every per-sample gradient. Where out does not depend on x (a linear
+    log-density's score, or one of the parameters alone) it is zeros in out's graph, so that a loss built from it
+    still reaches the parameters, with zero gradients, as the FD and Taylor forms do."""
+    if not out.requires_grad:  # out depends on neither x nor a parameter
         return torch.zeros_like(x)
     (g,) = torch.autograd.grad(out.sum(), x, create_graph=True, allow_unused=True)
-    return torch.zeros_like(x) if g is None else g
+    return (0 * out.sum()).expand_as(x) if g is None else g
 
 
 def score_of(log_density: Fn) -> Fn:
@@ -113,12 +118,13 @@ def _curvature(s: Tensor, x: Tensor, v: Tensor) -> Tensor:
     return _dot(_grad(_dot(s, v), x), v)
 
 
-def noisy(x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
+def noisy(who: str, x: Tensor, sigma: Tensor, xi: Tensor | None) -> Tensor:
     r"""Detached :math:`\tilde x = x + \sigma \xi`, xi ~ N(0, I) unless given; sigma (B, 1, ..., 1) -> (B, *event)."""
     if xi is None:
         xi = torch.randn_like(x)
-    elif xi.shape != x.shape:
-        raise ValueError(f"expected xi of x's shape {tuple(x.shape)}, got {tuple(xi.shape)}")
+    elif not isinstance(xi, Tensor) or xi.shape != x.shape:
+        raise ValueError(f"{who}: expected xi of x's shape {tuple(x.shape)}, "
+                         f"got {tuple(xi.shape) if isinstance(xi, Tensor) else type(xi).__name__}")
     return (x + sigma * xi).detach()
 
 
@@ -199,15 +205,25 @@ def ssm_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor 
 
 
 def ssmvr_loss(log_density: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
-               noise: str = "sphere", reduction: str = "mean") -> Tensor:
+               noise: str = "sphere", method: str = "reverse", reduction: str = "mean") -> Tensor:
     r"""SSM with variance reduction, eq. (11) on :math:`s = \nabla_x \log p`:
-    :math:`v^\top \nabla_x^2 \log p\, v / \varepsilon^2 + \|s\|^2 / (2d)`. Expectation :math:`J_{SM}/d`."""
+    :math:`v^\top \nabla_x^2 \log p\, v / \varepsilon^2 + \|s\|^2 / (2d)`. Expectation :math:`J_{SM}/d`.
+
+    ``method="taylor"``: :math:`v^\top H v` from one degree-2 jet instead of a second create_graph backward (NOTE
+    [exact derivatives by Taylor mode]); :math:`\|s\|^2` needs the whole score, one create_graph backward either way.
+    """
     who = "ssmvr_loss(log_density, x)"
     check_reduction(who, reduction)
+    check_choice(who, "method", method, EXACT_METHODS)
     x = _as_data(check_batch(who, x))
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
-    s = _grad(checked_log_density(who, log_density)(x), x)
-    return reduce(who, _ssmvr_integrand(_curvature(s, x, v), s, eps2), reduction)
+    log_p = checked_log_density(who, log_density)
+    s = _grad(log_p(x), x)
+    if method == "taylor":
+        curvature = coefficients(log_p, x.detach(), v, 2)[2]  # D^2 = v^T H v: (B,)
+    else:
+        curvature = _curvature(s, x, v)
+    return reduce(who, _ssmvr_integrand(curvature, s, eps2), reduction)
 
 
 def ssmvr_score_loss(score: Fn, x: Tensor, *, eps: float | None = None, v: Tensor | None = None,
@@ -236,8 +252,8 @@ def dsm_per_sample(who: str, score: Fn, x: Tensor, sigma: float | Tensor, *, xi:
     (B,). ``score`` gets a detached x~ (a log-density's score takes its own input gradient: ``score_of``)."""
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
-    target = sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)
-    x_noisy = noisy(x, sig, xi)
+    target = sig if target_sigma is None else per_sample_sigma(who, target_sigma, x, name="sigma0")
+    x_noisy = noisy(who, x, sig, xi)
     residual = score(x_noisy) + (x_noisy - x) / target.pow(2)  # (B, *event)
     return residual.flatten(1).pow(2).sum(1) / event_dim(x)
 
@@ -266,19 +282,26 @@ def dsm_score_loss(score: Fn, x: Tensor, sigma: float | Tensor, *, xi: Tensor | 
 
 def sliced_dsm_loss(log_density: Fn, x: Tensor, sigma: float | Tensor, *, eps: float | None = None,
                     v: Tensor | None = None, noise: str = "sphere", xi: Tensor | None = None,
-                    reduction: str = "mean") -> Tensor:
+                    method: str = "reverse", reduction: str = "mean") -> Tensor:
     r"""DSM projected on v (appendix B.4), the exact counterpart of FD-DSM on the same v:
     :math:`(v^\top \nabla \log p(\tilde x) + v^\top(\tilde x - x)/\sigma^2)^2 / \varepsilon^2`.
 
     Expectation :math:`J_{DSM}`. ``fdsm-bench grad-agreement`` compares FD-DSM against it per (x, xi, v).
+    ``method="taylor"``: :math:`D^1 = v^\top \nabla \log p(\tilde x)` from one degree-1 jet, a forward-mode pass,
+    in place of a create_graph backward (NOTE [exact derivatives by Taylor mode]).
     """
     who = "sliced_dsm_loss(log_density, x, sigma)"
     check_reduction(who, reduction)
+    check_choice(who, "method", method, EXACT_METHODS)
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
     v, eps2 = directions(who, x, eps, v, noise, default_eps=1.0)
-    x_noisy = _as_data(noisy(x, sig, xi))
-    first = _dot(_grad(checked_log_density(who, log_density)(x_noisy), x_noisy), v)
+    x_noisy = _as_data(noisy(who, x, sig, xi))
+    log_p = checked_log_density(who, log_density)
+    if method == "taylor":
+        first = coefficients(log_p, x_noisy.detach(), v, 1)[1]  # D^1 = v^T s(x~): (B,)
+    else:
+        first = _dot(_grad(log_p(x_noisy), x_noisy), v)
     return reduce(who, _sliced_dsm_integrand(first, _dot(v, x_noisy - x), sig.flatten().pow(2), eps2), reduction)
 
 
@@ -329,10 +352,11 @@ def fd_dsm_per_sample(who: str, log_density: Fn, x: Tensor, sigma: float | Tenso
     check_fd_options(who, serial, backend)
     x = check_batch(who, x).detach()
     sig = per_sample_sigma(who, sigma, x)
-    target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x)).flatten().pow(2)  # (B,)
+    target2 = (sig if target_sigma is None else per_sample_sigma(who, target_sigma, x, name="sigma0")
+               ).flatten().pow(2)  # (B,)
     if not isinstance(eps, str):  # drawn before the noise, as always (the same seeded draws)
         v, eps2 = directions(who, x, eps, v, "sphere", default_eps=0.1, auto=True)
-    x_noisy = noisy(x, sig, xi)
+    x_noisy = noisy(who, x, sig, xi)
     if isinstance(eps, str):  # eps="auto": the step of the points the stencil runs at
         v, eps2 = _directions(who, checked_log_density(who, log_density, stacked=True), x_noisy, eps, v, order=1)
     lp = fd.stencil_outputs(checked_log_density(who, log_density, stacked=not serial), x_noisy, v, TWO_POINT,
