@@ -39,12 +39,14 @@ import math
 import os
 import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bench.config import UsageError
+from bench.isolation import STATUSES
 from bench.results import normalize
 
 REMEDY = "move it aside or use another --out"
@@ -90,6 +92,25 @@ def check_writable(folder: str | os.PathLike, *, make: bool = True, option: str 
         raise ResultsFileError(f"--out {folder}: cannot write there ({_one_line(err)}); choose another --out") from err
 
 
+# The one number an ok row may lack, NaN, when its message says why (the float64 reference failed).
+EXPLAINED_GAPS = ("rel_error",)
+
+
+def missing_numbers(row: Mapping[str, Any], numbers: Sequence[str]) -> list[str]:
+    """What is wrong with ``row``'s ``numbers`` columns ("time_ms is nan", "peak_mem_mb is missing"): each must be
+    a finite number, but for a NaN in ``EXPLAINED_GAPS`` when the row has a message."""
+    wrong = []
+    for column in numbers:
+        value = row.get(column)
+        if value is None:
+            wrong.append(f"{column} is missing")
+        elif not isinstance(value, Real) or isinstance(value, bool):
+            wrong.append(f"{column} is {value!r}, not a number")
+        elif not math.isfinite(value) and not (column in EXPLAINED_GAPS and math.isnan(value) and row.get("message")):
+            wrong.append(f"{column} is {value}")
+    return wrong
+
+
 def as_key(value: Any) -> str:
     """A value as a key: numbers by their float value to 12 significant digits, anything else as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -104,9 +125,10 @@ class CsvLog:
     """The rows of one CSV file, appended one at a time and rewritten atomically (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, key_columns: Sequence[str], columns: Sequence[str] = (),
-                 aliases: Mapping[str, str] | None = None, retry: Collection[str] = ()):
+                 aliases: Mapping[str, str] | None = None, retry: Collection[str] = (), numbers: Sequence[str] = ()):
         self.path = Path(path)
         self.retry = frozenset(retry)  # the statuses of kept rows that are not done: measured again, then replaced
+        self.numbers = tuple(numbers)  # the columns a kept ok row must carry (``missing_numbers``), else not done
         self.key_columns = tuple(key_columns)
         self.columns = tuple(dict.fromkeys([*self.key_columns, *columns]))  # always present, first, in this order
         self.frame = read_rows(self.path, aliases)
@@ -125,13 +147,26 @@ class CsvLog:
         return tuple(as_key(row[c]) for c in self.key_columns)
 
     def done(self, row: Mapping[str, Any]) -> bool:
-        """Whether a row with the same key values is already in the file, with a status not to ``retry``."""
+        """Whether a row with the same key values is already in the file, whole (``broken``) and with a status not
+        to ``retry``."""
         kept = self._rows.get(self._key(row))
-        return kept is not None and kept.get("status") not in self.retry
+        return kept is not None and kept.get("status") not in self.retry and not self.broken(kept)
+
+    def broken(self, kept: Mapping[str, Any]) -> str:
+        """What makes a kept row no measurement to keep ("" for none): a status that is none of ``STATUSES`` (a file
+        without a status column, or edited), or an ok row without its ``numbers``. Such a row is measured again."""
+        status = kept.get("status")
+        if not as_key(status):
+            return "no status"
+        if status not in STATUSES:
+            return f"status {status!r} is none of {', '.join(STATUSES)}"
+        return ", ".join(missing_numbers(kept, self.numbers)) if status == "ok" else ""
 
     def retried(self, rows: Iterable[Mapping[str, Any]]) -> list[str]:
-        """The statuses of the kept rows of ``rows`` whose status is one to ``retry``: measured again by this run."""
-        return [kept["status"] for row in rows if (kept := self._rows.get(self._key(row))) and not self.done(row)]
+        """Why each kept row of ``rows`` that is not done is measured again by this run: its status, one to
+        ``retry``, or what is broken about it."""
+        return [self.broken(kept) or str(kept["status"])
+                for row in rows if (kept := self._rows.get(self._key(row))) and not self.done(row)]
 
     def stored(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The newest row of the file with the same key values as ``row`` ({} when there is none)."""

@@ -104,7 +104,7 @@ class Experiment:
 
     def log(self, folder: Path, retry: tuple[str, ...] = ()) -> CsvLog:
         return CsvLog(folder / self.csv, key_columns=self.keys, columns=self.columns, aliases=self.aliases,
-                      retry=retry)
+                      retry=retry, numbers=self.numbers)
 
     def command(self) -> Command:
         return Command(self.name, self.help, self.default, self.run, self.plan, self.quick, self.ignores)
@@ -115,8 +115,9 @@ class Experiment:
         check_writable(shared.out, make=False)  # as run does, without making the folder
         log = self.log(shared.out, shared.retry)
         new = [case for case in todo if not log.done(case)]
-        retried = len(log.retried(todo))
-        again = f" ({retried} of them again: --retry {','.join(shared.retry)})" if retried else ""
+        retried = log.retried(todo)
+        again = (f" ({len(retried)} of them again: {'; '.join(sorted(set(retried)))}; --retry {','.join(shared.retry)})"
+                 if retried else "")
         lines = [f"{self.name}: {len(todo)} cases, {len(todo) - len(new)} already in {log.path}, {len(new)} to run"
                  f"{again}"]
         if new:

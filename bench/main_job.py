@@ -95,7 +95,8 @@ def command_line(shared: Shared, skip: tuple[str, ...]) -> str:
 
 
 def run(config: AllConfig, shared: Shared) -> int:
-    check_writable(shared.out, make=False)  # before any stage: each would fail on it alone, after fit had trained
+    plan(config, shared)  # every stage's checks before any stage runs (an --out that cannot be written, a CSV of
+    # another command where a stage's belongs): each would fail on it alone, after the stages before it had run
     stages = [s for s in STAGES if s not in config.skip]
     outcomes: dict[str, str] = {}
     start = time.perf_counter()

@@ -69,9 +69,13 @@ def environment(frames: dict[str, pd.DataFrame], device: torch.device) -> dict[s
 def write_report(out: Path, device: torch.device, command: str, outcomes: dict[str, str], elapsed_s: float) -> Path:
     """Write ``out/report.md`` from the CSVs in ``out`` and return its path; ``command`` is what made them."""
     sections = [e for e in EXPERIMENTS if e.report is not None]
-    frames, older = {}, {}
+    frames, older, foreign = {}, {}, {}
     for e in sections:
-        if (frame := read_rows(out / e.csv, e.aliases)) is not None:
+        if (frame := read_rows(out / e.csv, e.aliases)) is None:
+            continue
+        if lacking := [c for c in ("status", *e.keys) if c not in frame]:  # another command's or version's CSV
+            foreign[e.csv] = lacking
+        else:
             frames[e.csv], older[e.csv] = newest_run(frame, e.keys, e.axes)
     env = environment(frames, device)
     parts = [
@@ -81,6 +85,10 @@ def write_report(out: Path, device: torch.device, command: str, outcomes: dict[s
         table(pd.DataFrame({"stage": list(outcomes), "outcome": list(outcomes.values())})),
     ]
     for e in sections:
+        if e.csv in foreign:
+            parts.append(f"## {e.csv}\n*Not summarized: {out / e.csv} lacks the column(s) {foreign[e.csv]}, so it "
+                         "was not written by this command (another command's or version's file).*")
+            continue
         if e.csv not in frames:
             parts.append(f"## {e.csv}\n*Not in this folder: the stage did not run or wrote nothing.*")
             continue

@@ -31,20 +31,18 @@ number (130, 143) through ``SystemExit``, without a traceback.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from numbers import Real
 from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.csvlog import CsvLog, as_key
+from bench.csvlog import CsvLog, as_key, missing_numbers
 from bench.environment import metadata
 from bench.isolation import CaseOutcome, Worker, failure, signals_blocked
 
@@ -58,25 +56,6 @@ def _in_process(measure: Measure, case: Case) -> CaseOutcome:
     except Exception as err:  # every failure becomes a row; the sweep goes on
         status, message = failure(err)
         return CaseOutcome(status, message=message)
-
-
-# The one number an ok row may lack, NaN, when its message says why (the float64 reference failed).
-EXPLAINED_GAPS = ("rel_error",)
-
-
-def missing_numbers(row: Mapping[str, Any], numbers: Sequence[str]) -> list[str]:
-    """What is wrong with ``row``'s ``numbers`` columns ("time_ms is nan", "peak_mem_mb is missing"): each must be
-    a finite number, but for a NaN in ``EXPLAINED_GAPS`` when the row has a message."""
-    wrong = []
-    for column in numbers:
-        value = row.get(column)
-        if value is None:
-            wrong.append(f"{column} is missing")
-        elif not isinstance(value, Real) or isinstance(value, bool):
-            wrong.append(f"{column} is {value!r}, not a number")
-        elif not math.isfinite(value) and not (column in EXPLAINED_GAPS and math.isnan(value) and row.get("message")):
-            wrong.append(f"{column} is {value}")
-    return wrong
 
 
 def outcome_row(case: Case, outcome: CaseOutcome, device: torch.device,
@@ -185,8 +164,9 @@ def run_sweep(cases: Sequence[Case], measure: Measure, log: CsvLog, *, device: t
     SIGTERM ends it with ``SystemExit(130)`` or ``SystemExit(143)`` once the worker is killed."""
     todo = [case for case in cases if not log.done(case)]
     if retried := log.retried(cases):
-        tqdm.write(f"{desc}: {len(retried)} rows kept in {log.path} with status {', '.join(sorted(set(retried)))} "
-                   "are measured again (--retry)")
+        tqdm.write(f"{desc}: {len(retried)} rows kept in {log.path} are measured again: "
+                   f"{'; '.join(sorted(set(retried)))} (--retry {','.join(sorted(log.retry))}: a status to retry; "
+                   "else what the row lacks)")
     if len(todo) < len(cases):
         tqdm.write(f"{desc}: {len(cases) - len(todo)} of {len(cases)} rows already in {log.path}, skipped")
         differ = kept_with_other_settings([c for c in cases if log.done(c)], log, threads)

@@ -97,7 +97,7 @@ def test_a_rerun_measures_an_error_row_again_and_retry_names_what_else_to(tmp_pa
     pd.read_csv(path).assign(status=["error", "timeout", *first.status[2:]]).to_csv(path, index=False)
     capsys.readouterr()
     assert main([*argv, "--dry-run"]) == 0
-    assert f"1 already in {path}" not in (out := capsys.readouterr().out) and "(1 of them again: --retry error)" in out
+    assert f"1 already in {path}" not in (out := capsys.readouterr().out) and "(1 of them again: error; --retry error)" in out
     assert main(argv) == 0  # the error row measured again is ok; the timeout row is kept
     again = pd.read_csv(path)
     assert list(again.status[:2]) == ["ok", "timeout"] and len(again) == len(first)

@@ -260,6 +260,24 @@ def test_a_rerun_measures_again_the_rows_of_the_statuses_to_retry_and_replaces_t
     assert pd.read_csv(path).time_ms.tolist() == [5.0, 1.0]
 
 
+def test_a_kept_row_without_a_known_status_or_an_ok_row_without_its_numbers_is_measured_again(tmp_path, capsys):
+    """Resuming trusted any row with the sweep's key: a file without a status column crashed the plot after "0 to
+    run", and an ok row whose numbers were blanked, or a status none of the suite writes, was kept as measured."""
+    cases = [{"method": "m", "order": 1}, {"method": "m", "order": 3}]
+    path = tmp_path / "sweep.csv"
+    pd.DataFrame({"method": ["m", "m"], "order": [1, 3], "time_ms": [4.0, 4.0]}).to_csv(path, index=False)
+    log = CsvLog(path, ("method", "order"), numbers=("time_ms",))
+    assert not log.done(cases[0]) and log.retried(cases) == ["no status"] * 2
+    frame = run_sweep(cases, _measure_case, log, device=CPU, timeout_s=30, isolate=False, numbers=("time_ms",))
+    assert list(frame.status) == ["ok", "ok"] and list(frame.time_ms) == [1.0, 3.0]
+    assert "2 rows kept in" in capsys.readouterr().out
+    pd.DataFrame({"method": ["m", "m"], "order": [1, 3], "status": ["ok", "banana"], "time_ms": [None, 4.0]}).to_csv(
+        path, index=False)
+    log = CsvLog(path, ("method", "order"), numbers=("time_ms",))
+    assert log.retried(cases) == ["time_ms is nan", "status 'banana' is none of ok, oom, timeout, unsupported, error"]
+    assert CsvLog(path, ("method", "order")).done(cases[0])  # without numbers to check, an ok row is whole
+
+
 def test_a_resumed_sweep_says_when_the_rows_it_keeps_were_measured_with_other_settings(tmp_path, capsys):
     log = CsvLog(tmp_path / "sweep.csv", key_columns=("method", "order"), columns=("time_ms", "status"))
     run_sweep([{"method": "m", "order": 1, "repeats": 2}], _measure_case, log, device=CPU, timeout_s=30,

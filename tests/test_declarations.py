@@ -254,6 +254,42 @@ def test_a_user_model_whose_probes_fail_keeps_the_default_step_and_says_so(tmp_p
     assert "FD runs at the default step 7.81, calibrated on the deep EBM" in err
 
 
+def test_a_user_model_whose_forward_raises_on_the_probes_batch_is_one_line_or_error_rows_not_a_traceback(tmp_path,
+                                                                                                          capsys):
+    """A forward that passes the 2-row check and raises on larger batches: the probes ran it in the sweep's own
+    process, and only a ValueError was caught, so the command (a dry run too) ended in a traceback."""
+    models = tmp_path / "late.py"
+    models.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class Late(nn.Module):
+            event_shape = (3,)
+
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(3, 1)
+
+            def forward(self, x):
+                if len(x) > 2:
+                    raise RuntimeError("fails at sweep time")
+                return self.linear(x).squeeze(1)
+
+        def make():
+            return Late()
+    """))
+    argv = ["derivatives", "--quick", "--device", "cpu", "--model", f"{models}:make", "--methods", "fd-batched",
+            "--orders", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--eps", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "--eps auto: T = 1: RuntimeError: fails at sweep time" in err and len(err.strip().splitlines()) == 1
+    assert main([*argv, "--out", str(tmp_path / "b"), "--dry-run"]) == 0
+    assert "note: T = 1: no probed step (RuntimeError: fails at sweep time)" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 1  # its rows say what the forward raised
+    rows = pd.read_csv(tmp_path / "b" / "derivatives.csv")
+    assert list(rows.status) == ["error"] and "fails at sweep time" in rows.message[0]
+
+
 def test_a_users_model_and_score_model_run_through_train_steps(tmp_path):
     for spec, objectives in ((USER_MODEL, "SSM,FD-SSM"), (USER_SCORE, "SSMVR,FD-SSMVR")):
         assert main(["train-steps", "--quick", "--device", "cpu", "--out", str(tmp_path), "--models", spec,

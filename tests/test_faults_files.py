@@ -209,6 +209,22 @@ def test_an_output_path_fit_or_all_cannot_use_is_refused_before_any_training(tmp
     assert file.read_text() == "not a checkpoint" and not list(folder.iterdir()) and not (tmp_path / "out").exists()
 
 
+def test_all_refuses_a_later_stages_foreign_csv_before_any_stage_and_its_report_says_what_it_left_out(tmp_path,
+                                                                                                         capsys):
+    """A train_steps.csv of something else: the job ran eps-sweep, failed train-steps, ran grad-agreement, then its
+    report raised a ValueError and wrote nothing. Its stages' checks now come first; a report alone leaves it out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_steps.csv").write_text("hello,world\n1,2\n")
+    assert main(["all", "--quick", "--device", "cpu", "--out", str(out), "--skip", "fit,derivatives"]) == 2
+    err = capsys.readouterr().err
+    assert "train_steps.csv: the existing file lacks the key column(s)" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["train_steps.csv"]  # no stage ran
+    stages = "fit,eps-sweep,derivatives,train-steps,grad-agreement"
+    assert main(["all", "--quick", "--device", "cpu", "--out", str(out), "--skip", stages]) == 0
+    assert "*Not summarized: " in (report := (out / "report.md").read_text()) and "lacks the column(s)" in report
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_train_refuses_a_file_as_its_output_folder_before_any_training(tmp_path, capsys, dry_run):
     (tmp_path / "file.csv").write_text("not a folder")

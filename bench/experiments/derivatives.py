@@ -189,8 +189,8 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
             if auto and fd and fdsm.METHODS.entry(method).enabled:
                 try:
                     eps, source = auto_step(problem, name, order, accuracy[order], dtype), AUTO
-                except ValueError as err:  # a probe where f is not finite: the message says where
-                    raise UsageError(f"--eps auto: T = {order}: {err}") from err
+                except Exception as err:  # a probe where f is not finite (the message says where), or a user's
+                    raise UsageError(f"--eps auto: T = {order}: {_probe_failure(err)}") from err  # forward raising
             row = {**problem, "method": name, "order": order, "accuracy": accuracy[order], "eps": eps,
                    "eps_source": source, "dtype": dtype, "warmup": config.warmup, "repeats": config.repeats}
             rows.append(row)
@@ -236,15 +236,24 @@ def _swept_steps(config: DerivativesConfig, problem: dict, accuracy: dict[int, i
     return steps
 
 
+def _probe_failure(err: Exception) -> str:
+    """Why the automatic step's probes failed, on one line: fd_estimate's own message (a ValueError: f not finite at
+    a probe, a step that underflows), or the type and message of what a user's forward raised."""
+    text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:400]
+
+
 def _probed(problem: dict, method: str, order: int, accuracy: int, dtype: str,
             default: tuple[float, str]) -> tuple[float, str]:
     """A user model's step for order T (module docstring): the automatic step's batch median, or where its probes
-    fail (f not finite at one) the default step, with a note saying so."""
+    fail (f not finite at one, or the user's forward raising on the probes' batch) the default step, with a note
+    saying so; the rows then say what their own calls give, an error row where the forward raises again."""
     try:
         return auto_step(problem, method, order, accuracy, dtype), PROBED
-    except ValueError as err:
-        print(f"fdsm-bench derivatives: note: T = {order}: no probed step ({err}); FD runs at the default step "
-              f"{default[0]:.3g}, calibrated on the deep EBM (set one with --eps or --steps-from)", file=sys.stderr)
+    except Exception as err:  # any failure of the user's code: a row's error, not the sweep's traceback
+        print(f"fdsm-bench derivatives: note: T = {order}: no probed step ({_probe_failure(err)}); FD runs at the "
+              f"default step {default[0]:.3g}, calibrated on the deep EBM (set one with --eps or --steps-from)",
+              file=sys.stderr)
         return default
 
 
