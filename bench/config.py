@@ -46,6 +46,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, d in DTYPES.items() if d == dtype)
 
 
+def check_step_in_range(option: str, eps: float, dtype: torch.dtype, remedy: str = "") -> None:
+    """A UsageError where the step |v| = eps given by ``option`` is not a normal number of the dtype: v overflows,
+    or underflows to 0 (a row of |v| = 0 that no FD method can run)."""
+    info = torch.finfo(dtype)
+    if not info.tiny <= eps <= info.max:
+        raise UsageError(f"{option} {eps:g}: outside {dtype_name(dtype)}'s normal range ({info.tiny:.3g} to "
+                         f"{info.max:.3g}), where the direction v of that length is 0 or infinite; choose a step in "
+                         f"it{remedy}")
+
+
 # ---- argparse types -------------------------------------------------------------------------------------------
 
 def _items(text: str, example: str) -> list[str]:
@@ -193,11 +203,17 @@ def resolve_device(name: str | torch.device) -> torch.device:
         device = torch.device(name)
     except RuntimeError as err:
         raise UsageError(f"--device {name}: {err}; expected auto, cpu or cuda[:N]") from err
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index is not None):
+        raise UsageError(f"--device {name}: not a device the suite measures on (its clocks and memory probes know "
+                         "the CPU and CUDA); expected auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(
             f"--device {name}: no CUDA device is visible to torch {torch.__version__} "
             f"(CUDA build: {torch.version.cuda or 'no'}); use --device cpu or --device auto"
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -234,6 +250,25 @@ def positives(option_name: str) -> Callable[[tuple[float, ...]], tuple[float, ..
     return check
 
 
+# The largest order T and stencil accuracy p the options take: the tests check every method to T = 6 and the stencils
+# to p = 8; past these the stencils' weights grow beyond what float64 resolves (an OverflowError at p = 400, after a
+# sweep had run half a minute) and nested reverse mode grows as 2^T.
+MAX_ORDER = 12
+MAX_ACCURACY = 16
+
+
+def bounded_orders(option_name: str) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """A ``convert`` hook for orders T: ``positives``, each at most ``MAX_ORDER``."""
+    def check(values: tuple[int, ...]) -> tuple[int, ...]:
+        positives(option_name)(values)
+        if high := [t for t in values if t > MAX_ORDER]:
+            raise UsageError(f"{option_name} {','.join(map(str, values))}: expected orders 1 to {MAX_ORDER}; "
+                             f"{high} are higher")
+        return values
+
+    return check
+
+
 def at_least(option_name: str, low: int) -> Callable[[int], int]:
     """A ``convert`` hook: an integer of at least ``low`` (e.g. untimed warm-up calls: 0 or more)."""
     def check(value: int) -> int:
@@ -249,10 +284,10 @@ def central_accuracies(option_name: str) -> Callable[[Any], Any]:
     Theorem 1)."""
     def check(value: Any) -> Any:
         values = value if isinstance(value, tuple) else (value,)
-        bad = [p for p in values if p < 2 or p % 2]
+        bad = [p for p in values if p < 2 or p % 2 or p > MAX_ACCURACY]
         if not values or bad:
-            raise UsageError(f"{option_name}: {bad} are not central-stencil accuracies; expected even p >= 2, e.g. "
-                             "2 or 4")
+            raise UsageError(f"{option_name}: {bad} are not central-stencil accuracies; expected even p from 2 to "
+                             f"{MAX_ACCURACY}, e.g. 2 or 4")
         return value
 
     return check

@@ -97,7 +97,8 @@ def test_a_rerun_measures_an_error_row_again_and_retry_names_what_else_to(tmp_pa
     pd.read_csv(path).assign(status=["error", "timeout", *first.status[2:]]).to_csv(path, index=False)
     capsys.readouterr()
     assert main([*argv, "--dry-run"]) == 0
-    assert f"1 already in {path}" not in (out := capsys.readouterr().out) and "(1 of them again: error; --retry error)" in out
+    out = capsys.readouterr().out
+    assert f"1 already in {path}" not in out and "(1 of them again: error; --retry error)" in out
     assert main(argv) == 0  # the error row measured again is ok; the timeout row is kept
     again = pd.read_csv(path)
     assert list(again.status[:2]) == ["ok", "timeout"] and len(again) == len(first)
@@ -186,6 +187,16 @@ def test_a_shape_may_repeat_its_items_where_a_list_may_not(tmp_path):
     (["derivatives", "--quick", "--orders", "1,2,01"], "--orders 1,2,1: 1 given twice"),  # a sweep ran them twice
     (["kernels", "--quick", "--sizes-mb", "1,1.0"], "--sizes-mb 1.0,1.0: 1.0 given twice"),
     (["train", "--quick", "--ebm-objectives", "DSM,DSM"], "--ebm-objectives DSM,DSM: DSM given twice"),
+    # each of these ran before: meta and mps wrote error rows, 1e-300 error rows of |v| = 0, p = 400 overflowed
+    # after half a minute of sweeping
+    (["derivatives", "--quick", "--device", "meta"], "--device meta: not a device the suite measures on"),
+    (["derivatives", "--quick", "--device", "mps"], "expected auto, cpu or cuda[:N]"),
+    (["derivatives", "--quick", "--device", "cpu:3"], "--device cpu:3: not a device the suite measures on"),
+    (["eps-sweep", "--quick", "--eps-min", "1e-300", "--eps-max", "1e-299"],
+     "--eps-min 1e-300: outside float32's normal range"),
+    (["derivatives", "--quick", "--orders", "60"], "--orders 60: expected orders 1 to 12; [60] are higher"),
+    (["derivatives", "--quick", "--accuracy", "400"], "expected even p from 2 to 16"),
+    (["flops", "--times", __file__], f"--times {__file__}: not a CSV (ParserError"),  # this Python file
 ])
 def test_a_bad_option_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) if "--threads" in argv else _no_exit() as stopped:

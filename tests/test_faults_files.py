@@ -225,6 +225,22 @@ def test_all_refuses_a_later_stages_foreign_csv_before_any_stage_and_its_report_
     assert "*Not summarized: " in (report := (out / "report.md").read_text()) and "lacks the column(s)" in report
 
 
+def test_fit_keeps_a_checkpoint_only_if_it_is_the_model_its_note_says(tmp_path, capsys):
+    """A checkpoint overwritten (or cut off) beside its note was kept as trained, and every later stage failed on it;
+    a note that is not fit's was called missing."""
+    argv = ["fit", "--quick", "--device", "cpu", "--out", str(tmp_path), "--recipe", "nice/SSM"]
+    assert main(argv) == 0
+    checkpoint = tmp_path / "checkpoints" / "nice-SSM.pt"
+    assert main(argv) == 0 and "exists with these settings, kept" in capsys.readouterr().out
+    checkpoint.write_text("garbage")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists with a note of these settings, but is not a state_dict of that model (UnpicklingError" in err
+    assert len(err.strip().splitlines()) == 1 and checkpoint.read_text() == "garbage"
+    checkpoint.with_suffix(".json").write_text("{}")
+    assert main(argv) == 2 and "(its note nice-SSM.json is not one fit wrote)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_train_refuses_a_file_as_its_output_folder_before_any_training(tmp_path, capsys, dry_run):
     (tmp_path / "file.csv").write_text("not a folder")

@@ -96,8 +96,10 @@ def _check_save(path: Path, given: bool) -> None:
         raise UsageError(f"--save {path}: a folder; expected the checkpoint file to write, e.g. "
                          f"{path / 'model.pt'}")
     if path.exists() and _note(path) is None:
-        raise UsageError(f"{option_name}: {path} exists but is not a checkpoint written by fit (no note "
-                         f"{path.with_suffix('.json').name} beside it); move it away or choose another {option_name}")
+        note = path.with_suffix(".json")
+        why = f"no note {note.name} beside it" if not note.exists() else f"its note {note.name} is not one fit wrote"
+        raise UsageError(f"{option_name}: {path} exists but is not a checkpoint written by fit ({why}); move it away "
+                         f"or choose another {option_name}")
 
 
 def kept_settings(note: dict, asked: dict) -> str:
@@ -182,6 +184,14 @@ def prepare(config: FitConfig, shared: Shared) -> Job:
     note = _note(path) if path.exists() and not config.overwrite else None
     if note is not None and (differ := kept_settings(note, asked)):
         raise UsageError(f"{path} exists but was trained with other settings ({differ}); --overwrite trains again")
+    if note is not None:  # kept only if it is the model its note says: a cut-off or replaced file is no checkpoint
+        try:
+            recipe.build_model(size, **overrides).load_state_dict(torch.load(path, map_location="cpu",
+                                                                             weights_only=True))
+        except Exception as err:  # unpickling errors of every kind, a state_dict of another model
+            first = " ".join(str(err).split()).split(". ")[0][:160]  # the first sentence of torch's long messages
+            raise UsageError(f"{path} exists with a note of these settings, but is not a state_dict of that model "
+                             f"({type(err).__name__}: {first}); --overwrite trains again") from err
     return Job(dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, lr=config.lr)), size, overrides,
                data, source, path, asked, kept=note is not None)
 

@@ -51,7 +51,11 @@ def timed_cases(path: Path) -> pd.DataFrame:
     built (``event_shape`` as train-steps wrote it, "" where the model declares its own, and ``lr``)."""
     if not path.is_file():
         raise UsageError(f"--times {path}: no such file (expected a train_steps.csv)")
-    rows = pd.read_csv(path, dtype={"event_shape": str})  # "4" or "1,28,28", not 4.0 beside empty cells
+    try:
+        rows = pd.read_csv(path, dtype={"event_shape": str})  # "4" or "1,28,28", not 4.0 beside empty cells
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"--times {path}: not a CSV ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                         "expected a train_steps.csv") from err
     missing = {*CASE_COLUMNS, "time_ms", "status"} - set(rows)
     if missing:
         raise UsageError(f"--times {path}: not a train_steps.csv, it lacks the columns {sorted(missing)}")

@@ -48,7 +48,16 @@ import pandas as pd
 import torch
 
 import fdsm
-from bench.config import Shared, UsageError, at_least, central_accuracies, dtype_name, option, positive, positives
+from bench.config import (
+    Shared,
+    UsageError,
+    at_least,
+    bounded_orders,
+    central_accuracies,
+    check_step_in_range,
+    option,
+    positive,
+)
 from bench.csvlog import REMEDY, ResultsFileError
 from bench.derivative_case import (
     AUTO_COLUMNS,
@@ -126,7 +135,7 @@ def positive_or_auto(option_name: str):
 
 @dataclass(frozen=True)
 class DerivativesConfig(ProblemConfig):
-    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=positives("--orders"))
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=bounded_orders("--orders"))
     methods: tuple[str, ...] = option((), "derivative methods; one this machine cannot run gets an unsupported row",
                                       convert=_methods, default_text=f"all of {', '.join(fdsm.METHODS.names())}")
     accuracy: int | None = option(None, "FD stencil accuracy p", type=int, convert=_accuracy,
@@ -165,7 +174,7 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
     problem, dtype = problem_columns(config, shared), shared.dtype_name
     auto = config.eps == AUTO
     if config.eps is not None and not auto:
-        _check_in_range(config.eps, shared.dtype)
+        check_step_in_range("--eps", config.eps, shared.dtype, ", or --eps auto")
     if auto and config.compiled:
         raise UsageError("--compiled with --eps auto: the automatic step's probes are not compiled; drop one")
     accuracy = {order: config.accuracy or (default_accuracy(order, shared.dtype) if auto else 2)
@@ -198,15 +207,6 @@ def cases(config: DerivativesConfig, shared: Shared) -> list[dict]:
                 suffixes = (FUSED, COMPILED) if method == "exact-taylor" else (COMPILED,)
                 rows += [{**row, "method": name + suffix} for suffix in suffixes]
     return _paired(rows, fd_baseline, auto)
-
-
-def _check_in_range(eps: float, dtype: torch.dtype) -> None:
-    """A UsageError where the step |v| = eps is not a normal number of the dtype: v overflows, or underflows to 0."""
-    info = torch.finfo(dtype)
-    if not info.tiny <= eps <= info.max:
-        raise UsageError(f"--eps {eps:g}: outside {dtype_name(dtype)}'s normal range ({info.tiny:.3g} to "
-                         f"{info.max:.3g}), where the direction v of that length is 0 or infinite; choose a step in "
-                         "it, or --eps auto")
 
 
 def _swept_steps(config: DerivativesConfig, problem: dict, accuracy: dict[int, int], method: str,

@@ -30,11 +30,12 @@ from bench.config import (
     DTYPES,
     Shared,
     UsageError,
+    bounded_orders,
     central_accuracies,
+    check_step_in_range,
     option,
     positive,
     positive_int,
-    positives,
     some_of,
 )
 from bench.derivative_case import (
@@ -58,7 +59,7 @@ class EpsSweepConfig(ProblemConfig):
     # more points than the timing sweep: the median error is the product here
     batch: int = option(8, "points per case", type=positive_int)
     # all of Figure 2's orders, so that its steps can come from here
-    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T", convert=positives("--orders"))
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T", convert=bounded_orders("--orders"))
     dtypes: tuple[str, ...] = option(("float64", "float32", "bfloat16"), "dtypes (the shared --dtype is not used)",
                                      convert=some_of("--dtypes", DTYPES))
     accuracies: tuple[int, ...] = option((2, 4), "stencil accuracies p", convert=central_accuracies("--accuracies"))
@@ -84,6 +85,9 @@ QUICK = dataclasses.replace(DEFAULT, batch=2, orders=(1, 2), dtypes=("float64", 
 def cases(config: EpsSweepConfig, shared: Shared) -> list[dict]:
     if not 0 < config.eps_min < config.eps_max:
         raise UsageError(f"--eps-min {config.eps_min} --eps-max {config.eps_max}: expected 0 < min < max")
+    for dtype in config.dtypes:  # as derivatives checks its --eps: rows of |v| = 0 or inf would be error rows
+        check_step_in_range("--eps-min", config.eps_min, DTYPES[dtype])
+        check_step_in_range("--eps-max", config.eps_max, DTYPES[dtype])
     problem = problem_columns(config, shared)
     method = config.method + (RICHARDSON if config.richardson else "")
     return [{**problem, "method": method, "order": order, "accuracy": p, "eps": eps, "dtype": dtype}

@@ -43,7 +43,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench.config import DTYPES, Shared, UsageError, at_least, option, positive, positive_int, positives
+from bench.config import DTYPES, Shared, UsageError, at_least, bounded_orders, option, positive, positive_int
 from bench.derivative_case import ProblemConfig, problem_columns
 from bench.distributed_case import LaunchFailed, launch
 from bench.experiment import Experiment
@@ -366,7 +366,7 @@ class StencilScalingConfig(ProblemConfig, LaunchOptions):
                         "derivatives sweep", convert=_registered_model)
     event_shape: tuple[int, ...] | None = None  # a user model's input shape: not an option here
     batch: int | None = option(None, "points per call", type=positive_int, default_text="64 on CUDA, else 8")
-    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=positives("--orders"))
+    orders: tuple[int, ...] = option((1, 2, 3, 4, 5, 6), "orders T, e.g. 1,2,3", convert=bounded_orders("--orders"))
     threads: int | None = option(1, "torch threads per rank on the CPU", type=positive_int)
     warmup: int = option(2, "untimed calls per method and order", convert=at_least("--warmup", 0))
     repeats: int = 15  # timed rounds (the shared --repeats)
