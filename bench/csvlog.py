@@ -125,10 +125,14 @@ class CsvLog:
     """The rows of one CSV file, appended one at a time and rewritten atomically (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, key_columns: Sequence[str], columns: Sequence[str] = (),
-                 aliases: Mapping[str, str] | None = None, retry: Collection[str] = (), numbers: Sequence[str] = ()):
+                 aliases: Mapping[str, str] | None = None, retry: Collection[str] = (), numbers: Sequence[str] = (),
+                 identity: Sequence[str] = ()):
         self.path = Path(path)
         self.retry = frozenset(retry)  # the statuses of kept rows that are not done: measured again, then replaced
         self.numbers = tuple(numbers)  # the columns a kept ok row must carry (``missing_numbers``), else not done
+        # columns that say what was measured without being keys (a user's model's source digest): a kept row whose
+        # value differs from a case's is not done; a case without the column does not compare it
+        self.identity = tuple(identity)
         self.key_columns = tuple(key_columns)
         self.columns = tuple(dict.fromkeys([*self.key_columns, *columns]))  # always present, first, in this order
         self.frame = read_rows(self.path, aliases)
@@ -147,14 +151,17 @@ class CsvLog:
         return tuple(as_key(row[c]) for c in self.key_columns)
 
     def done(self, row: Mapping[str, Any]) -> bool:
-        """Whether a row with the same key values is already in the file, whole (``broken``) and with a status not
-        to ``retry``."""
+        """Whether a row with the same key values is already in the file, whole and of the same ``identity``
+        (``broken``), with a status not to ``retry``."""
         kept = self._rows.get(self._key(row))
-        return kept is not None and kept.get("status") not in self.retry and not self.broken(kept)
+        return kept is not None and kept.get("status") not in self.retry and not self.broken(kept, row)
 
-    def broken(self, kept: Mapping[str, Any]) -> str:
-        """What makes a kept row no measurement to keep ("" for none): a status that is none of ``STATUSES`` (a file
-        without a status column, or edited), or an ok row without its ``numbers``. Such a row is measured again."""
+    def broken(self, kept: Mapping[str, Any], case: Mapping[str, Any] | None = None) -> str:
+        """What makes a kept row no measurement to keep for ``case`` ("" for none): an ``identity`` column whose
+        value is not the case's, a status that is none of ``STATUSES`` (a file without a status column, or edited),
+        or an ok row without its ``numbers``. Such a row is measured again."""
+        if differ := [c for c in self.identity if c in (case or {}) and as_key(kept.get(c)) != as_key(case[c])]:
+            return ", ".join(f"{c} {as_key(kept.get(c)) or '(none)'} is now {as_key(case[c])}" for c in differ)
         status = kept.get("status")
         if not as_key(status):
             return "no status"
@@ -165,7 +172,7 @@ class CsvLog:
     def retried(self, rows: Iterable[Mapping[str, Any]]) -> list[str]:
         """Why each kept row of ``rows`` that is not done is measured again by this run: its status, one to
         ``retry``, or what is broken about it."""
-        return [self.broken(kept) or str(kept["status"])
+        return [self.broken(kept, row) or str(kept["status"])
                 for row in rows if (kept := self._rows.get(self._key(row))) and not self.done(row)]
 
     def stored(self, row: Mapping[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,7 @@ from bench.isolation import is_out_of_memory
 from bench.memory import peak_memory
 from bench.results import RANDOM_WEIGHTS, weights_label
 from bench.timing import first_call_ms, measure_interleaved, paired_ratio, timing_columns
-from bench.user_model import build_user_model, event_shape_option, is_user_model, refuse_event_shape
+from bench.user_model import build_user_model, event_shape_option, is_user_model, model_source, refuse_event_shape
 from fdsm.compiled import compiled_derivative, why_not
 from fdsm.derivatives import EXACT_METHODS, FD_METHODS
 from fdsm.fd_error import TOLERANCE, FDEstimate, fd_estimate, richardson_stencil
@@ -543,7 +543,8 @@ def problem_columns(config: ProblemConfig, shared: Shared) -> dict[str, Any]:
     columns = {"model": config.model, "size": size, "n_chan": n_chan, "weights": weights,
                "seed": shared.seed, "batch": batch, "device": str(shared.device),
                "checkpoint": "" if config.checkpoint is None else str(config.checkpoint),
-               "event_shape": ",".join(map(str, config.event_shape or ()))}
+               "event_shape": ",".join(map(str, config.event_shape or ())),
+               **({"model_source": model_source(config.model)} if size == "user" else {})}
     if config.checkpoint is not None:  # the state_dict must fit the model: said here, not in every row
         try:
             build_model(columns)

@@ -40,6 +40,10 @@ from bench.csvlog import CsvLog, check_writable
 from bench.sweep import exit_status, run_sweep
 from bench.timing import fix_cpu_threads
 
+# Columns of a case that say what it measured without being keys (``CsvLog``'s ``identity``): a user's model's
+# source digest (``bench.user_model.model_source``), so that the rows of a model edited since are measured again.
+IDENTITY = ("model_source",)
+
 Case = Mapping[str, Any]
 
 
@@ -104,7 +108,7 @@ class Experiment:
 
     def log(self, folder: Path, retry: tuple[str, ...] = ()) -> CsvLog:
         return CsvLog(folder / self.csv, key_columns=self.keys, columns=self.columns, aliases=self.aliases,
-                      retry=retry, numbers=self.numbers)
+                      retry=retry, numbers=self.numbers, identity=IDENTITY)
 
     def command(self) -> Command:
         return Command(self.name, self.help, self.default, self.run, self.plan, self.quick, self.ignores)

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -39,6 +40,7 @@ from types import ModuleType
 from torch import nn
 
 from bench.config import UsageError, option
+from bench.results import DIGEST_HEX, DIGEST_PREFIX
 from fdsm.models.user import UserModel, UserModelError, check_user_model
 
 _SHOWN_CALLABLES = 8  # how many of a module's callables an "no such attribute" error lists
@@ -158,6 +160,23 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
         raise UsageError(f"--model {spec}: {target}'s {attribute} is not callable (type {type(obj).__name__}); name a "
                          "function or class that builds the nn.Module")
     return obj
+
+
+def model_source(spec: str) -> str:
+    """The ``model_source`` column of a user's model: the digest of the file that defines its factory
+    (``sha256:`` and 16 hex digits). The rows of ``--model spec`` are keyed by the spec, so an edit of that file (a
+    wider layer, another activation) would have resumed on the rows of the network before the edit; ``CsvLog``
+    measures a kept row again where its ``model_source`` is not today's (``identity``). A file the factory's file
+    imports is not read: say so in another ``--out`` after editing it."""
+    factory = load_factory(spec)
+    try:
+        path = inspect.getsourcefile(factory)
+    except TypeError:  # a callable object, a functools.partial: its module's file
+        path = None
+    path = path or getattr(sys.modules.get(getattr(factory, "__module__", "")), "__file__", None)
+    if path is None or not Path(path).is_file():  # no file to read (a builtin, a C extension)
+        return ""
+    return DIGEST_PREFIX + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:DIGEST_HEX]
 
 
 def build_user_model(spec: str, event_shape: tuple[int, ...] | None = None, *, trains: bool = False) -> UserModel:

@@ -290,6 +290,35 @@ def test_a_user_model_whose_forward_raises_on_the_probes_batch_is_one_line_or_er
     assert list(rows.status) == ["error"] and "fails at sweep time" in rows.message[0]
 
 
+def test_the_rows_of_a_users_model_are_measured_again_once_its_file_changes(tmp_path, capsys):
+    """The rows are keyed by the spec; after an edit of the file (a width of 8 -> 16, tanh -> sin) a resumed sweep
+    kept the old network's rows as this one's. The file's digest is on every row, and a changed one is measured."""
+    models = tmp_path / "mine.py"
+    source = textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def make():
+            net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
+            net.event_shape = (3,)
+            return net
+    """)
+    models.write_text(source)
+    argv = ["derivatives", "--quick", "--device", "cpu", "--model", f"{models}:make", "--methods", "fd-batched",
+            "--orders", "1", "--eps", "0.1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    first = pd.read_csv(tmp_path / "out" / "derivatives.csv")
+    assert first.model_source[0].startswith("sha256:")
+    assert main([*argv, "--dry-run"]) == 0 and "1 already in" in capsys.readouterr().out  # unchanged: kept
+    models.write_text(source.replace("8", "16").replace("Tanh", "SiLU"))
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0 already in" in out and f"model_source {first.model_source[0]} is now sha256:" in out
+    assert main(argv) == 0
+    again = pd.read_csv(tmp_path / "out" / "derivatives.csv")
+    assert len(again) == 1 and again.model_source[0] != first.model_source[0]
+
+
 def test_a_users_model_and_score_model_run_through_train_steps(tmp_path):
     for spec, objectives in ((USER_MODEL, "SSM,FD-SSM"), (USER_SCORE, "SSMVR,FD-SSMVR")):
         assert main(["train-steps", "--quick", "--device", "cpu", "--out", str(tmp_path), "--models", spec,

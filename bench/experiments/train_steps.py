@@ -47,6 +47,7 @@ from bench.user_model import (
     build_user_model,
     event_shape_option,
     is_user_model,
+    model_source,
     refuse_event_shape,
     refuse_for_registered,
 )
@@ -171,8 +172,8 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
                          **SINGLE_PROCESS,
                          "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda",
                          "float32_math": config.float32_math if device.type == "cuda" else "ieee",  # no TF32 on CPUs
-                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr}
-                            if is_user_model(model) else {})})
+                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr,
+                             "model_source": model_source(model)} if is_user_model(model) else {})})
     return rows
 
 
