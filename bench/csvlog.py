@@ -5,8 +5,10 @@ same values in ``key_columns`` (the configuration: model, method, order, ...) is
 ``log.append(row)`` adds one row and rewrites the file atomically (write a temporary file beside it, flush, fsync,
 ``os.replace``), so that an interrupted sweep leaves every finished row on disk and never a half-written line.
 Re-running the same command then skips the finished rows, but for those whose status is one to ``retry``
-(``CsvLog(..., retry=("error",))``, the CLI's ``--retry``): they are not done, and the row measured again takes
-their place. The whole file is rewritten each time; sweeps here have hundreds of rows, not millions.
+(``CsvLog(..., retry=("error",))``, the CLI's ``--retry``) and those that are no measurement to keep (``broken``: a
+status none of the suite writes, an ok row without its ``numbers``, or an ``identity`` column, such as a user's
+model's source digest, that is not the case's): they are not done, and the row measured again takes their place.
+The whole file is rewritten each time; sweeps here have hundreds of rows, not millions.
 
 Rows are dicts; the columns are ``key_columns`` and ``columns`` (the schema, always present, in that order), then
 any other keys of the rows in first-seen order; a row without a column gets an empty cell.
@@ -158,10 +160,13 @@ class CsvLog:
 
     def broken(self, kept: Mapping[str, Any], case: Mapping[str, Any] | None = None) -> str:
         """What makes a kept row no measurement to keep for ``case`` ("" for none): an ``identity`` column whose
-        value is not the case's, a status that is none of ``STATUSES`` (a file without a status column, or edited),
-        or an ok row without its ``numbers``. Such a row is measured again."""
+        value is not the case's, or, where ``status`` is a column of the schema, a status that is none of
+        ``STATUSES`` (a file without a status column, or edited) or an ok row without its ``numbers``. Such a row is
+        measured again."""
         if differ := [c for c in self.identity if c in (case or {}) and as_key(kept.get(c)) != as_key(case[c])]:
             return ", ".join(f"{c} {as_key(kept.get(c)) or '(none)'} is now {as_key(case[c])}" for c in differ)
+        if "status" not in self.columns:
+            return ""
         status = kept.get("status")
         if not as_key(status):
             return "no status"

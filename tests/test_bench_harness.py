@@ -266,16 +266,17 @@ def test_a_kept_row_without_a_known_status_or_an_ok_row_without_its_numbers_is_m
     cases = [{"method": "m", "order": 1}, {"method": "m", "order": 3}]
     path = tmp_path / "sweep.csv"
     pd.DataFrame({"method": ["m", "m"], "order": [1, 3], "time_ms": [4.0, 4.0]}).to_csv(path, index=False)
-    log = CsvLog(path, ("method", "order"), numbers=("time_ms",))
+    log = CsvLog(path, ("method", "order"), columns=("status",), numbers=("time_ms",))
     assert not log.done(cases[0]) and log.retried(cases) == ["no status"] * 2
     frame = run_sweep(cases, _measure_case, log, device=CPU, timeout_s=30, isolate=False, numbers=("time_ms",))
     assert list(frame.status) == ["ok", "ok"] and list(frame.time_ms) == [1.0, 3.0]
     assert "2 rows kept in" in capsys.readouterr().out
     pd.DataFrame({"method": ["m", "m"], "order": [1, 3], "status": ["ok", "banana"], "time_ms": [None, 4.0]}).to_csv(
         path, index=False)
-    log = CsvLog(path, ("method", "order"), numbers=("time_ms",))
+    log = CsvLog(path, ("method", "order"), columns=("status",), numbers=("time_ms",))
     assert log.retried(cases) == ["time_ms is nan", "status 'banana' is none of ok, oom, timeout, unsupported, error"]
-    assert CsvLog(path, ("method", "order")).done(cases[0])  # without numbers to check, an ok row is whole
+    assert CsvLog(path, ("method", "order"), columns=("status",)).done(cases[0])  # no numbers to check: whole
+    assert CsvLog(path, ("method", "order")).done(cases[1])  # a log without a status column checks no status
 
 
 def test_a_resumed_sweep_says_when_the_rows_it_keeps_were_measured_with_other_settings(tmp_path, capsys):
