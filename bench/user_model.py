@@ -166,8 +166,8 @@ def model_source(spec: str) -> str:
     """The ``model_source`` column of a user's model: the digest of the file that defines its factory
     (``sha256:`` and 16 hex digits). The rows of ``--model spec`` are keyed by the spec, so an edit of that file (a
     wider layer, another activation) would have resumed on the rows of the network before the edit; ``CsvLog``
-    measures a kept row again where its ``model_source`` is not today's (``identity``). A file the factory's file
-    imports is not read: say so in another ``--out`` after editing it."""
+    measures a kept row again where its ``model_source`` is not today's (``identity``). A file that the factory's
+    file imports is not read: after editing one, use another ``--out``."""
     factory = load_factory(spec)
     try:
         path = inspect.getsourcefile(factory)

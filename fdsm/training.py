@@ -69,7 +69,8 @@ def training_step(model: nn.Module, loss_fn: Callable[[], Tensor], optimizer: to
                   step: int = 0, mark: Callable[[str], None] = _no_mark) -> Tensor:
     """One complete step: zero_grad, loss, backward, clip, optimizer step, scheduler step; the detached loss.
 
-    Raises ``NonFiniteLossError`` (naming ``step``) before any update when the loss is NaN or infinite.
+    Raises ``NonFiniteLossError`` (naming ``step``) before any update when the loss is NaN or infinite, and a
+    ``ValueError`` when it is not one number (a 0-d tensor) or has no gradient.
     ``mark(phase)`` is called as each of ``PHASES`` ends, for a clock that splits the step's time.
     """
     optimizer.zero_grad(set_to_none=True)
