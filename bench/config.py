@@ -88,6 +88,14 @@ def comma_words(text: str) -> tuple[str, ...]:
     return tuple(_items(text, "a,b"))
 
 
+def output_folder(text: str) -> Path:
+    """argparse ``type=`` for ``--out``: a folder path; an empty one (``--out ""``, a variable unset in a script)
+    would put the results in the current directory unasked, so it is refused (``.`` says so on purpose)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder path, got {text!r} (write . for the current folder)")
+    return Path(text)
+
+
 def positive_int(text: str) -> int:
     """argparse ``type=`` for a count that must be at least 1 (threads, steps)."""
     try:
@@ -353,7 +361,7 @@ class Shared:
 
     device: torch.device = option("auto", "auto | cpu | cuda[:N]", type=str, convert=resolve_device)
     dtype: torch.dtype = option("float32", f"one of {', '.join(DTYPES)}", type=str, convert=resolve_dtype)
-    out: Path = option(Path("results/local"), "output folder")
+    out: Path = option(Path("results/local"), "output folder", type=output_folder)
     quick: bool = option(False, "CI size: tiny models, few orders, few repeats")
     seed: int = option(0, "random seed", convert=_seed)
     repeats: int | None = option(None, "timed repeats per measurement", default_text="per command",

@@ -197,14 +197,23 @@ def test_a_shape_may_repeat_its_items_where_a_list_may_not(tmp_path):
     (["derivatives", "--quick", "--orders", "60"], "--orders 60: expected orders 1 to 12; [60] are higher"),
     (["derivatives", "--quick", "--accuracy", "400"], "expected even p from 2 to 16"),
     (["flops", "--times", __file__], f"--times {__file__}: not a CSV (ParserError"),  # this Python file
+    (["derivatives", "--quick", "--out", ""], "argument --out: expected a folder path, got ''"),  # the cwd before
 ])
 def test_a_bad_option_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) if "--threads" in argv else _no_exit() as stopped:
-        code = main([*argv, "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) if {"--threads", "--out"} & set(argv) else _no_exit() as stopped:
+        code = main([*argv, *["--out", str(tmp_path)] * ("--out" not in argv)])
     err = capsys.readouterr().err
     assert (stopped.value.code if stopped else code) == 2  # argparse's own errors exit 2 too
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_channels_last_on_a_flat_model_says_its_rows_run_contiguous(tmp_path, capsys):
+    """The option serves the image models of a mixed run, so a flat model is not refused; it was made contiguous
+    without a word, where --n-chan on a model without one is refused."""
+    assert main(["train-steps", "--quick", "--dry-run", "--models", "nice", "--memory-format", "channels_last",
+                 "--out", str(tmp_path)]) == 0
+    assert "nice's batches are flat (784,), with one layout; its rows run contiguous" in capsys.readouterr().err
 
 
 class _no_exit:

@@ -277,6 +277,16 @@ def test_a_results_file_without_a_column_the_suite_always_writes_is_refused(tmp_
     assert len(err.splitlines()) == 1 and f"({side}): no column {column}," in err and "malformed" in err
 
 
+def test_a_malformed_csv_is_refused_with_compares_own_remedy(tmp_path, capsys):
+    """The refusal said "use another --out", an option compare does not take."""
+    old = write(tmp_path / "old", [10.0, 2.0])
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "derivatives.csv").write_bytes(b"method,order\nbad\x00,1\n")
+    assert main(["compare", str(old), str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a NUL byte" in err and "compare folders of the suite's own results" in err and "--out" not in err
+
+
 def test_an_older_csv_without_a_later_key_is_joined_on_fewer_keys(tmp_path, capsys):
     old = write(tmp_path / "old", [10.0, 2.0])  # written before n_chan was a column
     assert compare_folders(old, write(tmp_path / "new", [10.0, 2.0], n_chan=32)) == 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,12 +159,16 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
                   "pass --objectives for other models)" if config.objectives == QUICK.objectives else "")
         raise UsageError(f"--objectives: {unknown} is not a row of {', '.join(config.models)}; expected some of "
                          f"{sorted(labels)}{preset}")
-    rows = []
+    rows, flat_noted = [], set()
     for model, model_rows in per_model.items():
         for objective, batch, event, available in model_rows:
             if config.objectives and objective not in config.objectives:
                 continue
             layout = MEMORY_FORMAT.get(model, "contiguous") if config.memory_format == "auto" else config.memory_format
+            if available and len(event) != 3 and layout == "channels_last" and model not in flat_noted:
+                flat_noted.add(model)  # said, not refused: the option serves the image models of a mixed run
+                print(f"train-steps: note: --memory-format channels_last: {model}'s batches are flat {event}, with "
+                      "one layout; its rows run contiguous", file=sys.stderr)
             if not available or len(event) != 3:
                 layout = "contiguous"  # a flat batch (not (C, H, W)) has one layout; an unavailable row builds nothing
             rows.append({"model": model, "objective": objective, "size": "user" if is_user_model(model) else size,
