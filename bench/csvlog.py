@@ -247,29 +247,29 @@ def write_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 # row whose field count differs from the header's refuses the file; only then does pandas parse it.
 
 
-def _text(path: Path) -> str:
+def _text(path: Path, remedy: str) -> str:
     """The text of a results CSV; a file that cannot be read or is not UTF-8 text is a ``ResultsFileError``."""
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise ResultsFileError(f"{path}: cannot read it ({_one_line(err)}); {REMEDY}") from err
+        raise ResultsFileError(f"{path}: cannot read it ({_one_line(err)}); {remedy}") from err
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ResultsFileError(f"{path}: not a text CSV (not UTF-8 at byte {err.start}); {REMEDY}") from err
+        raise ResultsFileError(f"{path}: not a text CSV (not UTF-8 at byte {err.start}); {remedy}") from err
     if "\0" in text:
-        raise ResultsFileError(f"{path}: not a text CSV (a NUL byte at character {text.index(chr(0))}); {REMEDY}")
+        raise ResultsFileError(f"{path}: not a text CSV (a NUL byte at character {text.index(chr(0))}); {remedy}")
     return text
 
 
-def _check_rows(path: Path, text: str) -> bool:
+def _check_rows(path: Path, text: str, remedy: str) -> bool:
     """Whether ``text`` holds a header; a row with another number of fields than the header (NOTE [a torn last
     row]) or text the csv module cannot split is a ``ResultsFileError``."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         records = [(reader.line_num, fields) for fields in reader if fields]  # blank lines carry no row
     except csv.Error as err:
-        raise ResultsFileError(f"{path}: cannot be parsed as CSV (line {reader.line_num}: {err}); {REMEDY}") from err
+        raise ResultsFileError(f"{path}: cannot be parsed as CSV (line {reader.line_num}: {err}); {remedy}") from err
     if not records:
         return False
     width = len(records[0][1])
@@ -278,14 +278,15 @@ def _check_rows(path: Path, text: str) -> bool:
             torn = i == len(records) and len(fields) < width
             what = "its last row, broken off by a writer that crashed" if torn else "a row"
             raise ResultsFileError(f"{path}: line {line} has {len(fields)} fields where the header has {width} "
-                                   f"({what}; this suite writes whole files atomically); {REMEDY}")
+                                   f"({what}; this suite writes whole files atomically); {remedy}")
     return True
 
 
-def read_rows(path: str | os.PathLike, aliases: Mapping[str, str] | None = None) -> pd.DataFrame | None:
+def read_rows(path: str | os.PathLike, aliases: Mapping[str, str] | None = None, *,
+              remedy: str = REMEDY) -> pd.DataFrame | None:
     """The rows of a results CSV in today's form (``bench.results.normalize``), or None when there is no file or it
-    holds no header. A file that is not a well-formed CSV is a ``ResultsFileError`` (see the module docstring),
-    and is left as it is.
+    holds no header. A file that is not a well-formed CSV is a ``ResultsFileError`` (see the module docstring)
+    ending in ``remedy`` (what the command reading it lets the user do), and is left as it is.
 
     >>> import tempfile
     >>> csv_path = Path(tempfile.mkdtemp()) / "rows.csv"
@@ -299,14 +300,14 @@ def read_rows(path: str | os.PathLike, aliases: Mapping[str, str] | None = None)
     if not path.exists():
         return None
     if path.is_dir():
-        raise ResultsFileError(f"{path}: a folder where a results CSV belongs; {REMEDY}")
-    text = _text(path)
-    if not _check_rows(path, text):
+        raise ResultsFileError(f"{path}: a folder where a results CSV belongs; {remedy}")
+    text = _text(path, remedy)
+    if not _check_rows(path, text, remedy):
         return None
     try:
         frame = pd.read_csv(io.StringIO(text))
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ResultsFileError(f"{path}: cannot be parsed as CSV ({_one_line(err)}); {REMEDY}") from err
+        raise ResultsFileError(f"{path}: cannot be parsed as CSV ({_one_line(err)}); {remedy}") from err
     return normalize(frame, aliases) if aliases is not None else normalize(frame)
 
 

@@ -142,8 +142,8 @@ class _NoSecondDerivative(torch.autograd.Function):
     """``_SumOverRanks``' backward where it records a graph (create_graph=True), refusing a derivative through it:
     the mean of the ranks' cotangents is the gradient of a loss all ranks compute alike, and a loss of the gradients
     that each rank holds for its own points is not that, so no rule of this backward holds for its derivative (an
-    all_reduce in place has no autograd formula: autograd took it for a copy of this rank's cotangent alone, 27% off
-    in a gradient penalty)."""
+    all_reduce in place has no autograd formula: autograd took it for a copy of this rank's cotangent alone, and a
+    gradient penalty came out wrong)."""
 
     @staticmethod
     def forward(ctx, grad: Tensor, mean: Tensor) -> Tensor:  # the mean, in the graph of the cotangent it came from

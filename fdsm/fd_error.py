@@ -273,9 +273,9 @@ def _probe(f: Fn, x: Tensor, u: Tensor, h0: Tensor, s: Stencil, who: str, auto: 
 # - Pairs that differ by more than D itself, while their roundoff is well under D, lie past the asymptotic range:
 #   from the first one up no pair is usable (the differences saturate there and C_j would fall again). Not so the
 #   ladder's lowest pairs while each difference falls to the next one's faster than h^(-T/2): that is roundoff, which
-#   looks like this where it exceeds the u |f| model many times (f cancels: sin near a zero, in float32 60-fold). Taken
-#   for steps past the range, they had marked every pair above them past too, and the ladder walked down into the
-#   roundoff (a D 3e20 off, or a step said to underflow).
+#   looks like this where it exceeds the u |f| model many times (f cancels: sin near a zero, in float32). Taken for
+#   steps past the range, they had marked every pair above them past too, and the ladder walked down into the
+#   roundoff (tests/test_fd_estimate.py has two closed forms of it).
 # - A ladder whose C only bounds the top pair's roundoff (no pair measures) moves up while the roundoff still falls
 #   like h^-T at its top, so that a larger step may have less error. Where it falls slower, f grows with h (a
 #   polynomial along the line, for which the stencil is exact) and a larger step only adds roundoff: the ladder stays.

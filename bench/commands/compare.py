@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from bench.config import Shared, UsageError, option
-from bench.csvlog import REMEDY, ResultsFileError, as_key, read_rows
+from bench.csvlog import as_key, read_rows
 from bench.environment import METADATA_COLUMNS
 from bench.experiment import Command
 from bench.results import ALIASES, RANDOM_WEIGHTS, is_digest
@@ -283,10 +283,7 @@ def _show(values: Sequence[str], most: int = 4) -> str:
 def _read(path: Path, aliases) -> pd.DataFrame:
     """The rows of a results CSV in today's terms (an empty file: no rows); a malformed one is a one-line error,
     whose remedy is compare's (it writes no --out: the file is one of the two folders compared)."""
-    try:
-        frame = read_rows(path, aliases)
-    except ResultsFileError as err:
-        raise ResultsFileError(str(err).replace(REMEDY, "compare folders of the suite's own results")) from err
+    frame = read_rows(path, aliases, remedy="compare folders of the suite's own results")
     return pd.DataFrame() if frame is None else frame
 
 

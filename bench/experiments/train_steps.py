@@ -161,6 +161,8 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
                          f"{sorted(labels)}{preset}")
     rows, flat_noted = [], set()
     for model, model_rows in per_model.items():
+        user = {"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr,
+                "model_source": model_source(model)} if is_user_model(model) else {}  # how a user's model is built
         for objective, batch, event, available in model_rows:
             if config.objectives and objective not in config.objectives:
                 continue
@@ -177,8 +179,7 @@ def cases(config: TrainStepsConfig, shared: Shared) -> list[dict[str, Any]]:
                          **SINGLE_PROCESS,
                          "cudnn_benchmark": config.cudnn_benchmark and device.type == "cuda",
                          "float32_math": config.float32_math if device.type == "cuda" else "ieee",  # no TF32 on CPUs
-                         **({"event_shape": ",".join(map(str, config.event_shape or ())), "lr": config.lr,
-                             "model_source": model_source(model)} if is_user_model(model) else {})})
+                         **user})
     return rows
 
 
